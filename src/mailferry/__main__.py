@@ -1,0 +1,3 @@
+from mailferry.cli.main import main
+
+raise SystemExit(main())

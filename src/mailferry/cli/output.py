@@ -1,0 +1,37 @@
+"""How commands talk to the operator: Postfix-style `program: severity: text` on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from mailferry.diagnostics import ERROR, Diagnostic
+
+
+class Reporter:
+    def __init__(self, program: str, verbose: int = 0):
+        self.program = program
+        self.verbose = verbose
+        self.errors = 0
+        self.warnings = 0
+
+    def diagnostic(self, item: Diagnostic) -> None:
+        if item.severity == ERROR:
+            self.errors += 1
+        else:
+            self.warnings += 1
+        print(item.format(self.program), file=sys.stderr)
+
+    def warning(self, text: str) -> None:
+        self.warnings += 1
+        print(f"{self.program}: warning: {text}", file=sys.stderr)
+
+    def error(self, text: str) -> None:
+        self.errors += 1
+        print(f"{self.program}: error: {text}", file=sys.stderr)
+
+    def fatal(self, text: str) -> int:
+        print(f"{self.program}: fatal: {text}", file=sys.stderr)
+        return 2
+
+    def info(self, text: str) -> None:
+        print(f"{self.program}: {text}", file=sys.stderr)

@@ -1,0 +1,83 @@
+"""`mailferry postconf`: show parameters and services, as Postfix's postconf.
+
+  postconf [-d | -n] [-h] [-x] [NAME...]   parameters, sorted by name
+  postconf -M [SERVICE[/TYPE]...]          master.cf services
+
+-d shows defaults, -n only what main.cf sets, -h values without names,
+-x expands $name references.
+"""
+
+from __future__ import annotations
+
+import getopt
+
+from mailferry.cli.output import Reporter
+
+USAGE = "usage: mailferry postconf [-d | -n] [-h] [-x] [-M] [NAME...]"
+
+
+def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
+    try:
+        options, names = getopt.getopt(argv, "c:dhnxMv")
+    except getopt.GetoptError as exc:
+        return reporter.fatal(f"{exc}\n{USAGE}")
+    flags = {option for option, _ in options}
+    for option, value in options:
+        if option == "-c":
+            config_dir = value
+    if "-d" in flags and "-n" in flags:
+        return reporter.fatal("-d and -n cannot be used together")
+    from mailferry.config.config import ConfigValueError, load
+    config = load(config_dir)
+    if "-M" in flags:
+        return _show_services(config_dir, names, reporter)
+    for item in config.main_cf.diagnostics:
+        reporter.diagnostic(item)
+    try:
+        for name, value in _selected(config, names, flags, reporter):
+            if "-x" in flags and "-d" not in flags:
+                value = config.get(name)
+            elif "-x" in flags:
+                value = config.expand(value)
+            print(value if "-h" in flags else f"{name} = {value}".rstrip() if value else f"{name} =")
+    except ConfigValueError as exc:
+        return reporter.fatal(str(exc))
+    return 1 if reporter.errors else 0
+
+
+def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
+    from mailferry.config.parameters import parameters
+    if names:
+        candidates = names
+    elif "-n" in flags:
+        candidates = sorted(config.settings)
+    else:
+        candidates = sorted(set(parameters()) | set(config.settings))
+    for name in candidates:
+        setting = config.settings.get(name)
+        if "-d" in flags:
+            value = config.default(name)
+        elif "-n" in flags:
+            value = setting.value if setting else None
+            if value is None and names:
+                continue
+        else:
+            value = config.raw(name)
+        if value is None:
+            if names:
+                reporter.warning(f"{name}: unknown parameter")
+            continue
+        yield name, value
+
+
+def _show_services(config_dir: str, wanted: list[str], reporter: Reporter) -> int:
+    from mailferry.config.config import master_cf_path
+    from mailferry.config.mastercf import format_service, read_master_cf
+    master = read_master_cf(master_cf_path(config_dir))
+    for item in master.diagnostics:
+        reporter.diagnostic(item)
+    for service in master.services:
+        if wanted and service.name not in wanted and f"{service.name}/{service.type}" not in wanted:
+            continue
+        print(format_service(service))
+    return 1 if reporter.errors else 0

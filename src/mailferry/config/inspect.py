@@ -1,0 +1,173 @@
+"""Everything `mailferry check` looks at, as a list of diagnostics.
+
+The daemon runs the same inspection at start, so a configuration that
+`check` passes is the one that starts.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from mailferry.config.config import Config, load, master_cf_path
+from mailferry.config.lint import lint_settings, plain_references
+from mailferry.config.maincf import has_inline_comment
+from mailferry.diagnostics import Diagnostic, error, warning
+
+# Parameters whose values list lookup tables, besides every `*_maps` and `*_checks`.
+_TABLE_LISTS = ("mydestination", "relay_domains", "virtual_alias_domains",
+                "virtual_mailbox_domains", "permit_mx_backup_networks")
+_TLS_FILE_SUFFIXES = ("_tls_CAfile", "_tls_cert_file", "_tls_key_file", "_tls_eccert_file",
+                      "_tls_eckey_file", "_tls_dcert_file", "_tls_dkey_file", "_tls_chain_files")
+
+
+def inspect_config(config_dir: str) -> list[Diagnostic]:
+    config = load(config_dir)
+    found = list(config.main_cf.diagnostics)
+    master = _read_master(config_dir, found)
+    services = [service.name for service in master.services] if master else []
+    overrides = [value for service in master.services for value in service.overrides.values()] if master else []
+    found += lint_settings(config, services, overrides)
+    found += _check_tables(config)
+    found += _check_tls_files(config)
+    if master:
+        found += _check_pipe_programs(master)
+    found += _undefined_references(config)
+    return found
+
+
+def _read_master(config_dir: str, found: list[Diagnostic]):
+    from mailferry.config.mastercf import read_master_cf
+    path = master_cf_path(config_dir)
+    if not os.path.exists(path):
+        found.append(warning(f"{path} does not exist, so no service would run; "
+                             "copy examples/quickstart/master.cf and adapt it", path))
+        return None
+    master = read_master_cf(path)
+    found.extend(master.diagnostics)
+    return master
+
+
+def _explicit_values(config: Config, wanted) -> list[tuple[str, str]]:
+    """(name, expanded value) of settings in main.cf whose name `wanted` accepts, skipping broken ones."""
+    selected = []
+    for name, setting in config.settings.items():
+        if not wanted(name) or has_inline_comment(setting.value):
+            continue
+        try:
+            selected.append((name, config.get(name)))
+        except ValueError:
+            continue  # lint reports the expansion error
+    return selected
+
+
+def _is_table_list(name: str) -> bool:
+    return name.endswith(("_maps", "_checks")) or name in _TABLE_LISTS
+
+
+def _check_tables(config: Config) -> list[Diagnostic]:
+    from mailferry.config.values import split_list
+    from mailferry.tables import TableError, open_table
+    found: list[Diagnostic] = []
+    for name, value in _explicit_values(config, _is_table_list):
+        setting = config.settings[name]
+        for spec in split_list(value):
+            if ":" not in spec or spec.startswith("["):
+                continue  # a plain domain or network, not a table
+            try:
+                table = open_table(spec)
+            except TableError as exc:
+                found.append(error(f"parameter {name}: table {spec}: {exc}",
+                                   setting.file, setting.line, name))
+                continue
+            found += [warning(f"parameter {name}: {text}", setting.file, setting.line, name)
+                      for text in getattr(table, "warnings", ())]
+            if name.endswith("_sasl_password_maps"):
+                found += _check_secret_files(name, table, setting)
+            table.close()
+    return found
+
+
+def _check_secret_files(name: str, table, setting) -> list[Diagnostic]:
+    """Passwords must not be readable by group or others (the seed's `chmod 600`)."""
+    paths = [table.name, getattr(table, "path", None)]
+    found = []
+    for path in filter(None, paths):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            found.append(error(
+                f"parameter {name}: {path} holds passwords but is readable by "
+                f"{'group and others' if mode & stat.S_IRWXO else 'group'} "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
+                setting.file, setting.line, name))
+    return found
+
+
+def _check_tls_files(config: Config) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for name, value in _explicit_values(config, lambda n: n.endswith(_TLS_FILE_SUFFIXES)):
+        setting = config.settings[name]
+        for path in value.replace(",", " ").split():
+            problem = _tls_file_problem(name, path)
+            if problem:
+                found.append(error(f"parameter {name}: {problem}", setting.file, setting.line, name))
+    return found
+
+
+def _tls_file_problem(name: str, path: str) -> str | None:
+    if not os.path.isfile(path):
+        return f"{path} does not exist; fix the path or set {name} empty"
+    if not name.endswith("_tls_CAfile"):
+        return None
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except (ssl.SSLError, UnicodeDecodeError) as exc:
+        return f"{path} cannot be parsed as PEM certificates ({exc}); rebuild it from the CA's PEM files"
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror}"
+    if not context.get_ca_certs():
+        return f"{path} holds no CA certificate; rebuild it from the CA's PEM files"
+    return None
+
+
+def _check_pipe_programs(master) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for service in master.services:
+        pipe = getattr(service, "pipe", None)
+        if pipe is None or not pipe.argv:
+            continue
+        program = pipe.argv[0]
+        if os.access(program, os.X_OK):
+            continue
+        hint = _lib_twin(program)
+        advice = f"; {hint} exists: use that path" if hint else "; install it or fix argv="
+        found.append(error(f"service {service.name}: pipe program {program} "
+                           f"{'is not executable' if os.path.exists(program) else 'does not exist'}{advice}",
+                           master.path, service.line, service.name))
+    return found
+
+
+def _lib_twin(program: str) -> str | None:
+    """The seed's Cyrus case: /usr/lib/cyrus-imapd/deliver lives in /usr/lib64 on x86_64."""
+    for ours, twin in (("/lib/", "/lib64/"), ("/lib64/", "/lib/")):
+        if ours in program:
+            candidate = program.replace(ours, twin, 1)
+            if os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def _undefined_references(config: Config) -> list[Diagnostic]:
+    found = []
+    for name, setting in config.settings.items():
+        for missing in sorted(plain_references(setting.value)):
+            if config.raw(missing) is None:
+                found.append(warning(f"parameter {name} refers to ${missing}, which is not set "
+                                     "and has no default; it expands to nothing",
+                                     setting.file, setting.line, name))
+    return found

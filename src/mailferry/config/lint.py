@@ -1,0 +1,105 @@
+"""Warnings and errors about main.cf settings as a whole.
+
+- a name Postfix does not know, that nothing refers to: Postfix's
+  `unused parameter` warning, with the file and line;
+- a Postfix parameter that mailferry does not implement yet: its own warning;
+- a value that does not expand (loop, bad syntax) or does not parse as its
+  kind (time, size, integer, boolean): an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from mailferry.config import parameters, values
+from mailferry.config.config import Config
+from mailferry.config.expand import ExpansionError
+from mailferry.config.maincf import Setting, has_inline_comment
+from mailferry.diagnostics import Diagnostic, error, warning
+
+_REFERENCE = re.compile(r"\$[{(]?([A-Za-z0-9_]+)")
+# `${name?text}` and `${name:text}` test whether name is set: not a plain use.
+_PLAIN_REFERENCE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)(?![?:A-Za-z0-9_])|\(([A-Za-z0-9_]+)|([A-Za-z0-9_]+))")
+
+
+def referenced_names(texts: Iterable[str]) -> set[str]:
+    """Every `$name` mentioned in the given values: user-defined parameters are fine when used."""
+    names: set[str] = set()
+    for text in texts:
+        names.update(_REFERENCE.findall(text))
+    return names
+
+
+def plain_references(text: str) -> set[str]:
+    """Names used for their value in `text`, leaving out conditional tests."""
+    return {next(filter(None, groups)) for groups in _PLAIN_REFERENCE.findall(text)}
+
+
+def lint_settings(config: Config, service_names: Iterable[str] = (),
+                  override_values: Iterable[str] = ()) -> list[Diagnostic]:
+    settings = config.settings.values()
+    used = referenced_names([setting.value for setting in settings] + list(override_values))
+    services = set(service_names)
+    diagnostics: list[Diagnostic] = []
+    for setting in settings:
+        diagnostics.extend(_lint_one(config, setting, used, services))
+    return diagnostics
+
+
+def _lint_one(config: Config, setting: Setting, used: set[str], services: set[str]) -> list[Diagnostic]:
+    parameter = parameters.lookup(setting.name)
+    if parameter is None:
+        parameter = _per_transport(setting.name, services)
+    if parameter is None:
+        if setting.name in used:
+            return []
+        return [warning(f"unused parameter: {setting.name}={setting.value} "
+                        f"(not a Postfix parameter{_suggestion(setting.name)}, "
+                        f"and no other setting refers to it as ${setting.name})",
+                        setting.file, setting.line, setting.name)]
+    found = []
+    if parameter.status == parameters.NOT_YET:
+        found.append(warning(
+            f"parameter {setting.name} is known but not implemented yet in mailferry; "
+            "the setting has no effect (see docs/parameters.md)",
+            setting.file, setting.line, setting.name))
+    found.extend(_check_value(config, setting, parameter))
+    return found
+
+
+def _per_transport(name: str, services: set[str]) -> parameters.Parameter | None:
+    """`relay_destination_concurrency_limit` is known when master.cf defines `relay`."""
+    for service in services:
+        prefix = service + "_"
+        if name.startswith(prefix) and name[len(prefix):] in parameters.PER_TRANSPORT_SUFFIXES:
+            return parameters.Parameter(name, "", "str", parameters.NOT_YET, "")
+    return None
+
+
+def _suggestion(name: str) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, parameters.parameters().keys(), n=1, cutoff=0.85)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_value(config: Config, setting: Setting, parameter: parameters.Parameter) -> list[Diagnostic]:
+    try:
+        text = config.expand(setting.value)
+    except ExpansionError as exc:
+        return [error(f"parameter {setting.name}: {exc}", setting.file, setting.line, setting.name)]
+    if has_inline_comment(setting.value):
+        return []  # already reported as an inline comment; its value is not what was meant
+    parse = {
+        "time": lambda value: values.parse_time(value, parameter.time_unit or "s"),
+        "size": values.parse_size,
+        "int": values.parse_int,
+        "bool": values.parse_bool,
+    }.get(parameter.kind)
+    if parse is None or text == "":
+        return []
+    try:
+        parse(text)
+    except ValueError as exc:
+        return [error(f"parameter {setting.name}: {exc}", setting.file, setting.line, setting.name)]
+    return []

@@ -1,0 +1,83 @@
+"""Lookup tables. There is one way in: `open_table("type:name")`.
+
+A parameter that lists several tables (`alias_maps = hash:/a, ldap:/b`)
+is opened with `open_maps`, which searches them in order.
+"""
+
+from __future__ import annotations
+
+from mailferry.tables.base import Table, TableError
+from mailferry.tables.result import FOUND, MISSING, NOT_FOUND, TEMPFAIL, LookupResult, found, tempfail
+
+__all__ = [
+    "FOUND", "MISSING", "NOT_FOUND", "TEMPFAIL", "LookupResult", "Maps", "Table", "TableError",
+    "found", "open_maps", "open_table", "split_spec", "tempfail", "SUPPORTED_TYPES",
+]
+
+INDEXED_TYPES = ("hash", "btree", "lmdb", "cdb")
+SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap")
+
+
+def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
+    """`type:name` → (type, name); a bare file name gets `default_type`, as postmap does."""
+    type_name, colon, name = spec.partition(":")
+    if not colon or "/" in type_name:
+        return default_type, spec
+    return type_name.lower(), name
+
+
+def open_table(spec: str, default_type: str = "hash") -> Table:
+    """Open one table. Raises TableError for an unknown type or an unreadable table."""
+    type_name, name = split_spec(spec, default_type)
+    if type_name in INDEXED_TYPES:
+        from mailferry.tables.indexed import IndexedTable
+        return IndexedTable(type_name, name)
+    if type_name == "texthash":
+        from mailferry.tables.memory import TexthashTable
+        return TexthashTable(name)
+    if type_name == "inline":
+        from mailferry.tables.memory import InlineTable
+        return InlineTable(name)
+    if type_name == "static":
+        from mailferry.tables.memory import StaticTable
+        return StaticTable(name)
+    if type_name == "regexp":
+        from mailferry.tables.regexp import RegexpTable
+        return RegexpTable(name)
+    if type_name == "ldap":
+        from mailferry.tables.ldap import LdapTable
+        return LdapTable(name)
+    raise TableError(f"unsupported dictionary type: {type_name} (in {spec!r}); "
+                     f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
+
+
+class Maps:
+    """Several tables searched in order, as Postfix's `*_maps` parameters are.
+
+    The first table that finds the key answers. A temporary failure stops
+    the search: answering from a later table could route mail by stale or
+    partial data.
+    """
+
+    def __init__(self, tables: list[Table]):
+        self.tables = tables
+
+    async def lookup(self, key: str, partial: bool = False) -> LookupResult:
+        """`partial` marks a key that is only part of an address; pattern tables skip it."""
+        for table in self.tables:
+            if partial and table.is_pattern:
+                continue
+            result = await table.lookup(key)
+            if result.status != NOT_FOUND:
+                return result
+        return MISSING
+
+    def close(self) -> None:
+        for table in self.tables:
+            table.close()
+
+
+def open_maps(value: str, default_type: str = "hash") -> Maps:
+    from mailferry.config.values import split_list
+    return Maps([open_table(spec, default_type) for spec in split_list(value)])
+
