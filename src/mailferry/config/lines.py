@@ -36,8 +36,8 @@ class LogicalLine:
 def logical_lines(physical: Iterable[str], orphan_continuation=None) -> Iterator[LogicalLine]:
     """Yield logical lines, right-stripped.
 
-    `orphan_continuation(line_no)` is called for a continuation line that has
-    nothing to continue; such a line then starts a logical line of its own.
+    A continuation line with nothing to continue is skipped, as Postfix skips
+    it; `orphan_continuation(line_no)` hears about it.
     """
     current: LogicalLine | None = None
     for number, raw in enumerate(physical, 1):
@@ -52,7 +52,7 @@ def logical_lines(physical: Iterable[str], orphan_continuation=None) -> Iterator
                 continue
             if orphan_continuation is not None:
                 orphan_continuation(number)
-            text = stripped
+            continue
         if current is not None:
             current.text = current.text.rstrip(_BLANKS)
             yield current

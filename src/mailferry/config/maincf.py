@@ -56,8 +56,8 @@ def parse_main_cf(text: str, path: str) -> MainCf:
 
     def orphan(line_no: int) -> None:
         diagnostics.append(warning(
-            "line starts with whitespace but continues nothing; "
-            "remove the leading whitespace", path, line_no))
+            "logical line must not start with whitespace: it continues nothing, so it is "
+            "ignored, as Postfix ignores it; remove the leading whitespace", path, line_no))
 
     for logical in logical_lines(text.split("\n"), orphan):
         setting = _parse_setting(logical, path, diagnostics)

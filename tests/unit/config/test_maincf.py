@@ -72,10 +72,12 @@ def test_hash_inside_a_word_is_not_a_comment():
     assert parsed.diagnostics == []
 
 
-def test_orphan_continuation_line_is_warned_and_parsed():
-    parsed = parse("   a = 1\n")
-    assert parsed.settings["a"].value == "1"
-    assert parsed.diagnostics[0].severity == WARNING
+def test_orphan_continuation_line_is_warned_and_ignored_like_postfix():
+    parsed = parse("   a = 1\nb = 2\n")
+    assert list(parsed.settings) == ["b"]
+    [diagnostic] = parsed.diagnostics
+    assert diagnostic.severity == WARNING and diagnostic.line == 1
+    assert "must not start with whitespace" in diagnostic.message
 
 
 def test_crlf_line_endings():
