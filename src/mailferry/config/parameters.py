@@ -1,0 +1,202 @@
+"""The one table of every Postfix parameter mailferry knows.
+
+Each parameter has its default as a raw, unexpanded string (the way
+`postconf -d` prints it), a kind, mailferry's status, and for times the unit
+a bare number is in (`maximal_queue_lifetime = 5` is five days,
+`smtpd_timeout = 5` five seconds).
+
+Where the facts come from: scripts/gen-parameters reads an installed
+Postfix (`postconf -d`, postconf(5)) and writes parameters_data.py with the
+names, defaults, kinds and units; mailferry's own defaults are applied there
+too. Statuses are decided here, by hand: to mark a parameter implemented,
+add its name to IMPLEMENTED_PARAMETERS below. One line, no regeneration.
+
+Statuses:
+- IMPLEMENTED: mailferry does what Postfix does with it.
+- NO_EFFECT: accepted without a warning, and it makes no difference to
+  mailferry (install paths, Postfix's own internals).
+- NOT_YET: a real setting that mailferry does not act on yet.
+
+The dict is built on first use; importing this module only compiles one
+string, so the CLI can import it on start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailferry.config import parameters_data
+
+IMPLEMENTED = "implemented"
+NO_EFFECT = "no-effect"
+NOT_YET = "not-yet"
+STATUSES = (IMPLEMENTED, NO_EFFECT, NOT_YET)
+
+KINDS = ("bool", "time", "size", "int", "str", "list")
+TIME_UNITS = "smhdw"
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    default: str | None  # None: computed at start-up, see COMPUTED
+    kind: str  # one of KINDS
+    status: str  # one of STATUSES
+    time_unit: str  # unit of a bare number, for kind "time"; "" otherwise
+
+
+IMPLEMENTED_PARAMETERS = frozenset({
+    "config_directory",
+    "default_database_type",
+    "inet_interfaces",
+    "mydestination",
+    "mydomain",
+    "myhostname",
+    "mynetworks",
+    "mynetworks_style",
+    "myorigin",
+    "proxy_interfaces",
+    "recipient_delimiter",
+    "syslog_name",
+})
+
+NO_EFFECT_PARAMETERS = frozenset({
+    # Where Postfix installed its own files.
+    "command_directory",
+    "daemon_directory",
+    "html_directory",
+    "mailq_path",
+    "manpage_directory",
+    "meta_directory",
+    "newaliases_path",
+    "readme_directory",
+    "sample_directory",
+    "sendmail_path",
+    "shlib_directory",
+    # mailferry always behaves like Postfix at level 3.6.
+    "compatibility_level",
+    # comsat notification from Postfix's local(8) mailbox delivery.
+    "biff",
+    # Feeding Postfix's own PRNG; Python's ssl leaves seeding to OpenSSL.
+    "tls_daemon_random_bytes",
+    "tls_random_bytes",
+    "tls_random_exchange_name",
+    "tls_random_prng_update_period",
+    "tls_random_reseed_period",
+    "tls_random_source",
+    # Postfix's queue is a directory tree; mailferry's is SQLite.
+    "hash_queue_depth",
+    "hash_queue_names",
+    # Berkeley DB tuning; mailferry's indexed tables are LMDB.
+    "berkeley_db_create_buffer_size",
+    "berkeley_db_read_buffer_size",
+    # Postfix 3.6 and later ignore these too.
+    "smtpd_tls_dh512_param_file",
+    "tlsproxy_tls_dh512_param_file",
+})
+
+# Defaults that depend on the host or the running process. Their default is
+# None here; config code computes them (see docs/parameters.md for the rules).
+COMPUTED = frozenset({
+    "mydomain",
+    "myhostname",
+    "mynetworks",
+    "process_id",
+    "process_name",
+    "service_name",
+})
+
+# Postfix accepts <service>_<suffix> for a delivery service named in
+# master.cf: `relay_destination_concurrency_limit` for a service `relay`.
+PER_TRANSPORT_SUFFIXES = frozenset(row[0] for row in parameters_data.PER_TRANSPORT)
+
+# Not parameters, but Postfix's defaults refer to these old names, so it
+# accepts them in main.cf without an "unused parameter" warning.
+LEGACY_NAMES = frozenset(parameters_data.LEGACY_NAMES)
+
+_table: dict[str, Parameter] | None = None
+
+
+def parameters() -> dict[str, Parameter]:
+    """Every parameter, by name, in alphabetical order."""
+    global _table
+    if _table is None:
+        _table = _build_table()
+    return _table
+
+
+def lookup(name: str) -> Parameter | None:
+    return parameters().get(name)
+
+
+def postfix_default(parameter: Parameter) -> str | None:
+    """Postfix's own default, where mailferry chose a different one."""
+    difference = parameters_data.POSTFIX_DEFAULTS_WHERE_DIFFERENT.get(parameter.name)
+    return difference[0] if difference else parameter.default
+
+
+def per_transport_suffixes(command: str) -> frozenset[str]:
+    """The suffixes Postfix accepts for a master.cf service running `command`
+    (the first word of the command field: smtp, lmtp, pipe, spawn...)."""
+    return frozenset(suffix for suffix, *_, commands in parameters_data.PER_TRANSPORT
+                     if command in commands)
+
+
+def per_transport_parameter(service: str, suffix: str) -> Parameter:
+    """`<service>_<suffix>` for any master.cf service, with the default,
+    kind and status of its transport_<suffix> template."""
+    for template_suffix, kind, unit, default, _ in parameters_data.PER_TRANSPORT:
+        if template_suffix == suffix:
+            name = f"{service}_{suffix}"
+            return Parameter(name, default, kind, _template_status(suffix), unit)
+    raise KeyError(suffix)
+
+
+def _build_table() -> dict[str, Parameter]:
+    derived = _stock_per_transport_names()
+    table = {}
+    for line in parameters_data.PARAMETERS.strip("\n").split("\n"):
+        name, kind, unit, default = _fields(line)
+        if name in derived:
+            status = _template_status(derived[name])
+        else:
+            status = _status(name)
+        table[name] = Parameter(
+            name,
+            None if default == parameters_data.COMPUTED_MARKER else default,
+            kind,
+            status,
+            "" if unit == "-" else unit,
+        )
+    return table
+
+
+def _fields(line: str) -> list[str]:
+    """name, kind, unit, default: the default runs to the end of the line
+    and is left off when empty."""
+    fields = line.split(" ", 3)
+    return fields if len(fields) == 4 else fields + [""]
+
+
+def _status(name: str) -> str:
+    if name in IMPLEMENTED_PARAMETERS:
+        return IMPLEMENTED
+    if name in NO_EFFECT_PARAMETERS:
+        return NO_EFFECT
+    return NOT_YET
+
+
+def _template_status(suffix: str) -> str:
+    """Per-transport parameters follow their template: marking
+    `transport_recipient_limit` implemented covers `smtp_recipient_limit`,
+    `relay_recipient_limit` and every other service's."""
+    return _status("transport_" + suffix)
+
+
+def _stock_per_transport_names() -> dict[str, str]:
+    """name -> suffix, for the stock master.cf's per-transport parameters."""
+    names = {}
+    for service, command in parameters_data.STOCK_DELIVERY_SERVICES.items():
+        for suffix in per_transport_suffixes(command):
+            names[f"{service}_{suffix}"] = suffix
+    return names
