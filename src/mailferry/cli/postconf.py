@@ -27,7 +27,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
             config_dir = value
     if "-d" in flags and "-n" in flags:
         return reporter.fatal("-d and -n cannot be used together")
-    from mailferry.config.config import ConfigValueError, load
+    from mailferry.config.config import load
     config = load(config_dir)
     if "-M" in flags:
         return _show_services(config_dir, names, reporter)
@@ -39,8 +39,11 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
                 value = config.get(name)
             elif "-x" in flags:
                 value = config.expand(value)
-            print(value if "-h" in flags else f"{name} = {value}".rstrip() if value else f"{name} =")
-    except ConfigValueError as exc:
+            if "-h" in flags:
+                print(value)
+            else:
+                print(f"{name} = {value}" if value else f"{name} =")
+    except ValueError as exc:  # ConfigValueError, or ExpansionError from -d -x
         return reporter.fatal(str(exc))
     return 1 if reporter.errors else 0
 

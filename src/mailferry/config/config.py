@@ -21,6 +21,10 @@ DEFAULT_CONFIG_DIR = "/etc/mailferry"
 class ConfigValueError(ValueError):
     """A parameter whose value cannot be used; the message says where and why."""
 
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+
 
 class Config:
     def __init__(self, config_dir: str, main_cf: MainCf, overrides: dict[str, str] | None = None,
@@ -71,6 +75,10 @@ class Config:
             value = hostinfo.default_mynetworks(self.get("mynetworks_style"))
         elif name == "process_id":
             value = str(os.getpid())
+        elif name == "process_name":
+            value = "mailferry"
+        elif name == "service_name":
+            value = ""  # outside a master.cf service
         else:
             return None
         self._computed[name] = value
@@ -86,7 +94,7 @@ class Config:
         try:
             return self._expander.value_of(name)
         except ExpansionError as exc:
-            raise ConfigValueError(f"{self.where(name)}{exc}") from exc
+            raise ConfigValueError(self.where(name), str(exc)) from exc
 
     def expand(self, text: str) -> str:
         return self._expander.expand(text)
@@ -123,7 +131,7 @@ class Config:
         try:
             return parse(text)
         except ValueError as exc:
-            raise ConfigValueError(f"{self.where(name)}{exc}") from exc
+            raise ConfigValueError(self.where(name), str(exc)) from exc
 
 
 def main_cf_path(config_dir: str) -> str:

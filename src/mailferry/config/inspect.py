@@ -25,14 +25,17 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     config = load(config_dir)
     found = list(config.main_cf.diagnostics)
     master = _read_master(config_dir, found)
-    services = [service.name for service in master.services] if master else []
-    overrides = [value for service in master.services for value in service.overrides.values()] if master else []
-    found += lint_settings(config, services, overrides)
+    services = master.services if master else []
+    commands = {service.name: service.command for service in services}
+    overrides = [value for service in services for value in service.overrides.values()]
+    found += lint_settings(config, commands, overrides)
     found += _check_tables(config)
     found += _check_tls_files(config)
     if master:
         found += _check_pipe_programs(master)
     found += _undefined_references(config)
+    # In file and line order, as an operator reads the files; stable within a line.
+    found.sort(key=lambda item: (item.file or "", item.line or 0))
     return found
 
 
@@ -40,7 +43,7 @@ def _read_master(config_dir: str, found: list[Diagnostic]):
     from mailferry.config.mastercf import read_master_cf
     path = master_cf_path(config_dir)
     if not os.path.exists(path):
-        found.append(warning(f"{path} does not exist, so no service would run; "
+        found.append(warning("no such file, so no service would run; "
                              "copy examples/quickstart/master.cf and adapt it", path))
         return None
     master = read_master_cf(path)

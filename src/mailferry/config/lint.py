@@ -13,8 +13,7 @@ import re
 from collections.abc import Iterable
 
 from mailferry.config import parameters, values
-from mailferry.config.config import Config
-from mailferry.config.expand import ExpansionError
+from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.diagnostics import Diagnostic, error, warning
 
@@ -36,23 +35,25 @@ def plain_references(text: str) -> set[str]:
     return {next(filter(None, groups)) for groups in _PLAIN_REFERENCE.findall(text)}
 
 
-def lint_settings(config: Config, service_names: Iterable[str] = (),
+def lint_settings(config: Config, service_commands: dict[str, str] | None = None,
                   override_values: Iterable[str] = ()) -> list[Diagnostic]:
+    """`service_commands` maps each master.cf service name to its command (smtp, pipe...)."""
     settings = config.settings.values()
     used = referenced_names([setting.value for setting in settings] + list(override_values))
-    services = set(service_names)
+    services = service_commands or {}
     diagnostics: list[Diagnostic] = []
     for setting in settings:
         diagnostics.extend(_lint_one(config, setting, used, services))
     return diagnostics
 
 
-def _lint_one(config: Config, setting: Setting, used: set[str], services: set[str]) -> list[Diagnostic]:
+def _lint_one(config: Config, setting: Setting, used: set[str],
+              services: dict[str, str]) -> list[Diagnostic]:
     parameter = parameters.lookup(setting.name)
     if parameter is None:
         parameter = _per_transport(setting.name, services)
     if parameter is None:
-        if setting.name in used:
+        if setting.name in used or setting.name in parameters.LEGACY_NAMES:
             return []
         return [warning(f"unused parameter: {setting.name}={setting.value} "
                         f"(not a Postfix parameter{_suggestion(setting.name)}, "
@@ -68,12 +69,14 @@ def _lint_one(config: Config, setting: Setting, used: set[str], services: set[st
     return found
 
 
-def _per_transport(name: str, services: set[str]) -> parameters.Parameter | None:
-    """`relay_destination_concurrency_limit` is known when master.cf defines `relay`."""
-    for service in services:
+def _per_transport(name: str, services: dict[str, str]) -> parameters.Parameter | None:
+    """`relay_destination_concurrency_limit` is known when master.cf runs a
+    delivery agent named `relay`; which suffixes apply depends on its command."""
+    for service, command in services.items():
         prefix = service + "_"
-        if name.startswith(prefix) and name[len(prefix):] in parameters.PER_TRANSPORT_SUFFIXES:
-            return parameters.Parameter(name, "", "str", parameters.NOT_YET, "")
+        suffix = name[len(prefix):]
+        if name.startswith(prefix) and suffix in parameters.per_transport_suffixes(command):
+            return parameters.per_transport_parameter(service, suffix)
     return None
 
 
@@ -85,9 +88,9 @@ def _suggestion(name: str) -> str:
 
 def _check_value(config: Config, setting: Setting, parameter: parameters.Parameter) -> list[Diagnostic]:
     try:
-        text = config.expand(setting.value)
-    except ExpansionError as exc:
-        return [error(f"parameter {setting.name}: {exc}", setting.file, setting.line, setting.name)]
+        text = config.get(setting.name)
+    except ConfigValueError as exc:
+        return [error(f"parameter {setting.name}: {exc.reason}", setting.file, setting.line, setting.name)]
     if has_inline_comment(setting.value):
         return []  # already reported as an inline comment; its value is not what was meant
     parse = {
