@@ -10,22 +10,14 @@ Exit status 1 when there is any error, 0 otherwise.
 
 from __future__ import annotations
 
-import getopt
-import os
-
+from mailferry.cli.options import parse_options
 from mailferry.cli.output import Reporter
 
 USAGE = "usage: mailferry [-c CONFIG_DIR] check"
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    try:
-        options, rest = getopt.getopt(argv, "c:v")
-    except getopt.GetoptError as exc:
-        return reporter.fatal(f"{exc}\n{USAGE}")
-    for option, value in options:
-        if option == "-c":
-            config_dir = value
+    _, rest, config_dir = parse_options(argv, "", config_dir, USAGE, reporter)
     if rest:
         return reporter.fatal(f"unexpected arguments {' '.join(rest)}\n{USAGE}")
     from mailferry.config.inspect import inspect_config

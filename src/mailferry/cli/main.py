@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command in COMMANDS:
         import importlib
+        from mailferry.cli.options import UsageError
         module = importlib.import_module(f"mailferry.cli.{COMMANDS[command][0]}")
-        return module.run(rest, config_dir, Reporter(f"mailferry/{command}", verbose))
+        reporter = Reporter(f"mailferry/{command}", verbose)
+        try:
+            return module.run(rest, config_dir, reporter)
+        except UsageError as exc:
+            return reporter.fatal(str(exc))
     if command in PLANNED:
         print(f"mailferry: {command}: not implemented yet in this version of mailferry "
               f"(it arrives with the SMTP server and queue)", file=sys.stderr)

@@ -9,22 +9,14 @@
 
 from __future__ import annotations
 
-import getopt
-
+from mailferry.cli.options import parse_options
 from mailferry.cli.output import Reporter
 
 USAGE = "usage: mailferry postconf [-d | -n] [-h] [-x] [-M] [NAME...]"
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    try:
-        options, names = getopt.getopt(argv, "c:dhnxMv")
-    except getopt.GetoptError as exc:
-        return reporter.fatal(f"{exc}\n{USAGE}")
-    flags = {option for option, _ in options}
-    for option, value in options:
-        if option == "-c":
-            config_dir = value
+    flags, names, config_dir = parse_options(argv, "dhnxM", config_dir, USAGE, reporter)
     if "-d" in flags and "-n" in flags:
         return reporter.fatal("-d and -n cannot be used together")
     from mailferry.config.config import load

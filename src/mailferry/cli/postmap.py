@@ -10,9 +10,9 @@ Exit status: 0 found or built, 1 key not found, 2 error or temporary failure.
 
 from __future__ import annotations
 
-import getopt
 import sys
 
+from mailferry.cli.options import parse_options
 from mailferry.cli.output import Reporter
 
 USAGE = "usage: mailferry postmap [-f] [-s] [-q KEY] [-c CONFIG_DIR] [type:]file..."
@@ -21,22 +21,10 @@ ERROR_EXIT = 2
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    try:
-        options, specs = getopt.getopt(argv, "c:fq:sv")
-    except getopt.GetoptError as exc:
-        return reporter.fatal(f"{exc}\n{USAGE}")
-    query = None
-    dump = False
-    fold = True
-    for option, value in options:
-        if option == "-q":
-            query = value
-        elif option == "-s":
-            dump = True
-        elif option == "-f":
-            fold = False
-        elif option == "-v":
-            reporter.verbose += 1
+    options, specs, _ = parse_options(argv, "fq:s", config_dir, USAGE, reporter)
+    query = options.get("-q")
+    dump = "-s" in options
+    fold = "-f" not in options
     if not specs:
         return reporter.fatal(f"no table given\n{USAGE}")
     from mailferry.tables.base import TableError

@@ -1,0 +1,30 @@
+"""Postfix-style short options, shared by every command.
+
+Each command also takes `-c CONFIG_DIR` and `-v`, as Postfix's commands do.
+"""
+
+from __future__ import annotations
+
+import getopt
+
+
+class UsageError(Exception):
+    """Bad options; the message ends with the command's usage line."""
+
+
+def parse_options(argv: list[str], letters: str, config_dir: str, usage: str,
+                  reporter) -> tuple[dict[str, str], list[str], str]:
+    """(options by flag, e.g. {"-q": KEY, "-s": ""}; remaining arguments; config directory)."""
+    try:
+        pairs, rest = getopt.getopt(argv, letters + "c:v")
+    except getopt.GetoptError as exc:
+        raise UsageError(f"{exc}\n{usage}") from None
+    options: dict[str, str] = {}
+    for flag, value in pairs:
+        if flag == "-c":
+            config_dir = value
+        elif flag == "-v":
+            reporter.verbose += 1
+        else:
+            options[flag] = value
+    return options, rest, config_dir
