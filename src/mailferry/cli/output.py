@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mailferry.diagnostics import ERROR, Diagnostic
+ERROR = "error"  # mailferry.diagnostics.ERROR, without importing dataclasses on start-up
 
 
 class Reporter:
@@ -14,7 +14,7 @@ class Reporter:
         self.errors = 0
         self.warnings = 0
 
-    def diagnostic(self, item: Diagnostic) -> None:
+    def diagnostic(self, item) -> None:  # a mailferry.diagnostics.Diagnostic
         if item.severity == ERROR:
             self.errors += 1
         else:

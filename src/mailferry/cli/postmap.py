@@ -89,7 +89,7 @@ def _dump(specs: list[str], reporter: Reporter) -> int:
 
 def _build_all(specs: list[str], fold: bool, reporter: Reporter) -> int:
     from mailferry.tables import INDEXED_TYPES, split_spec
-    from mailferry.tables.indexed import build_index
+    from mailferry.tables.build import build_index
     for spec in specs:
         type_name, name = split_spec(spec)
         if type_name not in INDEXED_TYPES:

@@ -6,23 +6,18 @@ mailferry stores all of them as LMDB files with the name Postfix would use
 administrator's `postmap` habits and file names carry over. A Postfix-built
 index is not readable by us: the error says to rebuild it with our postmap.
 
-postmap builds into a temporary file in the same directory and renames it
-into place, so a reader sees either the whole old table or the whole new one.
+Building lives in tables/build.py, so that a lookup does not import it.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from mailferry.tables.base import Table, TableError
 from mailferry.tables.result import MISSING, LookupResult, found
-from mailferry.tables.source import read_source
 
 INDEX_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
-_MIN_MAP_SIZE = 64 << 20
 
 
 def index_path(type_name: str, source: str) -> str:
@@ -78,74 +73,3 @@ def _open_readonly(path: str, type_name: str, source: str):
                 f"no such file; build it with: mailferry postmap {type_name}:{source}",
                 path) from None
         raise TableError(f"cannot open: {exc}", path) from None
-
-
-@dataclass(frozen=True, slots=True)
-class BuildReport:
-    path: str
-    entries: int
-    duplicates: int
-
-
-def build_index(type_name: str, source: str, fold: bool = True,
-                warn: Callable[[str], None] | None = None) -> BuildReport:
-    """Build `source` into its index atomically; `warn` hears about bad lines and duplicates.
-
-    As in Postfix, the first of duplicate keys wins; unlike Postfix, the
-    warning names both line numbers.
-    """
-    warn = warn or (lambda message: None)
-    entries: dict[bytes, tuple[bytes, int]] = {}
-    duplicates = 0
-    for entry in read_source(source, fold, lambda line, message: warn(f"{source}, line {line}: {message}")):
-        key = entry.key.encode("utf-8", "surrogateescape")
-        first = entries.get(key)
-        if first is not None:
-            duplicates += 1
-            warn(f"{source}, line {entry.line}: duplicate entry: \"{entry.key}\" "
-                 f"(first on line {first[1]}, which wins)")
-            continue
-        entries[key] = (entry.value.encode("utf-8", "surrogateescape"), entry.line)
-    target = index_path(type_name, source)
-    _write_atomically(target, source, sorted((key, value) for key, (value, _) in entries.items()))
-    return BuildReport(target, len(entries), duplicates)
-
-
-def _write_atomically(target: str, source: str, pairs: list[tuple[bytes, bytes]]) -> None:
-    import lmdb
-    directory = os.path.dirname(os.path.abspath(target))
-    payload = sum(len(key) + len(value) for key, value in pairs)
-    map_size = max(_MIN_MAP_SIZE, 4 * payload + 64 * len(pairs))
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=directory)
-    os.close(fd)
-    try:
-        env = lmdb.open(temp, subdir=False, lock=False, map_size=map_size, max_dbs=0,
-                        sync=False, metasync=False)
-        with env.begin(write=True) as txn:
-            key_too_long = next((key for key, _ in pairs if len(key) > env.max_key_size()), None)
-            if key_too_long is not None:
-                raise TableError(f"key longer than {env.max_key_size()} bytes: "
-                                 f"{key_too_long[:40].decode(errors='replace')!r}...", source)
-            txn.cursor().putmulti(pairs, append=True)
-        env.sync(True)
-        env.close()
-        _copy_ownership(source, temp)
-        os.replace(temp, target)
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-
-
-def _copy_ownership(source: str, target: str) -> None:
-    """The index holds the same secrets as its source (sasl_passwd), so it gets the same mode and owner."""
-    status = os.stat(source)
-    os.chmod(target, status.st_mode & 0o7777)
-    if os.geteuid() == 0:
-        os.chown(target, status.st_uid, status.st_gid)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -34,9 +34,9 @@ class TexthashTable(DictTable):
     def __init__(self, name: str):
         warnings: list[str] = []
         entries: dict[str, str] = {}
-        for entry in read_source(name, True, lambda line, message: warnings.append(
+        for key, value, _ in read_source(name, True, lambda line, message: warnings.append(
                 f"{name}, line {line}: {message}")):
-            entries.setdefault(entry.key, entry.value)
+            entries.setdefault(key, value)
         super().__init__(name, entries)
         self.warnings = warnings
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailferry.tables import TableError, open_table
-from mailferry.tables.indexed import build_index
+from mailferry.tables.build import build_index
 
 SEED_SASL_PASSWD = (
     "gmail-smtp.l.google.com user.name@gmail.com:password\n"
