@@ -54,7 +54,7 @@ def parse_main_cf(text: str, path: str) -> MainCf:
     settings: dict[str, Setting] = {}
     diagnostics: list[Diagnostic] = []
 
-    def orphan(line_no: int) -> None:
+    def orphan(line_no: int, _text: str) -> None:
         diagnostics.append(warning(
             "logical line must not start with whitespace: it continues nothing, so it is "
             "ignored, as Postfix ignores it; remove the leading whitespace", path, line_no))

@@ -278,7 +278,7 @@ class _Parser:
 
     def parse(self, text: str) -> MasterCf:
         services: list[Service] = []
-        def orphan(number: int) -> None:
+        def orphan(number: int, _text: str) -> None:
             self.error(number, "this line starts with whitespace, so it continues an "
                                "entry, but no entry comes before it; Postfix ignores it. "
                                "Remove the leading whitespace or move it under its entry")
