@@ -16,11 +16,15 @@ COMMANDS = {
     "check": ("check", "check main.cf, master.cf and the files they name; exit 1 on errors"),
     "postconf": ("postconf", "show parameters: -n (set in main.cf), -d (defaults), -M (master.cf), NAME..."),
     "postmap": ("postmap", "build an indexed table, or query one with -q KEY; -s dumps it"),
+    "sendmail": ("sendmail", "submit a message from standard input (as mailferry-sendmail); -bp lists the queue"),
+    "mailq": ("mailq", "list the mail queue, as Postfix's mailq"),
+    "postqueue": ("postqueue", "-p list the queue, -j as JSON, -f flush it, -i QUEUE_ID flush one message"),
+    "postsuper": ("postsuper", "-d/-h/-H/-r QUEUE_ID|ALL|- [queue...]: delete, hold, release, requeue"),
 }
 
 # Postfix command names that later mailferry versions provide: asked for
 # today they get a clear answer, never a generic "unknown command".
-PLANNED = ("start", "start-fg", "stop", "reload", "status", "postqueue", "postsuper", "mailq", "sendmail")
+PLANNED = ("start", "start-fg", "stop", "reload", "status")
 
 USAGE = "usage: mailferry [-c CONFIG_DIR] [-v] COMMAND [ARGS...]"
 
