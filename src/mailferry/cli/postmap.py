@@ -21,7 +21,7 @@ ERROR_EXIT = 2
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    options, specs, _ = parse_options(argv, "fq:s", config_dir, USAGE, reporter)
+    options, specs, config_dir = parse_options(argv, "fq:s", config_dir, USAGE, reporter)
     query = options.get("-q")
     dump = "-s" in options
     fold = "-f" not in options
@@ -29,6 +29,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
         return reporter.fatal(f"no table given\n{USAGE}")
     from mailferry.tables.base import TableError
     try:
+        specs = _with_types(specs, config_dir)
         if query is not None:
             return _query(query, specs, fold, reporter)
         if dump:
@@ -36,6 +37,17 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
         return _build_all(specs, fold, reporter)
     except TableError as exc:
         return reporter.fatal(str(exc))
+
+
+def _with_types(specs: list[str], config_dir: str) -> list[str]:
+    """A bare file name gets main.cf's default_database_type, as Postfix's postmap gives it.
+    main.cf is read only then, so `postmap -q KEY hash:FILE` starts without it."""
+    from mailferry.tables import split_spec
+    if all(split_spec(spec, "")[0] for spec in specs):
+        return specs
+    from mailferry.config.config import load
+    default_type = load(config_dir).get("default_database_type") or "hash"
+    return [":".join(split_spec(spec, default_type)) for spec in specs]
 
 
 def _open(spec: str, reporter: Reporter):

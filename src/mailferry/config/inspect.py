@@ -31,6 +31,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += lint_settings(config, commands, overrides)
     found += _check_tables(config)
     found += _check_tls_files(config)
+    found += _check_smtpd_tls_has_certificate(config)
     if master:
         found += _check_pipe_programs(master)
     found += _undefined_references(config)
@@ -118,6 +119,23 @@ def _check_tls_files(config: Config) -> list[Diagnostic]:
             if problem:
                 found.append(error(f"parameter {name}: {problem}", setting.file, setting.line, name))
     return found
+
+
+def _check_smtpd_tls_has_certificate(config: Config) -> list[Diagnostic]:
+    """STARTTLS needs a certificate: without one, `may` offers nothing and `encrypt` refuses all mail."""
+    setting = config.settings.get("smtpd_tls_security_level")
+    if setting is None or has_inline_comment(setting.value):
+        return []
+    level = config.get("smtpd_tls_security_level")
+    if level not in ("may", "encrypt") or config.get("smtpd_tls_cert_file") or config.get("smtpd_tls_chain_files"):
+        return []
+    text = (f"parameter smtpd_tls_security_level = {level} but no certificate is configured, so "
+            "STARTTLS is not offered; set smtpd_tls_cert_file and smtpd_tls_key_file "
+            "(or smtpd_tls_chain_files)")
+    if level == "encrypt":
+        return [error(text + ": every client would be refused", setting.file, setting.line,
+                      "smtpd_tls_security_level")]
+    return [warning(text, setting.file, setting.line, "smtpd_tls_security_level")]
 
 
 def _tls_file_problem(name: str, path: str) -> str | None:

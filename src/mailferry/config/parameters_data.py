@@ -88,7 +88,7 @@ cyrus_sasl_config_path str -
 daemon_directory str - /usr/libexec/postfix
 daemon_table_open_error_is_fatal bool - no
 daemon_timeout time s 18000s
-data_directory str - /var/lib/postfix
+data_directory str - /var/lib/mailferry
 debug_peer_level int - 2
 debug_peer_list list -
 debugger_command str -
@@ -346,7 +346,7 @@ local_recipient_refill_limit int - $default_recipient_refill_limit
 local_transport str - local:$myhostname
 local_transport_rate_delay time s $default_transport_rate_delay
 luser_relay str -
-mail_name str - Postfix
+mail_name str - mailferry
 mail_owner str - mailferry
 mail_release_date str - 20240304
 mail_spool_directory str - /var/mail
@@ -719,10 +719,10 @@ smtpd_enforce_tls bool - no
 smtpd_error_sleep_time time s 1s
 smtpd_etrn_restrictions list -
 smtpd_expansion_filter str - \t\40!"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~
-smtpd_forbid_bare_newline bool - no
+smtpd_forbid_bare_newline str - normalize
 smtpd_forbid_bare_newline_exclusions list - $mynetworks
 smtpd_forbid_bare_newline_reject_code int - 550
-smtpd_forbid_unauth_pipelining bool - no
+smtpd_forbid_unauth_pipelining bool - yes
 smtpd_forbidden_commands list - CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}
 smtpd_hard_error_limit int - ${stress?{1}:{20}}
 smtpd_helo_required bool - no
@@ -993,7 +993,9 @@ POSTFIX_DEFAULTS_WHERE_DIFFERENT = {
     'append_dot_mydomain': ('${{$compatibility_level} <level {1} ? {yes} : {no}}', "Postfix's default at compatibility_level 3.6"),
     'compatibility_level': ('0', 'mailferry always behaves like Postfix at level 3.6'),
     'config_directory': ('/etc/postfix', "mailferry's own configuration directory"),
+    'data_directory': ('/var/lib/postfix', "mailferry's own state directory"),
     'lmtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
+    'mail_name': ('Postfix', 'the banner and Received: headers name mailferry'),
     'mail_owner': ('postfix', "mailferry's own system account"),
     'mynetworks_style': ('${{$compatibility_level} <level {2} ? {subnet} : {host}}', "Postfix's default at compatibility_level 3.6"),
     'queue_directory': ('/var/spool/postfix', "mailferry's own queue"),
@@ -1001,6 +1003,8 @@ POSTFIX_DEFAULTS_WHERE_DIFFERENT = {
     'respectful_logging': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'setgid_group': ('postdrop', "mailferry's own system group"),
     'smtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
+    'smtpd_forbid_bare_newline': ('no', "no SMTP smuggling by default (Postfix 3.9's normalize)"),
+    'smtpd_forbid_unauth_pipelining': ('no', "Postfix 3.9's default: refuse unauthorized pipelining"),
     'smtpd_relay_before_recipient_restrictions': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'smtpd_relay_restrictions': ('${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}', "Postfix's default at compatibility_level 3.6"),
     'smtpd_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),

@@ -76,7 +76,13 @@ def test_nothing_to_build_for_unindexed_types(tmp_path, mailferry):
     assert result.code == 2 and "nothing to build" in result.err
 
 
-def test_unknown_command_and_planned_command(mailferry):
-    assert mailferry("frobnicate").code == 2
-    planned = mailferry("start")
-    assert planned.code == 2 and "not implemented yet" in planned.err
+def test_unknown_command(mailferry):
+    result = mailferry("frobnicate")
+    assert result.code == 2 and "unknown command 'frobnicate'" in result.err
+
+
+def test_start_refuses_a_broken_configuration(tmp_path, mailferry):
+    result = mailferry("start", config_dir=tmp_path)
+    assert result.code == 2
+    assert f"mailferry/master: error: {tmp_path}/main.cf: cannot open" in result.err
+    assert "mailferry/master: fatal: the configuration has 1 error(s)" in result.err

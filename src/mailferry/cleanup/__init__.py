@@ -1,0 +1,1 @@
+"""cleanup: complete a message's envelope and headers before it is queued."""

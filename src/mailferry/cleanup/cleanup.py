@@ -1,0 +1,119 @@
+"""What Postfix's cleanup(8) does to a message before it enters the queue.
+
+- Qualifies bare envelope addresses with `@$myorigin` (append_at_myorigin).
+- Prepends the Received: header, in Postfix's layout.
+- Adds Message-ID: and Date: when missing, and From: when a local
+  submission lacks it. As in Postfix 2.6 and later, headers are added only
+  for local submissions and for clients that `local_header_rewrite_clients`
+  matches (by default, clients on our own interface addresses), so a remote
+  sender's DKIM signature is never broken by a header we invent.
+- Runs virtual alias expansion (the hook is here; the expansion itself is
+  not implemented yet, and virtual_alias_maps says so in `check`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from mailferry.message import NewMessage
+
+_HEADER_END = b"\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupSettings:
+    myhostname: str
+    myorigin: str
+    append_at_myorigin: bool = True
+    tls_received_header: bool = False
+    mail_name: str = "mailferry"
+
+
+def qualify(address: str, settings: CleanupSettings) -> str:
+    """`user` → `user@$myorigin` (the null sender stays empty)."""
+    if not address or "@" in address or not settings.append_at_myorigin:
+        return address
+    return f"{address}@{settings.myorigin}"
+
+
+def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
+          add_missing_headers: bool, full_name: str = "", now: float | None = None) -> NewMessage:
+    """Return `message` ready for the queue (it is changed in place and returned)."""
+    now = time.time() if now is None else now
+    message.sender = qualify(message.sender, settings)
+    for recipient in message.recipients:
+        recipient.address = qualify(recipient.address, settings)
+    present = _header_names(message.content)
+    added = [_received(message, queue_id, settings, now)]
+    if add_missing_headers:
+        if b"message-id" not in present:
+            message.message_id = f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{queue_id}@{settings.myhostname}>"
+            added.append(f"Message-Id: {message.message_id}\r\n")
+        if b"date" not in present:
+            added.append(f"Date: {formatdate(now, localtime=True)}\r\n")
+        if b"from" not in present and message.origin == "local":
+            added.append(_from_header(message.sender, full_name))
+    if not message.message_id:
+        message.message_id = _find_message_id(message.content)
+    if not present and not message.content.startswith(b"\r\n"):
+        # No header section at all: keep the body a body by ending our headers with the separator.
+        message.content = b"\r\n" + message.content
+    message.content = "".join(added).encode("utf-8", "surrogateescape") + message.content
+    message.arrival_time = message.arrival_time or now
+    return message
+
+
+def _header_names(content: bytes) -> set[bytes]:
+    """Lower-cased names of the header fields, from the header section only."""
+    end = content.find(_HEADER_END)
+    block = content if end < 0 else content[:end]
+    names = set()
+    for line in block.split(b"\r\n"):
+        if not line or line[0] in b" \t":
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon or b" " in name.strip():
+            return names if names else set()  # not a header line: the header section has ended
+        names.add(name.strip().lower())
+    return names
+
+
+def _find_message_id(content: bytes) -> str:
+    end = content.find(_HEADER_END)
+    block = content if end < 0 else content[:end]
+    for line in block.split(b"\r\n"):
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("utf-8", "replace")
+    return ""
+
+
+def _received(message: NewMessage, queue_id: str, settings: CleanupSettings, now: float) -> str:
+    date = formatdate(now, localtime=True)
+    single = message.recipients[0].address if len(message.recipients) == 1 else ""
+    recipient = f"\r\n\tfor <{single}>" if single else ""
+    client = message.client
+    if message.origin == "local":
+        uid = f", from userid {client.uid}" if client.uid is not None else ""
+        return f"Received: by {settings.myhostname} ({settings.mail_name}{uid})\r\n\tid {queue_id}{recipient}; {date}\r\n"
+    helo = client.helo or client.name
+    tls = f"\r\n\t(using {client.tls})" if client.tls and settings.tls_received_header else ""
+    return (f"Received: from {helo} ({client.name} [{client.address}]){tls}\r\n"
+            f"\tby {settings.myhostname} ({settings.mail_name}) with {client.protocol} id {queue_id}"
+            f"{recipient}; {date}\r\n")
+
+
+def _from_header(sender: str, full_name: str) -> str:
+    if not sender:
+        return "From: MAILER-DAEMON\r\n"
+    if full_name:
+        return f"From: {_quote_phrase(full_name)} <{sender}>\r\n"
+    return f"From: {sender}\r\n"
+
+
+def _quote_phrase(name: str) -> str:
+    if all(char.isalnum() or char in " !#$%&'*+-/=?^_`{|}~" for char in name):
+        return name
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

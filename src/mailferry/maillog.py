@@ -1,0 +1,84 @@
+"""Postfix-format log lines: `Nov 25 02:05:09 host mailferry/smtpd[123]: text`.
+
+Written to `maillog_file` when it is set, else to syslog for a daemon in the
+background (as Postfix logs by default) or standard error in the foreground, so that
+`pflogsumm --syslog-name=mailferry` and every grep an administrator knows
+keep working. Lines are buffered and flushed a few times a second (and on
+warnings, reopen and close): formatting and writing one line must stay
+cheap, since each message logs about six.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+
+class MailLog:
+    def __init__(self, path: str = "", syslog_name: str = "mailferry", hostname: str | None = None,
+                 to_syslog: bool = False):
+        self.path = path
+        self.to_syslog = to_syslog and not path
+        self._syslog_ident = ""
+        self.syslog_name = syslog_name
+        self.hostname = (hostname or socket.gethostname()).split(".")[0]
+        self.pid = os.getpid()
+        self._stream = self._open()
+        self._second = -1
+        self._prefix = ""
+
+    def _open(self):
+        if not self.path:
+            return sys.stderr
+        return open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+
+    def reopen(self) -> None:
+        """After logrotate moved the file away (and on reload)."""
+        self.flush()
+        if self._stream is not sys.stderr:
+            self._stream.close()
+        self._stream = self._open()
+
+    def line(self, program: str, text: str) -> None:
+        if self.to_syslog:
+            self._syslog(program, text)
+            return
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
+            self._prefix = f"{stamp[:4]}{int(stamp[4:6]):>2}{stamp[6:]} {self.hostname} "
+        self._stream.write(f"{self._prefix}{self.syslog_name}/{program}[{self.pid}]: {text}\n")
+
+    def _syslog(self, program: str, text: str) -> None:
+        import syslog
+        ident = f"{self.syslog_name}/{program}"
+        if ident != self._syslog_ident:
+            syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)
+            self._syslog_ident = ident
+        syslog.syslog(syslog.LOG_INFO, text)
+
+    def warning(self, program: str, text: str) -> None:
+        self.line(program, f"warning: {text}")
+        self.flush()
+
+    def error(self, program: str, text: str) -> None:
+        self.line(program, f"error: {text}")
+        self.flush()
+
+    def fatal(self, program: str, text: str) -> None:
+        self.line(program, f"fatal: {text}")
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._stream is not sys.stderr:
+            self._stream.close()

@@ -1,0 +1,1 @@
+"""master: the daemon's life: start, listeners, reload, stop."""

@@ -1,0 +1,143 @@
+"""The services of one running configuration, and their start, reload and stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailferry.cleanup.cleanup import CleanupSettings
+from mailferry.cleanup.service import CleanupService
+from mailferry.config.config import Config
+from mailferry.config.localdomains import local_domain_matcher
+from mailferry.master.control_server import ControlServer
+from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
+from mailferry.queue.scheduler import Scheduler
+from mailferry.routing.resolve import Resolver
+from mailferry.smtpd.networks import NetworkList
+
+PICKUP_DEFAULT_WAKEUP = 60.0
+
+
+class Runtime:
+    def __init__(self, config: Config, master, sockets, tls_contexts, log, owner):
+        self.config = config
+        self.master = master
+        self.sockets = sockets
+        self.tls_contexts = tls_contexts
+        self.log = log
+        self.owner = owner
+        self.queue_directory = config.get("queue_directory")
+        self.smtpd_services: list = []
+        self._tasks: list[asyncio.Task] = []
+        self._pickup_wakeup = asyncio.Event()
+
+    async def start(self) -> None:
+        self.store = open_queue(self.queue_directory)
+        self.committer = GroupCommitter(self.store)
+        self.scheduler = Scheduler(self.store, self.committer, self._resolver(self.config), self.log)
+        self.cleanup = self._cleanup_service(self.config)
+        await self._start_smtpd(self.config, self.master)
+        self.control = ControlServer(self.queue_directory, {
+            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.wake}, self.log)
+        await self.control.start()
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(self.config.time("queue_run_delay")), name="qmgr"),
+            asyncio.create_task(self._pickup_loop(), name="pickup"),
+        ]
+
+    def _resolver(self, config: Config) -> Resolver:
+        return Resolver(config.get("local_transport"), config.get("default_transport"),
+                        local_domain_matcher(config))
+
+    def _cleanup_service(self, config: Config) -> CleanupService:
+        settings = CleanupSettings(
+            myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
+            append_at_myorigin=config.boolean("append_at_myorigin"),
+            tls_received_header=config.boolean("smtpd_tls_received_header"),
+            mail_name=config.get("mail_name"))
+        local_clients = _local_header_clients(config)
+        return CleanupService(settings, self.committer, self.log, local_clients.matches, self.scheduler.wake)
+
+    async def _start_smtpd(self, config: Config, master) -> None:
+        from mailferry.smtpd.service import SmtpdService
+        for service in master.services:
+            if service.command != "smtpd" or service.type != "inet":
+                continue
+            key = (service.name, service.type)
+            smtpd = SmtpdService(service, config, self.tls_contexts.get(key), self.cleanup, self.log, new_queue_id)
+            sockets = self.sockets.get(key, [])
+            await smtpd.start(sockets)
+            self.smtpd_services.append(smtpd)
+
+    async def _pickup_loop(self) -> None:
+        pickup = self.master.find("pickup", "unix") if self.master else None
+        interval = float(pickup.wakeup_seconds) if pickup is not None and pickup.wakeup_seconds else \
+            PICKUP_DEFAULT_WAKEUP
+        while True:
+            await self._pick_up_all()
+            self._pickup_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._pickup_wakeup.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def _pick_up_all(self) -> None:
+        from mailferry.local import pickup
+        from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
+        for path in await asyncio.to_thread(pickup.scan, self.queue_directory):
+            try:
+                submission = await asyncio.to_thread(pickup.pick_up, path)
+            except UnsupportedMaildropVersion as problem:
+                self.log.warning("pickup", f"{path}: {problem}; left in place for a newer mailferry")
+                continue
+            except MaildropError as problem:
+                moved = await asyncio.to_thread(pickup.quarantine, self.queue_directory, path)
+                self.log.warning("pickup", f"{problem}; file moved to {moved}")
+                continue
+            except FileNotFoundError:
+                continue
+            queue_id = new_queue_id()
+            self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
+            try:
+                await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+            except QueueError as problem:
+                self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
+                return
+            await asyncio.to_thread(pickup.remove, path)
+
+    async def reload(self, config: Config, master) -> None:
+        """New configuration for new work: listeners are rebuilt, open sessions finish on the old one."""
+        self.config, self.master = config, master
+        self.scheduler.resolver = self._resolver(config)
+        self.cleanup.settings = self._cleanup_service(config).settings
+        for smtpd in self.smtpd_services:
+            smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
+
+    async def stop(self) -> None:
+        for smtpd in self.smtpd_services:
+            await smtpd.stop()
+        self.scheduler.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.control.stop()
+        await self.committer.close()
+        self.store.close()
+
+
+def _local_header_clients(config: Config) -> NetworkList:
+    """local_header_rewrite_clients: permit_inet_interfaces (the default) and permit_mynetworks."""
+    networks = []
+    for item in config.list("local_header_rewrite_clients"):
+        if item == "permit_inet_interfaces":
+            networks += ["127.0.0.0/8", "[::1]/128"]
+            networks += [f"{address}" for address in _own_addresses()]
+        elif item == "permit_mynetworks":
+            networks.append(config.get("mynetworks"))
+        elif item == "static:all":
+            networks += ["0.0.0.0/0", "[::]/0"]
+    return NetworkList(" ".join(networks))
+
+
+def _own_addresses() -> list[str]:
+    from mailferry.config.hostinfo import local_addresses
+    return [str(address) for address, _ in local_addresses()]

@@ -1,0 +1,244 @@
+"""The running mail system: one process, one event loop, every service.
+
+Start-up happens in two phases. `prepare()` runs before the event loop,
+possibly as root: it reads and checks the configuration (a configuration
+that `mailferry check` rejects does not start), binds every listener,
+prepares the queue directory and gives up root. `serve()` then runs the
+services until stop: smtpd listeners, pickup, the queue manager and the
+control socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from mailferry import __version__
+from mailferry.config.config import Config, load
+from mailferry.master.pidfile import remove_pid, write_pid
+from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
+
+
+class StartupError(Exception):
+    """Why the mail system cannot start; the message says what to fix.
+    `details` are diagnostics to print before it, one per line."""
+
+    def __init__(self, message: str, details: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.details = details
+
+
+class MailServer:
+    def __init__(self, config_dir: str, background: bool = False):
+        self.config_dir = config_dir
+        self.background = background
+        self.config: Config | None = None
+        self.master = None
+        self.owner: Owner | None = None
+        self.log = None
+        self.sockets: dict[tuple[str, str], list[socket.socket]] = {}
+        self.services: list = []
+        self._stop = None
+        self._reload_requested = False
+
+    # ---- phase 1: before the event loop
+    def prepare(self) -> None:
+        self.config, self.master = self._read_configuration()
+        self.queue_directory = self.config.get("queue_directory")
+        from mailferry.master.pidfile import running_pid
+        if (pid := running_pid(self.queue_directory)) is not None:
+            raise StartupError(f"the mail system is already running: PID: {pid}")
+        self.owner = resolve_owner(self.config.get("mail_owner"))
+        self.tls_contexts = {}
+        for service in self._smtpd_services(self.master):
+            key = (service.name, service.type)
+            self.sockets[key] = bind_listener(service, self.config)
+            # Keys are often readable by root alone: read them before root is given up, as Postfix does.
+            self.tls_contexts[key] = _tls_context(service, self.config)
+        self._prepare_queue_directory()
+        self.log = self._open_log()
+        _import_everything_the_services_use()
+        drop_to(self.owner)
+
+    def _open_log(self):
+        """Opened while still root, and given to mail_owner, so a reload can reopen it."""
+        from mailferry.maillog import MailLog
+        path = self.config.get("maillog_file")
+        log = MailLog(path, self.config.get("syslog_name"), self.config.get("myhostname"),
+                      to_syslog=self.background)
+        if path and os.geteuid() == 0:
+            os.chown(path, self.owner.uid, self.owner.gid)
+        return log
+
+    def _read_configuration(self):
+        from mailferry.config.inspect import inspect_config
+        from mailferry.config.mastercf import read_master_cf
+        from mailferry.diagnostics import ERROR
+        problems = [item for item in inspect_config(self.config_dir) if item.severity == ERROR]
+        if problems:
+            raise StartupError(f"the configuration has {len(problems)} error(s); fix them "
+                               f"(mailferry -c {self.config_dir} check) and start again",
+                               tuple(item.format("mailferry/master") for item in problems))
+        config = load(self.config_dir)
+        master = read_master_cf(os.path.join(self.config_dir, "master.cf"))
+        return config, master
+
+    @staticmethod
+    def _smtpd_services(master):
+        return [service for service in master.services
+                if service.command == "smtpd" and service.type == "inet"]
+
+    def _prepare_queue_directory(self) -> None:
+        """The directories are mail_owner's; the files in maildrop stay their submitters'
+        (pickup trusts a file's owner to say who sent it)."""
+        paths = []
+        for sub, mode in (("", 0o755), ("pid", 0o755), ("public", 0o755), ("maildrop", 0o1733)):
+            path = os.path.join(self.queue_directory, sub)
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, mode)
+            paths.append(path)
+        paths += [os.path.join(self.queue_directory, name) for name in os.listdir(self.queue_directory)
+                  if name.startswith("queue.db")]
+        give_to(paths, self.owner)
+
+    # ---- phase 2: the event loop
+    async def serve(self) -> None:
+        from mailferry.master.runtime import Runtime
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner)
+        await self.runtime.start()
+        write_pid(self.queue_directory)
+        if self.background:
+            _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
+        self.log.line("master", f"daemon started -- version {__version__}, configuration {self.config_dir}")
+        self.log.flush()
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(0.2)
+                self.log.flush()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    await self._reload()
+        finally:
+            self.log.line("master", "terminating on signal 15")
+            await self.runtime.stop()
+            remove_pid(self.queue_directory)
+            self.log.close()
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+
+    async def _reload(self) -> None:
+        try:
+            config, master = self._read_configuration()
+        except StartupError as exc:
+            self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
+            return
+        await self.runtime.reload(config, master)
+        self.log.reopen()
+        self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
+
+
+# Imported while we may still read them: once root is given up, the
+# interpreter's own library may be out of reach (a Python installed under
+# /root, as pyenv does), and a lazy import deep in a session would fail.
+_SERVICE_MODULES = (
+    "asyncio", "ssl", "sqlite3", "ipaddress", "json", "syslog", "email.utils", "email.parser",
+    "email.policy", "email.headerregistry", "encodings.idna", "encodings.ascii", "encodings.latin_1",
+    "difflib", "tempfile", "concurrent.futures.thread",
+    "mailferry.master.runtime", "mailferry.master.control_server", "mailferry.smtpd.service",
+    "mailferry.queue", "mailferry.queue.scheduler", "mailferry.local.pickup", "mailferry.local.maildrop",
+    "mailferry.cleanup.service", "mailferry.tables", "mailferry.tables.indexed", "mailferry.tables.memory",
+    "mailferry.tables.regexp", "mailferry.tables.ldap", "mailferry.config.inspect", "mailferry.config.mastercf",
+)
+
+
+def _import_everything_the_services_use() -> None:
+    import importlib
+    for name in _SERVICE_MODULES:
+        importlib.import_module(name)
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        pass
+
+
+def _tls_context(service, config: Config):
+    from mailferry.smtpd.service import service_view
+    from mailferry.smtpd.tls import TLSSetupError, server_context
+    try:
+        return server_context(service_view(config, service))
+    except TLSSetupError as exc:
+        raise StartupError(f"master.cf, line {service.line}: service {service.name}: {exc}") from None
+
+
+def bind_listener(service, config: Config) -> list[socket.socket]:
+    """Bound, listening sockets for an inet service, made before root is given up."""
+    host, port = service.listen_address()
+    hosts = [host] if host else _interface_hosts(config)
+    sockets = []
+    for one_host in hosts:
+        family = socket.AF_INET6 if ":" in one_host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            listener.bind((one_host, port))
+        except OSError as exc:
+            listener.close()
+            raise StartupError(f"master.cf, line {service.line}: service {service.name}: "
+                               f"cannot listen on {one_host} port {port}: {exc.strerror}") from None
+        listener.listen(1024)
+        listener.setblocking(False)
+        sockets.append(listener)
+    return sockets
+
+
+def _interface_hosts(config: Config) -> list[str]:
+    """Addresses for a service without one: inet_interfaces (and inet_protocols)."""
+    interfaces = config.list("inet_interfaces")
+    protocols = config.get("inet_protocols")
+    wants_v6 = protocols in ("all", "ipv6") or "ipv6" in protocols
+    wants_v4 = protocols in ("all", "ipv4") or "ipv4" in protocols
+    if "all" in interfaces:
+        return [host for host, wanted in (("0.0.0.0", wants_v4), ("::", wants_v6)) if wanted]
+    if "loopback-only" in interfaces:
+        return [host for host, wanted in (("127.0.0.1", wants_v4), ("::1", wants_v6)) if wanted]
+    return [item.strip("[]") for item in interfaces]
+
+
+def _detach_stderr() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def run_foreground(config_dir: str, background: bool = False) -> int:
+    server = MailServer(config_dir, background)
+    try:
+        server.prepare()
+    except (StartupError, PrivilegeError) as exc:
+        for line in getattr(exc, "details", ()):
+            print(line, file=sys.stderr)
+        print(f"mailferry/master: fatal: {exc}", flush=True, file=sys.stderr)
+        return 1
+    _install_event_loop_policy()
+    asyncio.run(server.serve())
+    return 0
+
+
+def _install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+

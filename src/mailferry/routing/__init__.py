@@ -1,0 +1,1 @@
+"""routing: turn a recipient into (transport, nexthop)."""

@@ -1,0 +1,1 @@
+"""smtpd: the SMTP service: listeners, TLS, relay control, hand-off to cleanup."""

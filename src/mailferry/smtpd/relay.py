@@ -1,0 +1,98 @@
+"""Relay control: smtpd_relay_restrictions, then smtpd_recipient_restrictions.
+
+The restrictions implemented so far, with Postfix's meaning:
+
+  permit, reject, permit_mynetworks, permit_sasl_authenticated,
+  reject_unauth_destination, defer_unauth_destination,
+  permit_auth_destination
+
+A list is evaluated in order; the first restriction that decides ends that
+list (permit moves on to the next list), and a list that ends without a
+decision permits. A restriction mailferry does not know is a server
+configuration error: the client gets `451 4.3.5`, never an accidental permit.
+
+"Authorized destination" is Postfix's: the recipient's domain is ours
+(mydestination, or an address literal of our interfaces) or in
+relay_domains, AND the address carries no sender-specified routing: a local
+part with `%`, `!` or `@`, or a source route, never counts as ours for an
+untrusted client (allow_untrusted_routing = no). That closes the percent
+hack, bang paths, double-@ and source-route relays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailferry.config.values import split_list
+
+PERMIT = None  # what a check returns when the recipient may pass
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: int
+    enhanced: str
+    text: str
+    log_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFacts:
+    address: str
+    in_mynetworks: bool
+    sasl_username: str = ""
+
+
+class RelayPolicy:
+    def __init__(self, relay_restrictions: str, recipient_restrictions: str,
+                 is_local_domain: Callable[[str], bool], relay_domains: str,
+                 relay_domains_reject_code: int = 554, unknown_code: int = 451):
+        self._lists = [split_list(relay_restrictions), split_list(recipient_restrictions)]
+        self._is_local = is_local_domain
+        self._relay_domains = {item.lower().lstrip(".") for item in split_list(relay_domains)
+                               if ":" not in item}
+        self._reject_code = relay_domains_reject_code
+        self._unknown_code = unknown_code
+
+    def check_recipient(self, client: ClientFacts, address: str, routed: bool) -> Rejection | None:
+        for restrictions in self._lists:
+            for name in restrictions:
+                decision = self._apply(name, client, address, routed)
+                if decision == "permit":
+                    break
+                if isinstance(decision, Rejection):
+                    return decision
+        return PERMIT
+
+    def is_authorized_destination(self, address: str, routed: bool) -> bool:
+        if routed:
+            return False
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        if not domain:
+            return True  # a bare local part (postmaster) is ours
+        return self._is_local(domain) or self._in_relay_domains(domain)
+
+    def _in_relay_domains(self, domain: str) -> bool:
+        # parent_domain_matches_subdomains includes relay_domains by default: sub.example.com matches example.com.
+        labels = domain.split(".")
+        return any(".".join(labels[index:]) in self._relay_domains for index in range(len(labels)))
+
+    def _apply(self, name: str, client: ClientFacts, address: str, routed: bool):
+        if name == "permit":
+            return "permit"
+        if name == "reject":
+            return Rejection(554, "5.7.1", f"<{address}>: Recipient address rejected: Access denied", "reject")
+        if name == "permit_mynetworks":
+            return "permit" if client.in_mynetworks else None
+        if name == "permit_sasl_authenticated":
+            return "permit" if client.sasl_username else None
+        if name == "permit_auth_destination":
+            return "permit" if self.is_authorized_destination(address, routed) else None
+        if name in ("reject_unauth_destination", "defer_unauth_destination"):
+            if self.is_authorized_destination(address, routed):
+                return None
+            code, enhanced = (self._reject_code, "5.7.1") if name.startswith("reject") else (450, "4.7.1")
+            return Rejection(code, enhanced, f"<{address}>: Relay access denied", name)
+        return Rejection(self._unknown_code, "4.3.5", "Server configuration error",
+                         f"unknown smtpd restriction: \"{name}\"")

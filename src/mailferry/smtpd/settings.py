@@ -1,0 +1,33 @@
+"""ServerSettings for the protocol core, read from one service's view of main.cf."""
+
+from __future__ import annotations
+
+from mailferry.config.config import Config
+from mailferry.protocol.smtp_server import NORMALIZE, REJECT, ServerSettings
+
+
+def server_settings(config: Config, starttls: bool) -> ServerSettings:
+    bare_newline = config.get("smtpd_forbid_bare_newline").lower()
+    return ServerSettings(
+        hostname=config.get("myhostname"),
+        banner=config.get("smtpd_banner"),
+        message_size_limit=config.size("message_size_limit"),
+        recipient_limit=config.integer("smtpd_recipient_limit"),
+        recipient_overshoot_limit=config.integer("smtpd_recipient_overshoot_limit"),
+        hopcount_limit=config.integer("hopcount_limit"),
+        soft_error_limit=config.integer("smtpd_soft_error_limit"),
+        hard_error_limit=config.integer("smtpd_hard_error_limit"),
+        junk_command_limit=config.integer("smtpd_junk_command_limit"),
+        error_sleep_time=float(config.time("smtpd_error_sleep_time")),
+        line_length_limit=config.integer("line_length_limit"),
+        # Postfix's "no" (a bare LF ends lines) invites SMTP smuggling: mailferry reads it as normalize.
+        bare_newline=REJECT if bare_newline == "reject" else NORMALIZE,
+        bare_newline_reject_code=config.integer("smtpd_forbid_bare_newline_reject_code"),
+        forbid_unauth_pipelining=config.boolean("smtpd_forbid_unauth_pipelining"),
+        helo_required=config.boolean("smtpd_helo_required"),
+        strict_envelopes=config.boolean("strict_rfc821_envelopes"),
+        vrfy_enabled=not config.boolean("disable_vrfy_command"),
+        smtputf8=config.boolean("smtputf8_enable"),
+        starttls=starttls,
+    )
+

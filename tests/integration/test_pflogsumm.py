@@ -1,0 +1,37 @@
+"""pflogsumm, the administrator's daily report, must read mailferry's log."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def grand_total(report: str, label: str) -> int:
+    match = re.search(rf"^\s*(\d+)\s+{label}(?: \(\d+%\))?\s*$", report, re.M)
+    assert match, f"no {label!r} line in pflogsumm's Grand Totals:\n{report}"
+    return int(match.group(1))
+
+
+def test_pflogsumm_counts_received_delivered_and_rejected(daemon_factory):
+    daemon = daemon_factory(smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination",
+                            mynetworks="127.0.0.2/32").start()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        for number in range(3):
+            client.sendmail(f"sender{number}@example.test", ["user@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+        client.mail("spammer@outside.example")
+        assert client.rcpt("victim@elsewhere.example")[0] == 554
+    daemon.wait_for_log(": removed", count=3)
+    daemon.stop()
+    tool = shutil.which("pflogsumm")
+    assert tool, "pflogsumm is required: run scripts/setup --test"
+    report = subprocess.run([tool, "--syslog-name=mailferry", str(daemon.log_path)],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert grand_total(report, "received") == 3
+    assert grand_total(report, "delivered") == 3
+    assert grand_total(report, "rejected") == 1

@@ -1,0 +1,165 @@
+"""The receiving half against the real daemon: swaks, smtplib, mailq, kill -9, limits."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import smtplib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import daemon_user_ids, process_uid
+
+pytestmark = pytest.mark.integration
+
+QUEUED = re.compile(r"250 2\.0\.0 Ok: queued as ([0-9A-F]+)")
+
+
+def swaks(port: int, *args: str) -> subprocess.CompletedProcess:
+    tool = shutil.which("swaks")
+    assert tool, "swaks is required: run scripts/setup --test"
+    return subprocess.run([tool, "--server", f"127.0.0.1:{port}", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def held_daemon(daemon_factory):
+    """Mail for elsewhere waits in the queue: the smtp delivery agent does not exist yet."""
+    return daemon_factory(default_transport="smtp").start()
+
+
+def test_swaks_and_smtplib_are_queued_and_listed(daemon_factory):
+    daemon = held_daemon(daemon_factory)
+    result = swaks(daemon.port, "--from", "alice@example.test", "--to", "bob@example.org")
+    [swaks_id] = QUEUED.findall(result.stdout)
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        refused = client.sendmail("carol@example.test", ["dave@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
+        assert refused == {}
+        code, text = client.noop()
+    log = daemon.wait_for_log("(queue active)", count=2)
+    smtplib_id = re.findall(r"([0-9A-F]+): client=", log)[-1]
+    listing = daemon.mailq()
+    assert swaks_id in listing and smtplib_id in listing
+    assert "alice@example.test" in listing and "bob@example.org" in listing
+    assert "dave@example.org" in listing
+    assert listing.rstrip().endswith("in 2 Requests.")
+
+
+def test_daemon_runs_as_mail_owner_after_binding(daemon):
+    uid, _ = daemon_user_ids()
+    assert process_uid(daemon.process.pid) == uid
+    assert "daemon started" in daemon.wait_for_log("daemon started")
+
+
+def test_log_lines_follow_postfix_formats(daemon):
+    queue_id = QUEUED.search(swaks(daemon.port, "--from", "a@example.test", "--to", "b@example.test").stdout).group(1)
+    log = daemon.wait_for_log(f"{queue_id}: removed")
+    assert re.search(r"mailferry/smtpd\[\d+\]: connect from localhost\[127\.0\.0\.1\]", log)
+    assert f"mailferry/smtpd[{daemon.process.pid}]: {queue_id}: client=localhost[127.0.0.1]" in log
+    assert re.search(rf"{queue_id}: message-id=<.+>", log)
+    assert re.search(rf"{queue_id}: from=<a@example\.test>, size=\d+, nrcpt=1 \(queue active\)", log)
+    assert re.search(rf"{queue_id}: to=<b@example\.test>, relay=none, delay=[\d.]+, "
+                     rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent", log)
+    assert re.search(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5", log)
+
+
+def test_kill_9_loses_nothing_that_got_250(daemon_factory):
+    daemon = held_daemon(daemon_factory)
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as smtp:
+                    while not stop.is_set():
+                        smtp.mail(f"sender{number}@example.test")
+                        smtp.rcpt("rcpt@example.org")
+                        code, reply = smtp.data(b"Subject: durability\r\n\r\n" + b"x" * 512 + b"\r\n")
+                        if code == 250:
+                            with lock:
+                                accepted.append(reply.decode().rsplit(" ", 1)[-1])
+            except (OSError, smtplib.SMTPException):
+                return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    daemon.wait_for_log("(queue active)", count=200, timeout=60)
+    daemon.kill9()
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(accepted) >= 200
+    daemon.start()
+    listing = daemon.mailq()
+    missing = [queue_id for queue_id in accepted if queue_id not in listing]
+    assert missing == []
+
+
+def test_sendmail_with_daemon_down_is_picked_up_at_start(daemon_factory):
+    daemon = daemon_factory(default_transport="smtp")
+    (daemon.queue_directory / "maildrop").mkdir(parents=True)
+    (daemon.queue_directory / "maildrop").chmod(0o1733)
+    message = b"To: bob@example.org\nSubject: offline\n\nwritten while the daemon was down\n"
+    sendmail = Path(sys.executable).parent / "mailferry-sendmail"  # the installed entry point
+    result = subprocess.run([str(sendmail), "-C",
+                             str(daemon.config_dir), "-t", "-f", "alice@example.test"],
+                            input=message, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert len(list((daemon.queue_directory / "maildrop").iterdir())) == 1
+    daemon.start()
+    log = daemon.wait_for_log("(queue active)")
+    assert re.search(r"mailferry/pickup\[\d+\]: ([0-9A-F]+): uid=0 from=<alice@example\.test>", log), log
+    listing = daemon.mailq()
+    assert "alice@example.test" in listing and "bob@example.org" in listing
+    assert list((daemon.queue_directory / "maildrop").iterdir()) == []
+
+
+def test_size_line_and_recipient_limits(daemon_factory):
+    daemon = daemon_factory(message_size_limit="2000", smtpd_recipient_limit="3").start()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.ehlo("client.example")
+        assert "size" in client.esmtp_features and client.esmtp_features["size"] == "2000"
+        code, text = client.mail("a@example.test", ["SIZE=5000"])
+        assert (code, text) == (552, b"5.3.4 Message size exceeds fixed limit")
+        client.rset()
+        assert client.mail("a@example.test")[0] == 250
+        for number in range(3):
+            assert client.rcpt(f"r{number}@example.test")[0] == 250
+        assert client.rcpt("r4@example.test") == (452, b"4.5.3 Error: too many recipients")
+        code, text = client.data(b"Subject: big\r\n\r\n" + b"y" * 3000 + b"\r\n")
+        assert (code, text) == (552, b"5.3.4 Error: message file too big")
+        code, text = client.docmd("NOOP " + "z" * 3000)
+        assert code == 500 and b"5.5.2" in text
+        assert client.noop()[0] == 250
+
+
+def test_stop_is_graceful_and_status_follows(daemon):
+    assert daemon.command("status").returncode == 0
+    client = smtplib.SMTP("127.0.0.1", daemon.port)
+    client.ehlo("client.example")
+    assert daemon.command("stop").returncode == 0
+    code, text = client.mail("a@example.test")
+    assert (code, text) == (421, b"4.3.2 Service shutting down, closing transmission channel")
+    assert daemon.process.wait(10) == 0
+    assert daemon.command("status").returncode == 1
+    assert "terminating on signal 15" in daemon.log()
+
+
+def test_reload_rereads_main_cf_without_dropping_connections(daemon):
+    client = smtplib.SMTP("127.0.0.1", daemon.port)
+    client.ehlo("client.example")
+    main_cf = (daemon.config_dir / "main.cf").read_text() + "message_size_limit = 1234\n"
+    (daemon.config_dir / "main.cf").write_text(main_cf)
+    assert daemon.command("reload").returncode == 0
+    daemon.wait_for_log("reload -- version")
+    assert client.noop()[0] == 250  # the old session is still there
+    client.quit()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as fresh:
+        fresh.ehlo("client.example")
+        assert fresh.esmtp_features["size"] == "1234"

@@ -1,0 +1,223 @@
+"""Attacks a public MX sees every day, against the real daemon, from an untrusted address.
+
+The daemon trusts only 127.0.0.1 (mynetworks = 127.0.0.1/32); the tests
+connect from 127.0.0.2, which the kernel routes over loopback but which
+counts as an outside client.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from mailferry.queue import SqliteQueueStore
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+OUTSIDE = ("127.0.0.2", 0)
+
+
+@pytest.fixture
+def mx(daemon_factory):
+    """A daemon whose mail stays queued (no smtp agent yet), so its content can be inspected."""
+    return daemon_factory(default_transport="smtp", local_transport="smtp").start()
+
+
+def queued_contents(daemon) -> list[bytes]:
+    store = SqliteQueueStore(daemon.queue_directory / "queue.db")
+    try:
+        return [store.content(message.queue_id) for message in store.messages()]
+    finally:
+        store.close()
+
+
+def outside_client(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, source_address=OUTSIDE, timeout=10)
+    client.ehlo("outside.example")
+    return client
+
+
+SMUGGLING_ENDINGS = {
+    "LF.LF": b"\n.\n",
+    "LF.CRLF": b"\n.\r\n",
+    "CRLF.LF": b"\r\n.\n",
+    "CR.CR": b"\r.\r",
+    "CR.CRLF": b"\r.\r\n",
+    "CRLF.CR": b"\r\n.\r",
+    "LF.CR": b"\n.\r",
+    "CRLF.NUL.CRLF": b"\r\n.\x00\r\n",
+    "CRLF.SP.CRLF": b"\r\n. \r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING_ENDINGS))
+def test_smuggled_end_of_data_stays_inside_one_message(mx, name):
+    ending = SMUGGLING_ENDINGS[name]
+    # What a vulnerable server would take for a second transaction: it ends at the one real
+    # terminator, so a server fooled by `ending` answers 250 twice before QUIT's 221.
+    smuggled = (b"MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nforged")
+    with socket.create_connection(("127.0.0.1", mx.port), source_address=OUTSIDE, timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        raw.sendall(b"EHLO outside.example\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"MAIL FROM:<honest@outside.example>\r\n")
+        assert reader.readline().startswith(b"250")
+        raw.sendall(b"RCPT TO:<user@example.test>\r\n")
+        assert reader.readline().startswith(b"250")
+        raw.sendall(b"DATA\r\n")
+        assert reader.readline().startswith(b"354")
+        raw.sendall(b"Subject: honest\r\n\r\nbefore" + ending + smuggled + b"\r\n.\r\nQUIT\r\n")
+        replies = [reader.readline() for _ in range(2)]
+    assert replies[0].startswith(b"250 2.0.0 Ok: queued as")
+    assert replies[1].startswith(b"221")
+    mx.wait_for_log("(queue active)")
+    time.sleep(0.2)
+    [content] = queued_contents(mx)
+    assert b"before" in content and b"smuggled@evil.example" in content and b"forged" in content
+    assert mx.log().count("(queue active)") == 1
+
+
+def test_starttls_injection_gets_no_reply(mx_tls):
+    daemon = mx_tls
+    with socket.create_connection(("127.0.0.1", daemon.port), source_address=OUTSIDE, timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        raw.sendall(b"EHLO outside.example\r\n")
+        lines = []
+        while not (line := reader.readline()).startswith(b"250 "):
+            lines.append(line)
+        assert b"250-STARTTLS\r\n" in lines
+        # The injection: a command pipelined after STARTTLS, in the same packet.
+        raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+        assert reader.readline().startswith(b"220 2.0.0")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with context.wrap_socket(raw, server_hostname="mx.example.test") as secure:
+            secure.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                secure.recv(1024)  # nothing may answer the injected MAIL FROM
+            secure.settimeout(10)
+            secure.sendall(b"MAIL FROM:<a@outside.example>\r\n")
+            reply = secure.recv(1024)
+            # Had the injected MAIL been kept, this one would be "503 5.5.1 Error: nested MAIL command".
+            assert reply.startswith(b"250 2.1.0"), reply
+            secure.sendall(b"EHLO outside.example\r\n")
+            assert b"250" in secure.recv(4096)
+    log = daemon.wait_for_log("TLS connection established")
+    assert re.search(r"Anonymous TLS connection established from localhost\[127\.0\.0\.2\]: TLSv1\.[23] with cipher", log)
+
+
+@pytest.fixture
+def mx_tls(daemon_factory, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    daemon = daemon_factory(smtpd_tls_security_level="may", smtpd_tls_cert_file=str(cert),
+                            smtpd_tls_key_file=str(key), smtpd_tls_received_header="yes")
+    return daemon.start()
+
+
+def test_tls_message_carries_cipher_in_received(mx_tls):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", mx_tls.port) as client:
+        client.starttls(context=context)
+        client.sendmail("a@example.test", ["b@example.test"], b"Subject: tls\r\n\r\nsecret\r\n")
+    mx_tls.wait_for_log("(queue active)")
+    log = mx_tls.log()
+    assert "TLS connection established from localhost[127.0.0.1]" in log
+
+
+OPEN_RELAY_TRICKS = [
+    "<user@elsewhere.example>",
+    "<user%elsewhere.example@example.test>",
+    "<user%elsewhere.example@[127.0.0.1]>",
+    '<"user@elsewhere.example">',
+    '<"user@elsewhere.example"@example.test>',
+    '<"user%elsewhere.example"@example.test>',
+    "<elsewhere.example!user@example.test>",
+    "<user@elsewhere.example@example.test>",
+    "<@example.test:user@elsewhere.example>",
+    "<@elsewhere.example:user@example.test>",
+    "<user@[192.0.2.99]>",
+    "<user@elsewhere.example.>",
+    "<USER@ELSEWHERE.EXAMPLE>",
+    "<postmaster@elsewhere.example>",
+    "<user@example.test.elsewhere.example>",
+]
+
+
+@pytest.fixture
+def second_listener(daemon_factory):
+    port = free_port("127.0.0.2")
+    daemon = daemon_factory(extra_listeners=f"127.0.0.2:{port} inet n - n - - smtpd\n")
+    daemon.start()
+    daemon.second_port = port
+    return daemon
+
+
+@pytest.mark.parametrize("recipient", OPEN_RELAY_TRICKS)
+def test_open_relay_tricks_are_refused_from_outside(second_listener, recipient):
+    with smtplib.SMTP("127.0.0.2", second_listener.second_port, source_address=OUTSIDE, timeout=10) as client:
+        client.ehlo("outside.example")
+        assert client.mail("spammer@outside.example")[0] == 250
+        code, text = client.docmd(f"RCPT TO:{recipient}")
+        assert code >= 500 or code in (450, 451), (code, text)
+        assert client.docmd("DATA")[0] == 554  # no valid recipients
+    assert "(queue active)" not in second_listener.log()
+
+
+def test_reject_unauth_destination_answers_554(daemon_factory):
+    port = free_port("127.0.0.2")
+    daemon_factory(extra_listeners=f"127.0.0.2:{port} inet n - n - - smtpd\n",
+                   smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination").start()
+    with smtplib.SMTP("127.0.0.2", port, source_address=OUTSIDE, timeout=10) as client:
+        client.ehlo("outside.example")
+        client.mail("spammer@outside.example")
+        assert client.rcpt("victim@elsewhere.example") == (554, b"5.7.1 <victim@elsewhere.example>: Relay access denied")
+        assert client.rcpt("user@example.test")[0] == 250
+
+
+def test_local_recipient_is_accepted_from_outside_and_relay_from_inside(second_listener):
+    with smtplib.SMTP("127.0.0.2", second_listener.second_port, source_address=OUTSIDE, timeout=10) as client:
+        assert client.sendmail("a@outside.example", ["user@example.test"], b"Subject: in\r\n\r\nx\r\n") == {}
+    with smtplib.SMTP("127.0.0.1", second_listener.port, timeout=10) as client:
+        assert client.sendmail("a@example.test", ["user@elsewhere.example"], b"Subject: out\r\n\r\nx\r\n") == {}
+    log = second_listener.wait_for_log("(queue active)", count=2)
+    assert "Relay access denied" not in log
+
+
+def test_rejections_are_logged_like_postfix(second_listener):
+    with smtplib.SMTP("127.0.0.2", second_listener.second_port, source_address=OUTSIDE, timeout=10) as client:
+        client.ehlo("outside.example")
+        client.mail("spammer@outside.example")
+        # The default smtpd_relay_restrictions end in defer_unauth_destination, as Postfix's do.
+        assert client.rcpt("victim@elsewhere.example") == (450, b"4.7.1 <victim@elsewhere.example>: Relay access denied")
+    log = second_listener.wait_for_log("NOQUEUE")
+    assert ("NOQUEUE: reject: RCPT from localhost[127.0.0.2]: 450 4.7.1 <victim@elsewhere.example>: "
+            "Relay access denied; from=<spammer@outside.example> to=<victim@elsewhere.example> "
+            "proto=ESMTP helo=<outside.example>") in log
+
+
+def test_pipelining_without_ehlo_is_refused(second_listener):
+    with socket.create_connection(("127.0.0.2", second_listener.second_port), source_address=OUTSIDE,
+                                  timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        raw.sendall(b"HELO outside.example\r\nMAIL FROM:<a@outside.example>\r\nRCPT TO:<b@example.test>\r\n")
+        replies = reader.read()
+    assert b"554 5.5.0" in replies
+    assert "improper command pipelining" in second_listener.wait_for_log("improper command pipelining")
