@@ -52,7 +52,7 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
             message.message_id = f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{queue_id}@{settings.myhostname}>"
             added.append(f"Message-Id: {message.message_id}\r\n")
         if b"date" not in present:
-            added.append(f"Date: {formatdate(now, localtime=True)}\r\n")
+            added.append(f"Date: {_date(now)}\r\n")
         if b"from" not in present and message.origin == "local":
             added.append(_from_header(message.sender, full_name))
     if not message.message_id:
@@ -63,6 +63,18 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
     message.content = "".join(added).encode("utf-8", "surrogateescape") + message.content
     message.arrival_time = message.arrival_time or now
     return message
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date(now: float) -> str:
+    """RFC 5322 date of `now`, formatted once per second: it is in every message's Received:."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, localtime=True))
+    return _date_cache[1]
 
 
 def _header_names(content: bytes) -> set[bytes]:
@@ -90,7 +102,7 @@ def _find_message_id(content: bytes) -> str:
 
 
 def _received(message: NewMessage, queue_id: str, settings: CleanupSettings, now: float) -> str:
-    date = formatdate(now, localtime=True)
+    date = _date(now)
     single = message.recipients[0].address if len(message.recipients) == 1 else ""
     recipient = f"\r\n\tfor <{single}>" if single else ""
     client = message.client

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_help(), file=sys.stderr)
         return 2
     command, rest = args[0], args[1:]
+    # The daemon and the files main.cf names ($config_directory/queue) must not depend on the cwd.
+    config_dir = os.path.abspath(config_dir)
     if command in COMMANDS:
         import importlib
         from mailferry.cli.options import UsageError

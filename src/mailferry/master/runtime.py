@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from mailferry.cleanup.cleanup import CleanupSettings
 from mailferry.cleanup.service import CleanupService
@@ -31,7 +32,8 @@ class Runtime:
         self._pickup_wakeup = asyncio.Event()
 
     async def start(self) -> None:
-        self.store = open_queue(self.queue_directory)
+        # MAILFERRY_QUEUE_BACKEND=ram keeps the queue in memory: for benchmarks of everything but the disk.
+        self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
         self.committer = GroupCommitter(self.store)
         self.scheduler = Scheduler(self.store, self.committer, self._resolver(self.config), self.log)
         self.cleanup = self._cleanup_service(self.config)
@@ -121,7 +123,18 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.control.stop()
         await self.committer.close()
+        self._log_queue_statistics()
         self.store.close()
+
+    def _log_queue_statistics(self) -> None:
+        """Every storage call is counted; the totals say what a message cost (OpenSMTPD does the same)."""
+        sizes = self.committer.batch_sizes
+        batches = sum(sizes.values())
+        messages = sum(size * count for size, count in sizes.items())
+        average = messages / batches if batches else 0.0
+        calls = ", ".join(f"{name}={count}" for name, count in sorted(self.store.stats.items()))
+        self.log.line("qmgr", f"queue statistics: {messages} messages in {batches} commits "
+                              f"(average {average:.1f} per commit); {calls}")
 
 
 def _local_header_clients(config: Config) -> NetworkList:

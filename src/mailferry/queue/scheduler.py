@@ -15,6 +15,7 @@ from mailferry.message import BOUNCED, DEFERRED, DEFERRED_QUEUE, HOLD, PENDING, 
 from mailferry.routing.resolve import Resolver, Route
 
 RETRY_WITHOUT_AGENT = 300.0  # seconds before an unavailable transport is tried again
+_REMOVED = "removed"  # the outcome of a message with nothing left to do
 
 
 class Scheduler:
@@ -47,16 +48,21 @@ class Scheduler:
 
     async def run_once(self) -> int:
         messages = await asyncio.to_thread(self.store.due, time.time(), self.batch)
+        if not messages:
+            return 0
         for message in messages:
-            await self._deliver(message)
+            self._deliver(message)
+        # One write for the whole batch: one commit, not one per message.
+        await self.committer.run(self._record_all, messages)
+        for message in messages:
+            self._log_outcome(message)
         return len(messages)
 
-    async def _deliver(self, message: QueuedMessage) -> None:
+    def _deliver(self, message: QueuedMessage) -> None:
         started = time.time()
         for recipient in message.recipients:
             if recipient.status in (PENDING, DEFERRED):
                 self._attempt(message, recipient, self.resolver.resolve(recipient.address), started)
-        await self._record(message)
 
     def _attempt(self, message: QueuedMessage, recipient: Recipient, route: Route, started: float) -> None:
         if route.transport == "discard":
@@ -79,14 +85,22 @@ class Scheduler:
             f"delays={_seconds(queued)}/0/0/{_seconds(now - started)}, dsn={dsn}, "
             f"status={status} ({reason})"))
 
-    async def _record(self, message: QueuedMessage) -> None:
+    def _record_all(self, messages: list[QueuedMessage]) -> None:
+        """On the queue's writer thread: store every outcome of the batch."""
+        for message in messages:
+            self._settle(message)
+            if message.queue == _REMOVED:
+                self.store.remove(message.queue_id)
+            else:
+                self.store.update(message)
+
+    @staticmethod
+    def _settle(message: QueuedMessage) -> None:
         states = {recipient.status for recipient in message.recipients}
         message.attempts += 1
         if states <= {SENT}:
-            await self.committer.run(self.store.remove, message.queue_id)
-            self.log.line("qmgr", f"{message.queue_id}: removed")
-            return
-        if states & {PENDING, DEFERRED}:
+            message.queue = _REMOVED
+        elif states & {PENDING, DEFERRED}:
             message.queue = DEFERRED_QUEUE
             message.next_attempt = time.time() + RETRY_WITHOUT_AGENT
         else:
@@ -94,9 +108,13 @@ class Scheduler:
             # send the bounce notice yet: keep the message, visibly, rather than
             # drop the sender's only evidence of the failure.
             message.queue = HOLD
+
+    def _log_outcome(self, message: QueuedMessage) -> None:
+        if message.queue == _REMOVED:
+            self.log.line("qmgr", f"{message.queue_id}: removed")
+        elif message.queue == HOLD:
             self.log.warning("qmgr", f"{message.queue_id}: bounce notification is not implemented "
                                      "yet; message placed on hold (see mailq, postsuper -d)")
-        await self.committer.run(self.store.update, message)
 
 
 def _seconds(value: float) -> str:

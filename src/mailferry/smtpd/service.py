@@ -112,10 +112,16 @@ class Session:
         self.recipients: list[Recipient] = []
         self.mail: smtp.MailFrom | None = None
         self.tls_description = ""
-        self._stopping = asyncio.Event()
+        self._stopping = False
+        self._idle = False
 
     def shut_down(self) -> None:
-        self._stopping.set()
+        """Stop: an idle session hears 421 now; a busy one (say, committing a
+        message) finishes that first and hears it before its next read."""
+        self._stopping = True
+        if self._idle:
+            self._write(SHUTDOWN_REPLY)
+            self.writer.close()
 
     async def run(self) -> None:
         self.log.line("smtpd", f"connect from {self.client}")
@@ -155,25 +161,24 @@ class Session:
 
     async def _flush_and_read(self) -> bool:
         await self._flush()
-        if self._stopping.is_set():
+        if self._stopping:
             await self._say_goodbye()
             return False
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        done, _ = await asyncio.wait({read, stop}, timeout=self.profile.timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if read not in done:
-            read.cancel()
-            stop.cancel()
-            if stop in done:
-                await self._say_goodbye()
-            else:
-                self.log.line("smtpd", f"timeout after {self.conn.last_command} from {self.client}")
-                self._write(self.conn.timeout_reply())
-                await self.writer.drain()
+        self._idle = True
+        try:
+            # asyncio.timeout costs one timer; wait_for would cost a task per read.
+            async with asyncio.timeout(self.profile.timeout):
+                data = await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            self.log.line("smtpd", f"timeout after {self.conn.last_command} from {self.client}")
+            self._write(self.conn.timeout_reply())
+            await self.writer.drain()
             return False
-        stop.cancel()
-        self.conn.receive(read.result())
+        finally:
+            self._idle = False
+        if self._stopping:
+            return False  # shut_down() said goodbye while we waited
+        self.conn.receive(data)
         return True
 
     async def _say_goodbye(self) -> None:
