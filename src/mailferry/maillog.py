@@ -1,11 +1,13 @@
 """Postfix-format log lines: `Nov 25 02:05:09 host mailferry/smtpd[123]: text`.
 
 Written to `maillog_file` when it is set, else to syslog for a daemon in the
-background (as Postfix logs by default) or standard error in the foreground, so that
-`pflogsumm --syslog-name=mailferry` and every grep an administrator knows
-keep working. Lines are buffered and flushed a few times a second (and on
-warnings, reopen and close): formatting and writing one line must stay
-cheap, since each message logs about six.
+background (as Postfix logs by default) or standard error in the foreground,
+so that `pflogsumm --syslog-name=mailferry` and every grep an administrator
+knows keep working. Lines are collected in memory and written a few times a
+second (and at once for warnings, reopen and close), each batch in a single
+write() to a file opened with O_APPEND: several processes (the smtpd
+workers) share one log without ever splitting a line. Formatting and
+writing one line must stay cheap, since each message logs about six.
 """
 
 from __future__ import annotations
@@ -25,21 +27,31 @@ class MailLog:
         self.syslog_name = syslog_name
         self.hostname = (hostname or socket.gethostname()).split(".")[0]
         self.pid = os.getpid()
-        self._stream = self._open()
+        self._fd = self._open()
+        self._pending: list[str] = []
         self._second = -1
         self._prefix = ""
 
-    def _open(self):
+    def _open(self) -> int:
         if not self.path:
-            return sys.stderr
-        return open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+            return sys.stderr.fileno()
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def after_fork(self) -> None:
+        """A forked worker logs under its own pid."""
+        self.pid = os.getpid()
+        self._pending = []
 
     def reopen(self) -> None:
         """After logrotate moved the file away (and on reload)."""
         self.flush()
-        if self._stream is not sys.stderr:
-            self._stream.close()
-        self._stream = self._open()
+        if self.path:
+            try:
+                fd = self._open()
+            except OSError:
+                return  # keep writing where we can
+            os.close(self._fd)
+            self._fd = fd
 
     def line(self, program: str, text: str) -> None:
         if self.to_syslog:
@@ -50,7 +62,7 @@ class MailLog:
             self._second = now
             stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
             self._prefix = f"{stamp[:4]}{int(stamp[4:6]):>2}{stamp[6:]} {self.hostname} "
-        self._stream.write(f"{self._prefix}{self.syslog_name}/{program}[{self.pid}]: {text}\n")
+        self._pending.append(f"{self._prefix}{self.syslog_name}/{program}[{self.pid}]: {text}\n")
 
     def _syslog(self, program: str, text: str) -> None:
         import syslog
@@ -73,12 +85,18 @@ class MailLog:
         self.flush()
 
     def flush(self) -> None:
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8", "surrogateescape")
+        self._pending = []
         try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError:
+            pass  # a full disk must not stop mail; the queue's own errors are reported to clients
 
     def close(self) -> None:
         self.flush()
-        if self._stream is not sys.stderr:
-            self._stream.close()
+        if self.path:
+            os.close(self._fd)

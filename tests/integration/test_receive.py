@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import smtplib
@@ -48,17 +49,34 @@ def test_swaks_and_smtplib_are_queued_and_listed(daemon_factory):
     assert listing.rstrip().endswith("in 2 Requests.")
 
 
-def test_daemon_runs_as_mail_owner_after_binding(daemon):
+def test_daemon_and_its_smtpd_workers_run_as_mail_owner(daemon):
     uid, _ = daemon_user_ids()
     assert process_uid(daemon.process.pid) == uid
+    workers = child_pids(daemon.process.pid)
+    expected = min(os.cpu_count() or 1, 100) - 1  # smtpd maxproc "-" = default_process_limit, capped at CPUs
+    assert len(workers) == expected
+    assert all(process_uid(pid) == uid for pid in workers)
     assert "daemon started" in daemon.wait_for_log("daemon started")
+
+
+def child_pids(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(entry.name))
+    return children
 
 
 def test_log_lines_follow_postfix_formats(daemon):
     queue_id = QUEUED.search(swaks(daemon.port, "--from", "a@example.test", "--to", "b@example.test").stdout).group(1)
     log = daemon.wait_for_log(f"{queue_id}: removed")
     assert re.search(r"mailferry/smtpd\[\d+\]: connect from localhost\[127\.0\.0\.1\]", log)
-    assert f"mailferry/smtpd[{daemon.process.pid}]: {queue_id}: client=localhost[127.0.0.1]" in log
+    assert re.search(rf"mailferry/smtpd\[\d+\]: {queue_id}: client=localhost\[127\.0\.0\.1\]", log)
     assert re.search(rf"{queue_id}: message-id=<.+>", log)
     assert re.search(rf"{queue_id}: from=<a@example\.test>, size=\d+, nrcpt=1 \(queue active\)", log)
     assert re.search(rf"{queue_id}: to=<b@example\.test>, relay=none, delay=[\d.]+, "

@@ -2,11 +2,11 @@
 
 - Qualifies bare envelope addresses with `@$myorigin` (append_at_myorigin).
 - Prepends the Received: header, in Postfix's layout.
-- Adds Message-ID: and Date: when missing, and From: when a local
-  submission lacks it. As in Postfix 2.6 and later, headers are added only
-  for local submissions and for clients that `local_header_rewrite_clients`
-  matches (by default, clients on our own interface addresses), so a remote
-  sender's DKIM signature is never broken by a header we invent.
+- Adds Message-ID:, Date: and From: when missing. As in Postfix 2.6 and
+  later, only for local submissions and for clients that
+  `local_header_rewrite_clients` matches (by default, clients on our own
+  interface addresses), so a remote sender's DKIM signature is never broken
+  by a header we invent.
 - Runs virtual alias expansion (the hook is here; the expansion itself is
   not implemented yet, and virtual_alias_maps says so in `check`).
 """
@@ -45,7 +45,8 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
     message.sender = qualify(message.sender, settings)
     for recipient in message.recipients:
         recipient.address = qualify(recipient.address, settings)
-    present = _header_names(message.content)
+    fields = _header_fields(message.content)
+    present = {name for name, _ in fields}
     added = [_received(message, queue_id, settings, now)]
     if add_missing_headers:
         if b"message-id" not in present:
@@ -53,10 +54,11 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
             added.append(f"Message-Id: {message.message_id}\r\n")
         if b"date" not in present:
             added.append(f"Date: {_date(now)}\r\n")
-        if b"from" not in present and message.origin == "local":
+        if b"from" not in present:
             added.append(_from_header(message.sender, full_name))
     if not message.message_id:
-        message.message_id = _find_message_id(message.content)
+        message.message_id = next((value.decode("utf-8", "replace") for name, value in fields
+                                   if name == b"message-id"), "")
     if not present and not message.content.startswith(b"\r\n"):
         # No header section at all: keep the body a body by ending our headers with the separator.
         message.content = b"\r\n" + message.content
@@ -77,43 +79,43 @@ def _date(now: float) -> str:
     return _date_cache[1]
 
 
-def _header_names(content: bytes) -> set[bytes]:
-    """Lower-cased names of the header fields, from the header section only."""
-    end = content.find(_HEADER_END)
-    block = content if end < 0 else content[:end]
-    names = set()
-    for line in block.split(b"\r\n"):
-        if not line or line[0] in b" \t":
+def _header_fields(content: bytes) -> list[tuple[bytes, bytes]]:
+    """(lower-cased name, unfolded value) of each header field, from the header
+    section only: it ends at the first empty line or the first line that is
+    neither a field nor a continuation (then there was no header section)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in content.split(b"\r\n"):
+        if not line:
+            break
+        if line[0] in b" \t":
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, (value + b" " + line.strip()).strip())
             continue
-        name, colon, _ = line.partition(b":")
-        if not colon or b" " in name.strip():
-            return names if names else set()  # not a header line: the header section has ended
-        names.add(name.strip().lower())
-    return names
-
-
-def _find_message_id(content: bytes) -> str:
-    end = content.find(_HEADER_END)
-    block = content if end < 0 else content[:end]
-    for line in block.split(b"\r\n"):
-        if line[:11].lower() == b"message-id:":
-            return line[11:].strip().decode("utf-8", "replace")
-    return ""
+        name, colon, value = line.partition(b":")
+        name = name.rstrip(b" \t")
+        if not colon or not name or b" " in name or b"\t" in name:
+            return fields  # not a field: the header section (if any) has ended
+        fields.append((name.lower(), value.strip()))
+    return fields
 
 
 def _received(message: NewMessage, queue_id: str, settings: CleanupSettings, now: float) -> str:
+    """Received:, laid out as Postfix's smtpd and pickup write it."""
     date = _date(now)
-    single = message.recipients[0].address if len(message.recipients) == 1 else ""
-    recipient = f"\r\n\tfor <{single}>" if single else ""
     client = message.client
     if message.origin == "local":
         uid = f", from userid {client.uid}" if client.uid is not None else ""
-        return f"Received: by {settings.myhostname} ({settings.mail_name}{uid})\r\n\tid {queue_id}{recipient}; {date}\r\n"
+        return f"Received: by {settings.myhostname} ({settings.mail_name}{uid})\r\n\tid {queue_id}; {date}\r\n"
     helo = client.helo or client.name
     tls = f"\r\n\t(using {client.tls})" if client.tls and settings.tls_received_header else ""
+    if len(message.recipients) == 1:
+        tail = f"\r\n\tfor <{message.recipients[0].address}>; {date}"
+    else:
+        tail = f";\r\n\t{date}"
     return (f"Received: from {helo} ({client.name} [{client.address}]){tls}\r\n"
             f"\tby {settings.myhostname} ({settings.mail_name}) with {client.protocol} id {queue_id}"
-            f"{recipient}; {date}\r\n")
+            f"{tail}\r\n")
 
 
 def _from_header(sender: str, full_name: str) -> str:

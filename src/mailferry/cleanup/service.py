@@ -28,7 +28,7 @@ class CleanupService:
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
-        self.log.line("cleanup", f"{queue_id}: message-id={message.message_id}")
+        self.log.line("cleanup", f"{queue_id}: message-id={message.message_id or '<>'}")
         queued = await self.committer.submit(message)
         self.log.line("qmgr", f"{queued}: from=<{message.sender}>, size={len(message.content)}, "
                               f"nrcpt={len(message.recipients)} (queue active)")

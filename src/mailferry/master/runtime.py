@@ -1,4 +1,10 @@
-"""The services of one running configuration, and their start, reload and stop."""
+"""The services of one running configuration, and their start, reload and stop.
+
+The master process runs every service: smtpd, pickup, the queue manager and
+the control socket. An smtpd worker process (see master/workers.py) runs
+only smtpd and cleanup, with its own connection to the queue; after each
+commit it tells the master's queue manager through a pipe.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,10 @@ PICKUP_DEFAULT_WAKEUP = 60.0
 
 
 class Runtime:
-    def __init__(self, config: Config, master, sockets, tls_contexts, log, owner):
+    def __init__(self, config: Config, master, sockets, tls_contexts, log, owner,
+                 worker_notify_fd: int | None = None, workers_read_fd: int | None = None):
+        """`worker_notify_fd` makes this an smtpd worker that reports commits there;
+        `workers_read_fd` is where the master hears its workers' reports."""
         self.config = config
         self.master = master
         self.sockets = sockets
@@ -30,14 +39,28 @@ class Runtime:
         self.smtpd_services: list = []
         self._tasks: list[asyncio.Task] = []
         self._pickup_wakeup = asyncio.Event()
+        self.worker_notify_fd = worker_notify_fd
+        self.workers_read_fd = workers_read_fd
+        self.scheduler = None
+        self.control = None
+
+    @property
+    def is_worker(self) -> bool:
+        return self.worker_notify_fd is not None
 
     async def start(self) -> None:
-        # MAILFERRY_QUEUE_BACKEND=ram keeps the queue in memory: for benchmarks of everything but the disk.
+        # MAILFERRY_QUEUE_BACKEND=ram keeps the queue in memory: for benchmarks of everything but
+        # the disk (one process only: a RAM queue cannot be shared with smtpd workers).
         self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
         self.committer = GroupCommitter(self.store)
-        self.scheduler = Scheduler(self.store, self.committer, self._resolver(self.config), self.log)
+        if not self.is_worker:
+            self.scheduler = Scheduler(self.store, self.committer, self._resolver(self.config), self.log)
         self.cleanup = self._cleanup_service(self.config)
         await self._start_smtpd(self.config, self.master)
+        if self.is_worker:
+            return
+        if self.workers_read_fd is not None:
+            asyncio.get_running_loop().add_reader(self.workers_read_fd, self._worker_queued)
         self.control = ControlServer(self.queue_directory, {
             "pickup": self._pickup_wakeup.set, "flush": self.scheduler.wake}, self.log)
         await self.control.start()
@@ -57,7 +80,21 @@ class Runtime:
             tls_received_header=config.boolean("smtpd_tls_received_header"),
             mail_name=config.get("mail_name"))
         local_clients = _local_header_clients(config)
-        return CleanupService(settings, self.committer, self.log, local_clients.matches, self.scheduler.wake)
+        on_queued = self._tell_master if self.is_worker else self.scheduler.wake
+        return CleanupService(settings, self.committer, self.log, local_clients.matches, on_queued)
+
+    def _tell_master(self) -> None:
+        try:
+            os.write(self.worker_notify_fd, b"q")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the master will look anyway
+
+    def _worker_queued(self) -> None:
+        try:
+            os.read(self.workers_read_fd, 4096)
+        except BlockingIOError:
+            return
+        self.scheduler.wake()
 
     async def _start_smtpd(self, config: Config, master) -> None:
         from mailferry.smtpd.service import SmtpdService
@@ -109,7 +146,8 @@ class Runtime:
     async def reload(self, config: Config, master) -> None:
         """New configuration for new work: listeners are rebuilt, open sessions finish on the old one."""
         self.config, self.master = config, master
-        self.scheduler.resolver = self._resolver(config)
+        if self.scheduler is not None:
+            self.scheduler.resolver = self._resolver(config)
         self.cleanup.settings = self._cleanup_service(config).settings
         for smtpd in self.smtpd_services:
             smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
@@ -117,11 +155,13 @@ class Runtime:
     async def stop(self) -> None:
         for smtpd in self.smtpd_services:
             await smtpd.stop()
-        self.scheduler.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.control.stop()
+        if self.control is not None:
+            await self.control.stop()
         await self.committer.close()
         self._log_queue_statistics()
         self.store.close()
@@ -133,7 +173,7 @@ class Runtime:
         messages = sum(size * count for size, count in sizes.items())
         average = messages / batches if batches else 0.0
         calls = ", ".join(f"{name}={count}" for name, count in sorted(self.store.stats.items()))
-        self.log.line("qmgr", f"queue statistics: {messages} messages in {batches} commits "
+        self.log.line("cleanup" if self.is_worker else "qmgr", f"queue statistics: {messages} messages in {batches} commits "
                               f"(average {average:.1f} per commit); {calls}")
 
 

@@ -18,6 +18,7 @@ import sys
 
 from mailferry import __version__
 from mailferry.config.config import Config, load
+from mailferry.master import workers
 from mailferry.master.pidfile import remove_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
 
@@ -41,6 +42,8 @@ class MailServer:
         self.log = None
         self.sockets: dict[tuple[str, str], list[socket.socket]] = {}
         self.services: list = []
+        self.worker_pids: list[int] = []
+        self.workers_read_fd: int | None = None
         self._stop = None
         self._reload_requested = False
 
@@ -62,6 +65,18 @@ class MailServer:
         self.log = self._open_log()
         _import_everything_the_services_use()
         drop_to(self.owner)
+        self._initialize_queue()
+
+    def _initialize_queue(self) -> None:
+        """Create (or check) the queue database once, before smtpd workers open it
+        side by side: two processes setting up a new SQLite file race for its lock."""
+        if os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite") != "sqlite":
+            return
+        from mailferry.queue import QueueError, open_queue
+        try:
+            open_queue(self.queue_directory).close()
+        except QueueError as exc:
+            raise StartupError(f"cannot open the queue: {exc}") from None
 
     def _open_log(self):
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
@@ -112,7 +127,8 @@ class MailServer:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner)
+        self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner,
+                               workers_read_fd=self.workers_read_fd)
         await self.runtime.start()
         write_pid(self.queue_directory)
         if self.background:
@@ -123,27 +139,65 @@ class MailServer:
             while not self._stop.is_set():
                 await asyncio.sleep(0.2)
                 self.log.flush()
+                self.worker_pids = workers.reap_exited(self.worker_pids, self.log)
                 if self._reload_requested:
                     self._reload_requested = False
                     await self._reload()
         finally:
             self.log.line("master", "terminating on signal 15")
+            workers.signal_workers(self.worker_pids, signal.SIGTERM)
             await self.runtime.stop()
+            await workers.wait_for_workers(self.worker_pids, 60, self.log)
             remove_pid(self.queue_directory)
+            self.log.close()
+
+    # ---- an smtpd worker's life (see master/workers.py)
+    def run_worker(self, notify_fd: int, index: int) -> int:
+        from mailferry.queue.queue_id import use_process_tag
+        use_process_tag(index)
+        self.log.after_fork()
+        if self.background:
+            _detach_stderr()
+        _install_event_loop_policy()
+        asyncio.run(self._serve_worker(notify_fd))
+        return 0
+
+    async def _serve_worker(self, notify_fd: int) -> None:
+        from mailferry.master.runtime import Runtime
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # the master decides; Ctrl-C reaches both
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner,
+                               worker_notify_fd=notify_fd)
+        await self.runtime.start()
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(0.2)
+                self.log.flush()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    await self._reload(quiet=True)
+        finally:
+            await self.runtime.stop()
             self.log.close()
 
     def _request_reload(self) -> None:
         self._reload_requested = True
 
-    async def _reload(self) -> None:
+    async def _reload(self, quiet: bool = False) -> None:
+        workers.signal_workers(self.worker_pids, signal.SIGHUP)
         try:
             config, master = self._read_configuration()
         except StartupError as exc:
-            self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
+            if not quiet:
+                self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
             return
         await self.runtime.reload(config, master)
         self.log.reopen()
-        self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
+        if not quiet:
+            self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
 
 
 # Imported while we may still read them: once root is given up, the
@@ -230,6 +284,13 @@ def run_foreground(config_dir: str, background: bool = False) -> int:
             print(line, file=sys.stderr)
         print(f"mailferry/master: fatal: {exc}", flush=True, file=sys.stderr)
         return 1
+    processes = workers.worker_count(server.master, server.config)
+    if os.environ.get("MAILFERRY_QUEUE_BACKEND") == "ram":
+        processes = 1  # a queue in one process's memory cannot be shared
+    # Fork before the event loop and any thread exist: a fork copies only the calling thread.
+    server.worker_pids, server.workers_read_fd = workers.spawn_workers(processes - 1, server.run_worker)
+    from mailferry.queue.queue_id import use_process_tag
+    use_process_tag(0)
     _install_event_loop_policy()
     asyncio.run(server.serve())
     return 0

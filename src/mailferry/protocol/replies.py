@@ -13,6 +13,7 @@ Postfix does the same, and clients that do not know them read them as text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +40,23 @@ class Reply:
         return [prefix + line for line in self.text.split("\n")]
 
     def to_bytes(self) -> bytes:
-        lines = self.lines()
-        last = len(lines) - 1
-        wire = "".join(
-            f"{self.code}{' ' if number == last else '-'}{line}\r\n"
-            for number, line in enumerate(lines)
-        )
-        # Replies are ASCII except where SMTPUTF8 lets addresses through; an
-        # address echoed back (VRFY, texts from the application) keeps the
-        # bytes the client sent.
-        return wire.encode("utf-8", "surrogateescape")
+        return _wire(self.code, self.enhanced, self.text)
 
     def __str__(self) -> str:
         return " ".join(filter(None, (str(self.code), self.enhanced, self.text)))
+
+
+@lru_cache(maxsize=256)
+def _wire(code: int, enhanced: str, text: str) -> bytes:
+    """The bytes of a reply; the common ones (250 Ok, 354...) are formatted once."""
+    prefix = f"{enhanced} " if enhanced else ""
+    lines = [prefix + line for line in text.split("\n")]
+    last = len(lines) - 1
+    wire = "".join(f"{code}{' ' if number == last else '-'}{line}\r\n" for number, line in enumerate(lines))
+    # Replies are ASCII except where SMTPUTF8 lets addresses through; an
+    # address echoed back (VRFY, texts from the application) keeps the
+    # bytes the client sent.
+    return wire.encode("utf-8", "surrogateescape")
 
 
 class ReplyError(Exception):

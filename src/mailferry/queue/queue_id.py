@@ -3,7 +3,8 @@
 The scheme. An ID is a 48-bit number written as 12 hex digits:
 
     microseconds since the epoch, with the low 4 bits replaced by a
-    process tag (pid mod 16), taken mod 2**48.
+    process tag (pid mod 16, or the daemon's own numbering of its
+    processes: use_process_tag), taken mod 2**48.
 
 Each process hands out a strictly increasing sequence, stepping by 16 (one
 tick of the clock at that granularity) and never going back, even if the
@@ -77,6 +78,13 @@ def _retag_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_retag_after_fork)
+
+
+def use_process_tag(tag: int) -> None:
+    """Give this process a chosen tag (0-15): the daemon's processes take distinct
+    ones, so their IDs can never collide however fast they are issued."""
+    global _process_generator
+    _process_generator = QueueIdGenerator(pid=tag)
 
 
 def new_queue_ids(count: int) -> list[str]:

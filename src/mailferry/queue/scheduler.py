@@ -15,6 +15,9 @@ from mailferry.message import BOUNCED, DEFERRED, DEFERRED_QUEUE, HOLD, PENDING, 
 from mailferry.routing.resolve import Resolver, Route
 
 RETRY_WITHOUT_AGENT = 300.0  # seconds before an unavailable transport is tried again
+# After a wake-up, let newly queued mail gather this long, so one queue scan and
+# one commit serve many messages under load (measured with bench/intake).
+GATHER_SECONDS = 0.05
 _REMOVED = "removed"  # the outcome of a message with nothing left to do
 
 
@@ -40,7 +43,8 @@ class Scheduler:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), idle_seconds)
             except TimeoutError:
-                pass
+                continue
+            await asyncio.sleep(GATHER_SECONDS)
 
     def stop(self) -> None:
         self._stopping = True
@@ -118,9 +122,12 @@ class Scheduler:
 
 
 def _seconds(value: float) -> str:
-    """Postfix's delay format: whole seconds from 10 s up, else at most two
-    decimals with trailing zeros dropped (delay_logging_resolution_limit = 2)."""
+    """Postfix's delay format (format_tv with two significant digits and
+    delay_logging_resolution_limit = 2): whole seconds, rounded, from 10 s up;
+    below, two significant digits and at most two decimals; trailing zeros dropped."""
+    if value <= 0:
+        return "0"
     if value >= 10:
-        return str(int(value))
-    text = f"{max(value, 0.0):.2f}".rstrip("0").rstrip(".")
-    return text or "0"
+        return str(round(value))
+    text = f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+    return text.rstrip("0").rstrip(".") or "0"

@@ -31,7 +31,7 @@ class Resolver:
         self._is_local = is_local_domain
 
     def resolve(self, address: str) -> Route:
-        domain = address.rpartition("@")[2]
+        domain = address.rpartition("@")[2] if "@" in address else ""
         if not domain or self._is_local(domain):
             return self._local
         return self._default

@@ -16,11 +16,21 @@ from mailferry.config.values import split_list
 class NetworkList:
     def __init__(self, value: str):
         self._entries: list[tuple[bool, object]] = []
+        # Tables in the list may change answers between reloads, not within one configuration.
+        self._seen: dict[str, bool] = {}
         for item in split_list(value):
             negated = item.startswith("!")
             self._entries.append((negated, _entry(item[1:] if negated else item)))
 
     def matches(self, address: str) -> bool:
+        known = self._seen.get(address)
+        if known is None:
+            known = self._seen[address] = self._match(address)
+            if len(self._seen) > 4096:
+                self._seen.clear()  # bounded: a busy MX sees many addresses
+        return known
+
+    def _match(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
@@ -34,8 +44,8 @@ class NetworkList:
 
 
 def _entry(text: str):
-    if ":" in text and not text.startswith("[") and text.split(":", 1)[0].isalpha() and "/" in text:
-        from mailferry.tables import open_table
+    from mailferry.tables import SUPPORTED_TYPES, open_table
+    if text.partition(":")[0].lower() in SUPPORTED_TYPES:
         return open_table(text)
     cleaned = text.replace("[", "").replace("]", "")
     try:

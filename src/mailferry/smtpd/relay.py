@@ -50,8 +50,7 @@ class RelayPolicy:
                  relay_domains_reject_code: int = 554, unknown_code: int = 451):
         self._lists = [split_list(relay_restrictions), split_list(recipient_restrictions)]
         self._is_local = is_local_domain
-        self._relay_domains = {item.lower().lstrip(".") for item in split_list(relay_domains)
-                               if ":" not in item}
+        self._relay_domains = DomainList(relay_domains)
         self._reject_code = relay_domains_reject_code
         self._unknown_code = unknown_code
 
@@ -68,15 +67,10 @@ class RelayPolicy:
     def is_authorized_destination(self, address: str, routed: bool) -> bool:
         if routed:
             return False
-        domain = address.rpartition("@")[2].lower().rstrip(".")
+        domain = address_domain(address)
         if not domain:
             return True  # a bare local part (postmaster) is ours
-        return self._is_local(domain) or self._in_relay_domains(domain)
-
-    def _in_relay_domains(self, domain: str) -> bool:
-        # parent_domain_matches_subdomains includes relay_domains by default: sub.example.com matches example.com.
-        labels = domain.split(".")
-        return any(".".join(labels[index:]) in self._relay_domains for index in range(len(labels)))
+        return self._is_local(domain) or self._relay_domains.matches(domain)
 
     def _apply(self, name: str, client: ClientFacts, address: str, routed: bool):
         if name == "permit":
@@ -96,3 +90,43 @@ class RelayPolicy:
             return Rejection(code, enhanced, f"<{address}>: Relay access denied", name)
         return Rejection(self._unknown_code, "4.3.5", "Server configuration error",
                          f"unknown smtpd restriction: \"{name}\"")
+
+
+def address_domain(address: str) -> str:
+    """The domain of `local@domain`, lower case, no trailing dot; "" for a bare local part."""
+    if "@" not in address:
+        return ""
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class DomainList:
+    """A Postfix domain match list such as relay_domains: names (a name also
+    matches its subdomains: parent_domain_matches_subdomains includes
+    relay_domains by default), `.name` for subdomains only, `type:table`
+    lookups, and `!` to exclude. Read left to right; the first match decides."""
+
+    def __init__(self, value: str):
+        self._entries: list[tuple[bool, object]] = []
+        for item in split_list(value):
+            negated = item.startswith("!")
+            item = item[1:] if negated else item
+            if ":" in item:
+                from mailferry.tables import open_table
+                self._entries.append((negated, open_table(item)))
+            else:
+                self._entries.append((negated, item.lower().rstrip(".")))
+
+    def matches(self, domain: str) -> bool:
+        for negated, entry in self._entries:
+            if self._entry_matches(entry, domain):
+                return not negated
+        return False
+
+    @staticmethod
+    def _entry_matches(entry, domain: str) -> bool:
+        if isinstance(entry, str):
+            if entry.startswith("."):
+                return domain.endswith(entry)
+            return domain == entry or domain.endswith("." + entry)
+        labels = domain.split(".")
+        return any(entry.lookup_now(".".join(labels[index:])).found for index in range(len(labels)))

@@ -1,0 +1,100 @@
+"""mynetworks-style client lists, as postconf(5) `mynetworks` describes them.
+
+"Specify a list of network addresses or network/netmask patterns ... You
+can also specify "/file/name" or "type:table" patterns ... a "type:table"
+lookup table is matched when a table entry matches a lookup string (the
+lookup result is ignored). The list is matched left to right, and the
+search stops on the first match. Specify "!pattern" to exclude an address
+or network block from the list. ... IP version 6 address information must
+be specified inside []." Postfix compares an IPv4-mapped IPv6 client
+(::ffff:192.0.2.1) in its native IPv4 form (match_ops.c).
+"""
+
+import pytest
+
+from mailferry.smtpd.networks import NetworkList
+
+
+@pytest.mark.parametrize("value, client, matches", [
+    # IPv4 network/prefix and bare addresses
+    ("127.0.0.0/8 192.0.2.0/24", "127.0.0.1", True),
+    ("127.0.0.0/8 192.0.2.0/24", "192.0.2.200", True),
+    ("127.0.0.0/8 192.0.2.0/24", "192.0.3.1", False),
+    ("127.0.0.0/8, 192.0.2.0/24", "10.0.0.1", False),
+    ("192.0.2.7", "192.0.2.7", True),
+    ("192.0.2.7", "192.0.2.8", False),
+    ("192.0.2.0/28", "192.0.2.15", True),
+    ("192.0.2.0/28", "192.0.2.16", False),
+    ("0.0.0.0/0", "198.51.100.1", True),
+    # IPv6, bracketed
+    ("[::1]/128", "::1", True),
+    ("[::1]/128", "::2", False),
+    ("[::1]/128", "127.0.0.1", False),
+    ("[::1]", "::1", True),
+    ("[::1]", "0:0:0:0:0:0:0:1", True),  # another spelling of the same address
+    ("[2001:db8::]/32", "2001:db8:1::5", True),
+    ("[2001:db8::]/32", "2001:db9::1", False),
+    ("[2001:DB8::]/32", "2001:db8::1", True),
+    ("127.0.0.0/8", "::1", False),
+    # An IPv4-mapped IPv6 client is its IPv4 address.
+    ("192.0.2.0/24", "::ffff:192.0.2.9", True),
+    ("192.0.2.0/24", "::ffff:198.51.100.9", False),
+    # A scope (zone) suffix does not hide a link-local client.
+    ("[fe80::]/10", "fe80::1%eth0", True),
+    # Exclusions: first match wins.
+    ("!192.0.2.7, 192.0.2.0/24", "192.0.2.7", False),
+    ("!192.0.2.7, 192.0.2.0/24", "192.0.2.8", True),
+    ("192.0.2.0/24, !192.0.2.7", "192.0.2.7", True),
+    ("!192.0.2.0/25 192.0.2.0/24", "192.0.2.200", True),
+    ("!192.0.2.0/25 192.0.2.0/24", "192.0.2.100", False),
+    ("![::1] [::]/0", "::1", False),
+    ("![::1] [::]/0", "::2", True),
+    # Anything that is not an address never matches.
+    ("0.0.0.0/0 [::]/0", "unknown", False),
+    ("0.0.0.0/0 [::]/0", "", False),
+    ("", "127.0.0.1", False),
+])
+def test_matches(value, client, matches):
+    assert NetworkList(value).matches(client) is matches
+
+
+@pytest.fixture
+def network_table(tmp_path):
+    path = tmp_path / "network_table"
+    # The lookup result is ignored: any value, even REJECT, is a match.
+    path.write_text("# trusted relays\n192.0.2.9 OK\n198.51.100.4 REJECT\n")
+    return path
+
+
+def test_a_texthash_table_matches_the_listed_client_addresses(network_table):
+    networks = NetworkList(f"texthash:{network_table}")
+    assert networks.matches("192.0.2.9")
+    assert networks.matches("198.51.100.4")
+    assert not networks.matches("192.0.2.10")
+
+
+def test_a_table_is_looked_up_with_the_ipv4_form_of_a_mapped_client(network_table):
+    assert NetworkList(f"texthash:{network_table}").matches("::ffff:192.0.2.9")
+
+
+def test_a_table_combines_with_networks_and_exclusions(network_table):
+    networks = NetworkList(f"!texthash:{network_table}, 192.0.2.0/24")
+    assert not networks.matches("192.0.2.9")
+    assert networks.matches("192.0.2.10")
+    assert not networks.matches("203.0.113.1")
+
+
+def test_an_inline_table_is_a_type_table_too():
+    networks = NetworkList("127.0.0.0/8 inline:{ 192.0.2.9=trusted }")
+    assert networks.matches("192.0.2.9")
+    assert not networks.matches("192.0.2.10")
+
+
+@pytest.mark.parametrize("entry", ["192.0.2.300", "192.0.2.0/33", "not-a-network", "[2001:db8::]/129"])
+def test_a_bad_entry_is_refused_with_a_message_that_names_it_and_shows_the_syntax(entry):
+    with pytest.raises(ValueError) as caught:
+        NetworkList(f"127.0.0.0/8 {entry}")
+    message = str(caught.value)
+    assert repr(entry) in message
+    assert "mynetworks" in message
+    assert "192.0.2.0/24" in message and "[2001:db8::]/32" in message
