@@ -29,7 +29,7 @@ processing stops at the first recipient, or at `--`):
                 not supported; -qINTERVAL is ignored
   -v            say where the message was dropped (Postfix mails a delivery report;
                 mailferry has none)
-  -bs           not yet: SMTP on standard input arrives with mailferry's SMTP server
+  -bs           SMTP on standard input and output; each message goes to maildrop
   -bd, -bl, -bi, -bv, -I    not supported: each says what to use instead
   ignored, as Postfix ignores them: -Am -Ac -G -U -c -m -n -x -h N -L LABEL -O OPT
                 -e X -p X -oXVALUE (other than -oi; -o7 -o8 -om -oA...) -XV (VERP) -X LOG
@@ -281,13 +281,38 @@ def _dispatch(request: SendmailRequest, config_dir: str, reporter: Reporter) -> 
         return print_queue(config_dir, reporter, as_json=False, failure_exit=EX_TEMPFAIL)
     if mode in ("h", "H"):
         return EX_OK  # Postfix ignores these: there is no host status database
+    if mode == "s":
+        return _smtp_on_stdin(config_dir, reporter)
     reporter.fatal(_UNSUPPORTED_MODES.get(mode, f"unsupported: -b{mode}"))
     return EX_TEMPFAIL
 
 
+def _smtp_on_stdin(config_dir: str, reporter: Reporter) -> int:
+    from mailferry import control
+    from mailferry.cli.queue_listing import QueueUnavailable, existing_queue_directory, load_tool_config
+    from mailferry.local.maildrop import ensure_maildrop_directory
+    from mailferry.local.smtp_stdin import converse
+    try:
+        config = load_tool_config(config_dir)
+        queue_directory = existing_queue_directory(config)
+        ensure_maildrop_directory(queue_directory)
+    except (QueueUnavailable, OSError) as exc:
+        reporter.fatal(f"{exc}; no mail can be accepted")
+        return EX_TEMPFAIL
+    stdin, stdout = sys.stdin.buffer.raw, sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        stdout.write(data)
+        stdout.flush()
+
+    dropped = converse(lambda: stdin.read(65536) or b"", write, config.get("myhostname"),
+                       queue_directory, os.getuid(), config.size("message_size_limit"))
+    if dropped:
+        control.notify(queue_directory, "pickup")
+    return EX_OK
+
+
 _UNSUPPORTED_MODES = {
-    "s": "-bs (SMTP on standard input) is not implemented yet in this version of mailferry; "
-         "submit the message on standard input without -bs, or over SMTP",
     "d": "-bd: start the mail system with `mailferry start`",
     "l": "-bl: start the mail system with `mailferry start` (inet_interfaces = loopback-only "
          "for local connections only)",

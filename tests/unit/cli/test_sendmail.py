@@ -253,10 +253,12 @@ def test_usage_error_exits_75_as_postfix(tmp_path):
     assert result.returncode == 75 and b"invalid option -- 'Z'" in result.stderr
 
 
-def test_bs_is_not_yet_and_says_so(tmp_path):
-    config_dir, _ = make_instance(tmp_path)
+def test_bs_quit_at_once_drops_nothing(tmp_path):
+    config_dir, queue_directory = make_instance(tmp_path)
     result = sendmail(config_dir, "-bs", stdin=b"QUIT\r\n")
-    assert result.returncode == 75 and b"-bs (SMTP on standard input) is not implemented yet" in result.stderr
+    assert result.returncode == 0
+    assert result.stdout == b"220 mf.example.test ESMTP mailferry\r\n221 2.0.0 Bye\r\n"
+    assert list((queue_directory / "maildrop").iterdir()) == []
 
 
 def test_bp_and_mailq_name_list_the_queue(tmp_path):
