@@ -173,3 +173,17 @@ def process_uid(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise AssertionError("no Uid line")
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (the daemon's smtpd workers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(entry.name))
+    return children

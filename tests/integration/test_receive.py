@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import daemon_user_ids, process_uid
+from tests.integration.conftest import child_pids, daemon_user_ids, process_uid
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +58,6 @@ def test_daemon_and_its_smtpd_workers_run_as_mail_owner(daemon):
     assert all(process_uid(pid) == uid for pid in workers)
     assert "daemon started" in daemon.wait_for_log("daemon started")
 
-
-def child_pids(parent: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                children.append(int(entry.name))
-    return children
 
 
 def test_log_lines_follow_postfix_formats(daemon):

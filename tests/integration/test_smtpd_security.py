@@ -7,7 +7,9 @@ counts as an outside client.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -17,7 +19,7 @@ import time
 import pytest
 
 from mailferry.queue import SqliteQueueStore
-from tests.integration.conftest import free_port
+from tests.integration.conftest import child_pids, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +223,26 @@ def test_pipelining_without_ehlo_is_refused(second_listener):
         replies = reader.read()
     assert b"554 5.5.0" in replies
     assert "improper command pipelining" in second_listener.wait_for_log("improper command pipelining")
+
+
+def test_talking_before_the_greeting_is_refused(second_listener):
+    """Freeze the daemon, connect and talk (the kernel completes the handshake),
+    thaw it: the client's words are there before the greeting could be."""
+    processes = [second_listener.process.pid] + child_pids(second_listener.process.pid)
+    for pid in processes:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        raw = socket.create_connection(("127.0.0.2", second_listener.second_port), source_address=OUTSIDE,
+                                       timeout=10)
+        raw.sendall(b"EHLO early.example\r\n")
+        time.sleep(0.2)
+    finally:
+        for pid in processes:
+            os.kill(pid, signal.SIGCONT)
+    with raw:
+        replies = raw.makefile("rb").read()
+    assert replies.startswith(b"220 ")
+    assert b"554 5.5.0 Error: SMTP protocol synchronization" in replies
+    log = second_listener.wait_for_log("improper command pipelining after CONNECT")
+    assert "EHLO early.example" in log
+

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import socket
 import time
 from functools import lru_cache
 
@@ -125,7 +127,12 @@ class Session(asyncio.Protocol):
         self.log.line("smtpd", f"connect from {self.client}")
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
+        early = _already_sent(transport)
+        if early:
+            self.conn.receive(early)  # spoken before the greeting: the core refuses that
         transport.write(self.conn.greeting())
+        if early:
+            self._advance()
 
     def data_received(self, data: bytes) -> None:
         self._last_input = time.monotonic()
@@ -334,6 +341,19 @@ class Session(asyncio.Protocol):
             self._timer.cancel()
         self.service.sessions.discard(self)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
+
+
+def _already_sent(transport: asyncio.Transport) -> bytes:
+    """What the client sent before we could greet it (a spambot that does not
+    wait), read straight from the socket before the event loop starts reading."""
+    fileno = transport.get_extra_info("socket").fileno()
+    with socket.socket(fileno=os.dup(fileno)) as raw:
+        try:
+            return raw.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError:
+            return b""
 
 
 @lru_cache(maxsize=1024)

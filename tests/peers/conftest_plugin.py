@@ -1,0 +1,106 @@
+"""pytest fixtures for real peers. Load with `pytest_plugins = ["tests.peers.conftest_plugin"]`.
+
+peer_ca, untrusted_ca     session-wide throwaway CAs (tests.peers.tls.CA): .cert_path, .issue(),
+                          .client_context(); untrusted_ca signed nothing any peer presents
+smtp_sink_factory         make(**SmtpSink options) -> a started SmtpSink (lmtp=, hard_reject=, ...)
+smtp_sink                 a started SMTP smtp-sink (tests.peers.smtp_sink.SmtpSink)
+lmtp_sink                 a started smtp-sink in LMTP mode (-L)
+submission_relay_factory  make(sink=None, **options) -> a started SubmissionRelay; it relays to
+                          `sink`, or to a fresh SMTP smtp-sink made for it
+submission_relay          a started SubmissionRelay standing in for [smtp.gmail.com]:587
+dovecot_lmtp              a started LmtpServer with users alice@example.test and bob@example.test
+
+Every peer is stopped, and its directory removed, on teardown. A peer that cannot start fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.peers import peer_tempdir
+from tests.peers.dovecot import LmtpServer, SubmissionRelay
+from tests.peers.smtp_sink import SmtpSink
+from tests.peers.tls import CA, make_ca
+
+
+@pytest.fixture(scope="session")
+def peer_ca(tmp_path_factory) -> CA:
+    return make_ca(tmp_path_factory.mktemp("peer-ca"), name="mailferry test peer CA")
+
+
+@pytest.fixture(scope="session")
+def untrusted_ca(tmp_path_factory) -> CA:
+    return make_ca(tmp_path_factory.mktemp("untrusted-ca"), name="unrelated untrusted CA")
+
+
+class _Peers:
+    def __init__(self):
+        self.started: list = []
+        self.directories: list[Path] = []
+
+    def directory(self, prefix: str) -> Path:
+        path = peer_tempdir(prefix)
+        self.directories.append(path)
+        return path
+
+    def start(self, peer):
+        self.started.append(peer)
+        return peer.start()
+
+    def close(self) -> None:
+        errors = []
+        for peer in reversed(self.started):
+            try:
+                peer.stop()
+            except Exception as error:  # stop the others anyway
+                errors.append(error)
+        for path in self.directories:
+            shutil.rmtree(path, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def _peers():
+    peers = _Peers()
+    yield peers
+    peers.close()
+
+
+@pytest.fixture
+def smtp_sink_factory(_peers):
+    def make(**options) -> SmtpSink:
+        return _peers.start(SmtpSink(_peers.directory("mailferry-sink-"), **options))
+    return make
+
+
+@pytest.fixture
+def smtp_sink(smtp_sink_factory) -> SmtpSink:
+    return smtp_sink_factory()
+
+
+@pytest.fixture
+def lmtp_sink(smtp_sink_factory) -> SmtpSink:
+    return smtp_sink_factory(lmtp=True)
+
+
+@pytest.fixture
+def submission_relay_factory(_peers, smtp_sink_factory, peer_ca):
+    def make(sink: SmtpSink | None = None, **options) -> SubmissionRelay:
+        sink = sink if sink is not None else smtp_sink_factory()
+        relay = SubmissionRelay(_peers.directory("mailferry-submission-"), peer_ca, sink, **options)
+        return _peers.start(relay)
+    return make
+
+
+@pytest.fixture
+def submission_relay(submission_relay_factory) -> SubmissionRelay:
+    return submission_relay_factory()
+
+
+@pytest.fixture
+def dovecot_lmtp(_peers) -> LmtpServer:
+    return _peers.start(LmtpServer(_peers.directory("mailferry-lmtp-")))

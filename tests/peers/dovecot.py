@@ -1,0 +1,246 @@
+"""Private Dovecot 2.3 instances: a submission server standing in for smtp.gmail.com, and LMTP.
+
+Each instance is one `dovecot -F -c FILE` process (foreground, so the fixture owns its pid) with
+its own base_dir, state_dir and log_path under a fresh directory; nothing from /etc/dovecot is read.
+Stopping it (SIGTERM to the master) stops all its children.
+
+Traps found while building these (see also /work/shared/notes/test-peers.md):
+- Dovecot counts a connection whose remote IP equals its local IP as secured, so plaintext AUTH is
+  offered and accepted without STARTTLS on 127.0.0.1 -> 127.0.0.1 even with `ssl = required`.
+  The submission stand-in therefore listens on 127.0.0.2: a client connecting from the default
+  127.0.0.1 is then really "outside", AUTH is only advertised after STARTTLS, and MAIL before AUTH
+  gets "530 5.7.0 Authentication required.".
+- The submission service needs a mail_location (for BURL) even though it stores nothing: without
+  one, AUTH succeeds and the session dies with "451 4.7.0 Internal error occurred".
+- Dovecot's smtp client logs "Received invalid EHLO response line: Parameter is empty" against
+  smtp-sink (its EHLO reply ends with a bare "250 "). It is only a warning; relaying works.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+from tests.peers import give_to_peer, free_port, require_tool, stop_process, unprivileged_ids, wait_for_port
+from tests.peers.smtp_sink import SmtpSink
+from tests.peers.tls import CA
+
+GMAIL_USER = "user.name@gmail.com"  # the seed's sasl_passwd account
+GMAIL_PASSWORD = "password"
+SUBMISSION_HOSTNAME = "smtp.gmail.test"
+SUBMISSION_HOST = "127.0.0.2"       # not 127.0.0.1: see the first trap above
+
+
+class Dovecot:
+    """One private Dovecot master process; subclasses write the protocol part of the config."""
+
+    protocols = ""
+
+    def __init__(self, directory: Path, hostname: str = "dovecot.test"):
+        if os.geteuid() != 0:
+            raise AssertionError("private Dovecot peers need root (they switch to nobody and dovenull)")
+        self.directory = Path(directory)
+        self.hostname = hostname
+        self.config_path = self.directory / "dovecot.conf"
+        self.log_path = self.directory / "dovecot.log"
+        self.base_dir = self.directory / "run"
+        self.process: subprocess.Popen | None = None
+        self.listeners: list[tuple[str, int]] = []
+        _, self.uid, self.gid = unprivileged_ids()
+
+    def common_config(self, listen: str) -> str:
+        return (f"protocols = {self.protocols}\n"
+                f"listen = {listen}\n"
+                f"base_dir = {self.base_dir}\n"
+                f"state_dir = {self.directory / 'state'}\n"
+                f"log_path = {self.log_path}\n"
+                f"info_log_path = {self.log_path}\n"
+                f"hostname = {self.hostname}\n"
+                "shutdown_clients = yes\n")
+
+    def config(self) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 10.0) -> "Dovecot":
+        self.config_path.write_text(self.config())
+        stderr = open(self.directory / "stderr.log", "ab")
+        with stderr:
+            self.process = subprocess.Popen([require_tool("dovecot"), "-F", "-c", str(self.config_path)],
+                                            stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT)
+        for host, port in self.listeners:
+            wait_for_port(host, port, timeout, process=self.process, log=self._logs())
+        return self
+
+    def _logs(self) -> Path:
+        stderr = self.directory / "stderr.log"
+        return stderr if stderr.exists() and stderr.stat().st_size else self.log_path
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in {self.log_path} after {timeout} s:\n{log[-3000:]}")
+            time.sleep(0.02)
+        return log
+
+
+class SubmissionRelay(Dovecot):
+    """Dovecot submission on SUBMISSION_HOST:port standing in for [smtp.gmail.com]:587.
+
+    STARTTLS is required (certificate for `hostname` from `ca`), AUTH PLAIN and LOGIN check a
+    passwd-file, and accepted mail is relayed, transaction by transaction, to `sink` (an SMTP
+    smtp-sink): RCPT and DATA replies come from the sink, so sink refusals show through.
+    """
+
+    protocols = "submission"
+
+    def __init__(self, directory: Path, ca: CA, sink: SmtpSink, *, hostname: str = SUBMISSION_HOSTNAME,
+                 host: str = SUBMISSION_HOST, port: int = 0,
+                 users: dict[str, str] | None = None):
+        super().__init__(directory, hostname)
+        self.ca = ca
+        self.sink = sink
+        self.host = host
+        self.port = port or free_port(host)
+        self.users = dict(users or {GMAIL_USER: GMAIL_PASSWORD})
+        self.username, self.password = next(iter(self.users.items()))
+        self.cert_path, self.key_path = ca.issue(hostname, self.directory / "tls", ips=("127.0.0.1", host))
+        self.listeners = [(host, self.port)]
+
+    @property
+    def nexthop(self) -> str:
+        """[host]:port, e.g. `relayhost = [127.0.0.2]:PORT` (verify the certificate as `hostname`)."""
+        return f"[{self.host}]:{self.port}"
+
+    def config(self) -> str:
+        passwd = self.directory / "passwd"
+        passwd.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
+        home = give_to_peer(self.directory / "home")
+        return self.common_config(self.host) + f"""\
+ssl = required
+ssl_cert = <{self.cert_path}
+ssl_key = <{self.key_path}
+disable_plaintext_auth = yes
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+userdb {{
+  driver = static
+  args = uid={self.uid} gid={self.gid} home={home}/%u
+}}
+mail_location = maildir:~/Maildir
+submission_relay_host = {self.sink.host}
+submission_relay_port = {self.sink.port}
+submission_relay_ssl = no
+service submission-login {{
+  inet_listener submission {{
+    address = {self.host}
+    port = {self.port}
+  }}
+}}
+"""
+
+
+@dataclass
+class DeliveredMessage:
+    path: Path
+    raw: bytes
+
+    @property
+    def email(self) -> EmailMessage:
+        return email.message_from_bytes(self.raw, policy=email.policy.default)
+
+    @property
+    def return_path(self) -> str | None:
+        """The envelope sender that Dovecot wrote in Return-Path:, without <>."""
+        value = self.email["Return-Path"]
+        return None if value is None else str(value).strip().strip("<>")
+
+    @property
+    def delivered_to(self) -> str | None:
+        value = self.email["Delivered-To"]
+        return None if value is None else str(value).strip().strip("<>")
+
+
+class LmtpServer(Dovecot):
+    """Dovecot LMTP on host:port delivering into DIR/mail/<user>/Maildir for each user in `users`.
+
+    Users are full addresses (the RCPT TO address is the user name); anyone else gets
+    "550 5.1.1 <x> User doesn't exist". After DATA there is one reply per accepted recipient.
+    """
+
+    protocols = "lmtp"
+
+    def __init__(self, directory: Path, users: tuple[str, ...] = ("alice@example.test", "bob@example.test"),
+                 *, host: str = "127.0.0.1", port: int = 0, hostname: str = "lmtp.example.test"):
+        super().__init__(directory, hostname)
+        self.users = tuple(user.lower() for user in users)
+        self.host = host
+        self.port = port or free_port(host)
+        self.mail_root = self.directory / "mail"
+        self.listeners = [(host, self.port)]
+
+    @property
+    def nexthop(self) -> str:
+        """[host]:port, as in `lmtp:inet:[127.0.0.1]:PORT`."""
+        return f"[{self.host}]:{self.port}"
+
+    def home(self, user: str) -> Path:
+        return self.mail_root / user.lower()
+
+    def maildir(self, user: str) -> Path:
+        return self.home(user) / "Maildir"
+
+    def config(self) -> str:
+        give_to_peer(self.mail_root)
+        users = self.directory / "users"
+        users.write_text("".join(f"{user}:{{PLAIN}}secret:{self.uid}:{self.gid}::{self.home(user)}::\n"
+                                 for user in self.users))
+        return self.common_config(self.host) + f"""\
+ssl = no
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = {users}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {self.host}
+    port = {self.port}
+  }}
+}}
+"""
+
+    def messages(self, user: str) -> list[DeliveredMessage]:
+        """Messages delivered to `user`'s INBOX (new/ and cur/), oldest first."""
+        maildir = self.maildir(user)
+        paths = [path for sub in ("new", "cur") if (maildir / sub).is_dir() for path in (maildir / sub).iterdir()]
+        paths.sort(key=lambda path: (path.stat().st_mtime_ns, path.name))
+        return [DeliveredMessage(path, path.read_bytes()) for path in paths]
+
+    def wait_for_messages(self, user: str, count: int = 1, timeout: float = 10.0) -> list[DeliveredMessage]:
+        deadline = time.monotonic() + timeout
+        while len(found := self.messages(user)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)} of {count} messages for {user} after {timeout} s:\n"
+                                     f"{self.log()[-3000:]}")
+            time.sleep(0.02)
+        return found

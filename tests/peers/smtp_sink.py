@@ -1,0 +1,204 @@
+"""Postfix's smtp-sink as an SMTP or LMTP peer that dumps every transaction to a file.
+
+    sink = SmtpSink(peer_tempdir("sink-"), lmtp=False).start()
+    ...  # deliver to sink.host:sink.port
+    [message] = sink.wait_for_messages(1)
+    message.sender, message.recipients, message.message
+
+Dump format (smtp-sink -d DIR/m, one file DIR/m<hex> per transaction, "\\n" line ends):
+
+    X-Client-Addr: 127.0.0.1
+    X-Client-Proto: ESMTP                      (SMTP, ESMTP or LMTP)
+    X-Helo-Args: client.example                (absent if the client sent no HELO/EHLO/LHLO)
+    X-Mail-Args: <sender> SIZE=123 AUTH=...    (parameters as sent)
+    X-Rcpt-Args: <rcpt>                        (one per RCPT, in order)
+    Received: from helo ([addr])
+    \\tby smtp-sink (smtp-sink) with ESMTP id 6d21f280;
+    \\tWed, 25 Nov 2026 03:38:14 +0000 (UTC)
+    <the message as received, CRLF turned into LF>
+    <one empty line>
+
+Refusals: smtp-sink can refuse whole commands, for every transaction:
+`hard_reject=("RCPT",)` answers RCPT with `hard_reply` (default "500 5.3.0 Error: command
+failed"), `soft_reject=(".",)` answers the end of DATA with `soft_reply` (default "450 4.3.0
+Error: command failed"). Command names: CONNECT, HELO, EHLO, LHLO, MAIL, RCPT, DATA, "." (end of
+data), RSET, NOOP, QUIT. A refused "." still leaves a dump file. `disconnect=("DATA",)` drops the
+connection without a reply, `shutdown=("MAIL",)` answers 421 and hangs up. `-R` is chroot, not
+refusal. It cannot refuse only some recipients: use Dovecot LMTP (unknown users get 550) for that.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+from tests.peers import free_port, give_to_peer, require_tool, stop_process, unprivileged_ids, wait_for_port
+
+
+def _address(args: str) -> tuple[str, list[str]]:
+    """'<a@b> SIZE=1 BODY=8BITMIME' -> ('a@b', ['SIZE=1', 'BODY=8BITMIME'])."""
+    args = args.strip()
+    if args.startswith("<"):
+        end = args.find(">")
+        if end >= 0:
+            return args[1:end], args[end + 1:].split()
+    first, *rest = args.split() or [""]
+    return first, rest
+
+
+@dataclass
+class SinkedMessage:
+    path: Path
+    client_addr: str
+    client_proto: str
+    helo: str | None
+    mail_args: str
+    rcpt_args: list[str]
+    sender: str                    # without <>; "" for the null sender
+    mail_parameters: list[str]     # e.g. ["SIZE=123", "AUTH=user@example"]
+    recipients: list[str]          # without <>, in RCPT order
+    rcpt_parameters: list[list[str]]
+    received: str                  # smtp-sink's own three-line Received: header
+    message: bytes                 # header and body as received, LF line ends
+
+    @property
+    def email(self) -> EmailMessage:
+        return email.message_from_bytes(self.message, policy=email.policy.default)
+
+    @property
+    def body(self) -> bytes:
+        return self.message.split(b"\n\n", 1)[1] if b"\n\n" in self.message else b""
+
+    @classmethod
+    def parse(cls, path: Path) -> "SinkedMessage":
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        fields: dict[str, list[str]] = {}
+        index = 0
+        while index < len(lines) and lines[index].startswith(b"X-"):
+            name, _, value = lines[index].decode("utf-8", "replace").partition(":")
+            fields.setdefault(name, []).append(value.strip())
+            index += 1
+        received: list[bytes] = []
+        if index < len(lines) and lines[index].startswith(b"Received: "):
+            received.append(lines[index])
+            index += 1
+            while index < len(lines) and lines[index].startswith(b"\t"):
+                received.append(lines[index])
+                index += 1
+        message = b"\n".join(lines[index:])
+        if message.endswith(b"\n\n"):
+            message = message[:-1]  # smtp-sink appends one empty line after the message
+        if "X-Mail-Args" not in fields:
+            raise AssertionError(f"{path} is not a complete smtp-sink dump:\n{data[:500]!r}")
+        mail_args = fields["X-Mail-Args"][0]
+        sender, mail_parameters = _address(mail_args)
+        rcpt_args = fields.get("X-Rcpt-Args", [])
+        recipients = [_address(args) for args in rcpt_args]
+        return cls(path=path, client_addr=fields.get("X-Client-Addr", [""])[0],
+                   client_proto=fields.get("X-Client-Proto", [""])[0],
+                   helo=fields.get("X-Helo-Args", [None])[0], mail_args=mail_args, rcpt_args=rcpt_args,
+                   sender=sender, mail_parameters=mail_parameters,
+                   recipients=[address for address, _ in recipients],
+                   rcpt_parameters=[parameters for _, parameters in recipients],
+                   received=b"\n".join(received).decode("utf-8", "replace"), message=message)
+
+
+@dataclass
+class SmtpSink:
+    """One `smtp-sink` process on a free loopback port. `start()`, then `stop()` (the fixtures do both)."""
+
+    directory: Path
+    lmtp: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    hostname: str = "smtp-sink.test"
+    hard_reject: tuple[str, ...] = ()
+    soft_reject: tuple[str, ...] = ()
+    hard_reply: str | None = None
+    soft_reply: str | None = None
+    disconnect: tuple[str, ...] = ()
+    shutdown: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.dump_directory = self.directory / "dump"
+        self.log_path = self.directory / "smtp-sink.log"
+        if not self.port:
+            self.port = free_port(self.host)
+
+    @property
+    def address(self) -> str:
+        """host:port, as a Postfix nexthop would write it without brackets."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def nexthop(self) -> str:
+        """[host]:port, e.g. for relayhost or an lmtp: destination."""
+        return f"[{self.host}]:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [require_tool("smtp-sink")]
+        if os.geteuid() == 0:
+            command += ["-u", unprivileged_ids()[0]]  # smtp-sink refuses to run as root without -u
+        command += ["-h", self.hostname, "-d", str(self.dump_directory / "m")]
+        if self.lmtp:
+            command.append("-L")
+        if self.hard_reject:
+            command += ["-f", ",".join(self.hard_reject)]
+        if self.soft_reject:
+            command += ["-r", ",".join(self.soft_reject)]
+        if self.hard_reply:
+            command += ["-B", self.hard_reply]
+        if self.soft_reply:
+            command += ["-b", self.soft_reply]
+        if self.disconnect:
+            command += ["-q", ",".join(self.disconnect)]
+        if self.shutdown:
+            command += ["-Q", ",".join(self.shutdown)]
+        command += [*self.extra_args, f"{self.host}:{self.port}", "100"]
+        return command
+
+    def start(self, timeout: float = 10.0) -> "SmtpSink":
+        give_to_peer(self.dump_directory)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        wait_for_port(self.host, self.port, timeout, process=self.process, log=self.log_path)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def paths(self) -> list[Path]:
+        if not self.dump_directory.exists():
+            return []
+        return sorted(self.dump_directory.glob("m*"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+    def messages(self) -> list[SinkedMessage]:
+        """Every dumped transaction so far, oldest first."""
+        return [SinkedMessage.parse(path) for path in self.paths()]
+
+    def wait_for_messages(self, count: int = 1, timeout: float = 10.0) -> list[SinkedMessage]:
+        """Wait until at least `count` transactions are dumped (and complete); return them all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            paths = self.paths()
+            if len(paths) >= count:
+                try:
+                    return [SinkedMessage.parse(path) for path in paths]
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"{len(paths)} of {count} messages reached smtp-sink {self.address} "
+                                     f"after {timeout} s")
+            time.sleep(0.02)
