@@ -169,3 +169,32 @@ def test_reload_rereads_main_cf_without_dropping_connections(daemon):
     with smtplib.SMTP("127.0.0.1", daemon.port) as fresh:
         fresh.ehlo("client.example")
         assert fresh.esmtp_features["size"] == "1234"
+
+
+def test_full_disk_gives_452_and_keeps_what_was_queued(daemon_factory):
+    daemon = daemon_factory(default_transport="smtp")
+    daemon.queue_directory.mkdir(mode=0o755)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs",
+                              str(daemon.queue_directory)], capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs (the test needs root): {mounted.stderr}"
+    try:
+        daemon.start()
+        body = b"Subject: filler\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100  # about 100 KB
+        accepted, refusal = [], None
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            for _ in range(200):
+                client.mail("a@example.test")
+                client.rcpt("b@example.org")
+                code, text = client.data(body)
+                if code != 250:
+                    refusal = (code, text)
+                    break
+                accepted.append(text.decode().rsplit(" ", 1)[-1])
+        assert refusal == (452, b"4.3.1 Insufficient system storage"), refusal
+        assert len(accepted) >= 5
+        listing = daemon.mailq()
+        assert [queue_id for queue_id in accepted if queue_id not in listing] == []
+        assert "queue is full" in daemon.log()
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(daemon.queue_directory)], capture_output=True)
