@@ -29,7 +29,7 @@ DAEMON_PARAMETERS = {
     "smtpd_hard_error_limit", "smtpd_junk_command_limit", "line_length_limit",
     "smtpd_forbid_bare_newline", "smtpd_forbid_bare_newline_reject_code",
     "smtpd_forbid_unauth_pipelining", "smtpd_helo_required", "strict_rfc821_envelopes",
-    "disable_vrfy_command", "smtputf8_enable",
+    "disable_vrfy_command", "smtputf8_enable", "smtpd_discard_ehlo_keywords",
 }
 
 

@@ -73,6 +73,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "relay_domains",
     "relay_domains_reject_code",
     "smtpd_banner",
+    "smtpd_discard_ehlo_keywords",
     "smtpd_enforce_tls",
     "smtpd_error_sleep_time",
     "smtpd_forbid_bare_newline",

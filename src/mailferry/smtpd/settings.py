@@ -8,6 +8,9 @@ from mailferry.protocol.smtp_server import NORMALIZE, REJECT, ServerSettings
 
 def server_settings(config: Config, starttls: bool) -> ServerSettings:
     bare_newline = config.get("smtpd_forbid_bare_newline").lower()
+    offered = {"smtputf8": config.boolean("smtputf8_enable"), "starttls": starttls,
+               "vrfy_enabled": not config.boolean("disable_vrfy_command")}
+    offered.update(_kept_keywords(config.list("smtpd_discard_ehlo_keywords")))
     return ServerSettings(
         hostname=config.get("myhostname"),
         banner=config.get("smtpd_banner"),
@@ -26,8 +29,18 @@ def server_settings(config: Config, starttls: bool) -> ServerSettings:
         forbid_unauth_pipelining=config.boolean("smtpd_forbid_unauth_pipelining"),
         helo_required=config.boolean("smtpd_helo_required"),
         strict_envelopes=config.boolean("strict_rfc821_envelopes"),
-        vrfy_enabled=not config.boolean("disable_vrfy_command"),
-        smtputf8=config.boolean("smtputf8_enable"),
-        starttls=starttls,
+        **offered,
     )
+
+
+# smtpd_discard_ehlo_keywords names -> the ServerSettings switch that offers each.
+_KEYWORD_SWITCHES = {"pipelining": "pipelining", "size": "size", "dsn": "dsn", "smtputf8": "smtputf8",
+                     "chunking": "chunking", "8bitmime": "eightbitmime", "vrfy": "vrfy_enabled",
+                     "enhancedstatuscodes": "enhanced_status_codes", "starttls": "starttls"}
+
+
+def _kept_keywords(discarded: list[str]) -> dict[str, bool]:
+    """Turn off what smtpd_discard_ehlo_keywords lists (`silent-discard` only hushes Postfix's log)."""
+    return {_KEYWORD_SWITCHES[name]: False for name in (item.lower() for item in discarded)
+            if name in _KEYWORD_SWITCHES}
 
