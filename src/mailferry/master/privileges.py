@@ -8,7 +8,6 @@ runs as that user and says so.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 from dataclasses import dataclass
@@ -58,9 +57,3 @@ def drop_to(owner: Owner) -> None:
     if os.geteuid() == 0:
         raise PrivilegeError("could not give up root")
 
-
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
