@@ -2,6 +2,7 @@
 
 peer_ca, untrusted_ca     session-wide throwaway CAs (tests.peers.tls.CA): .cert_path, .issue(),
                           .client_context(); untrusted_ca signed nothing any peer presents
+submission_certificate    (cert_path, key_path) for smtp.gmail.test from peer_ca, made once
 smtp_sink_factory         make(**SmtpSink options) -> a started SmtpSink (lmtp=, hard_reject=, ...)
 smtp_sink                 a started SMTP smtp-sink (tests.peers.smtp_sink.SmtpSink)
 lmtp_sink                 a started smtp-sink in LMTP mode (-L)
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import peer_tempdir
-from tests.peers.dovecot import LmtpServer, SubmissionRelay
+from tests.peers.dovecot import LmtpServer, SubmissionRelay, issue_submission_certificate
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import CA, make_ca
 
@@ -29,6 +30,12 @@ from tests.peers.tls import CA, make_ca
 @pytest.fixture(scope="session")
 def peer_ca(tmp_path_factory) -> CA:
     return make_ca(tmp_path_factory.mktemp("peer-ca"), name="mailferry test peer CA")
+
+
+@pytest.fixture(scope="session")
+def submission_certificate(peer_ca, tmp_path_factory) -> tuple[Path, Path]:
+    """(cert_path, key_path) for smtp.gmail.test (and IP 127.0.0.1, 127.0.0.2), issued by peer_ca once."""
+    return issue_submission_certificate(peer_ca, tmp_path_factory.mktemp("submission-tls"))
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +95,11 @@ def lmtp_sink(smtp_sink_factory) -> SmtpSink:
 
 
 @pytest.fixture
-def submission_relay_factory(_peers, smtp_sink_factory, peer_ca):
+def submission_relay_factory(_peers, smtp_sink_factory, peer_ca, submission_certificate):
     def make(sink: SmtpSink | None = None, **options) -> SubmissionRelay:
         sink = sink if sink is not None else smtp_sink_factory()
+        if "hostname" not in options and "host" not in options:
+            options.setdefault("certificate", submission_certificate)
         relay = SubmissionRelay(_peers.directory("mailferry-submission-"), peer_ca, sink, **options)
         return _peers.start(relay)
     return make

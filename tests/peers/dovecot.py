@@ -73,13 +73,16 @@ class Dovecot:
         with stderr:
             self.process = subprocess.Popen([require_tool("dovecot"), "-F", "-c", str(self.config_path)],
                                             stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT)
-        for host, port in self.listeners:
-            wait_for_port(host, port, timeout, process=self.process, log=self._logs())
+        try:
+            for host, port in self.listeners:
+                wait_for_port(host, port, timeout, process=self.process)
+        except AssertionError as error:
+            self.stop()
+            stderr = (self.directory / "stderr.log").read_text(errors="replace")
+            raise AssertionError(f"Dovecot ({self.config_path}) did not start: {error}\n"
+                                 f"--- stderr ---\n{stderr[-2000:]}\n--- {self.log_path} ---\n"
+                                 f"{self.log()[-2000:]}") from None
         return self
-
-    def _logs(self) -> Path:
-        stderr = self.directory / "stderr.log"
-        return stderr if stderr.exists() and stderr.stat().st_size else self.log_path
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -96,19 +99,27 @@ class Dovecot:
         return log
 
 
+def issue_submission_certificate(ca: CA, directory: Path, hostname: str = SUBMISSION_HOSTNAME,
+                                 host: str = SUBMISSION_HOST) -> tuple[Path, Path]:
+    return ca.issue(hostname, directory, ips=("127.0.0.1", host))
+
+
 class SubmissionRelay(Dovecot):
     """Dovecot submission on SUBMISSION_HOST:port standing in for [smtp.gmail.com]:587.
 
     STARTTLS is required (certificate for `hostname` from `ca`), AUTH PLAIN and LOGIN check a
     passwd-file, and accepted mail is relayed, transaction by transaction, to `sink` (an SMTP
     smtp-sink): RCPT and DATA replies come from the sink, so sink refusals show through.
+    A wrong password gets "535 5.7.8 Authentication failed." at once (auth_failure_delay = 0,
+    where Dovecot's default is 2 s).
     """
 
     protocols = "submission"
 
     def __init__(self, directory: Path, ca: CA, sink: SmtpSink, *, hostname: str = SUBMISSION_HOSTNAME,
                  host: str = SUBMISSION_HOST, port: int = 0,
-                 users: dict[str, str] | None = None):
+                 users: dict[str, str] | None = None, certificate: tuple[Path, Path] | None = None,
+                 auth_failure_delay: str = "0"):
         super().__init__(directory, hostname)
         self.ca = ca
         self.sink = sink
@@ -116,7 +127,10 @@ class SubmissionRelay(Dovecot):
         self.port = port or free_port(host)
         self.users = dict(users or {GMAIL_USER: GMAIL_PASSWORD})
         self.username, self.password = next(iter(self.users.items()))
-        self.cert_path, self.key_path = ca.issue(hostname, self.directory / "tls", ips=("127.0.0.1", host))
+        # certificate: (cert_path, key_path) issued by `ca` for `hostname`, e.g. one made per session.
+        self.cert_path, self.key_path = certificate or issue_submission_certificate(ca, self.directory / "tls",
+                                                                                     hostname, host)
+        self.auth_failure_delay = auth_failure_delay
         self.listeners = [(host, self.port)]
 
     @property
@@ -133,6 +147,7 @@ ssl = required
 ssl_cert = <{self.cert_path}
 ssl_key = <{self.key_path}
 disable_plaintext_auth = yes
+auth_failure_delay = {self.auth_failure_delay}
 auth_mechanisms = plain login
 passdb {{
   driver = passwd-file
@@ -172,6 +187,7 @@ class DeliveredMessage:
 
     @property
     def delivered_to(self) -> str | None:
+        """Delivered-To:, which Dovecot LMTP adds only when the transaction had a single recipient."""
         value = self.email["Delivered-To"]
         return None if value is None else str(value).strip().strip("<>")
 
