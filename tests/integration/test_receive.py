@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,22 @@ def test_full_disk_gives_452_and_keeps_what_was_queued(daemon_factory):
     finally:
         daemon.stop()
         subprocess.run(["umount", "-l", str(daemon.queue_directory)], capture_output=True)
+
+
+def test_error_sleep_then_421_at_the_hard_limit(daemon_factory):
+    daemon = daemon_factory(smtpd_soft_error_limit="1", smtpd_hard_error_limit="3",
+                            smtpd_error_sleep_time="1s").start()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        started = time.monotonic()
+        raw.sendall(b"BOGUS\r\n")
+        first = reader.readline()
+        raw.sendall(b"BOGUS\r\n")
+        second = reader.readline()
+        raw.sendall(b"BOGUS\r\n")
+        rest = reader.read()
+        elapsed = time.monotonic() - started
+    assert first.startswith(b"500") and second.startswith(b"500")
+    assert rest.startswith(b"500 ") and b"421 4.7.0 mx.example.test Error: too many errors" in rest
+    assert elapsed >= 2  # the second and third replies waited smtpd_error_sleep_time

@@ -160,7 +160,8 @@ class Session(asyncio.Protocol):
             if event is smtp.NEED_DATA or event is smtp.PAUSED:
                 break
             if event is smtp.CLOSED:
-                self._send()
+                # The last words (221, or a 421) go out now: a delayed write would die with the connection.
+                self.transport.write(self.conn.data_to_send())
                 self._close()
                 return
             self._handle(event)
