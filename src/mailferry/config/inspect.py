@@ -32,6 +32,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_tables(config)
     found += _check_tls_files(config)
     found += _check_smtpd_tls_has_certificate(config)
+    found += _check_network_lists(config)
     if master:
         found += _check_pipe_programs(master)
     found += _undefined_references(config)
@@ -118,6 +119,20 @@ def _check_tls_files(config: Config) -> list[Diagnostic]:
             problem = _tls_file_problem(name, path)
             if problem:
                 found.append(error(f"parameter {name}: {problem}", setting.file, setting.line, name))
+    return found
+
+
+def _check_network_lists(config: Config) -> list[Diagnostic]:
+    """mynetworks and friends must parse: a bad entry would otherwise stop smtpd at start."""
+    from mailferry.config.networks import NetworkList
+    from mailferry.tables import TableError
+    found = []
+    for name, value in _explicit_values(config, lambda n: n in ("mynetworks",)):
+        setting = config.settings[name]
+        try:
+            NetworkList(value)
+        except (ValueError, TableError) as exc:
+            found.append(error(f"parameter {name}: {exc}", setting.file, setting.line, name))
     return found
 
 

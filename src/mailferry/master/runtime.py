@@ -19,7 +19,7 @@ from mailferry.master.control_server import ControlServer
 from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
 from mailferry.queue.scheduler import Scheduler
 from mailferry.routing.resolve import Resolver
-from mailferry.smtpd.networks import NetworkList
+from mailferry.config.networks import NetworkList
 
 PICKUP_DEFAULT_WAKEUP = 60.0
 

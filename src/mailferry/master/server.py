@@ -41,7 +41,6 @@ class MailServer:
         self.owner: Owner | None = None
         self.log = None
         self.sockets: dict[tuple[str, str], list[socket.socket]] = {}
-        self.services: list = []
         self.worker_pids: list[int] = []
         self.workers_read_fd: int | None = None
         self._stop = None

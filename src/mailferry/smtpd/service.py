@@ -26,7 +26,7 @@ from mailferry.config.config import Config
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import smtp_server as smtp
 from mailferry.queue.store import QueueError, QueueFull
-from mailferry.smtpd.networks import NetworkList
+from mailferry.config.networks import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_level

@@ -198,3 +198,10 @@ def test_missing_main_cf(tmp_path, mailferry):
 def test_shipped_examples_pass(example, mailferry):
     result = mailferry("check", config_dir=ROOT / "examples" / example)
     assert result.code == 0, result.err
+
+
+def test_bad_mynetworks_is_an_error_before_the_daemon_trips_on_it(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "mynetworks = 127.0.0.0/8, 127.0.0.1/33\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert result.code == 1
+    assert (f"{tmp_path}/main.cf, line 1: parameter mynetworks: bad network '127.0.0.1/33'") in result.err

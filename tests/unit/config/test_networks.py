@@ -12,7 +12,7 @@ be specified inside []." Postfix compares an IPv4-mapped IPv6 client
 
 import pytest
 
-from mailferry.smtpd.networks import NetworkList
+from mailferry.config.networks import NetworkList
 
 
 @pytest.mark.parametrize("value, client, matches", [
