@@ -219,3 +219,26 @@ def test_error_sleep_then_421_at_the_hard_limit(daemon_factory):
     assert first.startswith(b"500") and second.startswith(b"500")
     assert rest.startswith(b"500 ") and b"421 4.7.0 mx.example.test Error: too many errors" in rest
     assert elapsed >= 2  # the second and third replies waited smtpd_error_sleep_time
+
+
+def test_mailq_for_users_who_may_not_read_the_queue_goes_through_the_daemon(daemon_factory, monkeypatch, capsys):
+    daemon = held_daemon(daemon_factory)
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("alice@example.test", ["bob@example.org"], b"Subject: one\r\n\r\nx\r\n")
+        client.sendmail("carol@example.test", ["dave@example.org"], b"Subject: two\r\n\r\nx\r\n")
+    daemon.wait_for_log("status=deferred", count=2)
+    direct = daemon.mailq()
+    from mailferry import control
+    from mailferry.queue.showq import decode_messages
+    served = decode_messages(control.request(str(daemon.queue_directory), "showq"))
+    assert sorted(message.sender for message in served) == ["alice@example.test", "carol@example.test"]
+    # As root we may read queue.db; an ordinary user may not (0600, mail_owner's): be that user.
+    from mailferry.cli import queue_listing
+
+    def permission_denied(queue_directory):
+        raise queue_listing.QueueUnavailable("queue.db: permission denied")
+
+    monkeypatch.setattr(queue_listing, "open_existing_queue", permission_denied)
+    from mailferry.cli.output import Reporter
+    assert queue_listing.print_queue(str(daemon.config_dir), Reporter("mailferry/mailq"), False, 75) == 0
+    assert capsys.readouterr().out == direct

@@ -239,12 +239,7 @@ def print_queue(config_dir: str, reporter, as_json: bool, failure_exit: int) -> 
     try:
         config = load_tool_config(config_dir)
         queue_directory = existing_queue_directory(config)
-        store = open_existing_queue(queue_directory)
-        try:
-            messages = collect(queue_directory, store)
-        finally:
-            if store is not None:
-                store.close()
+        messages = _read_queue(queue_directory)
     except (QueueUnavailable, QueueError) as exc:
         reporter.fatal(str(exc))
         return failure_exit
@@ -254,6 +249,26 @@ def print_queue(config_dir: str, reporter, as_json: bool, failure_exit: int) -> 
         text = format_listing(messages, wants_long_layout(messages, _long_queue_ids(config)))
     _write_stdout(text)
     return 0
+
+
+def _read_queue(queue_directory: str) -> list[ListedMessage]:
+    """Straight from the database when we may read it; else ask the running daemon
+    (its showq), as any user's mailq must work."""
+    try:
+        store = open_existing_queue(queue_directory)
+    except QueueUnavailable:
+        from mailferry import control
+        from mailferry.queue.showq import decode_messages
+        answer = control.request(queue_directory, "showq")
+        if answer is None:
+            raise
+        listed = [from_queued(message) for message in decode_messages(answer)]
+        return in_showq_order(listed + maildrop_messages(queue_directory))
+    try:
+        return collect(queue_directory, store)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _long_queue_ids(config) -> bool:

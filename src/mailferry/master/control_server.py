@@ -1,4 +1,8 @@
-"""The daemon's side of the control socket (see mailferry.control)."""
+"""The daemon's side of the control socket (see mailferry.control).
+
+A handler returns None (the answer is `ok`) or the bytes to answer with; it
+may be a coroutine function, for answers that read the queue.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from mailferry.control import COMMANDS, control_socket_path
 
 
 class ControlServer:
-    def __init__(self, queue_directory: str, handlers: dict[str, Callable[[], None]], log):
+    def __init__(self, queue_directory: str, handlers: dict[str, Callable], log):
         self.path = control_socket_path(queue_directory)
         self.handlers = handlers
         self.log = log
@@ -28,8 +32,10 @@ class ControlServer:
         try:
             line = (await asyncio.wait_for(reader.readline(), 5)).decode("ascii", "replace").strip()
             if line in COMMANDS and line in self.handlers:
-                self.handlers[line]()
-                writer.write(b"ok\n")
+                answer = self.handlers[line]()
+                if asyncio.iscoroutine(answer):
+                    answer = await answer
+                writer.write(b"ok\n" if answer is None else answer)
             else:
                 writer.write(b"error: unknown command\n")
             await writer.drain()

@@ -62,7 +62,7 @@ class Runtime:
         if self.workers_read_fd is not None:
             asyncio.get_running_loop().add_reader(self.workers_read_fd, self._worker_queued)
         self.control = ControlServer(self.queue_directory, {
-            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.wake}, self.log)
+            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.wake, "showq": self._showq}, self.log)
         await self.control.start()
         self._tasks = [
             asyncio.create_task(self.scheduler.run(self.config.time("queue_run_delay")), name="qmgr"),
@@ -82,6 +82,12 @@ class Runtime:
         local_clients = _local_header_clients(config)
         on_queued = self._tell_master if self.is_worker else self.scheduler.wake
         return CleanupService(settings, self.committer, self.log, local_clients.matches, on_queued)
+
+    async def _showq(self) -> bytes:
+        """The queue for a user who may not read it directly (see mailferry.control)."""
+        from mailferry.queue.showq import encode_messages
+        messages = await asyncio.to_thread(self.store.messages)
+        return encode_messages(messages)
 
     def _tell_master(self) -> None:
         try:
