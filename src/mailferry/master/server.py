@@ -207,7 +207,8 @@ _SERVICE_MODULES = (
     "email.policy", "email.headerregistry", "encodings.idna", "encodings.ascii", "encodings.latin_1",
     "difflib", "tempfile", "concurrent.futures.thread",
     "mailferry.master.runtime", "mailferry.master.control_server", "mailferry.smtpd.service",
-    "mailferry.queue", "mailferry.queue.scheduler", "mailferry.queue.showq", "mailferry.local.pickup", "mailferry.local.maildrop",
+    "mailferry.queue", "mailferry.queue.scheduler", "mailferry.queue.showq",
+    "mailferry.local.pickup", "mailferry.local.maildrop",
     "mailferry.cleanup.service", "mailferry.tables", "mailferry.tables.indexed", "mailferry.tables.memory",
     "mailferry.tables.regexp", "mailferry.tables.ldap", "mailferry.config.inspect", "mailferry.config.mastercf",
 )
