@@ -242,3 +242,21 @@ def test_mailq_for_users_who_may_not_read_the_queue_goes_through_the_daemon(daem
     from mailferry.cli.output import Reporter
     assert queue_listing.print_queue(str(daemon.config_dir), Reporter("mailferry/mailq"), False, 75) == 0
     assert capsys.readouterr().out == direct
+
+
+def test_reload_changes_which_clients_get_missing_headers(daemon):
+    def queued_message_id_line(sender: str) -> str:
+        with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+            client.sendmail(sender, ["user@example.test"], b"Subject: no id\r\n\r\nx\r\n")
+        log = daemon.wait_for_log(f"from=<{sender}>")
+        queue_id = re.findall(rf"([0-9A-F]+): from=<{re.escape(sender)}>", log)[-1]
+        return re.search(rf"{queue_id}: message-id=(\S*)", log).group(1)
+
+    # A loopback client is on our own interfaces: Postfix (and we) add Message-ID for it.
+    assert queued_message_id_line("before@example.test").startswith("<")
+    main_cf = (daemon.config_dir / "main.cf").read_text() + "local_header_rewrite_clients =\n"
+    (daemon.config_dir / "main.cf").write_text(main_cf)
+    assert daemon.command("reload").returncode == 0
+    daemon.wait_for_log("reload -- version")
+    time.sleep(0.5)  # the smtpd workers reload on their own SIGHUP
+    assert queued_message_id_line("after@example.test") == "<>"

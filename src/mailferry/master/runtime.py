@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 from mailferry.cleanup.cleanup import CleanupSettings
 from mailferry.cleanup.service import CleanupService
@@ -74,14 +75,9 @@ class Runtime:
                         local_domain_matcher(config))
 
     def _cleanup_service(self, config: Config) -> CleanupService:
-        settings = CleanupSettings(
-            myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
-            append_at_myorigin=config.boolean("append_at_myorigin"),
-            tls_received_header=config.boolean("smtpd_tls_received_header"),
-            mail_name=config.get("mail_name"))
-        local_clients = _local_header_clients(config)
         on_queued = self._tell_master if self.is_worker else self.scheduler.wake
-        return CleanupService(settings, self.committer, self.log, local_clients.matches, on_queued)
+        settings, is_local_client = _cleanup_configuration(config)
+        return CleanupService(settings, self.committer, self.log, is_local_client, on_queued)
 
     async def _showq(self) -> bytes:
         """The queue for a user who may not read it directly (see mailferry.control)."""
@@ -154,7 +150,7 @@ class Runtime:
         self.config, self.master = config, master
         if self.scheduler is not None:
             self.scheduler.resolver = self._resolver(config)
-        self.cleanup.settings = self._cleanup_service(config).settings
+        self.cleanup.settings, self.cleanup.is_local_client = _cleanup_configuration(config)
         for smtpd in self.smtpd_services:
             smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
 
@@ -181,6 +177,16 @@ class Runtime:
         calls = ", ".join(f"{name}={count}" for name, count in sorted(self.store.stats.items()))
         self.log.line("cleanup" if self.is_worker else "qmgr", f"queue statistics: {messages} messages in {batches} commits "
                               f"(average {average:.1f} per commit); {calls}")
+
+
+def _cleanup_configuration(config: Config) -> tuple[CleanupSettings, Callable[[str], bool]]:
+    """What cleanup takes from main.cf: its settings, and which clients get missing headers added."""
+    settings = CleanupSettings(
+        myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
+        append_at_myorigin=config.boolean("append_at_myorigin"),
+        tls_received_header=config.boolean("smtpd_tls_received_header"),
+        mail_name=config.get("mail_name"))
+    return settings, _local_header_clients(config).matches
 
 
 def _local_header_clients(config: Config) -> NetworkList:
