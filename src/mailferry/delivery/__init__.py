@@ -1,0 +1,1 @@
+"""delivery: the SMTP/LMTP client (TLS policy, SASL client), pipe and maildir delivery agents."""
