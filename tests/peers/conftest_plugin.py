@@ -10,6 +10,10 @@ submission_relay_factory  make(sink=None, **options) -> a started SubmissionRela
                           `sink`, or to a fresh SMTP smtp-sink made for it
 submission_relay          a started SubmissionRelay standing in for [smtp.gmail.com]:587
 dovecot_lmtp              a started LmtpServer with users alice@example.test and bob@example.test
+dns_server_factory        make(**DnsServer records) -> a started dnsmasq (tests.peers.dns.DnsServer)
+dns_server                a started DnsServer with tests.peers.dns.DEFAULT_RECORDS: example.test MX
+                          10 mx1 (127.0.0.3), 20 mx2 (127.0.0.4); noaddr.test MX to an NXDOMAIN host;
+                          nullmx.test null MX; plain.test A 127.0.0.5 and no MX; else NXDOMAIN
 
 Every peer is stopped, and its directory removed, on teardown. A peer that cannot start fails.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import peer_tempdir
+from tests.peers.dns import DEFAULT_RECORDS, DnsServer
 from tests.peers.dovecot import LmtpServer, SubmissionRelay, issue_submission_certificate
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import CA, make_ca
@@ -113,3 +118,15 @@ def submission_relay(submission_relay_factory) -> SubmissionRelay:
 @pytest.fixture
 def dovecot_lmtp(_peers) -> LmtpServer:
     return _peers.start(LmtpServer(_peers.directory("mailferry-lmtp-")))
+
+
+@pytest.fixture
+def dns_server_factory(_peers):
+    def make(**records) -> DnsServer:
+        return _peers.start(DnsServer(_peers.directory("mailferry-dns-"), **records))
+    return make
+
+
+@pytest.fixture
+def dns_server(dns_server_factory) -> DnsServer:
+    return dns_server_factory(**DEFAULT_RECORDS)
