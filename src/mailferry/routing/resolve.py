@@ -1,9 +1,17 @@
-"""Which transport delivers a recipient, and to what next hop.
+"""Which transport delivers a recipient, and to what next hop (trivial-rewrite's resolve).
 
-So far: a domain of ours (mydestination) goes to `local_transport`, every
-other domain to `default_transport`. transport_maps, relay_domains and
-relayhost come with the delivery agents (they are reported as not
-implemented by `check` until then).
+The order is Postfix's:
+1. `transport_maps`, when it has an entry for the address or its domain;
+2. a domain of ours (mydestination): `local_transport`, or `mailbox_transport`
+   when local delivery is left to the `local` service;
+3. a domain in `relay_domains`: `relay_transport`;
+4. anything else: `default_transport`.
+For 3 and 4 the next hop is the transport's own (`smtp:[host]`), else
+`relayhost`, else the recipient domain (then looked up in DNS for MX).
+
+transport(5) values are `transport:nexthop`; an empty transport keeps the
+one the address class would use, an empty next hop means the recipient
+domain, and `:` alone changes nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailferry.config.domains import DomainList
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    transport: str   # a master.cf service name: smtp, lmtp, discard, error, ...
-    nexthop: str     # what follows the colon: a host, [host]:port, or error text
+    transport: str   # a master.cf service name: smtp, relay, lmtp, discard, error, ...
+    nexthop: str     # what follows the colon: a host, [host]:port, unix:/path, or error text
+
+
+class RoutingError(Exception):
+    """The route cannot be decided now (a transport table failed): defer, 4.3.0."""
 
 
 def parse_transport(value: str) -> Route:
@@ -24,14 +38,121 @@ def parse_transport(value: str) -> Route:
     return Route(transport, nexthop)
 
 
-class Resolver:
-    def __init__(self, local_transport: str, default_transport: str, is_local_domain: Callable[[str], bool]):
-        self._local = parse_transport(local_transport)
-        self._default = parse_transport(default_transport)
-        self._is_local = is_local_domain
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    local_transport: str = "local:$myhostname"
+    mailbox_transport: str = ""
+    relay_transport: str = "relay"
+    default_transport: str = "smtp"
+    relayhost: str = ""
+    relay_domains: str = ""
+    recipient_delimiter: str = ""
 
-    def resolve(self, address: str) -> Route:
-        domain = address.rpartition("@")[2] if "@" in address else ""
+    @classmethod
+    def from_config(cls, config) -> RoutingSettings:
+        return cls(local_transport=config.get("local_transport"),
+                   mailbox_transport=config.get("mailbox_transport"),
+                   relay_transport=config.get("relay_transport"),
+                   default_transport=config.get("default_transport"),
+                   relayhost=config.get("relayhost"),
+                   relay_domains=config.get("relay_domains"),
+                   recipient_delimiter=config.get("recipient_delimiter"))
+
+
+class Resolver:
+    def __init__(self, settings: RoutingSettings, is_local_domain: Callable[[str], bool],
+                 transport_maps=None):
+        """`transport_maps`: a tables.Maps, or None when the parameter is empty."""
+        self._is_local = is_local_domain
+        self._maps = transport_maps
+        self._delimiters = settings.recipient_delimiter
+        self._relay_domains = DomainList(settings.relay_domains)
+        self._local = _local_route(settings)
+        self._relay = _remote_route(settings.relay_transport, settings.relayhost)
+        self._default = _remote_route(settings.default_transport, settings.relayhost)
+
+    @classmethod
+    def from_config(cls, config) -> Resolver:
+        from mailferry.config.localdomains import local_domain_matcher
+        maps = None
+        if config.get("transport_maps").strip():
+            from mailferry.tables import open_maps
+            maps = open_maps(config.get("transport_maps"))
+        return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps)
+
+    async def resolve(self, address: str) -> Route:
+        domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
+        route = self._class_route(domain)
+        if self._maps is None:
+            return route
+        found = await self._transport_entry(address, domain)
+        return route if found is None else _apply_entry(found, route, domain)
+
+    def _class_route(self, domain: str) -> Route:
         if not domain or self._is_local(domain):
-            return self._local
-        return self._default
+            if self._local.nexthop or not domain or self._local.transport in ("error", "discard", "retry"):
+                return self._local
+            return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
+        relay = self._relay_domains.matches(domain)
+        nexthop_route = self._relay if relay else self._default
+        return nexthop_route if nexthop_route.nexthop else Route(nexthop_route.transport, domain)
+
+    async def _transport_entry(self, address: str, domain: str) -> str | None:
+        """transport(5)'s search: user+ext@domain, user@domain, domain, .parent
+        domains, then `*`. The first entry found decides."""
+        for key, partial in self._transport_keys(address, domain):
+            result = await self._maps.lookup(key, partial=partial)
+            if result.tempfail:
+                raise RoutingError(f"transport_maps lookup of {key} failed: {result.reason}")
+            if result.found:
+                return result.value
+        return None
+
+    def _transport_keys(self, address: str, domain: str) -> list[tuple[str, bool]]:
+        keys: list[tuple[str, bool]] = []
+        if "@" in address:
+            keys.append((address.lower(), False))
+            local = address.rpartition("@")[0]
+            base = _strip_extension(local, self._delimiters)
+            if base != local:
+                keys.append((f"{base}@{domain}".lower(), False))
+        if domain:
+            keys.append((domain, True))
+            labels = domain.split(".")
+            keys += [("." + ".".join(labels[index:]), True) for index in range(1, len(labels))]
+        keys.append(("*", True))
+        return keys
+
+
+def _local_route(settings: RoutingSettings) -> Route:
+    route = parse_transport(settings.local_transport)
+    # local(8) hands mailboxes to mailbox_transport when it is set (Dovecot LMTP, Cyrus).
+    if route.transport == "local" and settings.mailbox_transport.strip():
+        return parse_transport(settings.mailbox_transport)
+    return route
+
+
+def _remote_route(transport_value: str, relayhost: str) -> Route:
+    route = parse_transport(transport_value)
+    if route.nexthop or not relayhost.strip():
+        return route
+    return Route(route.transport, relayhost.strip())
+
+
+def _apply_entry(value: str, route: Route, domain: str) -> Route:
+    entry = parse_transport(value)
+    transport = entry.transport or route.transport
+    if entry.nexthop:
+        return Route(transport, entry.nexthop)
+    if not entry.transport:          # ":" alone: the address class decides everything
+        return route
+    if transport in ("error", "discard", "retry"):
+        return Route(transport, "")
+    return Route(transport, domain or route.nexthop)
+
+
+def _strip_extension(local: str, delimiters: str) -> str:
+    for index, character in enumerate(local):
+        if character in delimiters:
+            return local[:index]
+    return local

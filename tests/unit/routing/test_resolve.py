@@ -1,13 +1,17 @@
-"""Transport values as transport(5) reads them, and the local/remote decision.
+"""Transport values as transport(5) reads them, and trivial-rewrite's route order:
+transport_maps, local, relay_domains, default; relayhost for the last two.
 
 transport(5): a result is `transport:nexthop`; everything after the FIRST
 colon is the next hop (which may itself contain colons: `[host]:port`,
 `unix:/path`, error text). An empty next hop is allowed (`discard:`).
 """
 
+import asyncio
+
 import pytest
 
-from mailferry.routing.resolve import Resolver, Route, parse_transport
+from mailferry.routing.resolve import Resolver, Route, RoutingError, RoutingSettings, parse_transport
+from mailferry.tables import open_maps
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -28,25 +32,93 @@ def test_parse_transport(value, expected):
 LOCAL_DOMAINS = {"example.com", "mx.example.com"}
 
 
-@pytest.fixture
-def resolver():
-    return Resolver("lmtp:unix:/var/run/dovecot/lmtp", "smtp:[smtp.gmail.com]:587",
-                    lambda domain: domain.lower() in LOCAL_DOMAINS)
+def resolver_for(transport_maps: str = "", **settings) -> Resolver:
+    values = {"local_transport": "lmtp:unix:/var/run/dovecot/lmtp", "default_transport": "smtp",
+              "relayhost": "[smtp.gmail.com]:587", **settings}
+    maps = open_maps(transport_maps) if transport_maps else None
+    return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS, maps)
 
 
-def test_a_domain_of_ours_goes_to_local_transport(resolver):
-    assert resolver.resolve("bob@example.com") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
-    assert resolver.resolve("bob@mx.example.com") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
+def resolve(resolver: Resolver, address: str) -> Route:
+    return asyncio.run(resolver.resolve(address))
 
 
-def test_any_other_domain_goes_to_default_transport(resolver):
-    assert resolver.resolve("carol@example.org") == Route("smtp", "[smtp.gmail.com]:587")
+def test_a_domain_of_ours_goes_to_local_transport():
+    resolver = resolver_for()
+    assert resolve(resolver, "bob@example.com") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
+    assert resolve(resolver, "bob@MX.example.com") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
+    assert resolve(resolver, "postmaster") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
+
+
+def test_local_hands_mailboxes_to_mailbox_transport():
+    resolver = resolver_for(local_transport="local:host.example", mailbox_transport="lmtp:inet:127.0.0.1:24")
+    assert resolve(resolver, "bob@example.com") == Route("lmtp", "inet:127.0.0.1:24")
+    resolver = resolver_for(local_transport="local:host.example")
+    assert resolve(resolver, "bob@example.com") == Route("local", "host.example")
+
+
+def test_other_domains_go_to_default_transport_via_relayhost():
+    resolver = resolver_for()
+    assert resolve(resolver, "carol@example.org") == Route("smtp", "[smtp.gmail.com]:587")
     # A subdomain of ours is not ours: mydestination lists whole names.
-    assert resolver.resolve("carol@sub.example.com") == Route("smtp", "[smtp.gmail.com]:587")
+    assert resolve(resolver, "carol@sub.example.com") == Route("smtp", "[smtp.gmail.com]:587")
 
 
-def test_a_bare_local_part_is_local(resolver):
-    assert resolver.resolve("postmaster") == Route("lmtp", "unix:/var/run/dovecot/lmtp")
+def test_without_relayhost_the_next_hop_is_the_recipient_domain():
+    resolver = resolver_for(relayhost="")
+    assert resolve(resolver, "carol@Example.ORG") == Route("smtp", "example.org")
+
+
+def test_a_transport_nexthop_wins_over_relayhost():
+    resolver = resolver_for(default_transport="smtp:[backup.example]:2525")
+    assert resolve(resolver, "carol@example.org") == Route("smtp", "[backup.example]:2525")
+
+
+def test_relay_domains_use_relay_transport():
+    resolver = resolver_for(relay_domains="relayed.example", relayhost="")
+    assert resolve(resolver, "a@relayed.example") == Route("relay", "relayed.example")
+    assert resolve(resolver, "a@sub.relayed.example") == Route("relay", "sub.relayed.example")
+    assert resolve(resolver, "a@other.example") == Route("smtp", "other.example")
+    resolver = resolver_for(relay_domains="relayed.example")
+    assert resolve(resolver, "a@relayed.example") == Route("relay", "[smtp.gmail.com]:587")
+
+
+TRANSPORTS = ("inline:{ bob@example.org=lmtp:inet:127.0.0.1:24, example.org=smtp:[mx.example.org]:25, "
+              ".sub.example.net=relay:[inner.example], { error.example = error:5.1.1 no such domain }, "
+              "dropped.example=discard:, keepclass.example=:, nexthoponly.example=:[hop.example], "
+              "transportonly.example=relay: }")
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("bob@example.org", Route("lmtp", "inet:127.0.0.1:24")),
+    ("bob+tag@example.org", Route("lmtp", "inet:127.0.0.1:24")),
+    ("alice@example.org", Route("smtp", "[mx.example.org]:25")),
+    ("x@a.sub.example.net", Route("relay", "[inner.example]")),
+    # `.domain` matches subdomains only, not the domain itself
+    ("x@sub.example.net", Route("smtp", "[smtp.gmail.com]:587")),
+    ("x@error.example", Route("error", "5.1.1 no such domain")),
+    ("x@dropped.example", Route("discard", "")),
+    ("x@keepclass.example", Route("smtp", "[smtp.gmail.com]:587")),
+    ("x@nexthoponly.example", Route("smtp", "[hop.example]")),
+    ("x@transportonly.example", Route("relay", "transportonly.example")),
+    # transport_maps also overrides local delivery
+    ("x@example.com", Route("lmtp", "unix:/var/run/dovecot/lmtp")),
+])
+def test_transport_maps(address, expected):
+    resolver = resolver_for(TRANSPORTS, recipient_delimiter="+")
+    assert resolve(resolver, address) == expected
+
+
+def test_transport_maps_wildcard_catches_the_rest():
+    resolver = resolver_for("inline:{ *=smtp:[catchall.example], example.org=relay: }")
+    assert resolve(resolver, "a@elsewhere.example") == Route("smtp", "[catchall.example]")
+    assert resolve(resolver, "a@example.org") == Route("relay", "example.org")
+
+
+def test_a_failing_transport_table_defers():
+    resolver = resolver_for("ldap:/nonexistent/ldap.cf")
+    with pytest.raises(RoutingError, match="transport_maps lookup of a@example.org failed"):
+        resolve(resolver, "a@example.org")
 
 
 def test_the_domain_is_what_follows_the_last_at_sign():
@@ -56,6 +128,6 @@ def test_the_domain_is_what_follows_the_last_at_sign():
         asked.append(domain)
         return domain == "example.com"
 
-    resolver = Resolver("discard:", "smtp", is_local)
-    assert resolver.resolve('"a@b"@example.com') == Route("discard", "")
+    resolver = Resolver(RoutingSettings(local_transport="discard:"), is_local)
+    assert resolve(resolver, '"a@b"@example.com') == Route("discard", "")
     assert asked == ["example.com"]
