@@ -88,3 +88,17 @@ class QueuedMessage:
     dsn_envid: str | None = None
     body_type: str | None = None
     smtputf8: bool = False
+    delay_warned: bool = False    # a delay notice went out (delay_warning_time)
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """What one delivery attempt did for one recipient, as a delivery agent reports it.
+    delivery/outcome.py is the one place that builds these from replies and errors."""
+
+    status: str                   # SENT, DEFERRED or BOUNCED
+    dsn: str                      # enhanced status code, e.g. 2.0.0, 4.4.1, 5.1.1
+    reason: str                   # Postfix's text in the log's parentheses
+    relay: str = "none"           # host[address]:port, or a transport's own word (none, local)
+    setup_seconds: float = 0.0    # connection setup: DNS, greeting, EHLO, TLS, AUTH (delays= c)
+    transfer_seconds: float = 0.0  # the transaction itself (delays= d)

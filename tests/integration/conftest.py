@@ -5,6 +5,7 @@ A peer that cannot start fails the test: these tests never skip.
 
 from __future__ import annotations
 
+import os
 import pwd
 import shutil
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON_USER = "nobody"  # mail_owner when the tests run as root
+NO_DNS = "127.0.0.1:1"  # nothing listens there: any DNS lookup fails at once, on loopback
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,8 +52,10 @@ def world_readable_tempdir(prefix: str) -> Path:
 class Daemon:
     """`mailferry -c DIR start-fg`, with its own config and queue."""
 
-    def __init__(self, directory: Path, main_cf: str, master_cf: str, port: int):
+    def __init__(self, directory: Path, main_cf: str, master_cf: str, port: int, nameservers: str = ""):
         self.directory = directory
+        # Never the machine's resolver: a DNS server the test runs, or a closed loopback port.
+        self.nameservers = nameservers or NO_DNS
         self.config_dir = directory / "etc"
         self.queue_directory = directory / "queue"
         self.log_path = directory / "mailferry.log"
@@ -72,7 +76,7 @@ class Daemon:
         stderr = open(self.directory / "stderr.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailferry", "-c", str(self.config_dir), "start-fg"],
-            stdout=stderr, stderr=stderr)
+            stdout=stderr, stderr=stderr, env={**os.environ, "MAILFERRY_NAMESERVERS": self.nameservers})
         wait_for_port("127.0.0.1", self.port, process=self.process)
         # The port answers as soon as it is bound; the daemon is ready once its pid file is written.
         deadline = time.monotonic() + 20
@@ -129,22 +133,27 @@ def base_main_cf(directory: Path, **extra: str) -> str:
     return "".join(f"{name} = {value}\n" for name, value in settings.items())
 
 
-def smtpd_master_cf(port: int, extra_listeners: str = "") -> str:
+def smtpd_master_cf(port: int, extra_listeners: str = "", extra_services: str = "") -> str:
     return (f"127.0.0.1:{port} inet n - n - - smtpd\n"
             f"{extra_listeners}"
             "pickup unix n - n 60 1 pickup\n"
+            "smtp unix - - n - - smtp\n"
+            "relay unix - - n - - smtp\n"
+            "lmtp unix - - n - - lmtp\n"
             "discard unix - - n - - discard\n"
-            "error unix - - n - - error\n")
+            "error unix - - n - - error\n"
+            f"{extra_services}")
 
 
 @pytest.fixture
 def daemon_factory():
     made: list[Daemon] = []
 
-    def make(extra_listeners: str = "", **extra: str) -> Daemon:
+    def make(extra_listeners: str = "", extra_services: str = "", nameservers: str = "", **extra: str) -> Daemon:
         directory = world_readable_tempdir("mailferry-it-")
         port = free_port()
-        daemon = Daemon(directory, base_main_cf(directory, **extra), smtpd_master_cf(port, extra_listeners), port)
+        daemon = Daemon(directory, base_main_cf(directory, **extra),
+                        smtpd_master_cf(port, extra_listeners, extra_services), port, nameservers)
         made.append(daemon)
         return daemon
 

@@ -32,6 +32,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_tables(config)
     found += _check_tls_files(config)
     found += _check_smtpd_tls_has_certificate(config)
+    found += _check_sasl_passwords_are_used(config)
     found += _check_network_lists(config)
     if master:
         found += _check_pipe_programs(master)
@@ -151,6 +152,27 @@ def _check_smtpd_tls_has_certificate(config: Config) -> list[Diagnostic]:
         return [error(text + ": every client would be refused", setting.file, setting.line,
                       "smtpd_tls_security_level")]
     return [warning(text, setting.file, setting.line, "smtpd_tls_security_level")]
+
+
+def _check_sasl_passwords_are_used(config: Config) -> list[Diagnostic]:
+    """A password table without smtp_sasl_auth_enable = yes is never read: the relay then
+    refuses the unauthenticated mail. Postfix says nothing; the seed's Gmail recipe has this gap."""
+    found = []
+    for maps, enable in (("smtp_sasl_password_maps", "smtp_sasl_auth_enable"),
+                         ("lmtp_sasl_password_maps", "lmtp_sasl_auth_enable")):
+        setting = config.settings.get(maps)
+        if setting is None or has_inline_comment(setting.value) or not config.get(maps).strip():
+            continue
+        try:
+            enabled = config.boolean(enable)
+        except ValueError:
+            continue
+        if not enabled:
+            found.append(warning(
+                f"parameter {maps} is set but {enable} = no, so the passwords are never sent; "
+                f"add \"{enable} = yes\" (a smarthost such as smtp.gmail.com refuses mail without AUTH)",
+                setting.file, setting.line, maps))
+    return found
 
 
 def _tls_file_problem(name: str, path: str) -> str | None:

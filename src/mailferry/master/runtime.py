@@ -15,19 +15,21 @@ from collections.abc import Callable
 from mailferry.cleanup.cleanup import CleanupSettings
 from mailferry.cleanup.service import CleanupService
 from mailferry.config.config import Config
-from mailferry.config.localdomains import local_domain_matcher
 from mailferry.master.control_server import ControlServer
 from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
-from mailferry.queue.scheduler import Scheduler
+from mailferry.delivery.agents import Transports
+from mailferry.queue.scheduler import Scheduler, SchedulerSettings
 from mailferry.routing.resolve import Resolver
 from mailferry.config.networks import NetworkList
 
 PICKUP_DEFAULT_WAKEUP = 60.0
+STOP_DELIVERY_GRACE = 5.0   # seconds deliveries in progress get to finish at stop
 
 
 class Runtime:
     def __init__(self, config: Config, master, sockets, tls_contexts, log, owner,
-                 worker_notify_fd: int | None = None, workers_read_fd: int | None = None):
+                 worker_notify_fd: int | None = None, workers_read_fd: int | None = None,
+                 client_tables: dict | None = None):
         """`worker_notify_fd` makes this an smtpd worker that reports commits there;
         `workers_read_fd` is where the master hears its workers' reports."""
         self.config = config
@@ -44,6 +46,7 @@ class Runtime:
         self.workers_read_fd = workers_read_fd
         self.scheduler = None
         self.control = None
+        self.client_tables = client_tables or {}
 
     @property
     def is_worker(self) -> bool:
@@ -55,7 +58,9 @@ class Runtime:
         self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
         self.committer = GroupCommitter(self.store)
         if not self.is_worker:
-            self.scheduler = Scheduler(self.store, self.committer, self._resolver(self.config), self.log)
+            self.scheduler = Scheduler(self.store, self.committer, Resolver.from_config(self.config),
+                                       self._transports(self.config, self.master), self.log,
+                                       SchedulerSettings.from_config(self.config))
         self.cleanup = self._cleanup_service(self.config)
         await self._start_smtpd(self.config, self.master)
         if self.is_worker:
@@ -63,16 +68,19 @@ class Runtime:
         if self.workers_read_fd is not None:
             asyncio.get_running_loop().add_reader(self.workers_read_fd, self._worker_queued)
         self.control = ControlServer(self.queue_directory, {
-            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.wake, "showq": self._showq}, self.log)
+            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.flush, "showq": self._showq}, self.log)
         await self.control.start()
         self._tasks = [
             asyncio.create_task(self.scheduler.run(self.config.time("queue_run_delay")), name="qmgr"),
             asyncio.create_task(self._pickup_loop(), name="pickup"),
         ]
 
-    def _resolver(self, config: Config) -> Resolver:
-        return Resolver(config.get("local_transport"), config.get("default_transport"),
-                        local_domain_matcher(config))
+    def _transports(self, config: Config, master) -> Transports:
+        from mailferry.delivery.dns import NexthopResolver
+        protocols = tuple(config.list("inet_protocols")) or ("all",)
+        # The SMTP client applies smtp_mx_address_limit itself, per transport.
+        dns = NexthopResolver.from_environment(inet_protocols=protocols, mx_address_limit=0)
+        return Transports(config, master, self.log, dns, self.client_tables)
 
     def _cleanup_service(self, config: Config) -> CleanupService:
         on_queued = self._tell_master if self.is_worker else self.scheduler.wake
@@ -149,7 +157,11 @@ class Runtime:
         """New configuration for new work: listeners are rebuilt, open sessions finish on the old one."""
         self.config, self.master = config, master
         if self.scheduler is not None:
-            self.scheduler.resolver = self._resolver(config)
+            old = self.scheduler.transports
+            self.scheduler.resolver = Resolver.from_config(config)
+            self.scheduler.transports = self._transports(config, master)
+            self.scheduler.settings = SchedulerSettings.from_config(config)
+            old.close()   # idle cached sessions; deliveries in progress finish on their own
         self.cleanup.settings, self.cleanup.is_local_client = _cleanup_configuration(config)
         for smtpd in self.smtpd_services:
             smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
@@ -159,6 +171,8 @@ class Runtime:
             await smtpd.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+            await self.scheduler.drain(STOP_DELIVERY_GRACE)
+            self.scheduler.transports.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

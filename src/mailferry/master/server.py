@@ -42,6 +42,7 @@ class MailServer:
         self.log = None
         self.sockets: dict[tuple[str, str], list[socket.socket]] = {}
         self.worker_pids: list[int] = []
+        self.client_tables: dict = {}
         self.workers_read_fd: int | None = None
         self._stop = None
         self._reload_requested = False
@@ -63,6 +64,8 @@ class MailServer:
         self._prepare_queue_directory()
         self.log = self._open_log()
         _import_everything_the_services_use()
+        from mailferry.delivery.agents import open_client_tables
+        self.client_tables = open_client_tables(self.config, self.master, self.log)
         drop_to(self.owner)
         self._initialize_queue()
 
@@ -127,7 +130,7 @@ class MailServer:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner,
-                               workers_read_fd=self.workers_read_fd)
+                               workers_read_fd=self.workers_read_fd, client_tables=self.client_tables)
         await self.runtime.start()
         write_pid(self.queue_directory)
         if self.background:
@@ -211,6 +214,14 @@ _SERVICE_MODULES = (
     "mailferry.local.pickup", "mailferry.local.maildrop",
     "mailferry.cleanup.service", "mailferry.tables", "mailferry.tables.indexed", "mailferry.tables.memory",
     "mailferry.tables.regexp", "mailferry.tables.ldap", "mailferry.config.inspect", "mailferry.config.mastercf",
+    # delivery, imported on first use of a transport
+    "base64", "binascii", "mailferry.delivery.agents", "mailferry.delivery.smtp", "mailferry.delivery.settings", "mailferry.delivery.client_parameters",
+    "mailferry.delivery.connection", "mailferry.delivery.tls", "mailferry.delivery.sasl", "mailferry.delivery.dns",
+    "mailferry.queue.bounce", "mailferry.protocol.smtp_client",
+    # dnspython loads its transports and record types lazily
+    "dns.asyncresolver", "dns.asyncbackend", "dns._asyncio_backend", "dns.asyncquery", "dns.nameserver",
+    "dns.rdtypes.IN.A", "dns.rdtypes.IN.AAAA", "dns.rdtypes.ANY.MX", "dns.rdtypes.ANY.CNAME",
+    "dns.rdtypes.ANY.SOA", "dns.rdtypes.ANY.NS", "dns.rdtypes.ANY.PTR", "dns.rdtypes.ANY.TXT",
 )
 
 

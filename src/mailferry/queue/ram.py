@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -72,6 +72,12 @@ class RamQueueStore(QueueStore):
             message = self._messages.get(queue_id)
             return None if message is None else _copy(message)
 
+    def contents(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
+        with self._lock:
+            self.stats["contents"] += 1
+            return {queue_id: self._contents[queue_id] for queue_id in queue_ids
+                    if queue_id in self._contents}
+
     def content(self, queue_id: str) -> bytes:
         """The message's content; KeyError if it is no longer queued."""
         with self._lock:
@@ -85,11 +91,12 @@ class RamQueueStore(QueueStore):
             chosen.sort(key=lambda m: (m.arrival_time, m.queue_id))
             return [_copy(m) for m in chosen]
 
-    def due(self, now: float, limit: int) -> list[QueuedMessage]:
+    def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]:
         """Due messages in the order they became due (next_attempt), then arrival."""
         with self._lock:
             self.stats["due"] += 1
-            due = (m for m in self._messages.values() if m.queue != HOLD and m.next_attempt <= now)
+            due = (m for m in self._messages.values()
+                   if m.queue != HOLD and m.next_attempt <= now and m.queue_id not in exclude)
             first = heapq.nsmallest(limit, due, key=lambda m: (m.next_attempt, m.arrival_time))
             return [_copy(m) for m in first]
 
@@ -107,6 +114,7 @@ class RamQueueStore(QueueStore):
                 stored.queue = message.queue
             stored.next_attempt = message.next_attempt
             stored.attempts = message.attempts
+            stored.delay_warned = message.delay_warned
             for kept, given in zip(stored.recipients, message.recipients):
                 kept.status, kept.dsn, kept.reason = given.status, given.dsn, given.reason
             self.stats["commits"] += 1

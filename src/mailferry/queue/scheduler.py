@@ -1,43 +1,113 @@
-"""The queue manager: take due messages, deliver each recipient, record the outcome.
+"""The queue manager (Postfix's qmgr): take due mail, deliver it, record what happened.
 
-This first version drives the `discard` and `error` transports only, so the
-queue can be exercised end to end; any other transport defers with Postfix's
-`mail transport unavailable`, and the message waits in the queue. Retry
-backoff, lifetimes and DSN bounces arrive with the delivery agents.
+One loop takes due messages from the store, leaving out those already
+being delivered, and reads their content in the same trip to the store's
+thread. Each message's unfinished recipients are routed (routing/) and
+grouped by (transport, next hop); each group is one delivery job, run
+concurrently with every other (the SMTP client limits sessions per next
+hop). When a message's jobs are done its outcome is settled:
+
+- every recipient sent or bounced: the message is removed;
+- otherwise it is deferred until now + its age, kept between
+  minimal_backoff_time and maximal_backoff_time (qmgr's rule), unless it
+  has outlived maximal_queue_lifetime (bounce_queue_lifetime for mail
+  from <>): then the rest bounce as expired;
+- new failures produce a DSN to the sender (queue/bounce.py), a DSN
+  that fails produces one copy to the postmaster, and that copy is never
+  bounced again; delay_warning_time produces one delay notice.
+
+The notices are inserted in the same transaction that records the
+outcome, through the group committer, so a crash cannot lose one or
+send one twice for the same failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
-from mailferry.message import BOUNCED, DEFERRED, DEFERRED_QUEUE, HOLD, PENDING, SENT, QueuedMessage, Recipient
-from mailferry.routing.resolve import Resolver, Route
+from mailferry.delivery import outcome
+from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, PENDING, DeliveryResult,
+                               NewMessage, QueuedMessage, Recipient)
+from mailferry.queue.store import QueueError
+from mailferry.routing.resolve import Resolver, Route, RoutingError
 
-RETRY_WITHOUT_AGENT = 300.0  # seconds before an unavailable transport is tried again
 # After a wake-up, let newly queued mail gather this long, so one queue scan and
 # one commit serve many messages under load (measured with bench/intake).
 GATHER_SECONDS = 0.05
+SCAN_BATCH = 500
 _REMOVED = "removed"  # the outcome of a message with nothing left to do
+DELAY_NOTICE = "sender delay notification"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    minimal_backoff_time: float = 300.0
+    maximal_backoff_time: float = 4000.0
+    maximal_queue_lifetime: float = 5 * 86400.0
+    bounce_queue_lifetime: float = 5 * 86400.0
+    delay_warning_time: float = 0.0
+    queue_run_delay: float = 300.0
+    active_limit: int = 20000
+    myhostname: str = "localhost"
+    mail_name: str = "mailferry"
+    bounce_size_limit: int = 50000
+    double_bounce_recipient: str = "postmaster"
+
+    @classmethod
+    def from_config(cls, config) -> SchedulerSettings:
+        def seconds(name: str) -> float:
+            return float(config.time(name))
+        return cls(
+            minimal_backoff_time=seconds("minimal_backoff_time"),
+            maximal_backoff_time=seconds("maximal_backoff_time"),
+            maximal_queue_lifetime=seconds("maximal_queue_lifetime"),
+            bounce_queue_lifetime=seconds("bounce_queue_lifetime"),
+            delay_warning_time=seconds("delay_warning_time"),
+            queue_run_delay=seconds("queue_run_delay"),
+            active_limit=config.integer("qmgr_message_active_limit"),
+            myhostname=config.get("myhostname"),
+            mail_name=config.get("mail_name"),
+            bounce_size_limit=config.integer("bounce_size_limit"),
+            double_bounce_recipient=config.get("2bounce_notice_recipient"),
+        )
+
+    def bounce_settings(self):
+        from mailferry.queue.bounce import BounceSettings
+        return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
+                              bounce_size_limit=self.bounce_size_limit,
+                              postmaster=self.double_bounce_recipient,
+                              maximal_queue_lifetime=self.maximal_queue_lifetime)
 
 
 class Scheduler:
-    def __init__(self, store, committer, resolver: Resolver, log, batch: int = 100):
+    def __init__(self, store, committer, resolver: Resolver, transports, log,
+                 settings: SchedulerSettings | None = None):
         self.store = store
         self.committer = committer
         self.resolver = resolver
+        self.transports = transports
         self.log = log
-        self.batch = batch
+        self.settings = settings or SchedulerSettings()
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._in_flight: dict[str, asyncio.Task] = {}
+
+    # --- the loop
 
     def wake(self) -> None:
         self._wakeup.set()
 
+    def flush(self) -> None:
+        """postqueue -f: deferred mail is due now (the store did that); dead destinations get another try."""
+        self.transports.forget_dead_destinations()
+        self.wake()
+
     async def run(self, idle_seconds: float) -> None:
         while not self._stopping:
-            worked = await self.run_once()
-            if worked:
+            taken = await self._take_due()
+            if taken == SCAN_BATCH and len(self._in_flight) < self.settings.active_limit:
                 continue
             self._wakeup.clear()
             try:
@@ -50,75 +120,203 @@ class Scheduler:
         self._stopping = True
         self._wakeup.set()
 
+    async def drain(self, timeout: float) -> None:
+        """Let deliveries in progress finish (up to `timeout`); the rest stay queued, untouched."""
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def run_once(self) -> int:
-        messages = await asyncio.to_thread(self.store.due, time.time(), self.batch)
-        if not messages:
+        """Take what is due now and wait until each of those messages is settled (for tests and tools)."""
+        taken = await self._take_due()
+        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        return taken
+
+    async def _take_due(self) -> int:
+        room = self.settings.active_limit - len(self._in_flight)
+        if room <= 0:
             return 0
+        messages, contents = await asyncio.to_thread(
+            self._load_due, time.time(), min(room, SCAN_BATCH), tuple(self._in_flight))
         for message in messages:
-            self._deliver(message)
-        # One write for the whole batch: one commit, not one per message.
-        await self.committer.run(self._record_all, messages)
-        for message in messages:
-            self._log_outcome(message)
+            content = contents.get(message.queue_id)
+            if content is None:      # deleted between the two reads
+                continue
+            task = asyncio.create_task(self._process(message, content, time.time()))
+            self._in_flight[message.queue_id] = task
+            task.add_done_callback(lambda _, queue_id=message.queue_id: self._done(queue_id))
         return len(messages)
 
-    def _deliver(self, message: QueuedMessage) -> None:
-        started = time.time()
-        for recipient in message.recipients:
-            if recipient.status in (PENDING, DEFERRED):
-                self._attempt(message, recipient, self.resolver.resolve(recipient.address), started)
+    def _load_due(self, now: float, limit: int, exclude: tuple[str, ...]):
+        messages = self.store.due(now, limit, exclude)
+        return messages, (self.store.contents([m.queue_id for m in messages]) if messages else {})
 
-    def _attempt(self, message: QueuedMessage, recipient: Recipient, route: Route, started: float) -> None:
-        if route.transport == "discard":
-            self._outcome(message, recipient, route, SENT, "2.0.0", route.nexthop or "discarded", started)
-        elif route.transport == "error":
-            self._outcome(message, recipient, route, BOUNCED, "5.0.0", route.nexthop or "mail delivery disabled", started)
-        else:
-            self._outcome(message, recipient, route, DEFERRED, "4.3.0",
-                          f"mail transport unavailable: mailferry has no {route.transport} "
-                          "delivery agent yet", started)
+    def _done(self, queue_id: str) -> None:
+        task = self._in_flight.pop(queue_id, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            self.log.warning("qmgr", f"{queue_id}: delivery failed unexpectedly: {task.exception()!r}; "
+                                     "the message stays queued")
+        if len(self._in_flight) == self.settings.active_limit - 1:
+            self.wake()
 
-    def _outcome(self, message: QueuedMessage, recipient: Recipient, route: Route, status: str,
-                 dsn: str, reason: str, started: float) -> None:
-        recipient.status, recipient.dsn, recipient.reason = status, dsn, reason
-        now = time.time()
-        total = now - message.arrival_time
-        queued = started - message.arrival_time
-        self.log.line(route.transport, (
-            f"{message.queue_id}: to=<{recipient.address}>, relay=none, delay={_seconds(total)}, "
-            f"delays={_seconds(queued)}/0/0/{_seconds(now - started)}, dsn={dsn}, "
-            f"status={status} ({reason})"))
+    # --- one message
 
-    def _record_all(self, messages: list[QueuedMessage]) -> None:
-        """On the queue's writer thread: store every outcome of the batch."""
-        for message in messages:
-            self._settle(message)
-            if message.queue == _REMOVED:
-                self.store.remove(message.queue_id)
+    async def _process(self, message: QueuedMessage, content: bytes, activated: float) -> None:
+        groups: dict[Route, list[Recipient]] = {}
+        immediate: list[tuple[Recipient, Route, DeliveryResult]] = []
+        attempted = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
+        for recipient in attempted:
+            try:
+                route = await self.resolver.resolve(recipient.address)
+            except RoutingError as error:
+                immediate.append((recipient, Route("qmgr", ""), outcome.deferred("4.3.0", str(error))))
+                continue
+            result = self.transports.immediate(route.transport, route.nexthop)
+            if result is not None:
+                immediate.append((recipient, route, result))
             else:
-                self.store.update(message)
+                groups.setdefault(route, []).append(recipient)
+        for recipient, route, result in immediate:
+            self._outcome(message, recipient, route, result, activated, activated)
+        if groups:
+            await asyncio.gather(*(self._run_job(message, content, route, recipients, activated)
+                                   for route, recipients in groups.items()))
+        await self._finish(message, content, attempted)
 
-    @staticmethod
-    def _settle(message: QueuedMessage) -> None:
+    async def _run_job(self, message: QueuedMessage, content: bytes, route: Route,
+                       recipients: list[Recipient], activated: float) -> None:
+        from mailferry.delivery.smtp import DeliveryJob
+        dispatched = time.time()
+        try:
+            results = await self.transports.client(route.transport).deliver(
+                DeliveryJob(message, content, recipients, route.nexthop))
+        except Exception as error:    # a bug must not lose mail: the recipients wait
+            self.log.warning(route.transport, f"{message.queue_id}: delivery agent failed: {error!r}")
+            results = [outcome.deferred("4.3.0", f"delivery agent failed: {type(error).__name__}")] \
+                * len(recipients)
+        for recipient, result in zip(recipients, results):
+            self._outcome(message, recipient, route, result, activated, dispatched)
+
+    def _outcome(self, message: QueuedMessage, recipient: Recipient, route: Route,
+                 result: DeliveryResult, activated: float, dispatched: float) -> None:
+        recipient.status, recipient.dsn, recipient.reason = result.status, result.dsn, result.reason
+        now = time.time()
+        queued = max(activated - message.arrival_time, 0.0)
+        in_qmgr = max(dispatched - activated, 0.0)
+        self.log.line(route.transport, (
+            f"{message.queue_id}: to=<{recipient.address}>, relay={result.relay}, "
+            f"delay={_seconds(now - message.arrival_time)}, delays={_seconds(queued)}/{_seconds(in_qmgr)}/"
+            f"{_seconds(result.setup_seconds)}/{_seconds(result.transfer_seconds)}, dsn={result.dsn}, "
+            f"status={result.status} ({result.reason})"))
+
+    async def _finish(self, message: QueuedMessage, content: bytes, attempted: list[Recipient]) -> None:
+        now = time.time()
+        newly_bounced = [r for r in attempted if r.status == BOUNCED]
+        expired = self._expire_if_too_old(message, now)
+        notices = self._notices(message, content, newly_bounced + expired, now)
+        self._settle(message, now)
+        ids = await self.committer.run(self._record, message, notices, newly_bounced + expired)
+        self._log_settled(message, expired, notices, ids)
+        if ids:
+            self.wake()
+
+    def _expire_if_too_old(self, message: QueuedMessage, now: float) -> list[Recipient]:
+        waiting = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
+        lifetime = self.settings.bounce_queue_lifetime if message.sender == "" else \
+            self.settings.maximal_queue_lifetime
+        if not waiting or now - message.arrival_time < lifetime:
+            return []
+        for recipient in waiting:
+            recipient.status = BOUNCED
+            recipient.dsn = "5" + recipient.dsn[1:] if recipient.dsn[:1] == "4" else "5.4.7"
+            recipient.reason = recipient.reason or "message delivery time expired"
+        return waiting
+
+    def _notices(self, message: QueuedMessage, content: bytes, failed: list[Recipient],
+                 now: float) -> list[tuple[str, NewMessage]]:
+        from mailferry.queue import bounce
+        settings = self.settings.bounce_settings()
+        notices: list[tuple[str, NewMessage]] = []
+        if failed:
+            if message.origin == "bounce":
+                notices.append(("postmaster non-delivery notification",
+                                bounce.postmaster_copy(message, content, failed, settings, now)))
+            elif message.origin == "2bounce":
+                self.log.warning("bounce", f"{message.queue_id}: discarding undeliverable postmaster "
+                                           "notification (no double bounce of a double bounce)")
+            else:
+                notice = bounce.failure_notice(message, content, failed, settings, now)
+                if notice is not None:
+                    notices.append(("sender non-delivery notification", notice))
+        delayed = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
+        warn_after = self.settings.delay_warning_time
+        if delayed and warn_after > 0 and not message.delay_warned and now - message.arrival_time >= warn_after:
+            message.delay_warned = True
+            notice = bounce.delay_notice(message, content, delayed, settings, now)
+            if notice is not None:
+                notices.append((DELAY_NOTICE, notice))
+        return notices
+
+    def _settle(self, message: QueuedMessage, now: float) -> None:
         states = {recipient.status for recipient in message.recipients}
         message.attempts += 1
-        if states <= {SENT}:
+        if not states & {PENDING, DEFERRED}:
             message.queue = _REMOVED
-        elif states & {PENDING, DEFERRED}:
-            message.queue = DEFERRED_QUEUE
-            message.next_attempt = time.time() + RETRY_WITHOUT_AGENT
-        else:
-            # Only sent and bounced recipients are left, and this version cannot
-            # send the bounce notice yet: keep the message, visibly, rather than
-            # drop the sender's only evidence of the failure.
-            message.queue = HOLD
+            return
+        message.queue = DEFERRED_QUEUE
+        age = now - message.arrival_time
+        backoff = min(max(age, self.settings.minimal_backoff_time), self.settings.maximal_backoff_time)
+        message.next_attempt = now + backoff
+        for recipient in message.recipients:
+            if recipient.status == PENDING:
+                recipient.status = DEFERRED
 
-    def _log_outcome(self, message: QueuedMessage) -> None:
+    def _record(self, message: QueuedMessage, notices: list[tuple[str, NewMessage]],
+                failed: list[Recipient]) -> list[str]:
+        """On the queue's writer thread, in the committer's transaction: the notices and
+        the outcome are stored together."""
+        ids: list[str] = []
+        if notices:
+            try:
+                ids = self.store.insert_many([notice for _, notice in notices])
+            except QueueError as error:
+                self._postpone_failures(message, notices, failed, error)
+        if message.queue == _REMOVED:
+            self.store.remove(message.queue_id)
+        else:
+            self.store.update(message)
+        return ids
+
+    def _postpone_failures(self, message: QueuedMessage, notices: list[tuple[str, NewMessage]],
+                           failed: list[Recipient], error) -> None:
+        """The queue cannot take the notices (full disk): record the deliveries that
+        happened, so they are not repeated, and keep the failures for the next attempt,
+        when their notices are made again."""
+        self.log.warning("bounce", f"{message.queue_id}: cannot queue {len(notices)} notification(s): "
+                                   f"{error}; the failures are kept for the next attempt")
+        for recipient in failed:
+            recipient.status = DEFERRED
+        if any(label == DELAY_NOTICE for label, _ in notices):
+            message.delay_warned = False
+        if message.queue == _REMOVED or message.next_attempt <= time.time():
+            message.queue = DEFERRED_QUEUE
+            message.next_attempt = time.time() + self.settings.minimal_backoff_time
+
+    def _log_settled(self, message: QueuedMessage, expired: list[Recipient],
+                     notices: list[tuple[str, NewMessage]], ids: list[str]) -> None:
+        if expired:
+            self.log.line("qmgr", f"{message.queue_id}: from=<{message.sender}>, status=expired, "
+                                  "returned to sender")
+        for (label, notice), notice_id in zip(notices, ids):
+            self.log.line("bounce", f"{message.queue_id}: {label}: {notice_id}")
+            self.log.line("cleanup", f"{notice_id}: message-id=<{notice.message_id}>")
+            self.log.line("qmgr", f"{notice_id}: from=<>, size={len(notice.content)}, "
+                                  f"nrcpt={len(notice.recipients)} (queue active)")
         if message.queue == _REMOVED:
             self.log.line("qmgr", f"{message.queue_id}: removed")
-        elif message.queue == HOLD:
-            self.log.warning("qmgr", f"{message.queue_id}: bounce notification is not implemented "
-                                     "yet; message placed on hold (see mailq, postsuper -d)")
 
 
 def _seconds(value: float) -> str:

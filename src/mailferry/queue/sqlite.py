@@ -14,11 +14,12 @@ SQLite's own lock, waited for up to BUSY_TIMEOUT.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from mailferry.message import (
 from mailferry.queue.queue_id import new_queue_ids, skip_past_queue_id
 from mailferry.queue.store import QueueError, QueueFull, QueueStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0          # seconds a writer waits for another (e.g. postsuper -d ALL)
 QUICK_CHECK_MAX_BYTES = 64 << 20   # check at open only while that stays well under a second
 _ID_ATTEMPTS = 5
@@ -66,7 +67,8 @@ _SCHEMA = (
         dsn_envid TEXT,
         body_type TEXT,
         smtputf8 INTEGER NOT NULL,
-        content BLOB NOT NULL
+        content BLOB NOT NULL,
+        delay_warned INTEGER NOT NULL DEFAULT 0
     )""",
     # The scheduler's question. Partial, so held mail costs it nothing.
     f"CREATE INDEX messages_due ON messages (next_attempt, arrival_time) WHERE queue != '{HOLD}'",
@@ -87,15 +89,16 @@ _SCHEMA = (
 
 _ENVELOPE = ("queue_id, queue, sender, arrival_time, next_attempt, attempts, size, message_id, "
              "client_name, client_address, client_port, client_helo, client_protocol, client_tls, "
-             "client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8")
-_INSERT_MESSAGE = f"INSERT INTO messages ({_ENVELOPE}, content) VALUES ({', '.join('?' * 22)})"
+             "client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8, delay_warned")
+_INSERT_MESSAGE = f"INSERT INTO messages ({_ENVELOPE}, content) VALUES ({', '.join('?' * 23)})"
 _INSERT_RECIPIENT = ("INSERT INTO recipients (queue_id, position, address, orcpt, notify, status, "
                      "dsn, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _RECIPIENT_COLUMNS = "queue_id, address, orcpt, notify, status, dsn, reason"
 _SELECT_DUE = (f"SELECT {_ENVELOPE} FROM messages WHERE queue != '{HOLD}' AND next_attempt <= ? "
+               "AND queue_id NOT IN (SELECT value FROM json_each(?)) "
                "ORDER BY next_attempt, arrival_time LIMIT ?")
 _UPDATE_ENVELOPE = (f"UPDATE messages SET queue = CASE queue WHEN '{HOLD}' THEN queue ELSE ? END, "
-                    "next_attempt = ?, attempts = ? WHERE queue_id = ?")
+                    "next_attempt = ?, attempts = ?, delay_warned = ? WHERE queue_id = ?")
 _UPDATE_RECIPIENT = ("UPDATE recipients SET status = ?, dsn = ?, reason = ? "
                      "WHERE queue_id = ? AND position = ?")
 
@@ -176,6 +179,17 @@ class SqliteQueueStore(QueueStore):
                 return None
             return _queued_message(row, _recipients_of(connection, [queue_id])[queue_id])
 
+    def contents(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
+        """Several messages' content in one read; messages no longer queued are absent."""
+        self._count("contents")
+        found: dict[str, bytes] = {}
+        with self._read_transaction() as connection:
+            for chunk in _chunks(queue_ids):
+                found.update(connection.execute(
+                    f"SELECT queue_id, content FROM messages WHERE queue_id IN ({_marks(chunk)})",
+                    chunk).fetchall())
+        return found
+
     def content(self, queue_id: str) -> bytes:
         """The message's content; KeyError if it is no longer queued."""
         self._count("content")
@@ -200,11 +214,14 @@ class SqliteQueueStore(QueueStore):
                 recipients = _recipients_of(connection, [row[0] for row in rows])
         return [_queued_message(row, recipients.get(row[0], [])) for row in rows]
 
-    def due(self, now: float, limit: int) -> list[QueuedMessage]:
+    def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]:
         """Due messages in the order they became due (next_attempt), then arrival."""
         self._count("due")
+        # The messages being delivered stay due; they are left out in SQL, so that
+        # neither they nor their recipients are read again while they are away.
+        excluded = json.dumps(list(exclude)) if exclude else "[]"
         with self._read_transaction() as connection:
-            rows = connection.execute(_SELECT_DUE, (now, limit)).fetchall()
+            rows = connection.execute(_SELECT_DUE, (now, excluded, limit)).fetchall()
             recipients = _recipients_of(connection, [row[0] for row in rows])
         return [_queued_message(row, recipients.get(row[0], [])) for row in rows]
 
@@ -216,7 +233,8 @@ class SqliteQueueStore(QueueStore):
         self._count("update")
         with self._write_transaction() as connection:
             changed = connection.execute(_UPDATE_ENVELOPE, (
-                message.queue, message.next_attempt, message.attempts, message.queue_id)).rowcount
+                message.queue, message.next_attempt, message.attempts, int(message.delay_warned),
+                message.queue_id)).rowcount
             if not changed:
                 self._count("update_missing")
                 return
@@ -385,6 +403,10 @@ class SqliteQueueStore(QueueStore):
             if version == 0:
                 for statement in _SCHEMA:
                     connection.execute(statement)
+            elif version == 1:
+                # Version 2 remembers whether a delay warning was sent (delay_warning_time).
+                connection.execute("ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0")
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise QueueError(f"{self.path}: queue schema version {version}, "
                                  f"this mailferry knows {SCHEMA_VERSION}")
@@ -549,7 +571,7 @@ def _rows_for(ids: list[str], messages: Sequence[NewMessage],
             message.message_id, client.name, client.address, client.port, client.helo,
             client.protocol, client.tls, client.sasl_username, client.uid, message.origin,
             message.dsn_ret,
-            message.dsn_envid, message.body_type, message.smtputf8, content))
+            message.dsn_envid, message.body_type, message.smtputf8, 0, content))
         recipient_rows += [
             (queue_id, position, recipient.address, recipient.orcpt, recipient.notify,
              recipient.status, recipient.dsn, recipient.reason)
@@ -560,12 +582,13 @@ def _rows_for(ids: list[str], messages: Sequence[NewMessage],
 def _queued_message(row: tuple, recipients: list[Recipient]) -> QueuedMessage:
     (queue_id, queue, sender, arrival_time, next_attempt, attempts, size, message_id,
      client_name, client_address, client_port, client_helo, client_protocol, client_tls,
-     client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8) = row
+     client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8,
+     delay_warned) = row
     client = ClientInfo(client_name, client_address, client_port, client_helo, client_protocol,
                         client_tls, client_sasl_username, client_uid)
     return QueuedMessage(queue_id, queue, sender, recipients, size, arrival_time, next_attempt,
                          attempts, message_id, client, origin, dsn_ret, dsn_envid, body_type,
-                         bool(smtputf8))
+                         bool(smtputf8), bool(delay_warned))
 
 
 def _all_recipients(connection: sqlite3.Connection) -> dict[str, list[Recipient]]:

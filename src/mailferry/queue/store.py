@@ -10,7 +10,7 @@ how many commits a thousand messages cost.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from mailferry.message import NewMessage, QueuedMessage
 
@@ -54,9 +54,14 @@ class QueueStore:
         """Every message (or those of one queue), oldest first."""
         raise NotImplementedError
 
-    def due(self, now: float, limit: int) -> list[QueuedMessage]:
+    def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]:
         """Up to `limit` messages not on hold whose next attempt is due, by next
-        attempt then arrival: first in, first out for new mail."""
+        attempt then arrival: first in, first out for new mail. Messages named
+        in `exclude` (those being delivered right now) are left out."""
+        raise NotImplementedError
+
+    def contents(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
+        """Several messages' content in one read; those no longer queued are absent."""
         raise NotImplementedError
 
     # --- delivery results

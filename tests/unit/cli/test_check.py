@@ -163,9 +163,9 @@ def test_unknown_parameter_is_named_with_file_and_line(tmp_path, mailferry):
 
 
 def test_not_yet_implemented_parameter_gets_its_own_warning(tmp_path, mailferry):
-    write(tmp_path / "main.cf", "relayhost = [smtp.gmail.com]:587\n", 0o644)
+    write(tmp_path / "main.cf", "smtp_tls_eccert_file = /etc/ssl/client-ec.pem\n", 0o644)
     result = mailferry("check", config_dir=tmp_path)
-    assert (f"warning: {tmp_path}/main.cf, line 1: parameter relayhost is known but not "
+    assert (f"warning: {tmp_path}/main.cf, line 1: parameter smtp_tls_eccert_file is known but not "
             "implemented yet") in result.err
     assert "unused parameter" not in result.err
 

@@ -1,0 +1,141 @@
+"""From a route's transport name to the agent that delivers: master.cf decides.
+
+A transport name is a master.cf `unix` service (`relay unix - - n - - smtp`);
+its command says which agent runs, and its `-o name=value` options are
+that agent's view of main.cf. discard, error and retry need no connection
+and answer at once. A name with no service, or a command mailferry cannot
+run, defers with Postfix's "mail transport unavailable": the mail waits.
+"""
+
+from __future__ import annotations
+
+from mailferry.delivery import outcome
+from mailferry.message import DeliveryResult
+
+CLIENT_COMMANDS = ("smtp", "lmtp")
+
+
+class Transports:
+    def __init__(self, config, master, log, dns, tables: dict | None = None):
+        """`tables`: password tables opened at start, while still root (see open_client_tables)."""
+        self.config = config
+        self._tables = tables if tables is not None else {}
+        self.master = master
+        self.log = log
+        self.dns = dns
+        self._clients: dict[str, object] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def command_of(self, transport: str) -> str | None:
+        if transport in ("discard", "error", "retry") and self._service(transport) is None:
+            return transport     # qmgr's own fallbacks: Postfix needs no master.cf line for them either
+        service = self._service(transport)
+        return service.command if service is not None else None
+
+    def _service(self, transport: str):
+        return self.master.find(transport, "unix") if self.master is not None else None
+
+    def immediate(self, transport: str, nexthop: str) -> DeliveryResult | None:
+        """The result of a transport that needs no connection, or of one that cannot run."""
+        command = self.command_of(transport)
+        if command == "discard":
+            return outcome.sent("2.0.0", nexthop or "discarded")
+        if command == "error" and transport == "retry":
+            return outcome.retry_transport(nexthop)   # error(8) run as `retry` defers, as in Postfix
+        if command == "error":
+            return outcome.error_transport(nexthop)
+        if command == "retry":
+            return outcome.retry_transport(nexthop)
+        if command in CLIENT_COMMANDS:
+            return self._client_problem(transport)
+        return outcome.deferred("4.3.0", f"mail transport unavailable: {self._why_unavailable(transport, command)}")
+
+    def client(self, transport: str):
+        """The SMTP/LMTP client of a transport (made on first use, kept for its connection cache)."""
+        client = self._clients.get(transport)
+        if client is None:
+            client = self._make_client(transport)
+        return client
+
+    def _client_problem(self, transport: str) -> DeliveryResult | None:
+        if transport in self._unavailable:
+            return outcome.deferred("4.3.0", f"mail transport unavailable: {self._unavailable[transport]}")
+        try:
+            self.client(transport)
+        except (ValueError, OSError) as problem:
+            self._unavailable[transport] = str(problem)
+            self.log.warning(transport, f"cannot start the {transport} delivery agent: {problem}")
+            return outcome.deferred("4.3.0", f"mail transport unavailable: {problem}")
+        return None
+
+    def _make_client(self, transport: str):
+        from mailferry.delivery.settings import ClientSettings
+        from mailferry.delivery.smtp import SmtpClient
+        settings = _client_settings(self.config, self.master, self._service(transport))
+        maps = None
+        if settings.sasl_enable and settings.sasl_password_maps.strip():
+            maps = self._tables.get(settings.sasl_password_maps)
+            if maps is None:
+                maps = _open_password_maps(settings)
+        if settings.tls.offers_tls:
+            from mailferry.delivery.tls import client_context, trust_store_description
+            client_context(settings.tls)      # a bad CAfile is reported now, once, not per message
+            if settings.tls.verifies:
+                self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
+        client = SmtpClient(settings, self.dns, self.log, maps)
+        self._clients[transport] = client
+        return client
+
+    def _why_unavailable(self, transport: str, command: str | None) -> str:
+        if command is None:
+            return f"no master.cf service named {transport} (type unix)"
+        return f"mailferry has no {command} delivery agent yet (master.cf service {transport})"
+
+    def forget_dead_destinations(self) -> None:
+        for client in self._clients.values():
+            client.forget_dead_destinations()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def _client_settings(config, master, service):
+    from mailferry.delivery.settings import ClientSettings
+    if service.overrides:
+        config = config.with_overrides(service.overrides, f"{master.path}, line {service.line}")
+    return ClientSettings.from_config(config, service.name, lmtp=service.command == "lmtp")
+
+
+def _open_password_maps(settings):
+    from mailferry.tables import TableError, open_maps
+    try:
+        return open_maps(settings.sasl_password_maps)
+    except TableError as problem:
+        raise ValueError(f"{settings.prefix}_sasl_password_maps: {problem} (a table only root can "
+                         "read is opened when mailferry starts: restart it after such a change)") from None
+
+
+def open_client_tables(config, master, log) -> dict:
+    """Open every SMTP/LMTP client's password table, and load its CA file, while still root.
+
+    Password tables are rightly readable by root alone (the seed's chmod 600),
+    and Postfix opens them before it gives up root too. Problems are logged
+    here and reported again, per message, when the transport is used.
+    """
+    tables: dict = {}
+    for service in (master.services if master is not None else []):
+        if service.type != "unix" or service.command not in CLIENT_COMMANDS:
+            continue
+        try:
+            settings = _client_settings(config, master, service)
+            if settings.tls.offers_tls:
+                from mailferry.delivery.tls import client_context
+                client_context(settings.tls)
+            if settings.sasl_enable and settings.sasl_password_maps.strip() \
+                    and settings.sasl_password_maps not in tables:
+                tables[settings.sasl_password_maps] = _open_password_maps(settings)
+        except (ValueError, OSError) as problem:
+            log.warning(service.name, f"master.cf, line {service.line}: {problem}")
+    return tables

@@ -1,0 +1,68 @@
+"""The one place where a delivery failure becomes deferred or bounced.
+
+Every delivery agent reports through these functions, so the rule is
+written once: a 2xx reply is sent, a 4xx reply or any local trouble
+(a refused connection, a timeout, a failed lookup, a TLS or SASL problem)
+is deferred, and only a 5xx reply from the destination, a permanent DNS
+answer or an `error:` route bounces. The texts are Postfix's, so that
+pflogsumm and an administrator's habits keep working.
+"""
+
+from __future__ import annotations
+
+from mailferry.message import BOUNCED, DEFERRED, SENT, DeliveryResult
+
+
+def from_reply(reply, relay: str, host: str, address: str, stage: str) -> DeliveryResult:
+    """The destination's answer to one recipient. `reply` is a protocol.smtp_client.ServerReply."""
+    if reply.code < 400:
+        return DeliveryResult(SENT, reply.enhanced or "2.0.0", str(reply), relay)
+    status = DEFERRED if reply.code < 500 else BOUNCED
+    dsn = reply.enhanced or ("4.0.0" if status == DEFERRED else "5.0.0")
+    return DeliveryResult(status, dsn, f"host {host}[{address}] said: {reply} (in reply to {stage} command)",
+                          relay)
+
+
+def deferred(dsn: str, reason: str, relay: str = "none") -> DeliveryResult:
+    return DeliveryResult(DEFERRED, _class(dsn, "4"), reason, relay)
+
+
+def bounced(dsn: str, reason: str, relay: str = "none") -> DeliveryResult:
+    return DeliveryResult(BOUNCED, _class(dsn, "5"), reason, relay)
+
+
+def sent(dsn: str, reason: str, relay: str = "none") -> DeliveryResult:
+    return DeliveryResult(SENT, _class(dsn, "2"), reason, relay)
+
+
+def from_dns_error(error) -> DeliveryResult:
+    """delivery.dns.DnsError: NXDOMAIN and null MX bounce, everything else waits."""
+    return (deferred if error.temporary else bounced)(error.dsn, error.text)
+
+
+def error_transport(nexthop: str) -> DeliveryResult:
+    """error(8): the next hop is the reason, optionally led by a status code (`5.1.1 text`)."""
+    code, _, text = nexthop.partition(" ")
+    if _is_status(code) and code[0] in "45":
+        return (deferred if code[0] == "4" else bounced)(code, text or "delivery failed")
+    return bounced("5.0.0", nexthop or "mail delivery disabled")
+
+
+def retry_transport(nexthop: str) -> DeliveryResult:
+    """retry(8): always a temporary failure."""
+    code, _, text = nexthop.partition(" ")
+    if _is_status(code):
+        return deferred(code, text or "delivery temporarily suspended")
+    return deferred("4.0.0", nexthop or "delivery temporarily suspended")
+
+
+def _is_status(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 3 and all(part.isdigit() for part in parts) and text[0] in "245"
+
+
+def _class(dsn: str, wanted: str) -> str:
+    # A status code of the wrong class would contradict the outcome: keep its detail only.
+    if _is_status(dsn):
+        return dsn if dsn[0] == wanted else wanted + dsn[1:]
+    return f"{wanted}.0.0"

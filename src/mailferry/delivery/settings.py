@@ -1,0 +1,92 @@
+"""What one SMTP or LMTP client service reads from main.cf and its master.cf `-o` options.
+
+Postfix gives the LMTP client its own copy of every parameter (`lmtp_*`,
+with `lhlo` for `helo`); per-transport limits are `<service>_destination_*`
+with `default_destination_*` behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailferry.delivery.client_parameters import client_parameter
+from mailferry.delivery.tls import TlsPolicy
+
+DEFAULT_LIMITS = {
+    "destination_concurrency_limit": "default_destination_concurrency_limit",
+    "destination_recipient_limit": "default_destination_recipient_limit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    transport: str                 # the master.cf service name (smtp, relay, lmtp, ...)
+    lmtp: bool
+    helo_name: str
+    connect_timeout: float | None  # None: no limit (lmtp_connect_timeout = 0)
+    helo_timeout: float
+    reply_timeout: float           # MAIL, RCPT, DATA and end-of-data replies
+    data_timeout: float            # sending the message content
+    tls: TlsPolicy
+    sasl_enable: bool
+    sasl_password_maps: str
+    sender_dependent_authentication: bool
+    sasl_security_options: list[str]
+    sasl_tls_security_options: list[str]
+    sasl_mechanism_filter: list[str]
+    sasl_soft_bounce: bool
+    concurrency_limit: int
+    recipient_limit: int
+    cache_connections: bool
+    cache_time_limit: float
+    reuse_time_limit: float
+    reuse_count_limit: int
+    mx_address_limit: int
+    skip_5xx_greeting: bool
+
+    @property
+    def prefix(self) -> str:
+        return "lmtp" if self.lmtp else "smtp"
+
+    @classmethod
+    def from_config(cls, config, transport: str, lmtp: bool) -> ClientSettings:
+        prefix = "lmtp" if lmtp else "smtp"
+
+        def value(smtp_name: str, kind: str = "get"):
+            return getattr(config, kind)(client_parameter(prefix, smtp_name))
+
+        return cls(
+            transport=transport, lmtp=lmtp,
+            helo_name=value("smtp_helo_name"),
+            connect_timeout=float(value("smtp_connect_timeout", "time")) or None,
+            helo_timeout=float(value("smtp_helo_timeout", "time")),
+            reply_timeout=float(max(value(name, "time") for name in (
+                "smtp_mail_timeout", "smtp_rcpt_timeout", "smtp_data_init_timeout", "smtp_data_done_timeout"))),
+            data_timeout=float(value("smtp_data_xfer_timeout", "time")),
+            tls=TlsPolicy.from_config(config, prefix),
+            sasl_enable=value("smtp_sasl_auth_enable", "boolean"),
+            sasl_password_maps=value("smtp_sasl_password_maps"),
+            sender_dependent_authentication=value("smtp_sender_dependent_authentication", "boolean"),
+            sasl_security_options=value("smtp_sasl_security_options", "list"),
+            sasl_tls_security_options=value("smtp_sasl_tls_security_options", "list"),
+            sasl_mechanism_filter=value("smtp_sasl_mechanism_filter", "list"),
+            sasl_soft_bounce=value("smtp_sasl_auth_soft_bounce", "boolean"),
+            concurrency_limit=per_transport(config, transport, "destination_concurrency_limit"),
+            recipient_limit=per_transport(config, transport, "destination_recipient_limit"),
+            cache_connections=value("smtp_connection_cache_on_demand", "boolean"),
+            cache_time_limit=float(value("smtp_connection_cache_time_limit", "time")),
+            reuse_time_limit=float(value("smtp_connection_reuse_time_limit", "time")),
+            reuse_count_limit=value("smtp_connection_reuse_count_limit", "integer"),
+            mx_address_limit=value("smtp_mx_address_limit", "integer"),
+            skip_5xx_greeting=value("smtp_skip_5xx_greeting", "boolean"),
+        )
+
+
+def per_transport(config, transport: str, suffix: str) -> int:
+    """`relay_destination_concurrency_limit`, else `default_destination_concurrency_limit`."""
+    name = f"{transport}_{suffix}"
+    if config.raw(name) is not None:
+        value = config.integer(name)
+    else:
+        value = config.integer(DEFAULT_LIMITS[suffix])
+    return value if value > 0 else 1_000_000

@@ -1,0 +1,317 @@
+"""Delivery end to end: the real daemon sends to real peers.
+
+The smarthost is Dovecot's submission service on 127.0.0.2 standing in for
+smtp.gmail.com (STARTTLS required, AUTH PLAIN/LOGIN, a certificate for
+smtp.gmail.test from a CA the test makes), relaying to smtp-sink. Names are
+resolved by a dnsmasq the test runs on loopback, so the seed's relayhost
+form `[name]:port` and its `sasl_passwd` keyed by host name work as written.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.peers import require_tool
+from tests.peers.dovecot import GMAIL_PASSWORD, GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.peers.conftest_plugin"]
+
+FAST_RETRY = {"minimal_backoff_time": "1s", "maximal_backoff_time": "2s", "queue_run_delay": "1s"}
+
+
+def send(daemon, sender: str, recipients: list[str], subject: str = "relay test", body: str = "Hello.\n") -> None:
+    message = f"From: <{sender}>\r\nTo: <{recipients[0]}>\r\nSubject: {subject}\r\n\r\n{body}"
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        refused = client.sendmail(sender, recipients, message)
+    assert refused == {}
+
+
+def seed_relay_config(directory: Path, relay, ca_file: Path, level: str = "may", **extra: str) -> dict[str, str]:
+    """The seed's relay section with its inline comments removed, pointed at the stand-in."""
+    passwords = directory / "sasl_passwd"
+    passwords.write_text(f"gmail-smtp.l.google.com {GMAIL_USER}:{GMAIL_PASSWORD}\n"
+                         f"{SUBMISSION_HOSTNAME} {GMAIL_USER}:{GMAIL_PASSWORD}\n")
+    passwords.chmod(0o600)
+    subprocess.run([require_tool_mailferry(), "postmap", f"hash:{passwords}"], check=True)
+    return {
+        "relayhost": f"[{SUBMISSION_HOSTNAME}]:{relay.port}",
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": f"hash:{passwords}",
+        "smtp_sasl_security_options": "noanonymous",
+        "smtp_sasl_tls_security_options": "noanonymous",
+        "smtp_tls_eccert_file": "",
+        "smtp_tls_eckey_file": "",
+        "smtp_tls_security_level": level,
+        "smtp_tls_CAfile": str(ca_file),
+        "smtpd_tls_received_header": "yes",
+        "tls_random_source": "dev:/dev/urandom",
+        "default_transport": "smtp",
+        **extra,
+    }
+
+
+def require_tool_mailferry() -> str:
+    import sys
+    return str(Path(sys.executable).with_name("mailferry"))
+
+
+@pytest.fixture
+def gmail_dns(dns_server_factory):
+    """smtp.gmail.test resolves to the submission stand-in's address."""
+    return dns_server_factory(a={SUBMISSION_HOSTNAME: SUBMISSION_HOST})
+
+
+@pytest.fixture
+def relay_daemon(daemon_factory, gmail_dns, tmp_path_factory):
+    def make(relay, ca_file, level="may", **extra):
+        directory = tmp_path_factory.mktemp("relay-config")
+        directory.chmod(0o755)
+        daemon = daemon_factory(nameservers=gmail_dns.nameserver,
+                                **seed_relay_config(directory, relay, ca_file, level, **extra))
+        return daemon.start()
+    return make
+
+
+def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
+    deadline = time.monotonic() + timeout
+    compiled = re.compile(pattern, re.MULTILINE)
+    while time.monotonic() < deadline:
+        found = compiled.search(daemon.log())
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"/{pattern}/ not in the log after {timeout} s:\n{daemon.log()[-4000:]}\n"
+                         f"stderr:\n{(daemon.directory / 'stderr.log').read_text()[-2000:]}")
+
+
+# --- 1. the seed's relay configuration ---------------------------------------------------------------
+
+def test_the_seed_relay_config_relays_through_the_smarthost(relay_daemon, submission_relay, peer_ca):
+    daemon = relay_daemon(submission_relay, peer_ca.cert_path)
+    send(daemon, "alice@example.test", ["friend@elsewhere.example", "other@elsewhere.example"])
+    [sunk] = submission_relay.sink.wait_for_messages(1, timeout=20)
+    assert sunk.sender == "alice@example.test"
+    assert sunk.recipients == ["friend@elsewhere.example", "other@elsewhere.example"]
+    assert sunk.email["Subject"] == "relay test"
+    log = daemon.wait_for_log("status=sent", count=2)
+    assert re.search(rf"Untrusted TLS connection established to {SUBMISSION_HOSTNAME}\[{SUBMISSION_HOST}\]:"
+                     rf"{submission_relay.port}: TLSv1\.[23] with cipher \S+", log)
+    relay = rf"relay={SUBMISSION_HOSTNAME}\[{re.escape(SUBMISSION_HOST)}\]:{submission_relay.port}"
+    assert len(re.findall(rf"smtp\[\d+\]: [0-9A-F]+: to=<[^>]+>, {relay}, delay=[\d.]+, "
+                          rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 ", log)) == 2
+    assert re.search(r": [0-9A-F]+: removed$", log, re.MULTILINE)
+    assert GMAIL_PASSWORD not in log.replace(f"{GMAIL_USER}", "")
+
+
+def test_verify_level_with_the_right_ca_is_verified(relay_daemon, submission_relay, peer_ca):
+    daemon = relay_daemon(submission_relay, peer_ca.cert_path, level="verify")
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    submission_relay.sink.wait_for_messages(1, timeout=20)
+    log = daemon.wait_for_log("status=sent")
+    assert f"Verified TLS connection established to {SUBMISSION_HOSTNAME}[{SUBMISSION_HOST}]" in log
+
+
+# --- 2. authentication and TLS failures ---------------------------------------------------------------
+
+def assert_deferred_not_bounced(daemon) -> None:
+    listing = daemon.mailq()
+    assert "Mail queue is empty" not in listing, listing
+    time.sleep(0.5)
+    log = daemon.log()
+    assert "status=bounced" not in log
+    assert "non-delivery notification" not in log
+
+
+def test_a_wrong_password_defers_with_the_servers_reply(relay_daemon, submission_relay_factory, peer_ca):
+    relay = submission_relay_factory(users={GMAIL_USER: "another password"})
+    daemon = relay_daemon(relay, peer_ca.cert_path)
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    found = wait_for_line(daemon, r"status=deferred \(SASL authentication failed; server "
+                                  rf"{SUBMISSION_HOSTNAME}\[{re.escape(SUBMISSION_HOST)}\] said: 535 (.*)\)$")
+    assert "5.7.8" in found.group(1)
+    assert_deferred_not_bounced(daemon)
+    assert relay.sink.messages() == []
+
+
+def test_an_untrusted_issuer_at_verify_defers(relay_daemon, submission_relay, untrusted_ca):
+    daemon = relay_daemon(submission_relay, untrusted_ca.cert_path, level="verify")
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    wait_for_line(daemon, rf"certificate verification failed for {SUBMISSION_HOSTNAME}\["
+                          rf"{re.escape(SUBMISSION_HOST)}\]:{submission_relay.port}: untrusted issuer")
+    wait_for_line(daemon, r"dsn=4\.7\.5, status=deferred \(Server certificate not verified\)")
+    assert_deferred_not_bounced(daemon)
+    assert submission_relay.sink.messages() == []
+
+
+def test_an_untrusted_issuer_at_may_is_delivered_as_untrusted(relay_daemon, submission_relay, untrusted_ca):
+    daemon = relay_daemon(submission_relay, untrusted_ca.cert_path, level="may")
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    submission_relay.sink.wait_for_messages(1, timeout=20)
+    log = daemon.wait_for_log("status=sent")
+    assert f"Untrusted TLS connection established to {SUBMISSION_HOSTNAME}" in log
+
+
+def test_encrypt_against_a_server_without_starttls_defers(daemon_factory, smtp_sink):
+    daemon = daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
+                            smtp_tls_security_level="encrypt").start()
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    wait_for_line(daemon, r"dsn=4\.7\.4, status=deferred \(TLS is required, but was not offered by host "
+                          r"127\.0\.0\.1\[127\.0\.0\.1\]\)")
+    assert_deferred_not_bounced(daemon)
+    assert smtp_sink.messages() == []
+
+
+def test_noplaintext_explains_why_no_mechanism_is_allowed(relay_daemon, submission_relay, peer_ca):
+    daemon = relay_daemon(submission_relay, peer_ca.cert_path, smtp_sasl_security_options="noplaintext",
+                          smtp_sasl_tls_security_options="$smtp_sasl_security_options")
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    found = wait_for_line(daemon, r"warning: SASL authentication failure: cannot authenticate to server "
+                                  r"\S+: (.*)$")
+    explanation = found.group(1)
+    assert "PLAIN" in explanation and "LOGIN" in explanation
+    assert "smtp_sasl_tls_security_options" in explanation
+    assert "noplaintext" in explanation
+    wait_for_line(daemon, r"status=deferred \(SASL authentication failed; cannot authenticate to server")
+    assert "No worthy mechs" not in daemon.log()
+    assert_deferred_not_bounced(daemon)
+
+
+# --- 3. outage and rejection -------------------------------------------------------------------------
+
+def test_a_destination_that_was_down_gets_the_mail_when_it_is_back(daemon_factory, smtp_sink_factory):
+    port = free_port()
+    daemon = daemon_factory(relayhost=f"[127.0.0.1]:{port}", default_transport="smtp", **FAST_RETRY).start()
+    for number in range(3):
+        send(daemon, "alice@example.test", [f"friend{number}@elsewhere.example"], subject=f"outage {number}")
+    wait_for_line(daemon, rf"status=deferred \(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{port}: Connection refused\)")
+    sink = smtp_sink_factory(port=port)
+    sunk = sink.wait_for_messages(3, timeout=30)
+    assert sorted(message.email["Subject"] for message in sunk) == ["outage 0", "outage 1", "outage 2"]
+    daemon.wait_for_log(": removed", count=3, timeout=20)
+    assert "Mail queue is empty" in daemon.mailq()
+
+
+def test_postqueue_f_retries_now(daemon_factory, smtp_sink_factory):
+    port = free_port()
+    daemon = daemon_factory(relayhost=f"[127.0.0.1]:{port}", default_transport="smtp",
+                            minimal_backoff_time="1h", maximal_backoff_time="2h").start()
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    wait_for_line(daemon, r"Connection refused\)$")
+    sink = smtp_sink_factory(port=port)
+    time.sleep(1.5)
+    assert sink.messages() == []          # the backoff is an hour: nothing happens by itself
+    result = daemon.command("postqueue", "-f")
+    assert result.returncode == 0, result.stderr
+    sink.wait_for_messages(1, timeout=20)
+    daemon.wait_for_log("status=sent")
+
+
+def test_a_550_bounces_to_the_senders_mailbox(daemon_factory, smtp_sink_factory, dovecot_lmtp):
+    sink = smtp_sink_factory(hard_reject=("RCPT",))
+    daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp",
+                            local_transport=f"lmtp:inet:{dovecot_lmtp.nexthop}").start()
+    send(daemon, "alice@example.test", ["nobody@elsewhere.example"], subject="will bounce")
+    wait_for_line(daemon, r"to=<nobody@elsewhere\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*"
+                          r"dsn=5\.\d\.\d+, status=bounced \(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 5\d\d .*"
+                          r"\(in reply to RCPT TO command\)\)")
+    wait_for_line(daemon, r": sender non-delivery notification: [0-9A-F]+$")
+    [notice] = dovecot_lmtp.wait_for_messages("alice@example.test", 1, timeout=20)
+    assert notice.return_path == ""
+    assert notice.email.get_content_type() == "multipart/report"
+    assert notice.email.get_param("report-type") == "delivery-status"
+    text = notice.raw.replace(b"\r\n", b"\n")
+    assert b"Final-Recipient: rfc822; nobody@elsewhere.example" in text
+    assert b"Action: failed" in text
+    assert b"Subject: will bounce" in text
+    wait_for_line(daemon, r"to=<alice@example\.test>, relay=.*status=sent")
+
+
+def test_mail_from_the_null_sender_is_never_bounced(daemon_factory, smtp_sink_factory):
+    sink = smtp_sink_factory(hard_reject=("RCPT",))
+    daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp").start()
+    send(daemon, "", ["nobody@elsewhere.example"])
+    wait_for_line(daemon, r"status=bounced")
+    daemon.wait_for_log(": removed")
+    time.sleep(0.5)
+    assert "notification" not in daemon.log()
+    assert "Mail queue is empty" in daemon.mailq()
+
+
+# --- 4. MX routing through a DNS server on loopback ---------------------------------------------------
+
+def test_mx_routing_tries_hosts_in_preference_order(daemon_factory, dns_server_factory, smtp_sink_factory):
+    port = free_port("127.0.0.4")
+    backup = smtp_sink_factory(host="127.0.0.4", port=port)
+    dns = dns_server_factory(mx={"remote.test": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
+                             a={"mx1.remote.test": "127.0.0.3", "mx2.remote.test": "127.0.0.4"})
+    daemon = daemon_factory(nameservers=dns.nameserver, default_transport=f"smtp:remote.test:{port}").start()
+    send(daemon, "alice@example.test", ["someone@remote.test"])
+    [sunk] = backup.wait_for_messages(1, timeout=20)
+    assert sunk.recipients == ["someone@remote.test"]
+    log = daemon.wait_for_log("status=sent")
+    assert f"relay=mx2.remote.test[127.0.0.4]:{port}" in log
+
+
+def test_a_null_mx_bounces(daemon_factory, dns_server_factory):
+    dns = dns_server_factory(null_mx=("nullmx.test",))
+    daemon = daemon_factory(nameservers=dns.nameserver, default_transport="smtp").start()
+    send(daemon, "", ["someone@nullmx.test"])
+    wait_for_line(daemon, r"dsn=5\.1\.10, status=bounced \(.*nullmx\.test.*\)")
+
+
+# --- 5. LMTP ------------------------------------------------------------------------------------------
+
+def test_lmtp_to_smtp_sink_reports_per_recipient(daemon_factory, smtp_sink_factory):
+    sink = smtp_sink_factory(lmtp=True)
+    daemon = daemon_factory(local_transport=f"lmtp:inet:{sink.nexthop}").start()
+    send(daemon, "carol@elsewhere.example", ["alice@example.test", "bob@example.test"])
+    [sunk] = sink.wait_for_messages(1, timeout=20)
+    assert sunk.recipients == ["alice@example.test", "bob@example.test"]
+    log = daemon.wait_for_log("status=sent", count=2)
+    assert len(re.findall(r"lmtp\[\d+\]: [0-9A-F]+: to=<(alice|bob)@example\.test>, relay=127\.0\.0\.1"
+                          r"\[127\.0\.0\.1\]:\d+, .*status=sent", log)) == 2
+
+
+def test_lmtp_to_dovecot_delivers_and_bounces_per_recipient(daemon_factory, dovecot_lmtp, smtp_sink):
+    daemon = daemon_factory(local_transport=f"lmtp:inet:{dovecot_lmtp.nexthop}",
+                            relayhost=smtp_sink.nexthop, default_transport="smtp").start()
+    send(daemon, "carol@elsewhere.example", ["alice@example.test", "ghost@example.test", "bob@example.test"],
+         subject="to dovecot")
+    for user in ("alice@example.test", "bob@example.test"):
+        [delivered] = dovecot_lmtp.wait_for_messages(user, 1, timeout=20)
+    wait_for_line(daemon, r"to=<ghost@example\.test>, .*status=bounced \(host \S+ said: 550 .*"
+                          r"\(in reply to (RCPT TO|end of DATA) command\)\)")
+    # The bounce for the ghost goes back to carol, through the smtp relay.
+    [notice] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert notice.sender == ""
+    assert notice.recipients == ["carol@elsewhere.example"]
+
+
+# --- 6. pflogsumm -------------------------------------------------------------------------------------
+
+def test_pflogsumm_counts_sent_deferred_and_bounced(daemon_factory, smtp_sink_factory):
+    rejecting = smtp_sink_factory(hard_reject=("RCPT",))
+    down = free_port()
+    good = smtp_sink_factory()
+    transports = (f"inline:{{ good.example=smtp:{good.nexthop}, bad.example=smtp:{rejecting.nexthop}, "
+                  f"down.example=smtp:[127.0.0.1]:{down} }}")
+    daemon = daemon_factory(default_transport="smtp", transport_maps=transports).start()
+    send(daemon, "", ["a@good.example"])
+    send(daemon, "", ["b@bad.example"])
+    send(daemon, "", ["c@down.example"])
+    wait_for_line(daemon, r"to=<a@good\.example>.*status=sent")
+    wait_for_line(daemon, r"to=<b@bad\.example>.*status=bounced")
+    wait_for_line(daemon, r"to=<c@down\.example>.*status=deferred")
+    report = subprocess.run([require_tool("pflogsumm"), "--syslog-name=mailferry", str(daemon.log_path)],
+                            capture_output=True, text=True, timeout=60).stdout
+    totals = dict((name, int(count)) for count, name in
+                  re.findall(r"^\s+(\d+)\s+(delivered|deferred|bounced)\b", report, re.MULTILINE))
+    assert totals == {"delivered": 1, "deferred": 1, "bounced": 1}, report
