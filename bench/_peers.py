@@ -9,6 +9,12 @@
 - run_smtp_source: Postfix's smtp-source as the load generator, timed.
 - Reaper: kills whatever was started, at exit, on exceptions and on
   SIGINT/SIGTERM, so a bench never leaves daemons behind.
+- MailferryInstance: a private mailferry daemon (`mailferry -c DIR
+  start-fg`, durable SQLite queue, DNS pointed at a closed loopback port).
+- BackgroundSmtpSource: run_smtp_source in a thread, for benches that watch
+  something else while the load runs.
+- LogWatcher: counts delivery outcomes in a growing maillog file.
+- tail_file, postconf_settings, mailferry_version: small shared bits.
 
 Everything binds to 127.x.x.x only. Works as root (the peers drop to
 `postfix`/`nobody`); see shared/notes/test-peers.md for the background.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import socket
@@ -207,6 +214,33 @@ class ProcessTree:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
+
+    def cpu_by_command(self) -> dict[str, dict]:
+        """CPU seconds (utime+stime+cutime+cstime) and process count per
+        command name over the live tree, largest first. A worker that has
+        exited is in its parent's figure (Postfix: master's)."""
+        by: dict[str, dict] = {}
+        for pid in descendants(self.root_pid):
+            fields = _read_stat(pid)
+            if fields is None:
+                continue
+            entry = by.setdefault(fields[1], {"cpu_seconds": 0.0, "processes": 0})
+            entry["cpu_seconds"] += sum(int(fields[i]) for i in (13, 14, 15, 16)) / CLOCK_TICKS
+            entry["processes"] += 1
+        return dict(sorted(by.items(), key=lambda kv: -kv[1]["cpu_seconds"]))
+
+    def cpu_by_process(self) -> list[dict]:
+        """CPU seconds (as in cpu_by_command) of each live process of the
+        tree: pid, ppid, command, threads; the root first."""
+        out = []
+        for pid in descendants(self.root_pid):
+            fields = _read_stat(pid)
+            if fields is None:
+                continue
+            out.append({"pid": pid, "ppid": int(fields[3]), "command": fields[1],
+                        "threads": int(fields[19]),
+                        "cpu_seconds": sum(int(fields[i]) for i in (13, 14, 15, 16)) / CLOCK_TICKS})
+        return out
 
     def stop_sampling(self) -> dict:
         self._stop.set()
@@ -561,6 +595,21 @@ class SmtpSink:
         self.errors.seek(0)
         return self.errors.read().decode(errors="replace")
 
+    def counters(self) -> dict[str, int]:
+        """smtp-sink's latest `-c` counters ("sess=N quit=N mesg=N", one
+        record per update, ended by CR): {"sess": N, "quit": N, "mesg": N},
+        empty before the first update. "mesg" counts the messages whose
+        final "." the sink received. Reads with pread: the file offset is
+        shared with the running sink, so it must not move."""
+        fd = self.errors.fileno()
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, min(size, 512), max(0, size - 512))
+        found = _SINK_COUNTERS.findall(tail)
+        if not found:
+            return {}
+        sess, quit_, mesg = found[-1]
+        return {"sess": int(sess), "quit": int(quit_), "mesg": int(mesg)}
+
     def stop(self) -> None:
         if self.proc:
             stop_process(self.proc)
@@ -602,3 +651,273 @@ def run_smtp_source(host: str, port: int, messages: int, sessions: int = 20,
         _IN_FLIGHT.discard(proc)
     seconds = time.perf_counter() - start
     return SourceResult(messages, sessions, seconds, proc.returncode, output.strip(), args)
+
+
+_SINK_COUNTERS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)\r")
+
+
+class BackgroundSmtpSource:
+    """run_smtp_source in a thread: `start()`, then watch `done` (an Event)
+    while doing something else; `result` is the SourceResult (or `error` the
+    exception) once done. Its `seconds` run from smtp-source's spawn to its
+    exit, measured in that thread, so polling does not blur them. Killed by
+    the Reaper like any run_smtp_source child."""
+
+    def __init__(self, *args, **kwargs):
+        self._args, self._kwargs = args, kwargs
+        self.done = threading.Event()
+        self.result: SourceResult | None = None
+        self.error: BaseException | None = None
+        self.exited_at: float | None = None   # time.perf_counter() at exit
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = run_smtp_source(*self._args, **self._kwargs)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+            self.error = exc
+        finally:
+            self.exited_at = time.perf_counter()
+            self.done.set()
+
+    def start(self) -> "BackgroundSmtpSource":
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> SourceResult:
+        """Join; re-raise what smtp-source's run raised."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        if self.result is None:
+            raise PeerError("smtp-source is still running")
+        return self.result
+
+
+class LogWatcher:
+    """Counts Postfix-style delivery records in a maillog file as it grows,
+    reading only what was appended since the last `poll()` (complete lines
+    only). Works for Postfix's and mailferry's logs alike:
+
+        sent      "status=sent ("      (smtp/lmtp/local delivered it)
+        deferred  "status=deferred ("
+        bounced   "status=bounced ("
+        expired   "status=expired,"
+        removed   "QUEUEID: removed"   (qmgr: the message left the queue)
+
+    and keeps the first `keep` lines that are not sent/removed records but
+    say deferred/bounced or warning:/error:/fatal:/panic:, as evidence."""
+
+    PATTERNS = {
+        "sent": b" status=sent (",
+        "deferred": b" status=deferred (",
+        "bounced": b" status=bounced (",
+        "expired": b" status=expired,",
+        "removed": b": removed\n",
+    }
+    PROBLEMS = (b" status=deferred (", b" status=bounced (", b" status=expired,",
+                b"warning:", b"error:", b"fatal:", b"panic:")
+
+    def __init__(self, path: Path, keep: int = 20):
+        self.path = Path(path)
+        self.keep = keep
+        self.offset = 0
+        self.counts = {name: 0 for name in self.PATTERNS}
+        self.problems: list[str] = []
+        self.problem_lines = 0
+
+    def poll(self) -> dict[str, int]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return dict(self.counts)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return dict(self.counts)
+        chunk = chunk[: end + 1]
+        self.offset += len(chunk)
+        for name, pattern in self.PATTERNS.items():
+            self.counts[name] += chunk.count(pattern)
+        for token in self.PROBLEMS:
+            start = chunk.find(token)
+            while start >= 0:
+                line_start = chunk.rfind(b"\n", 0, start) + 1
+                line_end = chunk.find(b"\n", start)
+                self.problem_lines += 1
+                if len(self.problems) < self.keep:
+                    self.problems.append(chunk[line_start:line_end].decode(errors="replace"))
+                start = chunk.find(token, line_end)
+        return dict(self.counts)
+
+
+def tail_file(path: Path, lines: int = 8) -> str:
+    """The last `lines` lines of a text file ("" if it cannot be read)."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def postconf_settings(config_dir: Path, postconf: str = POSTCONF) -> dict:
+    """What a private Postfix really runs with: `postconf -n`, `postconf -M`
+    and default_process_limit (what master.cf's maxproc '-' means)."""
+    def run(*flags: str) -> list[str]:
+        out = subprocess.run([postconf, "-c", str(config_dir), *flags],
+                             capture_output=True, text=True)
+        return out.stdout.strip().splitlines()
+    return {"postconf_n": run("-n"), "postconf_M": run("-M"),
+            "default_process_limit": run("-h", "default_process_limit")}
+
+
+def mailferry_version(binary: str, repo: Path | None = None) -> str:
+    """mailferry.__version__ through the interpreter of the console script,
+    plus the repository's commit and "+changes" when its work tree differs
+    from it (read-only git)."""
+    version = "unknown"
+    try:
+        first = Path(binary).read_bytes()[:200].split(b"\n")[0]
+        if first.startswith(b"#!"):
+            out = subprocess.run([first[2:].decode().strip(), "-c",
+                                  "import mailferry; print(mailferry.__version__)"],
+                                 capture_output=True, text=True, timeout=30)
+            version = out.stdout.strip() or version
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        pass
+    if repo is None:
+        return version
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "--untracked-files=no", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if not commit:
+        return version
+    return f"{version} ({commit}{' +uncommitted changes in src/' if dirty else ''})"
+
+
+# --------------------------------------------------------------------------
+# mailferry
+
+class MailferryInstance:
+    """A private mailferry daemon, `mailferry -c DIR start-fg`, under
+    root/NAME: config in etc/, queue in queue/ (deleted by `fresh_queue()`
+    while it is stopped), log in NAME.log, start-fg's own output in
+    start-fg.stderr.
+
+    `main` adds to or overrides the main.cf below; `services` are the
+    master.cf lines. The queue is always the durable SQLite one
+    (MAILFERRY_QUEUE_BACKEND is removed from the daemon's environment), and
+    MAILFERRY_NAMESERVERS points at `nameservers`, a closed loopback port by
+    default, so that nothing it resolves can reach the real network. Give
+    SMTP next hops as [ip]:port (relayhost) and no DNS is needed at all.
+    """
+
+    def __init__(self, root: Path, binary: str, services: list[str],
+                 main: dict[str, str] | None = None, name: str = "mailferry",
+                 mail_owner: str = "nobody", nameservers: str = "127.0.0.1:1"):
+        for server in nameservers.replace(",", " ").split():
+            check_loopback(server.strip("[").split("]")[0].rsplit(":", 1)[0])
+        self.binary = binary
+        self.dir = Path(root) / name
+        self.config_dir = self.dir / "etc"
+        self.queue_dir = self.dir / "queue"
+        self.log_file = self.dir / f"{name}.log"
+        self.stderr_file = self.dir / "start-fg.stderr"
+        self.services = services
+        self.mail_owner = mail_owner
+        self.nameservers = nameservers
+        self.main = {
+            "myhostname": "bench.example.test",
+            "mydestination": "",
+            "mynetworks": "127.0.0.0/8",
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "queue_directory": str(self.queue_dir),
+            "maillog_file": str(self.log_file),
+            "mail_owner": mail_owner,
+        }
+        self.main.update(main or {})
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "MAILFERRY_QUEUE_BACKEND"}
+        env["MAILFERRY_NAMESERVERS"] = self.nameservers
+        return env
+
+    def write_config(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.dir, self.mail_owner)  # the daemon opens its log after dropping root
+        make_traversable(self.dir)
+        (self.config_dir / "main.cf").write_text(
+            "".join(f"{k} = {v}\n" if v else f"{k} =\n" for k, v in self.main.items()))
+        (self.config_dir / "master.cf").write_text("\n".join(self.services) + "\n")
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([self.binary, "-c", str(self.config_dir), *args],
+                              capture_output=True, text=True, timeout=timeout, env=self.env)
+
+    def fresh_queue(self) -> None:
+        """Delete the queue directory and the logs (the daemon must be stopped)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise PeerError("fresh_queue: mailferry is running")
+        shutil.rmtree(self.queue_dir, ignore_errors=True)
+        for f in (self.log_file, self.stderr_file):
+            if f.exists():
+                f.unlink()
+
+    def start(self, host: str, port: int, timeout: float = 30) -> int:
+        """start-fg in its own session; returns its PID once HOST:PORT greets."""
+        with open(self.stderr_file, "wb") as err:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.config_dir), "start-fg"],
+                                         stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         start_new_session=True, env=self.env)
+        try:
+            wait_for_port(host, port, timeout=timeout, proc=self.proc, what="mailferry start-fg")
+        except PeerError as exc:
+            self.stop()
+            said = tail_file(self.stderr_file, 6) or tail_file(self.log_file, 6)
+            raise PeerError(f"mailferry did not start: {exc}" +
+                            (f"\n{said}" if said else "")) from None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM start-fg and wait; its exit status (None if it was not running)."""
+        if self.proc is None:
+            return None
+        running = self.proc.poll() is None
+        status = stop_process(self.proc, timeout=timeout)
+        self.proc = None
+        if running and status not in (0, None):
+            progress(f"  mailferry start-fg exited with status {status} on SIGTERM")
+        return status
+
+    def mailq(self) -> tuple[int, str]:
+        """`mailferry mailq`: the message count and its last line."""
+        out = self.cli("mailq")
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            raise PeerError(f"mailferry mailq exited {out.returncode}: "
+                            f"{(out.stderr or out.stdout).strip()[-400:]}")
+        return parse_queue_summary(lines[-1]), lines[-1]
+
+    def settings(self) -> dict:
+        """`mailferry postconf -n` and `-M`, as it reads its configuration."""
+        def run(*flags: str) -> list[str]:
+            out = self.cli("postconf", *flags)
+            return (out.stdout or out.stderr).strip().splitlines()
+        return {"postconf_n": run("-n"), "postconf_M": run("-M"),
+                "environment": {"MAILFERRY_NAMESERVERS": self.nameservers}}
+
+    def version(self, repo: Path | None = None) -> str:
+        return mailferry_version(self.binary, repo)
+
+    def log_tail(self, lines: int = 4) -> str:
+        return "\n".join(t for t in (tail_file(self.stderr_file, lines),
+                                     tail_file(self.log_file, lines)) if t)
