@@ -234,6 +234,23 @@ def test_a_550_bounces_to_the_senders_mailbox(daemon_factory, smtp_sink_factory,
     wait_for_line(daemon, r"to=<alice@example\.test>, relay=.*status=sent")
 
 
+def test_a_session_lost_midway_defers_only_the_recipients_it_carried(daemon_factory, smtp_sink_factory):
+    good = smtp_sink_factory()
+    hanging_up = smtp_sink_factory(disconnect=("RCPT",))
+    transports = f"inline:{{ good.example=smtp:{good.nexthop}, flaky.example=smtp:{hanging_up.nexthop} }}"
+    daemon = daemon_factory(default_transport="smtp", transport_maps=transports,
+                            minimal_backoff_time="1h", maximal_backoff_time="2h").start()
+    send(daemon, "alice@example.test", ["one@good.example", "two@flaky.example"])
+    [sunk] = good.wait_for_messages(1, timeout=20)
+    assert sunk.recipients == ["one@good.example"]
+    wait_for_line(daemon, r"to=<two@flaky\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*"
+                          r"status=deferred \(lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while ")
+    time.sleep(0.3)
+    listing = daemon.mailq()
+    assert "two@flaky.example" in listing and "one@good.example" not in listing, listing
+    assert "status=bounced" not in daemon.log()
+
+
 def test_mail_from_the_null_sender_is_never_bounced(daemon_factory, smtp_sink_factory):
     sink = smtp_sink_factory(hard_reject=("RCPT",))
     daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp").start()

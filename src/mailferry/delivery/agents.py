@@ -137,5 +137,7 @@ def open_client_tables(config, master, log) -> dict:
                     and settings.sasl_password_maps not in tables:
                 tables[settings.sasl_password_maps] = _open_password_maps(settings)
         except (ValueError, OSError) as problem:
-            log.warning(service.name, f"master.cf, line {service.line}: {problem}")
+            text = str(problem)
+            where = "" if "master.cf" in text or "main.cf" in text else f"master.cf, line {service.line}: "
+            log.warning(service.name, f"{where}{text}")
     return tables

@@ -101,6 +101,7 @@ class SmtpClient:
         self.log = log
         self.password_maps = password_maps
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._jobs: dict[str, int] = {}     # jobs holding or waiting for each destination's slot
         self._idle: dict[tuple, list[tuple[Connection, asyncio.TimerHandle]]] = {}
         self._dead: dict[str, tuple[float, str]] = {}
         self.program = settings.transport
@@ -118,7 +119,17 @@ class SmtpClient:
         slot = self._slots.get(job.nexthop)
         if slot is None:
             slot = self._slots[job.nexthop] = asyncio.Semaphore(self.settings.concurrency_limit)
-        async with slot:
+        self._jobs[job.nexthop] = self._jobs.get(job.nexthop, 0) + 1
+        try:
+            async with slot:
+                return await self._deliver_in_slot(job, recipients)
+        finally:
+            self._jobs[job.nexthop] -= 1
+            if not self._jobs[job.nexthop]:      # no job waits: forget the destination's slot
+                del self._jobs[job.nexthop], self._slots[job.nexthop]
+
+    async def _deliver_in_slot(self, job: DeliveryJob, recipients: list[Recipient]) -> list[DeliveryResult]:
+        if True:
             suspended = self._suspended(job.nexthop)
             if suspended is not None:
                 return [suspended] * len(recipients)
@@ -169,7 +180,10 @@ class SmtpClient:
         cached = self._take_idle(self._cache_key(job))
         if cached is not None:
             return cached
-        hop = parse_hop(job.nexthop, self.settings.lmtp)
+        try:
+            hop = parse_hop(job.nexthop, self.settings.lmtp)
+        except ValueError as error:
+            raise _SetupFailed(outcome.deferred("4.3.5", str(error))) from None
         last: _SetupFailed | None = None
         for host, address, port in await self._targets(hop):
             try:
@@ -232,6 +246,11 @@ class SmtpClient:
 
     async def _greet(self, connection: Connection) -> None:
         reply = await connection.reply(self.settings.helo_timeout, "receiving the initial server greeting")
+        if reply.code >= 500 and not self.settings.skip_5xx_greeting:
+            # smtp_skip_5xx_greeting = no: a server that refuses everyone means it.
+            raise _SetupFailed(outcome.bounced(
+                reply.enhanced or "5.0.0", f"host {connection.peer} refused to talk to me: {reply}",
+                connection.relay))
         if reply.code != 220:
             raise _SetupFailed(outcome.deferred(
                 reply.enhanced or "4.3.0", f"host {connection.peer} refused to talk to me: {reply}",
@@ -482,13 +501,17 @@ class SmtpClient:
 
     def _take_idle(self, key: tuple) -> Connection | None:
         idle = self._idle.get(key)
-        while idle:
+        found = None
+        while idle and found is None:
             connection, timer = idle.pop()
             timer.cancel()
             if not connection.closed and not connection.reader.at_eof():
-                return connection
-            connection.close()
-        return None
+                found = connection
+            else:
+                connection.close()
+        if idle is not None and not idle:
+            del self._idle[key]
+        return found
 
     def _expire(self, key: tuple, connection: Connection) -> None:
         idle = self._idle.get(key, [])
@@ -496,6 +519,8 @@ class SmtpClient:
             if cached is connection:
                 del idle[index]
                 break
+        if not idle:
+            self._idle.pop(key, None)
         connection.close(proto.QUIT)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 Levels, as Postfix defines them:
 - `none`: no STARTTLS.
-- `may`: STARTTLS when offered, no certificate checks; a failed handshake falls back to plaintext.
+- `may`: STARTTLS when offered, no certificate checks. (Postfix retries a failed handshake in
+  plaintext; mailferry defers the mail with 4.7.5 and tries again later.)
 - `encrypt`: STARTTLS required, no certificate checks.
 - `verify`: STARTTLS required; the chain must lead to a trusted CA and a certificate name
   must match smtp_tls_verify_cert_match (default: the server's host name, often from MX).

@@ -37,6 +37,9 @@ from mailferry.routing.resolve import Resolver, Route, RoutingError
 # one commit serve many messages under load (measured with bench/intake).
 GATHER_SECONDS = 0.05
 SCAN_BATCH = 500
+# Content of messages being delivered is held in memory: cap it, so a queue
+# of large messages to a slow destination cannot exhaust memory.
+IN_FLIGHT_BYTES = 256 << 20
 _REMOVED = "removed"  # the outcome of a message with nothing left to do
 DELAY_NOTICE = "sender delay notification"
 
@@ -93,6 +96,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._in_flight_bytes = 0
 
     # --- the loop
 
@@ -137,24 +141,34 @@ class Scheduler:
 
     async def _take_due(self) -> int:
         room = self.settings.active_limit - len(self._in_flight)
-        if room <= 0:
+        byte_room = IN_FLIGHT_BYTES - self._in_flight_bytes
+        if room <= 0 or byte_room <= 0:
             return 0
         messages, contents = await asyncio.to_thread(
-            self._load_due, time.time(), min(room, SCAN_BATCH), tuple(self._in_flight))
+            self._load_due, time.time(), min(room, SCAN_BATCH), tuple(self._in_flight), byte_room)
         for message in messages:
             content = contents.get(message.queue_id)
             if content is None:      # deleted between the two reads
                 continue
             task = asyncio.create_task(self._process(message, content, time.time()))
             self._in_flight[message.queue_id] = task
-            task.add_done_callback(lambda _, queue_id=message.queue_id: self._done(queue_id))
+            self._in_flight_bytes += len(content)
+            task.add_done_callback(lambda _, queue_id=message.queue_id, size=len(content):
+                                   self._done(queue_id, size))
         return len(messages)
 
-    def _load_due(self, now: float, limit: int, exclude: tuple[str, ...]):
+    def _load_due(self, now: float, limit: int, exclude: tuple[str, ...], byte_room: int):
         messages = self.store.due(now, limit, exclude)
-        return messages, (self.store.contents([m.queue_id for m in messages]) if messages else {})
+        taken, total = [], 0
+        for message in messages:
+            if taken and total + message.size > byte_room:
+                break     # the rest waits for the next scan; one message always goes
+            taken.append(message)
+            total += message.size
+        return taken, (self.store.contents([m.queue_id for m in taken]) if taken else {})
 
-    def _done(self, queue_id: str) -> None:
+    def _done(self, queue_id: str, size: int) -> None:
+        self._in_flight_bytes -= size
         task = self._in_flight.pop(queue_id, None)
         if task is not None and not task.cancelled() and task.exception() is not None:
             self.log.warning("qmgr", f"{queue_id}: delivery failed unexpectedly: {task.exception()!r}; "

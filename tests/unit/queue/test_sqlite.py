@@ -135,6 +135,29 @@ def test_schema_from_another_version_is_refused(tmp_path):
         SqliteQueueStore(path)
 
 
+def test_a_version_1_queue_is_upgraded_in_place(tmp_path):
+    """Queues written before delay warnings existed keep their mail and gain the column."""
+    path = tmp_path / "queue.db"
+    store = SqliteQueueStore(path)
+    ids = fill(store, 0, 3)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE messages DROP COLUMN delay_warned")
+        connection.execute("PRAGMA user_version = 1")
+    store = SqliteQueueStore(path)
+    try:
+        assert sorted(m.queue_id for m in store.messages()) == sorted(ids)
+        assert all(problems_with(store, queue_id) == [] for queue_id in ids)
+        message = store.get(ids[0])
+        message.delay_warned = True
+        store.update(message)
+        assert store.get(ids[0]).delay_warned is True
+    finally:
+        store.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
+
+
 # --- queue IDs
 
 def test_an_id_used_by_another_process_is_replaced(sqlite_store, monkeypatch):

@@ -115,6 +115,32 @@ def test_due_leaves_out_held_mail(store):
     assert [m.queue_id for m in store.due(time.time() + 1, 10)] == ids[1:]
 
 
+def test_due_leaves_out_messages_being_delivered(store):
+    ids = insert(store, 4)
+    later = time.time() + 1
+    assert [m.queue_id for m in store.due(later, 10, exclude={ids[0], ids[2]})] == [ids[1], ids[3]]
+    # the limit counts what is returned, not what is left out
+    assert [m.queue_id for m in store.due(later, 1, exclude=[ids[0]])] == [ids[1]]
+    assert store.due(later, 10, exclude=set(ids)) == []
+
+
+def test_contents_reads_several_messages_at_once(store):
+    ids = insert(store, 3)
+    store.remove(ids[1])
+    found = store.contents([ids[0], ids[1], ids[2]])
+    assert found == {ids[0]: store.content(ids[0]), ids[2]: store.content(ids[2])}
+    assert found[ids[0]] != found[ids[2]]
+
+
+def test_delay_warned_is_kept(store):
+    [queue_id] = insert(store)
+    message = store.get(queue_id)
+    assert message.delay_warned is False
+    message.delay_warned = True
+    store.update(message)
+    assert store.get(queue_id).delay_warned is True
+
+
 def test_update_stores_delivery_state(store):
     [queue_id] = insert(store, recipients=3)
     message = store.get(queue_id)

@@ -1,0 +1,85 @@
+"""The one place where a failure becomes deferred or bounced, with Postfix's texts."""
+
+import pytest
+
+from mailferry.delivery import outcome
+from mailferry.delivery.smtp import Hop, parse_hop
+from mailferry.message import BOUNCED, DEFERRED, SENT
+from mailferry.protocol.smtp_client import ServerReply
+
+
+def reply(code, *lines):
+    return ServerReply(code, tuple(lines))
+
+
+def test_a_positive_reply_is_sent_with_the_servers_words():
+    result = outcome.from_reply(reply(250, "2.0.0 Ok: queued as 4ABC"), "mx[192.0.2.1]:25", "mx",
+                                "192.0.2.1", "end of DATA")
+    assert (result.status, result.dsn, result.reason, result.relay) == (
+        SENT, "2.0.0", "250 2.0.0 Ok: queued as 4ABC", "mx[192.0.2.1]:25")
+
+
+@pytest.mark.parametrize("code, text, status, dsn", [
+    (550, "5.1.1 <a@b>: Recipient address rejected", BOUNCED, "5.1.1"),
+    (554, "no enhanced code here", BOUNCED, "5.0.0"),
+    (451, "4.3.0 try later", DEFERRED, "4.3.0"),
+    (421, "service shutting down", DEFERRED, "4.0.0"),
+])
+def test_failures_by_reply_class(code, text, status, dsn):
+    result = outcome.from_reply(reply(code, text), "mx[192.0.2.1]:25", "mx", "192.0.2.1", "RCPT TO")
+    assert (result.status, result.dsn) == (status, dsn)
+    assert result.reason == f"host mx[192.0.2.1] said: {reply(code, text)} (in reply to RCPT TO command)"
+
+
+def test_a_status_code_of_the_wrong_class_keeps_only_its_detail():
+    assert outcome.deferred("5.7.1", "x").dsn == "4.7.1"
+    assert outcome.bounced("4.4.1", "x").dsn == "5.4.1"
+    assert outcome.deferred("nonsense", "x").dsn == "4.0.0"
+
+
+@pytest.mark.parametrize("nexthop, status, dsn, reason", [
+    ("5.1.1 no such user", BOUNCED, "5.1.1", "no such user"),
+    ("4.2.2 mailbox full", DEFERRED, "4.2.2", "mailbox full"),
+    ("outbound mail is disabled", BOUNCED, "5.0.0", "outbound mail is disabled"),
+    ("", BOUNCED, "5.0.0", "mail delivery disabled"),
+])
+def test_the_error_transport(nexthop, status, dsn, reason):
+    result = outcome.error_transport(nexthop)
+    assert (result.status, result.dsn, result.reason) == (status, dsn, reason)
+
+
+def test_the_retry_transport_always_defers():
+    assert outcome.retry_transport("5.0.0 nope").status == DEFERRED
+    assert outcome.retry_transport("").reason == "delivery temporarily suspended"
+
+
+class FakeDnsError:
+    def __init__(self, temporary):
+        self.temporary, self.dsn, self.text = temporary, "4.4.3" if temporary else "5.4.4", "lookup"
+
+
+def test_dns_errors_defer_or_bounce_as_they_say():
+    assert outcome.from_dns_error(FakeDnsError(True)).status == DEFERRED
+    assert outcome.from_dns_error(FakeDnsError(False)).status == BOUNCED
+
+
+@pytest.mark.parametrize("written, lmtp, expected", [
+    ("[smtp.gmail.com]:587", False, Hop("[smtp.gmail.com]:587", "smtp.gmail.com", 587, False)),
+    ("[192.0.2.1]", False, Hop("[192.0.2.1]", "192.0.2.1", 25, False)),
+    ("[ipv6:2001:db8::1]:2525", False, Hop("[ipv6:2001:db8::1]:2525", "2001:db8::1", 2525, False)),
+    ("Example.COM", False, Hop("Example.COM", "example.com", 25, True)),
+    ("example.com:2525", False, Hop("example.com:2525", "example.com", 2525, True)),
+    ("example.com:submission", False, Hop("example.com:submission", "example.com", 587, True)),
+    ("unix:/var/run/dovecot/lmtp", True, Hop("unix:/var/run/dovecot/lmtp", "/var/run/dovecot/lmtp", None,
+                                             False, unix=True)),
+    ("inet:[127.0.0.1]:24", True, Hop("inet:[127.0.0.1]:24", "127.0.0.1", 24, False)),
+    ("inet:mailstore.example:2003", True, Hop("inet:mailstore.example:2003", "mailstore.example", 2003, False)),
+    ("mailstore.example", True, Hop("mailstore.example", "mailstore.example", 24, False)),
+])
+def test_next_hops_as_postfix_writes_them(written, lmtp, expected):
+    assert parse_hop(written, lmtp) == expected
+
+
+def test_an_unknown_port_name_is_named():
+    with pytest.raises(ValueError, match="unknown port 'nosuchservice'"):
+        parse_hop("[mx.example]:nosuchservice", False)
