@@ -297,6 +297,16 @@ def test_lmtp_to_smtp_sink_reports_per_recipient(daemon_factory, smtp_sink_facto
                           r"\[127\.0\.0\.1\]:\d+, .*status=sent", log)) == 2
 
 
+def test_lmtp_over_a_unix_socket(daemon_factory, smtp_sink_factory):
+    sink = smtp_sink_factory(lmtp=True, unix_socket=True)
+    daemon = daemon_factory(local_transport="local", mailbox_transport=f"lmtp:unix:{sink.socket_path}").start()
+    send(daemon, "carol@elsewhere.example", ["alice@example.test"])
+    [sunk] = sink.wait_for_messages(1, timeout=20)
+    assert sunk.recipients == ["alice@example.test"]
+    log = daemon.wait_for_log("status=sent")
+    assert f"relay=localhost[{sink.socket_path}], " in log
+
+
 def test_lmtp_to_dovecot_delivers_and_bounces_per_recipient(daemon_factory, dovecot_lmtp, smtp_sink):
     daemon = daemon_factory(local_transport=f"lmtp:inet:{dovecot_lmtp.nexthop}",
                             relayhost=smtp_sink.nexthop, default_transport="smtp").start()

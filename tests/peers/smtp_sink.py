@@ -126,13 +126,15 @@ class SmtpSink:
     disconnect: tuple[str, ...] = ()
     shutdown: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    unix_socket: bool = False      # listen on DIR/sink.sock instead of host:port (lmtp:unix:...)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.dump_directory = self.directory / "dump"
         self.log_path = self.directory / "smtp-sink.log"
-        if not self.port:
+        self.socket_path = self.directory / "sink.sock"
+        if not self.port and not self.unix_socket:
             self.port = free_port(self.host)
 
     @property
@@ -164,7 +166,8 @@ class SmtpSink:
             command += ["-q", ",".join(self.disconnect)]
         if self.shutdown:
             command += ["-Q", ",".join(self.shutdown)]
-        command += [*self.extra_args, f"{self.host}:{self.port}", "100"]
+        listen = f"unix:{self.socket_path}" if self.unix_socket else f"{self.host}:{self.port}"
+        command += [*self.extra_args, listen, "100"]
         return command
 
     def start(self, timeout: float = 10.0) -> "SmtpSink":
@@ -172,8 +175,27 @@ class SmtpSink:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
-        wait_for_port(self.host, self.port, timeout, process=self.process, log=self.log_path)
+        if self.unix_socket:
+            self._wait_for_socket(timeout)
+        else:
+            wait_for_port(self.host, self.port, timeout, process=self.process, log=self.log_path)
         return self
+
+    def _wait_for_socket(self, timeout: float) -> None:
+        import socket
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"smtp-sink exited with {self.process.returncode}:\n"
+                                     f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(self.socket_path))
+                os.chmod(self.socket_path, 0o666)   # the daemon under test runs as nobody too
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError(f"smtp-sink is not listening on {self.socket_path} after {timeout} s")
 
     def stop(self) -> None:
         stop_process(self.process)
