@@ -10,7 +10,7 @@
 - Reaper: kills whatever was started, at exit, on exceptions and on
   SIGINT/SIGTERM, so a bench never leaves daemons behind.
 - MailferryInstance: a private mailferry daemon (`mailferry -c DIR
-  start-fg`, durable SQLite queue, DNS pointed at a closed loopback port).
+  start-fg`, durable SQLite queue, DNS turned off with MAILFERRY_NAMESERVERS=none).
 - BackgroundSmtpSource: run_smtp_source in a thread, for benches that watch
   something else while the load runs.
 - LogWatcher: counts delivery outcomes in a growing maillog file.
@@ -813,14 +813,14 @@ class MailferryInstance:
     `main` adds to or overrides the main.cf below; `services` are the
     master.cf lines. The queue is always the durable SQLite one
     (MAILFERRY_QUEUE_BACKEND is removed from the daemon's environment), and
-    MAILFERRY_NAMESERVERS points at `nameservers`, a closed loopback port by
+    MAILFERRY_NAMESERVERS points at `nameservers`, "none" (DNS turned off) by
     default, so that nothing it resolves can reach the real network. Give
     SMTP next hops as [ip]:port (relayhost) and no DNS is needed at all.
     """
 
     def __init__(self, root: Path, binary: str, services: list[str],
                  main: dict[str, str] | None = None, name: str = "mailferry",
-                 mail_owner: str = "nobody", nameservers: str = "127.0.0.1:1"):
+                 mail_owner: str = "nobody", nameservers: str = "none"):
         for server in nameservers.replace(",", " ").split():
             check_loopback(server.strip("[").split("]")[0].rsplit(":", 1)[0])
         self.binary = binary

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON_USER = "nobody"  # mail_owner when the tests run as root
-NO_DNS = "127.0.0.1:1"  # nothing listens there: any DNS lookup fails at once, on loopback
+NO_DNS = "none"  # MAILFERRY_NAMESERVERS=none: DNS is off, every lookup fails at once (temporarily)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

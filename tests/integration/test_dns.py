@@ -245,6 +245,15 @@ def test_from_environment_uses_mailferry_nameservers(dns_server, monkeypatch):
     assert lookup(explicit, "example.test") == [Target("mx1.example.test", "127.0.0.3", 25, 10)]
 
 
+def test_none_turns_dns_off_but_address_literals_still_work():
+    resolver = NexthopResolver.from_environment({"MAILFERRY_NAMESERVERS": "None"}, inet_protocols=IPV4)
+    with pytest.raises(DnsError) as failure:
+        lookup(resolver, "example.test")
+    assert failure.value.temporary and failure.value.dsn == "4.4.3"
+    assert "MAILFERRY_NAMESERVERS=none" in failure.value.text
+    assert lookup(resolver, "127.0.0.9") == [Target("127.0.0.9", "127.0.0.9", 25, None)]
+
+
 def test_nameservers_syntax():
     assert parse_nameservers("127.0.0.1:5353 [::1]:53") == [("127.0.0.1", 5353), ("::1", 53)]
     assert parse_nameservers("127.0.0.1,127.0.0.2:54, [::1] ::1") == [

@@ -151,12 +151,16 @@ class NexthopResolver:
         self._mx_address_limit = mx_address_limit
         self._defer_if_no_mx_address_found = defer_if_no_mx_address_found
         self._randomize = randomize_addresses
-        self._resolver = self._make_resolver(nameservers, timeout)
+        self._disabled = nameservers == []
+        self._resolver = None if self._disabled else self._make_resolver(nameservers, timeout)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **options: Any) -> "NexthopResolver":
-        """The servers in MAILFERRY_NAMESERVERS, or the system's when it is unset or empty."""
+        """The servers in MAILFERRY_NAMESERVERS, or the system's when it is unset or empty;
+        `none` turns DNS off: only address literals ([192.0.2.1]) can be reached."""
         text = (os.environ if environ is None else environ).get(NAMESERVERS_VARIABLE, "")
+        if text.strip().lower() == "none":
+            return cls([], **options)
         return cls(parse_nameservers(text) or None, **options)
 
     @staticmethod
@@ -183,6 +187,9 @@ class NexthopResolver:
             return [Target(host, host, port, None)]
         name = host.rstrip(".")
         qname = self._absolute(name)
+        if self._disabled:
+            raise DnsError(f"Host or domain name not found. Name service error for name={name}: "
+                           f"DNS is turned off ({NAMESERVERS_VARIABLE}=none)", True, "4.4.3")
         if use_mx:
             hosts = await self._mx_hosts(name, qname)
             if hosts is not None:

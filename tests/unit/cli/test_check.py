@@ -162,6 +162,13 @@ def test_unknown_parameter_is_named_with_file_and_line(tmp_path, mailferry):
     assert f"{tmp_path}/main.cf, line 3: unused parameter: x=$my_list" in result.err
 
 
+def test_an_unimplemented_feature_switched_off_is_not_warned_about(tmp_path, mailferry):
+    """The seed's `smtp_tls_eccert_file =`: empty, as its default is, so the feature stays off."""
+    write(tmp_path / "main.cf", "smtp_tls_eccert_file =\nsmtp_tls_eckey_file =\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert "smtp_tls_ec" not in result.err, result.err
+
+
 def test_not_yet_implemented_parameter_gets_its_own_warning(tmp_path, mailferry):
     write(tmp_path / "main.cf", "smtp_tls_eccert_file = /etc/ssl/client-ec.pem\n", 0o644)
     result = mailferry("check", config_dir=tmp_path)
