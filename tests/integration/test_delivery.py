@@ -9,7 +9,9 @@ form `[name]:port` and its `sasl_passwd` keyed by host name work as written.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import smtplib
 import subprocess
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, world_readable_tempdir
 from tests.peers import require_tool
 from tests.peers.dovecot import GMAIL_PASSWORD, GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME
 
@@ -70,14 +72,19 @@ def gmail_dns(dns_server_factory):
 
 
 @pytest.fixture
-def relay_daemon(daemon_factory, gmail_dns, tmp_path_factory):
+def relay_daemon(daemon_factory, gmail_dns):
+    directories = []
+
     def make(relay, ca_file, level="may", **extra):
-        directory = tmp_path_factory.mktemp("relay-config")
-        directory.chmod(0o755)
+        # Like /etc/postfix: a directory anyone may pass through, holding a root-only sasl_passwd.
+        directory = world_readable_tempdir("mailferry-relay-config-")
+        directories.append(directory)
         daemon = daemon_factory(nameservers=gmail_dns.nameserver,
                                 **seed_relay_config(directory, relay, ca_file, level, **extra))
         return daemon.start()
-    return make
+    yield make
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
@@ -139,6 +146,33 @@ def test_a_wrong_password_defers_with_the_servers_reply(relay_daemon, submission
     assert "5.7.8" in found.group(1)
     assert_deferred_not_bounced(daemon)
     assert relay.sink.messages() == []
+
+
+def test_reload_rereads_a_rebuilt_password_table_mail_owner_can_read(relay_daemon, submission_relay_factory,
+                                                                      peer_ca):
+    import pwd
+    relay = submission_relay_factory(users={GMAIL_USER: "the new password"})
+    daemon = relay_daemon(relay, peer_ca.cert_path, **FAST_RETRY)
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    wait_for_line(daemon, r"status=deferred \(SASL authentication failed; server .* said: 535")
+    passwords = next(Path(line.split("hash:", 1)[1].strip()) for line in (daemon.config_dir / "main.cf")
+                     .read_text().splitlines() if line.startswith("smtp_sasl_password_maps"))
+    passwords.write_text(f"{SUBMISSION_HOSTNAME} {GMAIL_USER}:the new password\n")
+    subprocess.run([require_tool_mailferry(), "postmap", f"hash:{passwords}"], check=True)
+    # Root's alone, as the seed says: mail_owner cannot re-read it, and the log says what to do.
+    assert daemon.command("reload").returncode == 0
+    wait_for_line(daemon, rf"warning: reload: cannot re-read hash:{re.escape(str(passwords))} as mail_owner .*"
+                          r"restart mailferry")
+    assert relay.sink.messages() == []
+    # Given to mail_owner, the rebuilt table is read at the next reload, and the mail goes.
+    nobody = pwd.getpwnam("nobody")
+    for path in (passwords, passwords.with_name(passwords.name + ".db")):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    assert daemon.command("reload").returncode == 0
+    daemon.wait_for_log("reload -- version", count=2)
+    assert daemon.command("postqueue", "-f").returncode == 0
+    [sunk] = relay.sink.wait_for_messages(1, timeout=20)
+    assert sunk.recipients == ["friend@elsewhere.example"]
 
 
 def test_an_untrusted_issuer_at_verify_defers(relay_daemon, submission_relay, untrusted_ca):

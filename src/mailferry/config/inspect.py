@@ -83,8 +83,16 @@ def _check_tables(config: Config) -> list[Diagnostic]:
             try:
                 table = open_table(spec)
             except TableError as exc:
-                found.append(error(f"parameter {name}: table {spec}: {exc}",
-                                   setting.file, setting.line, name))
+                if _unreadable_by_us(exc.file):
+                    # Not root (a user's `check`, or the daemon's reload as mail_owner): a
+                    # root-only table (sasl_passwd, as it should be) is fine, just not ours to see.
+                    found.append(warning(
+                        f"parameter {name}: table {spec}: {exc.file}: not readable by uid "
+                        f"{os.geteuid()}, so not checked; run check as root to check it",
+                        setting.file, setting.line, name))
+                else:
+                    found.append(error(f"parameter {name}: table {spec}: {exc}",
+                                       setting.file, setting.line, name))
                 continue
             found += [warning(f"parameter {name}: {text}", setting.file, setting.line, name)
                       for text in getattr(table, "warnings", ())]
@@ -92,6 +100,19 @@ def _check_tables(config: Config) -> list[Diagnostic]:
                 found += _check_secret_files(name, table, setting)
             table.close()
     return found
+
+
+def _unreadable_by_us(path: str | None) -> bool:
+    """The file is there (or may be) but this unprivileged process may not read it."""
+    if not path or os.geteuid() == 0:
+        return False
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True          # a directory on the way is closed to us
+    except OSError:
+        return False         # really missing: that stays an error
+    return not os.access(path, os.R_OK)
 
 
 def _check_secret_files(name: str, table, setting) -> list[Diagnostic]:
@@ -117,6 +138,11 @@ def _check_tls_files(config: Config) -> list[Diagnostic]:
     for name, value in _explicit_values(config, lambda n: n.endswith(_TLS_FILE_SUFFIXES)):
         setting = config.settings[name]
         for path in value.replace(",", " ").split():
+            if _unreadable_by_us(path):
+                found.append(warning(f"parameter {name}: {path}: not readable by uid {os.geteuid()}, "
+                                     "so not checked; run check as root to check it",
+                                     setting.file, setting.line, name))
+                continue
             problem = _tls_file_problem(name, path)
             if problem:
                 found.append(error(f"parameter {name}: {problem}", setting.file, setting.line, name))

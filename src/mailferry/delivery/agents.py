@@ -117,6 +117,36 @@ def _open_password_maps(settings):
                          "read is opened when mailferry starts: restart it after such a change)") from None
 
 
+def reopen_client_tables(tables: dict, config, master, log) -> dict:
+    """At reload, as mail_owner: re-read each password table, so a `postmap`ed change is
+    seen. A table only root can read stays as opened at start, and the log says so."""
+    fresh: dict = {}
+    for spec in {*tables, *_password_table_specs(config, master)}:
+        from mailferry.tables import TableError, open_maps
+        try:
+            fresh[spec] = open_maps(spec)
+        except TableError as problem:
+            if spec not in tables:
+                continue      # reported when a transport needs it
+            fresh[spec] = tables[spec]
+            log.warning("master", f"reload: cannot re-read {spec} as mail_owner ({problem}); the copy "
+                                  "read at start stays in use: restart mailferry to read a changed table")
+    return fresh
+
+
+def _password_table_specs(config, master) -> set[str]:
+    specs = set()
+    for service in (master.services if master is not None else []):
+        if service.type == "unix" and service.command in CLIENT_COMMANDS:
+            try:
+                settings = _client_settings(config, master, service)
+            except ValueError:
+                continue
+            if settings.sasl_enable and settings.sasl_password_maps.strip():
+                specs.add(settings.sasl_password_maps)
+    return specs
+
+
 def open_client_tables(config, master, log) -> dict:
     """Open every SMTP/LMTP client's password table, and load its CA file, while still root.
 

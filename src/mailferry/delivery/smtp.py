@@ -129,26 +129,25 @@ class SmtpClient:
                 del self._jobs[job.nexthop], self._slots[job.nexthop]
 
     async def _deliver_in_slot(self, job: DeliveryJob, recipients: list[Recipient]) -> list[DeliveryResult]:
-        if True:
-            suspended = self._suspended(job.nexthop)
-            if suspended is not None:
-                return [suspended] * len(recipients)
-            for _ in range(2):   # a cached session may have died while idle: one fresh try
-                began = time.monotonic()
-                try:
-                    connection = await self._session(job)
-                except _SetupFailed as failure:
-                    if failure.connect_failure:
-                        self._mark_dead(job.nexthop, failure.result.reason)
-                    return [failure.result] * len(recipients)
-                setup = time.monotonic() - began
-                results = await self._transaction(connection, job, recipients)
-                if results is not None:
-                    for result in results:
-                        result.setup_seconds = setup
-                    return results
-            return [outcome.deferred("4.4.2", f"lost connection with {connection.peer} "
-                                     "while sending MAIL FROM", connection.relay)] * len(recipients)
+        suspended = self._suspended(job.nexthop)
+        if suspended is not None:
+            return [suspended] * len(recipients)
+        for _ in range(2):   # a cached session may have died while idle: one fresh try
+            began = time.monotonic()
+            try:
+                connection = await self._session(job)
+            except _SetupFailed as failure:
+                if failure.connect_failure:
+                    self._mark_dead(job.nexthop, failure.result.reason)
+                return [failure.result] * len(recipients)
+            setup = time.monotonic() - began
+            results = await self._transaction(connection, job, recipients)
+            if results is not None:
+                for result in results:
+                    result.setup_seconds = setup
+                return results
+        return [outcome.deferred("4.4.2", f"lost connection with {connection.peer} "
+                                 "while sending MAIL FROM", connection.relay)] * len(recipients)
 
     # --- dead destinations: after a failed connect, the rest of the queue waits
 
@@ -532,8 +531,11 @@ class SmtpClient:
 
 
 def _doing(transaction) -> str:
-    return "sending message content" if getattr(transaction, "payload_sent", False) else \
-        "waiting for the server's reply"
+    """Postfix's words for where a session broke: `... while sending RCPT TO`."""
+    stage = transaction.stage
+    if stage == proto.END_OF_DATA_STAGE:
+        return "sending end of data -- message may be sent more than once"
+    return f"sending {stage or 'MAIL FROM'}"
 
 
 def _port_text(port: int | None) -> str:

@@ -157,6 +157,8 @@ class Runtime:
         """New configuration for new work: listeners are rebuilt, open sessions finish on the old one."""
         self.config, self.master = config, master
         if self.scheduler is not None:
+            from mailferry.delivery.agents import reopen_client_tables
+            self.client_tables = reopen_client_tables(self.client_tables, config, master, self.log)
             old = self.scheduler.transports
             self.scheduler.resolver = Resolver.from_config(config)
             self.scheduler.transports = self._transports(config, master)

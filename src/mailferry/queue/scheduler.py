@@ -195,9 +195,12 @@ class Scheduler:
                 groups.setdefault(route, []).append(recipient)
         for recipient, route, result in immediate:
             self._outcome(message, recipient, route, result, activated, activated)
-        if groups:
-            await asyncio.gather(*(self._run_job(message, content, route, recipients, activated)
-                                   for route, recipients in groups.items()))
+        jobs = [self._run_job(message, content, route, recipients, activated)
+                for route, recipients in groups.items()]
+        if len(jobs) == 1:
+            await jobs[0]          # the usual case: no task of its own needed
+        elif jobs:
+            await asyncio.gather(*jobs)
         await self._finish(message, content, attempted)
 
     async def _run_job(self, message: QueuedMessage, content: bytes, route: Route,
