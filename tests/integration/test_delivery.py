@@ -14,6 +14,7 @@ import re
 import shutil
 import smtplib
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,6 @@ def seed_relay_config(directory: Path, relay, ca_file: Path, level: str = "may",
 
 
 def require_tool_mailferry() -> str:
-    import sys
     return str(Path(sys.executable).with_name("mailferry"))
 
 
@@ -116,6 +116,20 @@ def test_the_seed_relay_config_relays_through_the_smarthost(relay_daemon, submis
                           rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 ", log)) == 2
     assert re.search(r": [0-9A-F]+: removed$", log, re.MULTILINE)
     assert GMAIL_PASSWORD not in log.replace(f"{GMAIL_USER}", "")
+
+
+def test_mailferry_sendmail_relays_through_the_smarthost(relay_daemon, submission_relay, peer_ca):
+    daemon = relay_daemon(submission_relay, peer_ca.cert_path, level="verify")
+    sendmail = Path(sys.executable).parent / "mailferry-sendmail"  # the installed /usr/sbin/sendmail
+    message = b"To: friend@elsewhere.example\nSubject: from cron\n\nnightly report\n"
+    result = subprocess.run([str(sendmail), "-C", str(daemon.config_dir), "-t", "-f", "root@example.test"],
+                            input=message, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    [sunk] = submission_relay.sink.wait_for_messages(1, timeout=20)
+    assert (sunk.sender, sunk.recipients) == ("root@example.test", ["friend@elsewhere.example"])
+    assert sunk.email["Subject"] == "from cron"
+    assert b"nightly report" in sunk.body
+    daemon.wait_for_log(": removed")
 
 
 def test_verify_level_with_the_right_ca_is_verified(relay_daemon, submission_relay, peer_ca):

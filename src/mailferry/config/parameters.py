@@ -131,6 +131,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_use_tls",
     "lmtp_enforce_tls",
     "lmtp_tls_enforce_peername",
+    "sender_dependent_relayhost_maps",
+    "sender_dependent_default_transport_maps",
     "append_at_myorigin",
     "config_directory",
     "default_database_type",

@@ -184,7 +184,7 @@ class Scheduler:
         attempted = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
         for recipient in attempted:
             try:
-                route = await self.resolver.resolve(recipient.address)
+                route = await self.resolver.resolve(recipient.address, message.sender)
             except RoutingError as error:
                 immediate.append((recipient, Route("qmgr", ""), outcome.deferred("4.3.0", str(error))))
                 continue

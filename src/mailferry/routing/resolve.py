@@ -5,9 +5,11 @@ The order is Postfix's:
 2. a domain of ours (mydestination): `local_transport`, or `mailbox_transport`
    when local delivery is left to the `local` service;
 3. a domain in `relay_domains`: `relay_transport`;
-4. anything else: `default_transport`.
-For 3 and 4 the next hop is the transport's own (`smtp:[host]`), else
-`relayhost`, else the recipient domain (then looked up in DNS for MX).
+4. anything else: `default_transport`, or the sender's entry in
+   `sender_dependent_default_transport_maps`.
+For 3 and 4 the next hop is the transport's own (`smtp:[host]`), else the
+sender's entry in `sender_dependent_relayhost_maps`, else `relayhost`, else
+the recipient domain (then looked up in DNS for MX).
 
 transport(5) values are `transport:nexthop`; an empty transport keeps the
 one the address class would use, an empty next hop means the recipient
@@ -61,41 +63,59 @@ class RoutingSettings:
 
 class Resolver:
     def __init__(self, settings: RoutingSettings, is_local_domain: Callable[[str], bool],
-                 transport_maps=None):
-        """`transport_maps`: a tables.Maps, or None when the parameter is empty."""
+                 transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None):
+        """The maps are tables.Maps, or None when their parameter is empty:
+        transport_maps, sender_dependent_relayhost_maps and
+        sender_dependent_default_transport_maps."""
         self._is_local = is_local_domain
         self._maps = transport_maps
+        self._sender_relayhosts = sender_relayhost_maps
+        self._sender_transports = sender_transport_maps
         self._delimiters = settings.recipient_delimiter
         self._relay_domains = DomainList(settings.relay_domains)
         self._local = _local_route(settings)
-        self._relay = _remote_route(settings.relay_transport, settings.relayhost)
-        self._default = _remote_route(settings.default_transport, settings.relayhost)
+        self._relay = parse_transport(settings.relay_transport)
+        self._default = parse_transport(settings.default_transport)
+        self._relayhost = settings.relayhost.strip()
 
     @classmethod
     def from_config(cls, config) -> Resolver:
         from mailferry.config.localdomains import local_domain_matcher
-        maps = None
-        if config.get("transport_maps").strip():
-            from mailferry.tables import open_maps
-            maps = open_maps(config.get("transport_maps"))
-        return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps)
+        maps = {name: _maps_of(config, name) for name in (
+            "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps")}
+        return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps["transport_maps"],
+                   maps["sender_dependent_relayhost_maps"], maps["sender_dependent_default_transport_maps"])
 
-    async def resolve(self, address: str) -> Route:
+    async def resolve(self, address: str, sender: str = "") -> Route:
         domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
-        route = self._class_route(domain)
+        if not domain or self._is_local(domain):
+            route = self._local_class(domain)
+        else:
+            route = await self._remote_class(domain, sender)
         if self._maps is None:
             return route
         found = await self._transport_entry(address, domain)
         return route if found is None else _apply_entry(found, route, domain)
 
-    def _class_route(self, domain: str) -> Route:
-        if not domain or self._is_local(domain):
-            if self._local.nexthop or not domain or self._local.transport in ("error", "discard", "retry"):
-                return self._local
-            return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
+    def _local_class(self, domain: str) -> Route:
+        if self._local.nexthop or not domain or self._local.transport in ("error", "discard", "retry"):
+            return self._local
+        return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
+
+    async def _remote_class(self, domain: str, sender: str) -> Route:
+        """relay_transport or default_transport (or the sender's), and the next hop in
+        Postfix's precedence: the transport's own, the sender's relayhost, relayhost, the domain."""
         relay = self._relay_domains.matches(domain)
-        nexthop_route = self._relay if relay else self._default
-        return nexthop_route if nexthop_route.nexthop else Route(nexthop_route.transport, domain)
+        transport = self._relay if relay else self._default
+        if not relay and self._sender_transports is not None:
+            found = await _sender_entry(self._sender_transports, sender, "sender_dependent_default_transport_maps")
+            if found:
+                transport = parse_transport(found)
+        nexthop = transport.nexthop
+        if not nexthop and self._sender_relayhosts is not None:
+            found = await _sender_entry(self._sender_relayhosts, sender, "sender_dependent_relayhost_maps")
+            nexthop = found or ""
+        return Route(transport.transport, nexthop or self._relayhost or domain)
 
     async def _transport_entry(self, address: str, domain: str) -> str | None:
         """transport(5)'s search: user+ext@domain, user@domain, domain, .parent
@@ -124,19 +144,38 @@ class Resolver:
         return keys
 
 
+def _maps_of(config, name: str):
+    if not config.get(name).strip():
+        return None
+    from mailferry.tables import open_maps
+    return open_maps(config.get(name))
+
+
+async def _sender_entry(maps, sender: str, parameter: str) -> str | None:
+    """The sender's entry: its address, then @domain; `<>` for the null sender
+    (empty_address_*_lookup_key). DUNNO ends the search with no answer."""
+    if sender:
+        keys = [sender.lower()]
+        if "@" in sender:
+            keys.append("@" + sender.rpartition("@")[2].lower())
+    else:
+        keys = ["<>"]
+    for key in keys:
+        result = await maps.lookup(key, partial=key.startswith("@"))
+        if result.tempfail:
+            raise RoutingError(f"{parameter} lookup of {key} failed: {result.reason}")
+        if result.found:
+            value = result.value.strip()
+            return None if value.upper() == "DUNNO" else value
+    return None
+
+
 def _local_route(settings: RoutingSettings) -> Route:
     route = parse_transport(settings.local_transport)
     # local(8) hands mailboxes to mailbox_transport when it is set (Dovecot LMTP, Cyrus).
     if route.transport == "local" and settings.mailbox_transport.strip():
         return parse_transport(settings.mailbox_transport)
     return route
-
-
-def _remote_route(transport_value: str, relayhost: str) -> Route:
-    route = parse_transport(transport_value)
-    if route.nexthop or not relayhost.strip():
-        return route
-    return Route(route.transport, relayhost.strip())
 
 
 def _apply_entry(value: str, route: Route, domain: str) -> Route:

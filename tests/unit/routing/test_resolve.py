@@ -121,6 +121,50 @@ def test_a_failing_transport_table_defers():
         resolve(resolver, "a@example.org")
 
 
+def resolve_from(resolver: Resolver, address: str, sender: str) -> Route:
+    return asyncio.run(resolver.resolve(address, sender))
+
+
+def test_sender_dependent_relayhost_overrides_relayhost():
+    maps = open_maps("inline:{ alice@example.org=[smtp.alice.example]:587, @example.net=[isp.example], "
+                     "carol@example.net=DUNNO, <>=[bounces.example] }")
+    resolver = Resolver(RoutingSettings(default_transport="smtp", relayhost="[smtp.gmail.com]:587",
+                                        relay_domains="relayed.example"),
+                        lambda domain: False, sender_relayhost_maps=maps)
+    assert resolve_from(resolver, "x@dest.example", "alice@example.org") == Route("smtp", "[smtp.alice.example]:587")
+    assert resolve_from(resolver, "x@dest.example", "Bob@Example.NET") == Route("smtp", "[isp.example]")
+    # DUNNO stops the search: the global relayhost applies, not the @domain entry
+    assert resolve_from(resolver, "x@dest.example", "carol@example.net") == Route("smtp", "[smtp.gmail.com]:587")
+    assert resolve_from(resolver, "x@dest.example", "dave@other.example") == Route("smtp", "[smtp.gmail.com]:587")
+    assert resolve_from(resolver, "x@dest.example", "") == Route("smtp", "[bounces.example]")
+    # relay domains take the sender's relayhost too (relay_transport has no next hop of its own)
+    assert resolve_from(resolver, "x@relayed.example", "alice@example.org") == \
+        Route("relay", "[smtp.alice.example]:587")
+
+
+def test_a_transports_own_next_hop_wins_over_the_senders_relayhost():
+    maps = open_maps("inline:{ alice@example.org=[smtp.alice.example]:587 }")
+    resolver = Resolver(RoutingSettings(default_transport="smtp:[fixed.example]"), lambda domain: False,
+                        sender_relayhost_maps=maps)
+    assert resolve_from(resolver, "x@dest.example", "alice@example.org") == Route("smtp", "[fixed.example]")
+
+
+def test_sender_dependent_default_transport():
+    transports = open_maps("inline:{ @lists.example=bulk:, vip@example.org=smtp:[priority.example] }")
+    resolver = Resolver(RoutingSettings(default_transport="smtp", relayhost="[smtp.gmail.com]:587"),
+                        lambda domain: False, sender_transport_maps=transports)
+    assert resolve_from(resolver, "x@dest.example", "news@lists.example") == Route("bulk", "[smtp.gmail.com]:587")
+    assert resolve_from(resolver, "x@dest.example", "vip@example.org") == Route("smtp", "[priority.example]")
+    assert resolve_from(resolver, "x@dest.example", "joe@example.org") == Route("smtp", "[smtp.gmail.com]:587")
+
+
+def test_a_failing_sender_table_defers():
+    resolver = Resolver(RoutingSettings(), lambda domain: False,
+                        sender_relayhost_maps=open_maps("ldap:/nonexistent/ldap.cf"))
+    with pytest.raises(RoutingError, match="sender_dependent_relayhost_maps lookup of a@b.example failed"):
+        resolve_from(resolver, "x@dest.example", "a@b.example")
+
+
 def test_the_domain_is_what_follows_the_last_at_sign():
     asked = []
 
