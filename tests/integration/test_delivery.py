@@ -132,6 +132,38 @@ def test_mailferry_sendmail_relays_through_the_smarthost(relay_daemon, submissio
     daemon.wait_for_log(": removed")
 
 
+def test_each_sender_relays_through_their_own_account(daemon_factory, gmail_dns, submission_relay_factory,
+                                                      peer_ca):
+    alice_relay = submission_relay_factory(users={"alice@gmail.com": "alice secret"})
+    bob_relay = submission_relay_factory(users={"bob@gmail.com": "bob secret"})
+    directory = world_readable_tempdir("mailferry-sender-relay-")
+    try:
+        relays = directory / "sender_relay"
+        relays.write_text(f"alice@example.test [{SUBMISSION_HOSTNAME}]:{alice_relay.port}\n"
+                          f"@example.org [{SUBMISSION_HOSTNAME}]:{bob_relay.port}\n")
+        passwords = directory / "sasl_passwd"
+        passwords.write_text("alice@example.test alice@gmail.com:alice secret\n"
+                             "@example.org bob@gmail.com:bob secret\n")
+        passwords.chmod(0o600)
+        for table in (relays, passwords):
+            subprocess.run([require_tool_mailferry(), "postmap", f"hash:{table}"], check=True)
+        daemon = daemon_factory(
+            nameservers=gmail_dns.nameserver, default_transport="smtp", relayhost="[127.0.0.1]:9",
+            sender_dependent_relayhost_maps=f"hash:{relays}", smtp_sender_dependent_authentication="yes",
+            smtp_sasl_auth_enable="yes", smtp_sasl_password_maps=f"hash:{passwords}",
+            smtp_sasl_security_options="noanonymous", smtp_tls_security_level="verify",
+            smtp_tls_CAfile=str(peer_ca.cert_path)).start()
+        send(daemon, "alice@example.test", ["one@elsewhere.example"], subject="from alice")
+        send(daemon, "bob@example.org", ["two@elsewhere.example"], subject="from bob")
+        [from_alice] = alice_relay.sink.wait_for_messages(1, timeout=20)
+        [from_bob] = bob_relay.sink.wait_for_messages(1, timeout=20)
+        assert (from_alice.sender, from_alice.email["Subject"]) == ("alice@example.test", "from alice")
+        assert (from_bob.sender, from_bob.email["Subject"]) == ("bob@example.org", "from bob")
+        daemon.wait_for_log("status=sent", count=2)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_verify_level_with_the_right_ca_is_verified(relay_daemon, submission_relay, peer_ca):
     daemon = relay_daemon(submission_relay, peer_ca.cert_path, level="verify")
     send(daemon, "alice@example.test", ["friend@elsewhere.example"])
