@@ -231,6 +231,24 @@ def test_an_untrusted_issuer_at_verify_defers(relay_daemon, submission_relay, un
     assert submission_relay.sink.messages() == []
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_tls_policy_table_makes_the_smarthost_secure(relay_daemon, submission_relay, peer_ca, untrusted_ca,
+                                                       trusted):
+    """The seed's `may`, with smtp_tls_policy_maps demanding `secure` for the smarthost."""
+    policies = f"inline:{{ [{SUBMISSION_HOSTNAME}]:{submission_relay.port}=secure }}"
+    ca = peer_ca if trusted else untrusted_ca
+    daemon = relay_daemon(submission_relay, ca.cert_path, level="may", smtp_tls_policy_maps=policies)
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    if trusted:
+        log = daemon.wait_for_log("status=sent")
+        submission_relay.sink.wait_for_messages(1, timeout=20)
+        assert f"Verified TLS connection established to {SUBMISSION_HOSTNAME}[{SUBMISSION_HOST}]" in log
+    else:
+        wait_for_line(daemon, r"certificate verification failed for .*: untrusted issuer")
+        wait_for_line(daemon, r"dsn=4\.7\.5, status=deferred \(Server certificate not verified\)")
+        assert submission_relay.sink.messages() == []
+
+
 def test_an_untrusted_issuer_at_may_is_delivered_as_untrusted(relay_daemon, submission_relay, untrusted_ca):
     daemon = relay_daemon(submission_relay, untrusted_ca.cert_path, level="may")
     send(daemon, "alice@example.test", ["friend@elsewhere.example"])

@@ -133,6 +133,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_tls_enforce_peername",
     "sender_dependent_relayhost_maps",
     "sender_dependent_default_transport_maps",
+    "smtp_tls_policy_maps",
+    "lmtp_tls_policy_maps",
     "append_at_myorigin",
     "config_directory",
     "default_database_type",

@@ -82,9 +82,21 @@ class Transports:
             client_context(settings.tls)      # a bad CAfile is reported now, once, not per message
             if settings.tls.verifies:
                 self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
-        client = SmtpClient(settings, self.dns, self.log, maps)
+        client = SmtpClient(settings, self.dns, self.log, maps, self._tls_policy_table(transport, settings))
         self._clients[transport] = client
         return client
+
+    def _tls_policy_table(self, transport: str, settings):
+        if not settings.tls_policy_maps.strip():
+            return None
+        from mailferry.delivery.tls_policies import TlsPolicyTable
+        from mailferry.tables import TableError, open_maps
+        try:
+            maps = open_maps(settings.tls_policy_maps)
+        except TableError as problem:
+            raise ValueError(f"{settings.prefix}_tls_policy_maps: {problem}") from None
+        config = _service_config(self.config, self.master, self._service(transport))
+        return TlsPolicyTable(maps, config, settings.prefix, self.log, transport)
 
     def _why_unavailable(self, transport: str, command: str | None) -> str:
         if command is None:
@@ -101,11 +113,17 @@ class Transports:
         self._clients.clear()
 
 
+def _service_config(config, master, service):
+    """main.cf as one master.cf service sees it: with its `-o name=value` options."""
+    if not service.overrides:
+        return config
+    return config.with_overrides(service.overrides, f"{master.path}, line {service.line}")
+
+
 def _client_settings(config, master, service):
     from mailferry.delivery.settings import ClientSettings
-    if service.overrides:
-        config = config.with_overrides(service.overrides, f"{master.path}, line {service.line}")
-    return ClientSettings.from_config(config, service.name, lmtp=service.command == "lmtp")
+    return ClientSettings.from_config(_service_config(config, master, service), service.name,
+                                      lmtp=service.command == "lmtp")
 
 
 def _open_password_maps(settings):
@@ -160,8 +178,9 @@ def open_client_tables(config, master, log) -> dict:
             continue
         try:
             settings = _client_settings(config, master, service)
+            from mailferry.delivery.tls import client_context, preload_trust
+            preload_trust(settings.tls)       # a policy table may ask for verification later
             if settings.tls.offers_tls:
-                from mailferry.delivery.tls import client_context
                 client_context(settings.tls)
             if settings.sasl_enable and settings.sasl_password_maps.strip() \
                     and settings.sasl_password_maps not in tables:

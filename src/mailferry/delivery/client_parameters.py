@@ -30,6 +30,7 @@ LMTP_TWINS = {
     "smtp_mx_address_limit": "lmtp_mx_address_limit",
     "smtp_skip_5xx_greeting": "lmtp_skip_5xx_greeting",
     "smtp_tls_security_level": "lmtp_tls_security_level",
+    "smtp_tls_policy_maps": "lmtp_tls_policy_maps",
     "smtp_tls_CAfile": "lmtp_tls_CAfile",
     "smtp_tls_CApath": "lmtp_tls_CApath",
     "smtp_tls_servername": "lmtp_tls_servername",

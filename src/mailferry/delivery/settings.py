@@ -43,6 +43,7 @@ class ClientSettings:
     reuse_count_limit: int
     mx_address_limit: int
     skip_5xx_greeting: bool
+    tls_policy_maps: str = ""
 
     @property
     def prefix(self) -> str:
@@ -79,6 +80,7 @@ class ClientSettings:
             reuse_count_limit=value("smtp_connection_reuse_count_limit", "integer"),
             mx_address_limit=value("smtp_mx_address_limit", "integer"),
             skip_5xx_greeting=value("smtp_skip_5xx_greeting", "boolean"),
+            tls_policy_maps=value("smtp_tls_policy_maps"),
         )
 
 

@@ -95,8 +95,10 @@ def _port(text: str, default: int, written: str) -> int:
 
 
 class SmtpClient:
-    def __init__(self, settings: ClientSettings, dns, log, password_maps=None):
+    def __init__(self, settings: ClientSettings, dns, log, password_maps=None, tls_policies=None):
+        """`tls_policies`: a delivery.tls_policies.TlsPolicyTable (smtp_tls_policy_maps), or None."""
         self.settings = settings
+        self.tls_policies = tls_policies
         self.dns = dns
         self.log = log
         self.password_maps = password_maps
@@ -183,10 +185,11 @@ class SmtpClient:
             hop = parse_hop(job.nexthop, self.settings.lmtp)
         except ValueError as error:
             raise _SetupFailed(outcome.deferred("4.3.5", str(error))) from None
+        policy = await self._tls_policy(hop)
         last: _SetupFailed | None = None
         for host, address, port in await self._targets(hop):
             try:
-                return await self._open(hop, host, address, port, job)
+                return await self._open(hop, host, address, port, job, policy)
             except _SetupFailed as failure:
                 last = failure
         assert last is not None
@@ -207,14 +210,26 @@ class SmtpClient:
             raise _SetupFailed(outcome.deferred("4.4.3", f"Host or domain name not found: {hop.host}"))
         return [(target.hostname, target.address, target.port) for target in targets]
 
+    async def _tls_policy(self, hop: Hop):
+        """smtp_tls_security_level, unless smtp_tls_policy_maps has an entry for this next hop."""
+        if self.tls_policies is None or hop.unix:
+            return self.settings.tls
+        from mailferry.delivery.tls_policies import TlsPolicyError
+        try:
+            policy = await self.tls_policies.policy_for(hop.written, hop.domain,
+                                                        hop.written.lstrip().startswith(("[", "inet:[")))
+        except TlsPolicyError as problem:
+            raise _SetupFailed(outcome.deferred("4.7.5", f"TLS policy lookup problem: {problem}")) from None
+        return policy or self.settings.tls
+
     async def _open(self, hop: Hop, host: str, address: str, port: int | None,
-                    job: DeliveryJob) -> Connection:
+                    job: DeliveryJob, policy) -> Connection:
         connection = await self._connect(host, address, port)
         try:
             await self._greet(connection)
             await self._hello(connection)
-            if self.settings.tls.offers_tls and not hop.unix:
-                await self._start_tls(connection, hop)
+            if policy.offers_tls and not hop.unix:
+                await self._start_tls(connection, hop, policy)
             if self.settings.sasl_enable:
                 await self._authenticate(connection, hop, job)
         except ConnectionLost as lost:
@@ -275,9 +290,8 @@ class SmtpClient:
             f"host {connection.peer} refused to talk to me: {reply} (in reply to {verb} command)",
             connection.relay))
 
-    async def _start_tls(self, connection: Connection, hop: Hop) -> None:
+    async def _start_tls(self, connection: Connection, hop: Hop, policy) -> None:
         from mailferry.delivery import tls
-        policy = self.settings.tls
         if not connection.extensions.starttls:
             if policy.requires_tls:
                 raise _SetupFailed(outcome.deferred(

@@ -235,9 +235,8 @@ def _load_trust(context: ssl.SSLContext, policy: TlsPolicy) -> None:
         context.set_default_verify_paths()
         return
     if policy.ca_file:
-        _readable(policy.parameter("CAfile"), policy.ca_file)
         try:
-            context.load_verify_locations(cafile=policy.ca_file)
+            context.load_verify_locations(cadata=ca_file_text(policy.parameter("CAfile"), policy.ca_file))
         except ssl.SSLError as exc:
             raise ValueError(f"{policy.parameter('CAfile')} = {policy.ca_file}: "
                              f"no usable PEM certificate in it ({exc.reason or exc})") from None
@@ -245,6 +244,24 @@ def _load_trust(context: ssl.SSLContext, policy: TlsPolicy) -> None:
         if not os.path.isdir(policy.ca_path):
             raise ValueError(f"{policy.parameter('CApath')} = {policy.ca_path}: not a directory")
         context.load_verify_locations(capath=policy.ca_path)
+
+
+@functools.lru_cache(maxsize=None)
+def ca_file_text(parameter: str, path: str) -> str:
+    """The CA file's PEM text, read once. The daemon reads it at start, while still
+    root, so that a policy chosen later (smtp_tls_policy_maps) finds it too."""
+    _readable(parameter, path)
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"{parameter} = {path}: cannot read: {exc.strerror}") from None
+
+
+def preload_trust(policy: TlsPolicy) -> None:
+    """Read the policy's CA file now (see ca_file_text), whatever its level."""
+    if policy.ca_file:
+        ca_file_text(policy.parameter("CAfile"), policy.ca_file)
 
 
 def _set_versions(context: ssl.SSLContext, policy: TlsPolicy) -> None:
