@@ -349,6 +349,22 @@ def test_a_session_lost_midway_defers_only_the_recipients_it_carried(daemon_fact
     assert "status=bounced" not in daemon.log()
 
 
+def test_sessions_are_reused_and_kept_within_the_destination_limit(daemon_factory, smtp_sink_factory):
+    sink = smtp_sink_factory(extra_args=("-c",))
+    daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp",
+                            smtp_destination_concurrency_limit="2").start()
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        for number in range(30):
+            client.sendmail("alice@example.test", [f"friend{number}@elsewhere.example"],
+                            f"Subject: burst {number}\r\n\r\nx\r\n")
+    sink.wait_for_messages(30, timeout=30)
+    daemon.wait_for_log("status=sent", count=30)
+    counters = sink.counters()
+    assert counters["mesg"] == 30
+    # at most 2 sessions at a time, each carrying many messages (smtp_connection_cache_on_demand)
+    assert 1 <= counters["sess"] <= 10, counters
+
+
 def test_mail_from_the_null_sender_is_never_bounced(daemon_factory, smtp_sink_factory):
     sink = smtp_sink_factory(hard_reject=("RCPT",))
     daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp").start()

@@ -200,6 +200,15 @@ class SmtpSink:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def counters(self) -> dict[str, int]:
+        """smtp-sink's own counters (start it with extra_args=("-c",)): sessions begun
+        (sess), QUITs (quit) and messages (mesg), from the last line it printed."""
+        import re
+        found = re.findall(r"sess=(\d+) quit=(\d+) mesg=(\d+)", self.log_path.read_text(errors="replace"))
+        if not found:
+            return {"sess": 0, "quit": 0, "mesg": 0}
+        return dict(zip(("sess", "quit", "mesg"), map(int, found[-1])))
+
     def paths(self) -> list[Path]:
         if not self.dump_directory.exists():
             return []
