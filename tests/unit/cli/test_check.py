@@ -54,6 +54,19 @@ def test_seed_relay_config_with_comments_removed_passes(tmp_path, mailferry, mak
     assert_golden(normalise(result.err, tmp_path), "relay-fixed-check.golden")
 
 
+def test_the_smarthost_example_checks_clean(tmp_path, mailferry):
+    """examples/smarthost, with its table moved into the test directory, has nothing to report."""
+    source = ROOT / "examples" / "smarthost"
+    (tmp_path / "master.cf").write_text((source / "master.cf").read_text())
+    (tmp_path / "main.cf").write_text((source / "main.cf").read_text().replace(
+        "/etc/mailferry/sasl_passwd", str(tmp_path / "sasl_passwd")))
+    write(tmp_path / "sasl_passwd", "[smtp.gmail.com]:587 user.name@gmail.com:app-password\n", 0o600)
+    assert mailferry("postmap", f"hash:{tmp_path}/sasl_passwd").code == 0
+    result = mailferry("check", config_dir=tmp_path)
+    assert result.code == 0, result.err
+    assert result.err.endswith(": 0 error(s), 0 warning(s)\n"), result.err
+
+
 def test_world_readable_sasl_passwd_names_the_chmod(tmp_path, mailferry, make_ca):
     directory = relocated_seed(tmp_path, make_ca)
     os.chmod(directory / "sasl_passwd", 0o644)
