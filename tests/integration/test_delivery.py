@@ -87,6 +87,13 @@ def relay_daemon(daemon_factory, gmail_dns):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def relay_one_message(daemon, relay) -> str:
+    """Send one message and wait until the smarthost's sink has it; return the daemon's log."""
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    relay.sink.wait_for_messages(1, timeout=20)
+    return daemon.wait_for_log("status=sent")
+
+
 def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
     deadline = time.monotonic() + timeout
     compiled = re.compile(pattern, re.MULTILINE)
@@ -165,10 +172,7 @@ def test_each_sender_relays_through_their_own_account(daemon_factory, gmail_dns,
 
 
 def test_verify_level_with_the_right_ca_is_verified(relay_daemon, submission_relay, peer_ca):
-    daemon = relay_daemon(submission_relay, peer_ca.cert_path, level="verify")
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    submission_relay.sink.wait_for_messages(1, timeout=20)
-    log = daemon.wait_for_log("status=sent")
+    log = relay_one_message(relay_daemon(submission_relay, peer_ca.cert_path, level="verify"), submission_relay)
     assert f"Verified TLS connection established to {SUBMISSION_HOSTNAME}[{SUBMISSION_HOST}]" in log
 
 
@@ -250,10 +254,7 @@ def test_a_tls_policy_table_makes_the_smarthost_secure(relay_daemon, submission_
 
 
 def test_an_untrusted_issuer_at_may_is_delivered_as_untrusted(relay_daemon, submission_relay, untrusted_ca):
-    daemon = relay_daemon(submission_relay, untrusted_ca.cert_path, level="may")
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    submission_relay.sink.wait_for_messages(1, timeout=20)
-    log = daemon.wait_for_log("status=sent")
+    log = relay_one_message(relay_daemon(submission_relay, untrusted_ca.cert_path, level="may"), submission_relay)
     assert f"Untrusted TLS connection established to {SUBMISSION_HOSTNAME}" in log
 
 
