@@ -56,6 +56,7 @@ class Hop:
     port: int | None
     use_mx: bool
     unix: bool = False
+    bracketed: bool = False   # `[host]`: used as written (no MX, no parent-domain policy lookups)
 
     @property
     def domain(self) -> str:
@@ -75,7 +76,7 @@ def parse_hop(written: str, lmtp: bool) -> Hop:
         port = rest[1:] if rest.startswith(":") else ""
         if host.lower().startswith("ipv6:"):
             host = host[5:]
-        return Hop(written, host, _port(port, default_port, written), False)
+        return Hop(written, host, _port(port, default_port, written), False, bracketed=True)
     host, colon, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
     if not colon:
         host = text
@@ -216,8 +217,7 @@ class SmtpClient:
             return self.settings.tls
         from mailferry.delivery.tls_policies import TlsPolicyError
         try:
-            policy = await self.tls_policies.policy_for(hop.written, hop.domain,
-                                                        hop.written.lstrip().startswith(("[", "inet:[")))
+            policy = await self.tls_policies.policy_for(hop.written, hop.domain, hop.bracketed)
         except TlsPolicyError as problem:
             raise _SetupFailed(outcome.deferred("4.7.5", f"TLS policy lookup problem: {problem}")) from None
         return policy or self.settings.tls

@@ -97,6 +97,9 @@ class Scheduler:
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task] = {}
         self._in_flight_bytes = 0
+        # Due mail was left for lack of room (active_limit, IN_FLIGHT_BYTES): the next
+        # finished message makes room, and wakes the loop.
+        self._starved = False
 
     # --- the loop
 
@@ -143,8 +146,9 @@ class Scheduler:
         room = self.settings.active_limit - len(self._in_flight)
         byte_room = IN_FLIGHT_BYTES - self._in_flight_bytes
         if room <= 0 or byte_room <= 0:
+            self._starved = True
             return 0
-        messages, contents = await asyncio.to_thread(
+        messages, contents, self._starved = await asyncio.to_thread(
             self._load_due, time.time(), min(room, SCAN_BATCH), tuple(self._in_flight), byte_room)
         for message in messages:
             content = contents.get(message.queue_id)
@@ -162,10 +166,11 @@ class Scheduler:
         taken, total = [], 0
         for message in messages:
             if taken and total + message.size > byte_room:
-                break     # the rest waits for the next scan; one message always goes
+                break     # the rest waits for room; one message always goes
             taken.append(message)
             total += message.size
-        return taken, (self.store.contents([m.queue_id for m in taken]) if taken else {})
+        contents = self.store.contents([m.queue_id for m in taken]) if taken else {}
+        return taken, contents, len(taken) < len(messages)
 
     def _done(self, queue_id: str, size: int) -> None:
         self._in_flight_bytes -= size
@@ -173,7 +178,8 @@ class Scheduler:
         if task is not None and not task.cancelled() and task.exception() is not None:
             self.log.warning("qmgr", f"{queue_id}: delivery failed unexpectedly: {task.exception()!r}; "
                                      "the message stays queued")
-        if len(self._in_flight) == self.settings.active_limit - 1:
+        if self._starved:
+            self._starved = False
             self.wake()
 
     # --- one message

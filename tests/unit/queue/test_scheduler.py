@@ -584,6 +584,32 @@ def test_a_message_in_flight_is_not_taken_again():
     assert h.log.texts().count(f"{queue_id}: removed") == 1
 
 
+def test_mail_left_for_lack_of_room_goes_as_soon_as_room_is_made(monkeypatch):
+    """Content in flight is capped (IN_FLIGHT_BYTES): the second message waits for the
+    first to finish, and is taken then, not at the next queue_run_delay."""
+    from mailferry.queue import scheduler as scheduler_module
+    gate = asyncio.Event()
+    agent = ScriptedAgent(gate=gate)
+    h = Harness(routing=SCRIPTED, agents={"relay": agent})
+    first, second = h.queue(message("a@one.example"), message("b@two.example"))
+    monkeypatch.setattr(scheduler_module, "IN_FLIGHT_BYTES", 1)
+
+    async def scenario(h):
+        loop = asyncio.create_task(h.scheduler.run(idle_seconds=3600))
+        await asyncio.wait_for(agent.entered.wait(), 2)
+        assert [job[0] for job in agent.jobs] == ["one.example"]   # one message at a time
+        gate.set()
+        for _ in range(200):
+            if h.store.get(second) is None:
+                break
+            await asyncio.sleep(0.01)
+        h.scheduler.stop()
+        await loop
+    h.run(scenario)
+    assert [job[0] for job in agent.jobs] == ["one.example", "two.example"]
+    assert h.store.get(first) is None and h.store.get(second) is None
+
+
 def test_flush_makes_the_clients_forget_dead_destinations():
     agent = ScriptedAgent()
     h = Harness(routing=SCRIPTED, agents={"relay": agent})
