@@ -822,6 +822,8 @@ class MailferryInstance:
                  main: dict[str, str] | None = None, name: str = "mailferry",
                  mail_owner: str = "nobody", nameservers: str = "none"):
         for server in nameservers.replace(",", " ").split():
+            if server.lower() == "none":      # DNS turned off
+                continue
             check_loopback(server.strip("[").split("]")[0].rsplit(":", 1)[0])
         self.binary = binary
         self.dir = Path(root) / name
