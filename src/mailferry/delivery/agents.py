@@ -27,9 +27,9 @@ class Transports:
         self._unavailable: dict[str, str] = {}
 
     def command_of(self, transport: str) -> str | None:
-        if transport in ("discard", "error", "retry") and self._service(transport) is None:
-            return transport     # qmgr's own fallbacks: Postfix needs no master.cf line for them either
         service = self._service(transport)
+        if service is None and transport in ("discard", "error", "retry"):
+            return transport     # qmgr's own fallbacks: Postfix needs no master.cf line for them either
         return service.command if service is not None else None
 
     def _service(self, transport: str):
@@ -40,12 +40,10 @@ class Transports:
         command = self.command_of(transport)
         if command == "discard":
             return outcome.sent("2.0.0", nexthop or "discarded")
-        if command == "error" and transport == "retry":
-            return outcome.retry_transport(nexthop)   # error(8) run as `retry` defers, as in Postfix
-        if command == "error":
-            return outcome.error_transport(nexthop)
-        if command == "retry":
-            return outcome.retry_transport(nexthop)
+        if command in ("error", "retry"):
+            # error(8) run as `retry` (the stock master.cf line) defers, as in Postfix
+            retry = transport == "retry" or command == "retry"
+            return (outcome.retry_transport if retry else outcome.error_transport)(nexthop)
         if command in CLIENT_COMMANDS:
             return self._client_problem(transport)
         return outcome.deferred("4.3.0", f"mail transport unavailable: {self._why_unavailable(transport, command)}")
@@ -69,7 +67,6 @@ class Transports:
         return None
 
     def _make_client(self, transport: str):
-        from mailferry.delivery.settings import ClientSettings
         from mailferry.delivery.smtp import SmtpClient
         settings = _client_settings(self.config, self.master, self._service(transport))
         maps = None
