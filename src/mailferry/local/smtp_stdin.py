@@ -13,7 +13,9 @@ import os
 import time
 from collections.abc import Callable
 
+from mailferry import refusals
 from mailferry.local.maildrop import MaildropEnvelope, write_maildrop
+from mailferry.protocol import replies
 from mailferry.protocol import smtp_server as smtp
 
 
@@ -50,14 +52,14 @@ def converse(read: Callable[[], bytes], write: Callable[[bytes], None], hostname
             try:
                 path = write_maildrop(queue_directory, envelope, _lf_lines(event.content))
             except OSError as exc:
-                conn.reject(451, "4.3.0", f"Error: cannot write the message: {exc.strerror}")
+                conn.refuse(refusals.maildrop_write_error(exc).reply)
                 continue
             conn.accept_message(os.path.basename(path))
             dropped += 1
         elif isinstance(event, smtp.StartTLSRequested):
-            conn.reject(454, "4.7.0", "TLS not available on standard input")
+            conn.refuse(refusals.TLS_UNAVAILABLE_ON_STDIN.reply)
         elif isinstance(event, (smtp.AuthRequested, smtp.AuthResponse)):
-            conn.reject(503, "5.5.1", "Error: authentication not enabled")
+            conn.refuse(replies.AUTH_NOT_ENABLED)
 
 
 def _lf_lines(content: bytes) -> bytes:

@@ -513,16 +513,19 @@ class ServerConnection:
 
     def reject(self, code: int, enhanced: str, text: str) -> None:
         """Say no to the pending event. 421 also ends the session."""
-        if not 400 <= code <= 599:
-            raise ValueError(f"a rejection needs a 4xx or 5xx code, not {code}")
+        self.refuse(Reply(code, enhanced, text))
+
+    def refuse(self, reply: Reply) -> None:
+        """reject() with a ready Reply (as mailferry.refusals makes them)."""
+        if not 400 <= reply.code <= 599:
+            raise ValueError(f"a rejection needs a 4xx or 5xx code, not {reply.code}")
         event = self._take_pending()
-        reply = Reply(code, enhanced, text)
         if isinstance(event, MessageReceived):
             self._message_answered(reply)
             return
         if isinstance(event, (AuthRequested, AuthResponse)):
             self._mode = _COMMAND
-        self._write(reply, close=code == 421)
+        self._write(reply, close=reply.code == 421)
 
     def auth_challenge(self, challenge: str) -> None:
         """Continue a SASL exchange: send "334 challenge" (base64, "" for

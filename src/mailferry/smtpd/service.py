@@ -22,10 +22,12 @@ import socket
 import time
 from functools import lru_cache
 
+from mailferry import refusals
 from mailferry.config.config import Config
 from mailferry.message import ClientInfo, NewMessage, Recipient
+from mailferry.protocol import replies
 from mailferry.protocol import smtp_server as smtp
-from mailferry.queue.store import QueueError, QueueFull
+from mailferry.queue.store import QueueError
 from mailferry.config.networks import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
@@ -48,7 +50,7 @@ class ServiceProfile:
         self.relay = RelayPolicy(config.get("smtpd_relay_restrictions"),
                                  config.get("smtpd_recipient_restrictions"),
                                  local_domain_matcher(config), config.get("relay_domains"),
-                                 config.integer("relay_domains_reject_code"))
+                                 refusals.RestrictionCodes.from_config(config))
         self.hostname = config.get("myhostname")
 
 
@@ -204,7 +206,7 @@ class Session(asyncio.Protocol):
         elif isinstance(event, smtp.StartTLSRequested):
             self._start_tls()
         elif isinstance(event, (smtp.AuthRequested, smtp.AuthResponse)):
-            conn.reject(503, "5.5.1", "Error: authentication not enabled")
+            conn.refuse(replies.AUTH_NOT_ENABLED)
         elif isinstance(event, smtp.ProtocolViolation):
             detail = f": {event.detail}" if event.detail else ""
             self.log.line("smtpd", f"{event.reason} after {event.after} from {self.client}{detail}")
@@ -216,7 +218,7 @@ class Session(asyncio.Protocol):
 
     def _mail_from(self, event: smtp.MailFrom) -> None:
         if self.profile.tls_level == "encrypt" and not self.conn.tls_active:
-            self.conn.reject(530, "5.7.0", "Must issue a STARTTLS command first")
+            self.conn.refuse(refusals.STARTTLS_REQUIRED.reply)
             return
         self.mail = event
         self.recipients = []
@@ -226,12 +228,12 @@ class Session(asyncio.Protocol):
     def _rcpt_to(self, event: smtp.RcptTo) -> None:
         address = event.path.address
         facts = ClientFacts(self.address, self.in_mynetworks)
-        rejection = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
-        if rejection is not None:
-            self._log_reject(event, rejection.code, rejection.enhanced, rejection.text)
-            if rejection.log_reason.startswith("unknown"):
-                self.log.warning("smtpd", rejection.log_reason)
-            self.conn.reject(rejection.code, rejection.enhanced, rejection.text)
+        refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
+        if refusal is not None:
+            self._log_reject(event, refusal.reply)
+            if refusal.warning:
+                self.log.warning("smtpd", refusal.warning)
+            self.conn.refuse(refusal.reply)
             return
         if not self.queue_id:
             # Postfix opens the queue file at the first accepted recipient (smtpd_delay_open_until_valid_rcpt).
@@ -240,10 +242,10 @@ class Session(asyncio.Protocol):
         self.recipients.append(Recipient(address, orcpt=event.params.orcpt, notify=event.params.notify))
         self.conn.accept()
 
-    def _log_reject(self, event: smtp.RcptTo, code: int, enhanced: str, text: str) -> None:
+    def _log_reject(self, event: smtp.RcptTo, reply: replies.Reply) -> None:
         sender = self.mail.path.address if self.mail else ""
         self.log.line("smtpd", (
-            f"NOQUEUE: reject: RCPT from {self.client}: {code} {enhanced} {text}; "
+            f"NOQUEUE: reject: RCPT from {self.client}: {reply}; "
             f"from=<{sender}> to=<{event.path.address}> proto={'ESMTP' if self.conn.esmtp else 'SMTP'} "
             f"helo=<{self.conn.helo_name or ''}>"))
 
@@ -258,12 +260,10 @@ class Session(asyncio.Protocol):
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         try:
             await self.service.cleanup.enqueue(message, queue_id)
-        except QueueFull:
-            self.log.warning("cleanup", f"{queue_id}: queue is full: mail refused with 452 4.3.1")
-            self.conn.reject(452, "4.3.1", "Insufficient system storage")
         except QueueError as problem:
-            self.log.warning("cleanup", f"{queue_id}: queue file write error: {problem}")
-            self.conn.reject(451, "4.3.0", "Error: queue file write error")
+            refusal = refusals.queue_failure(problem)
+            self.log.warning("cleanup", f"{queue_id}: {refusal.log_reason}")
+            self.conn.refuse(refusal.reply)
         else:
             self.conn.accept_message(queue_id)
         finally:
@@ -277,7 +277,7 @@ class Session(asyncio.Protocol):
 
     def _start_tls(self) -> None:
         if self.profile.tls_context is None:
-            self.conn.reject(454, "4.7.0", "TLS not available due to local problem")
+            self.conn.refuse(refusals.TLS_UNAVAILABLE.reply)
             return
         self.conn.accept()
         self._send()
