@@ -26,7 +26,8 @@ from mailferry import refusals
 from mailferry.config.config import Config
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
-from mailferry.protocol import smtp_server as smtp
+from mailferry.protocol import server_events as events
+from mailferry.protocol.smtp_server import ServerConnection
 from mailferry.queue.store import QueueError
 from mailferry.config.networks import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
@@ -105,11 +106,11 @@ class Session(asyncio.Protocol):
         self.service = service
         self.profile = profile
         self.log = service.log
-        self.conn = smtp.ServerConnection(profile.settings)
+        self.conn = ServerConnection(profile.settings)
         self.transport: asyncio.Transport | None = None
         self.queue_id = ""
         self.recipients: list[Recipient] = []
-        self.mail: smtp.MailFrom | None = None
+        self.mail: events.MailFrom | None = None
         self.tls_description = ""
         self._busy = False          # a commit or a TLS handshake is under way
         self._stopping = False
@@ -159,9 +160,9 @@ class Session(asyncio.Protocol):
         conn = self.conn
         while not self._busy and not self._closed:
             event = conn.next_event()
-            if event is smtp.NEED_DATA or event is smtp.PAUSED:
+            if event is events.NEED_DATA or event is events.PAUSED:
                 break
-            if event is smtp.CLOSED:
+            if event is events.CLOSED:
                 # The last words (221, or a 421) go out now: a delayed write would die with the connection.
                 self.transport.write(self.conn.data_to_send())
                 self._close()
@@ -194,29 +195,29 @@ class Session(asyncio.Protocol):
 
     def _handle(self, event) -> None:
         conn = self.conn
-        if isinstance(event, smtp.Hello):
+        if isinstance(event, events.Hello):
             conn.accept()
-        elif isinstance(event, smtp.MailFrom):
+        elif isinstance(event, events.MailFrom):
             self._mail_from(event)
-        elif isinstance(event, smtp.RcptTo):
+        elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
-        elif isinstance(event, smtp.MessageReceived):
+        elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
-        elif isinstance(event, smtp.StartTLSRequested):
+        elif isinstance(event, events.StartTLSRequested):
             self._start_tls()
-        elif isinstance(event, (smtp.AuthRequested, smtp.AuthResponse)):
+        elif isinstance(event, (events.AuthRequested, events.AuthResponse)):
             conn.refuse(replies.AUTH_NOT_ENABLED)
-        elif isinstance(event, smtp.ProtocolViolation):
+        elif isinstance(event, events.ProtocolViolation):
             detail = f": {event.detail}" if event.detail else ""
             self.log.line("smtpd", f"{event.reason} after {event.after} from {self.client}{detail}")
-        elif isinstance(event, smtp.ConnectionLost):
+        elif isinstance(event, events.ConnectionLost):
             self.log.line("smtpd", f"lost connection after {event.after} from {self.client}")
             self._closed = True
             self._finish()
             self.transport.close()
 
-    def _mail_from(self, event: smtp.MailFrom) -> None:
+    def _mail_from(self, event: events.MailFrom) -> None:
         if self.profile.tls_level == "encrypt" and not self.conn.tls_active:
             self.conn.refuse(refusals.STARTTLS_REQUIRED.reply)
             return
@@ -225,7 +226,7 @@ class Session(asyncio.Protocol):
         self.queue_id = ""
         self.conn.accept()
 
-    def _rcpt_to(self, event: smtp.RcptTo) -> None:
+    def _rcpt_to(self, event: events.RcptTo) -> None:
         address = event.path.address
         facts = ClientFacts(self.address, self.in_mynetworks)
         refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
@@ -242,14 +243,14 @@ class Session(asyncio.Protocol):
         self.recipients.append(Recipient(address, orcpt=event.params.orcpt, notify=event.params.notify))
         self.conn.accept()
 
-    def _log_reject(self, event: smtp.RcptTo, reply: replies.Reply) -> None:
+    def _log_reject(self, event: events.RcptTo, reply: replies.Reply) -> None:
         sender = self.mail.path.address if self.mail else ""
         self.log.line("smtpd", (
             f"NOQUEUE: reject: RCPT from {self.client}: {reply}; "
             f"from=<{sender}> to=<{event.path.address}> proto={'ESMTP' if self.conn.esmtp else 'SMTP'} "
             f"helo=<{self.conn.helo_name or ''}>"))
 
-    async def _message(self, event: smtp.MessageReceived) -> None:
+    async def _message(self, event: events.MessageReceived) -> None:
         mail = self.mail
         message = NewMessage(
             sender=mail.path.address, recipients=self.recipients, content=event.content,
