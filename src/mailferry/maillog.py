@@ -16,6 +16,15 @@ import os
 import socket
 import sys
 import time
+from typing import Protocol
+
+
+class Log(Protocol):
+    """What a service needs of the log (MailLog, or a test's recorder)."""
+
+    def line(self, program: str, text: str) -> None: ...
+
+    def warning(self, program: str, text: str) -> None: ...
 
 
 class MailLog:

@@ -19,15 +19,22 @@ import asyncio
 import ipaddress
 import os
 import socket
+import ssl
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 from mailferry import refusals
 from mailferry.config.config import Config
+from mailferry.config.localdomains import local_domain_matcher
+from mailferry.config.mastercf import Service
+from mailferry.maillog import Log
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
-from mailferry.protocol.smtp_server import ServerConnection
+from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from mailferry.queue.store import QueueError
 from mailferry.config.networks import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
@@ -37,46 +44,58 @@ from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_lev
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
 
 
+class Cleanup(Protocol):
+    """Where an accepted message goes (cleanup.service.CleanupService): it
+    returns once the message is durably queued, or raises QueueError."""
+
+    async def enqueue(self, message: NewMessage, queue_id: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceProfile:
     """Everything a session needs that comes from configuration: rebuilt on reload."""
 
-    def __init__(self, config: Config, tls_context):
-        from mailferry.config.localdomains import local_domain_matcher
-        self.config = config
-        self.tls_context = tls_context
-        self.tls_level = tls_level(config)
-        self.settings = server_settings(config, starttls=self.tls_context is not None)
-        self.timeout = config.time("smtpd_timeout")
-        self.mynetworks = NetworkList(config.get("mynetworks"))
-        self.relay = RelayPolicy(config.get("smtpd_relay_restrictions"),
-                                 config.get("smtpd_recipient_restrictions"),
-                                 local_domain_matcher(config), config.get("relay_domains"),
-                                 refusals.RestrictionCodes.from_config(config))
-        self.hostname = config.get("myhostname")
+    tls_context: ssl.SSLContext | None
+    tls_level: str
+    settings: ServerSettings
+    timeout: int                    # smtpd_timeout, seconds
+    mynetworks: NetworkList
+    relay: RelayPolicy
+
+    @classmethod
+    def from_config(cls, config: Config, tls_context: ssl.SSLContext | None) -> ServiceProfile:
+        relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
+                            local_domain_matcher(config), config.get("relay_domains"),
+                            refusals.RestrictionCodes.from_config(config))
+        return cls(tls_context=tls_context, tls_level=tls_level(config),
+                   settings=server_settings(config, starttls=tls_context is not None),
+                   timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
+                   relay=relay)
 
 
-def service_view(config: Config, service) -> Config:
+def service_view(config: Config, service: Service) -> Config:
     """main.cf as this master.cf service sees it: with its -o overrides."""
     return config.with_overrides(service.overrides, f"master.cf, line {service.line}")
 
 
 class SmtpdService:
-    def __init__(self, service, config: Config, tls_context, cleanup, log, new_queue_id):
+    def __init__(self, service: Service, config: Config, tls_context: ssl.SSLContext | None,
+                 cleanup: Cleanup, log: Log, new_queue_id: Callable[[], str]):
         self.service = service
         self.cleanup = cleanup
         self.log = log
         self.new_queue_id = new_queue_id
-        self.profile = ServiceProfile(service_view(config, service), tls_context)
+        self.profile = ServiceProfile.from_config(service_view(config, service), tls_context)
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[Session] = set()
 
-    async def start(self, sockets) -> None:
+    async def start(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for listener in sockets:
             server = await loop.create_server(lambda: Session(self, self.profile), sock=listener)
             self.servers.append(server)
 
-    def reload(self, config: Config, service) -> None:
+    def reload(self, config: Config, service: Service | None) -> None:
         if service is not None:
             self.service = service
         view = service_view(config, self.service)
@@ -86,7 +105,7 @@ class SmtpdService:
             # Root-only keys cannot be read again once root is given up: keep the ones read at start.
             self.log.warning("smtpd", f"reload: {exc}; keeping the TLS certificate loaded at start")
             tls_context = self.profile.tls_context
-        self.profile = ServiceProfile(view, tls_context)
+        self.profile = ServiceProfile.from_config(view, tls_context)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -193,7 +212,7 @@ class Session(asyncio.Protocol):
         self.transport.resume_reading()
         self._advance()
 
-    def _handle(self, event) -> None:
+    def _handle(self, event: events.Event) -> None:
         conn = self.conn
         if isinstance(event, events.Hello):
             conn.accept()
