@@ -21,10 +21,13 @@ and the codes come from one RestrictionCodes, built from main.cf.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mailferry.config.config import Config
 from mailferry.protocol.replies import Reply
-from mailferry.queue.store import QueueError, QueueFull
+
+if TYPE_CHECKING:   # for annotations only: `sendmail -bs` starts without config/ and queue/
+    from mailferry.config.config import Config
+    from mailferry.queue.store import QueueError
 
 REJECT = "reject"
 DEFER = "defer"
@@ -108,6 +111,9 @@ def queue_failure(error: QueueError) -> Refusal:
     """The queue did not take the message: nothing was stored, try later.
     The queue's errors carry their own code (451 4.3.0, or 452 4.3.1 when
     full); the text is Postfix's cleanup_strerror()."""
+    # Imported here, not at the top: `sendmail -bs` (local/smtp_stdin.py)
+    # would otherwise load the whole queue package, asyncio and sqlite3 at start-up.
+    from mailferry.queue.store import QueueFull
     if isinstance(error, QueueFull):
         reply = Reply(error.reply_code, error.enhanced_status, "Insufficient system storage")
         return Refusal(reply, DEFER, f"queue is full: mail refused with {reply.code} {reply.enhanced}")
