@@ -14,6 +14,7 @@ import os
 from mailferry.config import values
 from mailferry.config.expand import Expander, ExpansionError
 from mailferry.config.maincf import MainCf, Setting
+from mailferry.syntax import split_list
 
 DEFAULT_CONFIG_DIR = "/etc/mailferry"
 
@@ -124,7 +125,7 @@ class Config:
         return self._typed(name, values.parse_bool)
 
     def list(self, name: str) -> list[str]:
-        return values.split_list(self.get(name))
+        return split_list(self.get(name))
 
     def _typed(self, name: str, parse):
         text = self.get(name)

@@ -3,7 +3,7 @@ and by routing, which sends relay domains to relay_transport."""
 
 from __future__ import annotations
 
-from mailferry.config.values import split_list
+from mailferry.syntax import split_list
 
 
 class DomainList:

@@ -72,7 +72,7 @@ def _is_table_list(name: str) -> bool:
 
 
 def _check_tables(config: Config) -> list[Diagnostic]:
-    from mailferry.config.values import split_list
+    from mailferry.syntax import split_list
     from mailferry.tables import TableError, open_table
     found: list[Diagnostic] = []
     for name, value in _explicit_values(config, _is_table_list):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from mailferry.config.values import split_list
+from mailferry.syntax import split_list
 
 
 class NetworkList:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailferry.config.domains import DomainList
-from mailferry.config.values import split_list
+from mailferry.syntax import split_list
 
 PERMIT = None  # what a check returns when the recipient may pass
 
