@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.config.domains import DomainList
-from mailferry.config.values import split_list
+from mailferry.syntax import split_list
+from mailferry.tables.match_lists import DomainList
 
 PERMIT = None  # what a check returns when the recipient may pass
 

@@ -23,10 +23,11 @@ import time
 from functools import lru_cache
 
 from mailferry.config.config import Config
+from mailferry.config.localdomains import local_domain_matcher
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import smtp_server as smtp
 from mailferry.queue.store import QueueError, QueueFull
-from mailferry.config.networks import NetworkList
+from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_level
@@ -38,7 +39,6 @@ class ServiceProfile:
     """Everything a session needs that comes from configuration: rebuilt on reload."""
 
     def __init__(self, config: Config, tls_context):
-        from mailferry.config.localdomains import local_domain_matcher
         self.config = config
         self.tls_context = tls_context
         self.tls_level = tls_level(config)
