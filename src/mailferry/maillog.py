@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import syslog
 import time
 from typing import Protocol
 
@@ -74,7 +75,6 @@ class MailLog:
         self._pending.append(f"{self._prefix}{self.syslog_name}/{program}[{self.pid}]: {text}\n")
 
     def _syslog(self, program: str, text: str) -> None:
-        import syslog
         ident = f"{self.syslog_name}/{program}"
         if ident != self._syslog_ident:
             syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)

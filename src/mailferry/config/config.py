@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 
-from mailferry.config import values
+from mailferry.config import hostinfo, values
 from mailferry.config.expand import Expander, ExpansionError
-from mailferry.config.maincf import MainCf, Setting
+from mailferry.config.maincf import MainCf, Setting, read_main_cf
+from mailferry.config.parameters import lookup
+from mailferry.syntax import split_list
 
 DEFAULT_CONFIG_DIR = "/etc/mailferry"
 
@@ -59,14 +61,12 @@ class Config:
         computed = self._computed_default(name)
         if computed is not None:
             return computed
-        from mailferry.config.parameters import lookup
         parameter = lookup(name)
         return parameter.default if parameter is not None else None
 
     def _computed_default(self, name: str) -> str | None:
         if name in self._computed:
             return self._computed[name]
-        from mailferry.config import hostinfo
         if name == "myhostname":
             value = hostinfo.default_myhostname(self._explicit_raw("mydomain"))
         elif name == "mydomain":
@@ -109,7 +109,6 @@ class Config:
         return f"default value of parameter {name}: "
 
     def time(self, name: str) -> int:
-        from mailferry.config.parameters import lookup
         parameter = lookup(name)
         unit = parameter.time_unit if parameter is not None and parameter.time_unit else "s"
         return self._typed(name, lambda text: values.parse_time(text, unit))
@@ -124,7 +123,7 @@ class Config:
         return self._typed(name, values.parse_bool)
 
     def list(self, name: str) -> list[str]:
-        return values.split_list(self.get(name))
+        return split_list(self.get(name))
 
     def _typed(self, name: str, parse):
         text = self.get(name)
@@ -144,5 +143,4 @@ def master_cf_path(config_dir: str) -> str:
 
 def load(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
     """Read main.cf from `config_dir`. Problems stay in `config.main_cf.diagnostics`."""
-    from mailferry.config.maincf import read_main_cf
     return Config(config_dir, read_main_cf(main_cf_path(config_dir)))

@@ -7,12 +7,18 @@ The daemon runs the same inspection at start, so a configuration that
 from __future__ import annotations
 
 import os
+import ssl
 import stat
+from collections.abc import Callable
 
 from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import lint_settings, plain_references
-from mailferry.config.maincf import has_inline_comment
+from mailferry.config.maincf import Setting, has_inline_comment
+from mailferry.config.mastercf import MasterCf, read_master_cf
 from mailferry.diagnostics import Diagnostic, error, warning
+from mailferry.syntax import split_list
+from mailferry.tables import Table, TableError, open_table
+from mailferry.tables.match_lists import NetworkList
 
 # Parameters whose values list lookup tables, besides every `*_maps` and `*_checks`.
 _TABLE_LISTS = ("mydestination", "relay_domains", "virtual_alias_domains",
@@ -42,8 +48,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     return found
 
 
-def _read_master(config_dir: str, found: list[Diagnostic]):
-    from mailferry.config.mastercf import read_master_cf
+def _read_master(config_dir: str, found: list[Diagnostic]) -> MasterCf | None:
     path = master_cf_path(config_dir)
     if not os.path.exists(path):
         found.append(warning("no such file, so no service would run; "
@@ -54,7 +59,7 @@ def _read_master(config_dir: str, found: list[Diagnostic]):
     return master
 
 
-def _explicit_values(config: Config, wanted) -> list[tuple[str, str]]:
+def _explicit_values(config: Config, wanted: Callable[[str], bool]) -> list[tuple[str, str]]:
     """(name, expanded value) of settings in main.cf whose name `wanted` accepts, skipping broken ones."""
     selected = []
     for name, setting in config.settings.items():
@@ -72,8 +77,6 @@ def _is_table_list(name: str) -> bool:
 
 
 def _check_tables(config: Config) -> list[Diagnostic]:
-    from mailferry.config.values import split_list
-    from mailferry.tables import TableError, open_table
     found: list[Diagnostic] = []
     for name, value in _explicit_values(config, _is_table_list):
         setting = config.settings[name]
@@ -115,7 +118,7 @@ def _unreadable_by_us(path: str | None) -> bool:
     return not os.access(path, os.R_OK)
 
 
-def _check_secret_files(name: str, table, setting) -> list[Diagnostic]:
+def _check_secret_files(name: str, table: Table, setting: Setting) -> list[Diagnostic]:
     """Passwords must not be readable by group or others (the seed's `chmod 600`)."""
     paths = [table.name, getattr(table, "path", None)]
     found = []
@@ -151,8 +154,6 @@ def _check_tls_files(config: Config) -> list[Diagnostic]:
 
 def _check_network_lists(config: Config) -> list[Diagnostic]:
     """mynetworks and friends must parse: a bad entry would otherwise stop smtpd at start."""
-    from mailferry.config.networks import NetworkList
-    from mailferry.tables import TableError
     found = []
     for name, value in _explicit_values(config, lambda n: n in ("mynetworks",)):
         setting = config.settings[name]
@@ -206,7 +207,6 @@ def _tls_file_problem(name: str, path: str) -> str | None:
         return f"{path} does not exist; fix the path or set {name} empty"
     if not name.endswith("_tls_CAfile"):
         return None
-    import ssl
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cafile=path)
@@ -219,7 +219,7 @@ def _tls_file_problem(name: str, path: str) -> str | None:
     return None
 
 
-def _check_pipe_programs(master) -> list[Diagnostic]:
+def _check_pipe_programs(master: MasterCf) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     for service in master.services:
         pipe = getattr(service, "pipe", None)

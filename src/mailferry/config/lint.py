@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 
@@ -91,7 +92,6 @@ def _per_transport(name: str, services: dict[str, str]) -> parameters.Parameter 
 
 
 def _suggestion(name: str) -> str:
-    import difflib
     close = difflib.get_close_matches(name, parameters.parameters().keys(), n=1, cutoff=0.85)
     return f"; did you mean {close[0]}?" if close else ""
 

@@ -1,6 +1,6 @@
 """Reading main.cf exactly as Postfix reads it, plus lint Postfix lacks.
 
-Syntax: `name = value` on a logical line (see lines.py); whitespace around
+Syntax: `name = value` on a logical line (see mailferry/syntax.py); whitespace around
 `=` and at the ends of the value is dropped; `#` starts a comment only at
 the start of a line. A later setting of the same name wins.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailferry.config.lines import LogicalLine, logical_lines
 from mailferry.diagnostics import Diagnostic, error, warning
+from mailferry.syntax import LogicalLine, logical_lines
 
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _INLINE_COMMENT = re.compile(r"(?:^|\s)#")

@@ -25,8 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailferry.config.lines import LogicalLine, logical_lines
 from mailferry.diagnostics import ERROR, Diagnostic, error, warning
+from mailferry.syntax import LogicalLine, logical_lines
 
 SERVICE_TYPES = ("inet", "unix", "unix-dgram", "fifo", "pass")
 

@@ -10,7 +10,6 @@ import re
 
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TIME = re.compile(r"(\d+)([smhdw]?)")
-_LIST_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def parse_time(value: str, default_unit: str = "s") -> int:
@@ -46,30 +45,3 @@ def parse_bool(value: str) -> bool:
     if text == "no":
         return False
     raise ValueError(f"bad boolean value {value!r}: expected yes or no")
-
-
-def split_list(value: str) -> list[str]:
-    """Split a list value on commas and whitespace, keeping `{...}` groups whole.
-
-    Postfix lets `inline:{ a=b, c=d }` and `{ text with spaces }` stand as one
-    element; braces nest.
-    """
-    if "{" not in value:
-        return [item for item in _LIST_SEPARATORS.split(value) if item]
-    items: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in value:
-        if char == "{":
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-        elif depth == 0 and (char == "," or char.isspace()):
-            if current:
-                items.append("".join(current))
-                current = []
-            continue
-        current.append(char)
-    if current:
-        items.append("".join(current))
-    return items

@@ -20,7 +20,7 @@ from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
 from mailferry.delivery.agents import Transports
 from mailferry.queue.scheduler import Scheduler, SchedulerSettings
 from mailferry.routing.resolve import Resolver
-from mailferry.config.networks import NetworkList
+from mailferry.tables.match_lists import NetworkList
 
 PICKUP_DEFAULT_WAKEUP = 60.0
 STOP_DELIVERY_GRACE = 5.0   # seconds deliveries in progress get to finish at stop

@@ -11,16 +11,29 @@ control socket.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import pkgutil
 import signal
 import socket
 import sys
 
+import mailferry
 from mailferry import __version__
 from mailferry.config.config import Config, load
+from mailferry.config.inspect import inspect_config
+from mailferry.config.mastercf import read_master_cf
+from mailferry.delivery.agents import open_client_tables
+from mailferry.diagnostics import ERROR
+from mailferry.maillog import MailLog
 from mailferry.master import workers
-from mailferry.master.pidfile import remove_pid, write_pid
+from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
+from mailferry.master.runtime import Runtime
+from mailferry.queue import QueueError, open_queue
+from mailferry.queue.queue_id import use_process_tag
+from mailferry.smtpd.service import service_view
+from mailferry.smtpd.tls import TLSSetupError, server_context
 
 
 class StartupError(Exception):
@@ -51,7 +64,6 @@ class MailServer:
     def prepare(self) -> None:
         self.config, self.master = self._read_configuration()
         self.queue_directory = self.config.get("queue_directory")
-        from mailferry.master.pidfile import running_pid
         if (pid := running_pid(self.queue_directory)) is not None:
             raise StartupError(f"the mail system is already running: PID: {pid}")
         self.owner = resolve_owner(self.config.get("mail_owner"))
@@ -64,7 +76,6 @@ class MailServer:
         self._prepare_queue_directory()
         self.log = self._open_log()
         _import_everything_the_services_use()
-        from mailferry.delivery.agents import open_client_tables
         self.client_tables = open_client_tables(self.config, self.master, self.log)
         drop_to(self.owner)
         self._initialize_queue()
@@ -74,7 +85,6 @@ class MailServer:
         side by side: two processes setting up a new SQLite file race for its lock."""
         if os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite") != "sqlite":
             return
-        from mailferry.queue import QueueError, open_queue
         try:
             open_queue(self.queue_directory).close()
         except QueueError as exc:
@@ -82,7 +92,6 @@ class MailServer:
 
     def _open_log(self):
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
-        from mailferry.maillog import MailLog
         path = self.config.get("maillog_file")
         log = MailLog(path, self.config.get("syslog_name"), self.config.get("myhostname"),
                       to_syslog=self.background)
@@ -91,9 +100,6 @@ class MailServer:
         return log
 
     def _read_configuration(self):
-        from mailferry.config.inspect import inspect_config
-        from mailferry.config.mastercf import read_master_cf
-        from mailferry.diagnostics import ERROR
         problems = [item for item in inspect_config(self.config_dir) if item.severity == ERROR]
         if problems:
             raise StartupError(f"the configuration has {len(problems)} error(s); fix them "
@@ -123,7 +129,6 @@ class MailServer:
 
     # ---- phase 2: the event loop
     async def serve(self) -> None:
-        from mailferry.master.runtime import Runtime
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -155,7 +160,6 @@ class MailServer:
 
     # ---- an smtpd worker's life (see master/workers.py)
     def run_worker(self, notify_fd: int, index: int) -> int:
-        from mailferry.queue.queue_id import use_process_tag
         use_process_tag(index)
         self.log.after_fork()
         if self.background:
@@ -165,7 +169,6 @@ class MailServer:
         return 0
 
     async def _serve_worker(self, notify_fd: int) -> None:
-        from mailferry.master.runtime import Runtime
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -205,19 +208,13 @@ class MailServer:
 # Imported while we may still read them: once root is given up, the
 # interpreter's own library may be out of reach (a Python installed under
 # /root, as pyenv does), and a lazy import deep in a session would fail.
-_SERVICE_MODULES = (
-    "asyncio", "ssl", "sqlite3", "ipaddress", "json", "syslog", "email.utils", "email.parser",
-    "email.policy", "email.headerregistry", "encodings.idna", "encodings.ascii", "encodings.latin_1",
-    "difflib", "tempfile", "concurrent.futures.thread",
-    "mailferry.master.runtime", "mailferry.master.control_server", "mailferry.smtpd.service",
-    "mailferry.queue", "mailferry.queue.scheduler", "mailferry.queue.showq",
-    "mailferry.local.pickup", "mailferry.local.maildrop",
-    "mailferry.cleanup.service", "mailferry.tables", "mailferry.tables.indexed", "mailferry.tables.memory",
-    "mailferry.tables.regexp", "mailferry.tables.ldap", "mailferry.config.inspect", "mailferry.config.mastercf",
-    # delivery, imported on first use of a transport
-    "base64", "binascii", "mailferry.delivery.agents", "mailferry.delivery.smtp", "mailferry.delivery.settings", "mailferry.delivery.client_parameters",
-    "mailferry.delivery.connection", "mailferry.delivery.tls", "mailferry.delivery.sasl", "mailferry.delivery.dns",
-    "mailferry.queue.bounce", "mailferry.protocol.smtp_client",
+# mailferry's own modules are found by walking the package, so a new module
+# cannot be forgotten; tests/unit/master/test_preload.py checks that every
+# module they import, at the top or inside a function, is then loaded too.
+_DAEMON_PACKAGE_SKIPS = ("mailferry.cli", "mailferry.__main__")
+# Loaded by name at run time, where no import statement shows them.
+_DYNAMIC_MODULES = (
+    "encodings.idna", "encodings.ascii", "encodings.latin_1", "concurrent.futures.thread",
     # dnspython loads its transports and record types lazily
     "dns.asyncresolver", "dns.asyncbackend", "dns._asyncio_backend", "dns.asyncquery", "dns.nameserver",
     "dns.rdtypes.IN.A", "dns.rdtypes.IN.AAAA", "dns.rdtypes.ANY.MX", "dns.rdtypes.ANY.CNAME",
@@ -225,9 +222,14 @@ _SERVICE_MODULES = (
 )
 
 
+def daemon_modules() -> list[str]:
+    """Every mailferry module the daemon may run: the whole package but the command line."""
+    return sorted(info.name for info in pkgutil.walk_packages(mailferry.__path__, "mailferry.")
+                  if not info.name.startswith(_DAEMON_PACKAGE_SKIPS))
+
+
 def _import_everything_the_services_use() -> None:
-    import importlib
-    for name in _SERVICE_MODULES:
+    for name in (*daemon_modules(), *_DYNAMIC_MODULES):
         importlib.import_module(name)
     try:
         importlib.import_module("uvloop")
@@ -236,8 +238,6 @@ def _import_everything_the_services_use() -> None:
 
 
 def _tls_context(service, config: Config):
-    from mailferry.smtpd.service import service_view
-    from mailferry.smtpd.tls import TLSSetupError, server_context
     try:
         return server_context(service_view(config, service))
     except TLSSetupError as exc:
@@ -300,7 +300,6 @@ def run_foreground(config_dir: str, background: bool = False) -> int:
         processes = 1  # a queue in one process's memory cannot be shared
     # Fork before the event loop and any thread exist: a fork copies only the calling thread.
     server.worker_pids, server.workers_read_fd = workers.spawn_workers(processes - 1, server.run_worker)
-    from mailferry.queue.queue_id import use_process_tag
     use_process_tag(0)
     _install_event_loop_policy()
     asyncio.run(server.serve())

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.config.domains import DomainList
+from mailferry.config.localdomains import local_domain_matcher
+from mailferry.tables.match_lists import DomainList
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,6 @@ class Resolver:
 
     @classmethod
     def from_config(cls, config) -> Resolver:
-        from mailferry.config.localdomains import local_domain_matcher
         maps = {name: _maps_of(config, name) for name in (
             "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps")}
         return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps["transport_maps"],

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailferry import refusals
-from mailferry.config.domains import DomainList
-from mailferry.config.values import split_list
 from mailferry.refusals import DEFER, REJECT, Refusal, RestrictionCodes
+from mailferry.syntax import split_list
+from mailferry.tables.match_lists import DomainList
 
 PERMIT = None  # what a check returns when the recipient may pass
 

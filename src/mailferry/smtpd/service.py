@@ -36,7 +36,7 @@ from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from mailferry.queue.store import QueueError
-from mailferry.config.networks import NetworkList
+from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_level

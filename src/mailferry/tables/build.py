@@ -8,8 +8,11 @@ takes its source's mode and owner, because it holds the same secrets
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import lmdb
 
 from mailferry.tables.base import TableError
 from mailferry.tables.indexed import index_path
@@ -69,9 +72,6 @@ def _warn_duplicates(source: str, fold: bool, duplicates: list[tuple[bytes, int]
 
 
 def _write_atomically(target: str, source: str, values: dict[bytes, bytes]) -> None:
-    import tempfile
-
-    import lmdb
     directory = os.path.dirname(os.path.abspath(target))
     # Twice the source, plus page overhead, holds any index of it; the file grows only as used.
     map_size = max(_MIN_MAP_SIZE, 2 * os.path.getsize(source) + 64 * len(values))

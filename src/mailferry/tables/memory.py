@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailferry.config.values import split_list
+from mailferry.syntax import split_list
 from mailferry.tables.base import Table, TableError
 from mailferry.tables.result import MISSING, LookupResult, found
 from mailferry.tables.source import read_source

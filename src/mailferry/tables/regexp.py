@@ -44,9 +44,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from mailferry.config.lines import logical_lines
-from mailferry.tables.posix_regex import PosixRegexError, compile_posix
+from mailferry.syntax import logical_lines
 from mailferry.tables.base import Table, TableError
+from mailferry.tables.posix_regex import PosixRegexError, compile_posix
 from mailferry.tables.result import MISSING, LookupResult, found
 
 # C isspace() and isalnum() in the C locale; str.isspace() and str.isalnum()
@@ -165,7 +165,7 @@ def _closing_brace(text: str, opening: int) -> int:
 
 
 def _logical_lines(text: str, warn: _Warn) -> Iterator[tuple[int, str]]:
-    """(first physical line number, text) of each logical line, as config.lines reads them."""
+    """(first physical line number, text) of each logical line, as mailferry.syntax reads them."""
     def dropped(line: int, joined: str) -> None:
         warn(line, f'logical line must not start with whitespace: "{joined}"')
 

@@ -8,8 +8,8 @@ caller says otherwise.
 
 The reader works on bytes: postmap builds tables of a million lines, and
 decoding, splitting and re-encoding each one as str costs more than the
-index itself. config.lines has the same logical-line rules for main.cf,
-where clarity matters more than speed.
+index itself. mailferry/syntax.py has the same logical-line rules for
+main.cf, where clarity matters more than speed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-from mailferry.config.lines import logical_lines
 from mailferry.config.maincf import parse_main_cf
 from mailferry.diagnostics import ERROR, WARNING
 
@@ -82,11 +81,3 @@ def test_orphan_continuation_line_is_warned_and_ignored_like_postfix():
 
 def test_crlf_line_endings():
     assert values("a = 1\r\nb = 2\r\n") == {"a": "1", "b": "2"}
-
-
-def test_logical_line_maps_offsets_to_physical_lines():
-    [line] = list(logical_lines(["a = x\n", "  y\n", "  z\n"]))
-    assert line.text == "a = x  y  z"
-    assert line.line_at(0) == 1
-    assert line.line_at(line.text.index("y")) == 2
-    assert line.line_at(line.text.index("z")) == 3

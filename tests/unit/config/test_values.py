@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailferry.config.values import parse_bool, parse_size, parse_time, split_list
+from mailferry.config.values import parse_bool, parse_size, parse_time
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -39,12 +39,3 @@ def test_bool():
     assert parse_bool("yes") is True and parse_bool("NO") is False
     with pytest.raises(ValueError, match="yes or no"):
         parse_bool("true")
-
-
-def test_split_list_commas_and_whitespace():
-    assert split_list("a, b  c,,d\n e") == ["a", "b", "c", "d", "e"]
-
-
-def test_split_list_keeps_brace_groups():
-    assert split_list("inline:{ a=b, c=d }, hash:/x") == ["inline:{ a=b, c=d }", "hash:/x"]
-    assert split_list("{ x y }, z") == ["{ x y }", "z"]

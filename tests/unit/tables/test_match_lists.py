@@ -1,4 +1,4 @@
-"""mynetworks-style client lists, as postconf(5) `mynetworks` describes them.
+"""Match lists. First, mynetworks-style client lists, as postconf(5) `mynetworks` describes them.
 
 "Specify a list of network addresses or network/netmask patterns ... You
 can also specify "/file/name" or "type:table" patterns ... a "type:table"
@@ -12,7 +12,7 @@ be specified inside []." Postfix compares an IPv4-mapped IPv6 client
 
 import pytest
 
-from mailferry.config.networks import NetworkList
+from mailferry.tables.match_lists import DomainList, LocalDomainList, NetworkList
 
 
 @pytest.mark.parametrize("value, client, matches", [
@@ -98,3 +98,41 @@ def test_a_bad_entry_is_refused_with_a_message_that_names_it_and_shows_the_synta
     assert repr(entry) in message
     assert "mynetworks" in message
     assert "192.0.2.0/24" in message and "[2001:db8::]/32" in message
+
+
+# Domain lists (relay_domains): postconf(5) "parent_domain_matches_subdomains": a name
+# matches its subdomains for relay_domains; ".name" matches subdomains only.
+@pytest.mark.parametrize("value, domain, matches", [
+    ("example.com", "example.com", True),
+    ("example.com", "mx.example.com", True),
+    ("example.com", "badexample.com", False),
+    ("Example.COM.", "example.com", True),
+    (".example.com", "mx.example.com", True),
+    (".example.com", "example.com", False),
+    ("!mx.example.com, example.com", "mx.example.com", False),
+    ("!mx.example.com, example.com", "www.example.com", True),
+    ("example.com, !mx.example.com", "mx.example.com", True),
+    ("", "example.com", False),
+])
+def test_domain_list(value, domain, matches):
+    assert DomainList(value).matches(domain) is matches
+
+
+def test_a_domain_list_looks_up_the_domain_and_each_parent_in_a_table():
+    domains = DomainList("inline:{ example.net=OK }")
+    assert domains.matches("example.net")
+    assert domains.matches("mx.example.net")
+    assert not domains.matches("example.org")
+
+
+def test_local_domains_match_names_exactly_and_address_literals():
+    local = LocalDomainList("localhost, Example.COM.", ["[192.0.2.7]"])
+    assert local.matches("example.com") and local.matches("EXAMPLE.com.") and local.matches("localhost")
+    assert local.matches("[192.0.2.7]")
+    assert not local.matches("mx.example.com") and not local.matches("[192.0.2.8]")
+
+
+def test_local_domains_look_up_table_entries_with_the_domain():
+    local = LocalDomainList("inline:{ example.net=OK }, [192.0.2.7]")
+    assert local.matches("example.net") and local.matches("[192.0.2.7]")
+    assert not local.matches("mx.example.net")

@@ -1,0 +1,140 @@
+"""Postfix's match lists: lists of patterns, some of them `type:table` lookups.
+
+As Postfix's `match_list`, `namadr_list` and `domain_list`, they match
+strings that are already expanded (no `$name` is left; the caller reads the
+parameter), and they open the tables they name. Three kinds:
+
+- `NetworkList`: client addresses against mynetworks-style lists;
+- `DomainList`: domains against relay_domains-style lists;
+- `LocalDomainList`: "is this domain ours", mydestination's test.
+
+Every mailferry user of these lists reads main.cf through config/, which
+imports this module; nothing here imports config/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from mailferry.syntax import split_list
+from mailferry.tables import SUPPORTED_TYPES, Table, open_table
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class NetworkList:
+    """Matching a client address against a mynetworks-style list.
+
+    Entries: `192.0.2.0/24`, `192.0.2.7`, `[2001:db8::]/32`, `[::1]`, a table
+    (`hash:/etc/mailferry/network_table`, looked up with the client address),
+    and `!entry` to exclude, as Postfix's match lists allow. The first entry
+    that matches decides.
+    """
+
+    def __init__(self, value: str):
+        self._entries: list[tuple[bool, _Network | Table]] = []
+        # Tables in the list may change answers between reloads, not within one configuration.
+        self._seen: dict[str, bool] = {}
+        for item in split_list(value):
+            negated = item.startswith("!")
+            self._entries.append((negated, _network_entry(item[1:] if negated else item)))
+
+    def matches(self, address: str) -> bool:
+        known = self._seen.get(address)
+        if known is None:
+            known = self._seen[address] = self._match(address)
+            if len(self._seen) > 4096:
+                self._seen.clear()  # bounded: a busy MX sees many addresses
+        return known
+
+    def _match(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for negated, entry in self._entries:
+            if _network_entry_matches(entry, ip):
+                return not negated
+        return False
+
+
+def _network_entry(text: str) -> _Network | Table:
+    if text.partition(":")[0].lower() in SUPPORTED_TYPES:
+        return open_table(text)
+    cleaned = text.replace("[", "").replace("]", "")
+    try:
+        return ipaddress.ip_network(cleaned, strict=False)
+    except ValueError:
+        raise ValueError(f"bad network {text!r} in mynetworks: expected address/prefix, "
+                         "e.g. 192.0.2.0/24 or [2001:db8::]/32") from None
+
+
+def _network_entry_matches(entry: _Network | Table, ip: _Address) -> bool:
+    if isinstance(entry, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return ip.version == entry.version and ip in entry
+    return entry.lookup_now(str(ip)).found
+
+
+class DomainList:
+    """A Postfix domain match list such as relay_domains: names (a name also
+    matches its subdomains: parent_domain_matches_subdomains includes
+    relay_domains by default), `.name` for subdomains only, `type:table`
+    lookups, and `!` to exclude. Read left to right; the first match decides.
+
+    Used by smtpd's relay control and by routing, which sends relay domains
+    to relay_transport."""
+
+    def __init__(self, value: str):
+        self._entries: list[tuple[bool, str | Table]] = []
+        for item in split_list(value):
+            negated = item.startswith("!")
+            item = item[1:] if negated else item
+            if ":" in item:
+                self._entries.append((negated, open_table(item)))
+            else:
+                self._entries.append((negated, item.lower().rstrip(".")))
+
+    def matches(self, domain: str) -> bool:
+        for negated, entry in self._entries:
+            if self._entry_matches(entry, domain):
+                return not negated
+        return False
+
+    @staticmethod
+    def _entry_matches(entry: str | Table, domain: str) -> bool:
+        if isinstance(entry, str):
+            if entry.startswith("."):
+                return domain.endswith(entry)
+            return domain == entry or domain.endswith("." + entry)
+        labels = domain.split(".")
+        return any(entry.lookup_now(".".join(labels[index:])).found for index in range(len(labels)))
+
+
+class LocalDomainList:
+    """Which domains are "ours", as Postfix's resolve_local decides.
+
+    A domain listed in `mydestination` (names match exactly; `type:table`
+    entries are looked up with the domain), or one of `address_literals`
+    (`[192.0.2.1]`, `[ipv6:::1]`): the caller computes those from the
+    interfaces mail is received on, which needs the host's addresses.
+    """
+
+    def __init__(self, mydestination: str, address_literals: Iterable[str] = ()):
+        self._names: set[str] = set()
+        self._tables: list[Table] = []
+        for item in split_list(mydestination):
+            if ":" in item and not item.startswith("["):
+                self._tables.append(open_table(item))
+            else:
+                self._names.add(item.lower().rstrip("."))
+        self._literals = set(address_literals)
+
+    def matches(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        if domain in self._names or domain in self._literals:
+            return True
+        return any(table.lookup_now(domain).found for table in self._tables)
