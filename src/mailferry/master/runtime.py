@@ -18,7 +18,7 @@ from mailferry.config.config import Config
 from mailferry.master.control_server import ControlServer
 from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
 from mailferry.delivery.agents import Transports
-from mailferry.queue.scheduler import Scheduler, SchedulerSettings
+from mailferry.qmgr.scheduler import Scheduler, SchedulerSettings
 from mailferry.routing.resolve import Resolver
 from mailferry.tables.match_lists import NetworkList
 

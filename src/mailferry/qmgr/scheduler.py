@@ -12,7 +12,7 @@ hop). When a message's jobs are done its outcome is settled:
   minimal_backoff_time and maximal_backoff_time (qmgr's rule), unless it
   has outlived maximal_queue_lifetime (bounce_queue_lifetime for mail
   from <>): then the rest bounce as expired;
-- new failures produce a DSN to the sender (queue/bounce.py), a DSN
+- new failures produce a DSN to the sender (qmgr/bounce.py), a DSN
   that fails produces one copy to the postmaster, and that copy is never
   bounced again; delay_warning_time produces one delay notice.
 
@@ -77,7 +77,7 @@ class SchedulerSettings:
         )
 
     def bounce_settings(self):
-        from mailferry.queue.bounce import BounceSettings
+        from mailferry.qmgr.bounce import BounceSettings
         return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
                               bounce_size_limit=self.bounce_size_limit,
                               postmaster=self.double_bounce_recipient,
@@ -260,7 +260,7 @@ class Scheduler:
 
     def _notices(self, message: QueuedMessage, content: bytes, failed: list[Recipient],
                  now: float) -> list[tuple[str, NewMessage]]:
-        from mailferry.queue import bounce
+        from mailferry.qmgr import bounce
         settings = self.settings.bounce_settings()
         notices: list[tuple[str, NewMessage]] = []
         if failed:
