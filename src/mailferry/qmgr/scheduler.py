@@ -192,7 +192,7 @@ class Scheduler:
             try:
                 route = await self.resolver.resolve(recipient.address, message.sender)
             except RoutingError as error:
-                immediate.append((recipient, Route("qmgr", ""), outcome.deferred("4.3.0", str(error))))
+                immediate.append((recipient, Route("qmgr", ""), outcome.routing_failure(error)))
                 continue
             result = self.transports.immediate(route.transport, route.nexthop)
             if result is not None:
@@ -218,8 +218,7 @@ class Scheduler:
                 DeliveryJob(message, content, recipients, route.nexthop))
         except Exception as error:    # a bug must not lose mail: the recipients wait
             self.log.warning(route.transport, f"{message.queue_id}: delivery agent failed: {error!r}")
-            results = [outcome.deferred("4.3.0", f"delivery agent failed: {type(error).__name__}")] \
-                * len(recipients)
+            results = [outcome.agent_failure(error)] * len(recipients)
         for recipient, result in zip(recipients, results):
             self._outcome(message, recipient, route, result, activated, dispatched)
 
@@ -253,9 +252,8 @@ class Scheduler:
         if not waiting or now - message.arrival_time < lifetime:
             return []
         for recipient in waiting:
-            recipient.status = BOUNCED
-            recipient.dsn = "5" + recipient.dsn[1:] if recipient.dsn[:1] == "4" else "5.4.7"
-            recipient.reason = recipient.reason or "message delivery time expired"
+            result = outcome.expired(recipient.dsn, recipient.reason)
+            recipient.status, recipient.dsn, recipient.reason = result.status, result.dsn, result.reason
         return waiting
 
     def _notices(self, message: QueuedMessage, content: bytes, failed: list[Recipient],
