@@ -19,20 +19,11 @@ from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.queue import GroupCommitter, QueueFull, RamQueueStore
+from tests.unit.listlog import ListLog
 
 SETTINGS = CleanupSettings(myhostname="mx.example.com", myorigin="example.com")
 QUEUE_ID = "6C8A2F41B3D7"
 REMOTE = ClientInfo(name="mail.example.net", address="192.0.2.10", helo="helo.example.net")
-
-
-class ListLog:
-    """Collects (program, text): what MailLog.line would have written."""
-
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append((program, text))
 
 
 def smtp_message(content=b"Subject: s\r\nMessage-ID: <m1@example.net>\r\n\r\nbody\r\n",

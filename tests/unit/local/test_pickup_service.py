@@ -12,17 +12,7 @@ from mailferry.config.mastercf import parse_master_cf
 from mailferry.local.maildrop import MaildropEnvelope, ensure_maildrop_directory, write_maildrop
 from mailferry.local.pickup_service import DEFAULT_WAKEUP, PickupService
 from mailferry.queue import QueueFull
-
-
-class ListLog:
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append((program, text))
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append((program, f"warning: {text}"))
+from tests.unit.listlog import ListLog
 
 
 class Cleanup:

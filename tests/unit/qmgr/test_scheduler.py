@@ -39,6 +39,7 @@ from mailferry.queue import GroupCommitter, RamQueueStore
 from mailferry.qmgr.scheduler import Scheduler, SchedulerSettings, _seconds
 from mailferry.routing.resolve import Resolver, RoutingSettings
 from mailferry.tables import open_maps
+from tests.unit import listlog
 
 LOCAL = "example.com"
 SENDER = "alice@example.com"      # a local sender: its notices are discarded when they run
@@ -72,25 +73,10 @@ FAST = SchedulerSettings(minimal_backoff_time=300, maximal_backoff_time=4000)
 CLEANUP = CleanupSettings(myhostname="mx.example.com", myorigin="example.com")
 
 
-class ListLog:
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append((program, text))
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append((program, f"warning: {text}"))
-
-    def texts(self) -> list[str]:
-        return [text for _, text in self.lines]
-
+class ListLog(listlog.ListLog):
     def deliveries(self):
         return [(program, DELIVERY_LINE.match(text)) for program, text in self.lines
                 if DELIVERY_LINE.match(text)]
-
-    def warnings(self) -> list[str]:
-        return [text for text in self.texts() if text.startswith("warning: ")]
 
 
 class BatchCountingStore(RamQueueStore):
