@@ -36,6 +36,7 @@ from mailferry.delivery.agents import Transports
 from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, SENT, ClientInfo, NewMessage,
                                Recipient)
 from mailferry.queue import GroupCommitter, RamQueueStore
+from mailferry.qmgr import scheduler as scheduler_module
 from mailferry.qmgr.scheduler import Scheduler, SchedulerSettings, _seconds
 from mailferry.routing.resolve import Resolver, RoutingSettings
 from mailferry.tables import open_maps
@@ -581,7 +582,6 @@ def test_a_message_in_flight_is_not_taken_again():
 def test_mail_left_for_lack_of_room_goes_as_soon_as_room_is_made(monkeypatch):
     """Content in flight is capped (IN_FLIGHT_BYTES): the second message waits for the
     first to finish, and is taken then, not at the next queue_run_delay."""
-    from mailferry.qmgr import scheduler as scheduler_module
     gate = asyncio.Event()
     agent = ScriptedAgent(gate=gate)
     h = Harness(routing=SCRIPTED, agents={"relay": agent})
