@@ -77,7 +77,7 @@ class Runtime:
             "pickup": self.pickup.wake, "flush": self.scheduler.flush, "showq": self._showq}, self.log)
         await self.control.start()
         self._tasks = [
-            asyncio.create_task(self.scheduler.run(self.config.time("queue_run_delay")), name="qmgr"),
+            asyncio.create_task(self.scheduler.run(self.scheduler.settings.queue_run_delay), name="qmgr"),
             asyncio.create_task(self.pickup.run(), name="pickup"),
         ]
 
