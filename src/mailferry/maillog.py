@@ -17,6 +17,15 @@ import socket
 import sys
 import syslog
 import time
+from typing import Protocol
+
+
+class Log(Protocol):
+    """What a service needs of the log: Postfix's `program[pid]: text` lines."""
+
+    def line(self, program: str, text: str) -> None: ...
+
+    def warning(self, program: str, text: str) -> None: ...
 
 
 class MailLog:
