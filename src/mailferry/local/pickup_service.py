@@ -50,8 +50,10 @@ class PickupService:
 
     async def run(self) -> None:
         while True:
-            await self.pick_up_all()
+            # Cleared before the scan: a wake-up that comes during it (sendmail has
+            # just written a file) makes one more scan, rather than waiting for the timer.
             self._wakeup_event.clear()
+            await self.pick_up_all()
             try:
                 await asyncio.wait_for(self._wakeup_event.wait(), self.wakeup)
             except TimeoutError:

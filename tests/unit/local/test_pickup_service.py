@@ -111,3 +111,30 @@ def test_the_wakeup_time_comes_from_master_cf_and_changes_on_reload(queue_direct
     assert service.wakeup == 90.0
     service.reload(config, parse_master_cf("", "master.cf"))
     assert service.wakeup == DEFAULT_WAKEUP
+
+
+def test_a_wakeup_during_a_scan_brings_another_scan_before_the_timer(queue_directory):
+    """sendmail writes a file and wakes pickup while pickup is busy with an earlier one."""
+    drop(queue_directory)
+
+    class WakingCleanup(Cleanup):
+        async def enqueue(self, message, queue_id, full_name=""):
+            if not self.enqueued:
+                drop(queue_directory, sender="carol")
+                service.wake()
+            return await super().enqueue(message, queue_id, full_name)
+
+    cleanup = WakingCleanup()
+    service = PickupService(queue_directory, cleanup, ListLog(), wakeup=3600)
+
+    async def run_until_both_are_queued():
+        task = asyncio.create_task(service.run())
+        try:
+            while len(cleanup.enqueued) < 2:
+                cleanup.arrived.clear()
+                await asyncio.wait_for(cleanup.arrived.wait(), 10)
+        finally:
+            task.cancel()
+
+    asyncio.run(run_until_both_are_queued())
+    assert [sender for _, sender, _ in cleanup.enqueued] == ["alice", "carol"]
