@@ -21,7 +21,7 @@ from typing import Protocol
 
 
 class Log(Protocol):
-    """What a service needs of the log (MailLog, or a test's recorder)."""
+    """What a service needs of the log: Postfix's `program[pid]: text` lines."""
 
     def line(self, program: str, text: str) -> None: ...
 

@@ -9,6 +9,12 @@
   by a header we invent.
 - Runs virtual alias expansion (the hook is here; the expansion itself is
   not implemented yet, and virtual_alias_maps says so in `check`).
+
+Notices that qmgr makes (bounces, delay warnings, postmaster copies) pass
+here too, through `clean_notice`: bounce wrote all their headers and their
+addresses are complete, so nothing is added to them, but the steps that
+apply to every message (virtual alias expansion, header checks: planned)
+belong to both paths.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from mailferry.config.config import Config
 from mailferry.message import NewMessage
 
 _HEADER_END = b"\r\n\r\n"
@@ -29,6 +36,13 @@ class CleanupSettings:
     append_at_myorigin: bool = True
     tls_received_header: bool = False
     mail_name: str = "mailferry"
+
+    @classmethod
+    def from_config(cls, config: Config) -> CleanupSettings:
+        return cls(myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
+                   append_at_myorigin=config.boolean("append_at_myorigin"),
+                   tls_received_header=config.boolean("smtpd_tls_received_header"),
+                   mail_name=config.get("mail_name"))
 
 
 def qualify(address: str, settings: CleanupSettings) -> str:
@@ -57,14 +71,25 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
         if b"from" not in present:
             added.append(_from_header(message.sender, full_name))
     if not message.message_id:
-        message.message_id = next((value.decode("utf-8", "replace") for name, value in fields
-                                   if name == b"message-id"), "")
+        message.message_id = _message_id(fields)
     if not present and not message.content.startswith(b"\r\n"):
         # No header section at all: keep the body a body by ending our headers with the separator.
         message.content = b"\r\n" + message.content
     message.content = "".join(added).encode("utf-8", "surrogateescape") + message.content
     message.arrival_time = message.arrival_time or now
     return message
+
+
+def clean_notice(message: NewMessage, queue_id: str) -> NewMessage:
+    """Return a notice from qmgr ready for the queue (changed in place and returned).
+    Its Message-Id: header, which bounce wrote, is the one logged."""
+    message.queue_id = queue_id
+    message.message_id = _message_id(_header_fields(message.content)) or message.message_id
+    return message
+
+
+def _message_id(fields: list[tuple[bytes, bytes]]) -> str:
+    return next((value.decode("utf-8", "replace") for name, value in fields if name == b"message-id"), "")
 
 
 _date_cache: tuple[int, str] = (-1, "")

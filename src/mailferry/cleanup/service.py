@@ -1,22 +1,50 @@
-"""The one way into the queue, for smtpd and pickup alike.
+"""The one way into the queue, for smtpd, pickup and qmgr's notices alike.
 
-`enqueue` finishes the message (cleanup.clean), hands it to the group
-committer and returns only once the message is durable. It logs Postfix's
-`message-id=` and `from=<...>, size=..., nrcpt=... (queue active)` lines.
-A QueueError (disk full, write error) propagates: smtpd turns it into a 4xx
+`enqueue` finishes a message from smtpd or pickup (cleanup.clean), hands it
+to the group committer and returns only once the message is durable. A
+QueueError (disk full, write error) propagates: smtpd turns it into a 4xx
 and pickup leaves the maildrop file for the next pass.
+
+`enqueue_notices` takes the notices qmgr makes (a bounce, a delay warning,
+a postmaster copy) together with qmgr's write of the delivery outcome that
+caused them, and commits both in ONE transaction (GroupCommitter.submit_with):
+a crash can neither lose a notice nor let the failure produce it twice.
+qmgr's write learns whether the notices went in (their queue IDs) or not
+(the QueueError), and records the outcome accordingly.
+
+cleanup logs only its own line, `ID: message-id=<...>`, before the commit, as
+Postfix's cleanup does. The `from=<...>, size=N, nrcpt=N (queue active)` line
+is qmgr's: the scheduler writes it when it takes the message into its active
+set (qmgr/scheduler.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
-from mailferry.cleanup.cleanup import CleanupSettings, clean
+from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
+from mailferry.config.config import Config
+from mailferry.config.hostinfo import local_addresses
+from mailferry.maillog import Log
 from mailferry.message import NewMessage
+from mailferry.queue import QueueError, new_queue_id
+from mailferry.tables.match_lists import NetworkList
+
+T = TypeVar("T")
+
+
+class Committer(Protocol):
+    """The queue's group committer (queue/commit.py)."""
+
+    async def submit(self, message: NewMessage) -> str: ...
+
+    async def submit_with(self, messages: Sequence[NewMessage],
+                          then: Callable[[list[str] | QueueError], T]) -> T: ...
 
 
 class CleanupService:
-    def __init__(self, settings: CleanupSettings, committer, log,
+    def __init__(self, settings: CleanupSettings, committer: Committer, log: Log,
                  is_local_client: Callable[[str], bool], on_queued: Callable[[], None]):
         self.settings = settings
         self.committer = committer
@@ -24,13 +52,48 @@ class CleanupService:
         self.is_local_client = is_local_client
         self.on_queued = on_queued
 
+    @classmethod
+    def from_config(cls, config: Config, committer: Committer, log: Log,
+                    on_queued: Callable[[], None]) -> CleanupService:
+        """`on_queued` is called after each message from smtpd or pickup is durable."""
+        return cls(CleanupSettings.from_config(config), committer, log,
+                   local_header_clients(config).matches, on_queued)
+
+    def reload(self, config: Config) -> None:
+        self.settings = CleanupSettings.from_config(config)
+        self.is_local_client = local_header_clients(config).matches
+
     async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
-        self.log.line("cleanup", f"{queue_id}: message-id={message.message_id or '<>'}")
+        self._log_message_id(message)
         queued = await self.committer.submit(message)
-        self.log.line("qmgr", f"{queued}: from=<{message.sender}>, size={len(message.content)}, "
-                              f"nrcpt={len(message.recipients)} (queue active)")
         self.on_queued()
         return queued
+
+    async def enqueue_notices(self, notices: Sequence[NewMessage],
+                              then: Callable[[list[str] | QueueError], T]) -> T:
+        """Queue qmgr's `notices` in the transaction of `then`, qmgr's write of the
+        outcome that caused them; return what `then` returns, once committed."""
+        for notice in notices:
+            clean_notice(notice, new_queue_id())
+            self._log_message_id(notice)
+        return await self.committer.submit_with(notices, then)
+
+    def _log_message_id(self, message: NewMessage) -> None:
+        self.log.line("cleanup", f"{message.queue_id}: message-id={message.message_id or '<>'}")
+
+
+def local_header_clients(config: Config) -> NetworkList:
+    """local_header_rewrite_clients: permit_inet_interfaces (the default) and permit_mynetworks."""
+    networks = []
+    for item in config.list("local_header_rewrite_clients"):
+        if item == "permit_inet_interfaces":
+            networks += ["127.0.0.0/8", "[::1]/128"]
+            networks += [str(address) for address, _ in local_addresses()]
+        elif item == "permit_mynetworks":
+            networks.append(config.get("mynetworks"))
+        elif item == "static:all":
+            networks += ["0.0.0.0/0", "[::]/0"]
+    return NetworkList(" ".join(networks))

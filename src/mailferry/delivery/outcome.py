@@ -56,6 +56,24 @@ def retry_transport(nexthop: str) -> DeliveryResult:
     return deferred("4.0.0", nexthop or "delivery temporarily suspended")
 
 
+def routing_failure(error: Exception) -> DeliveryResult:
+    """A recipient the resolver could not route (a lookup table that failed): it waits."""
+    return deferred("4.3.0", str(error))
+
+
+def agent_failure(error: BaseException) -> DeliveryResult:
+    """A delivery agent that raised (a bug) must not lose mail: its recipients wait."""
+    return deferred("4.3.0", f"delivery agent failed: {type(error).__name__}")
+
+
+def expired(dsn: str, reason: str) -> DeliveryResult:
+    """A recipient still waiting when its message outlives the queue lifetime bounces.
+    It keeps the detail of its last temporary failure (4.4.1 becomes 5.4.1); one never
+    tried, or last answered otherwise, gets 5.4.7 (delivery time expired)."""
+    return DeliveryResult(BOUNCED, "5" + dsn[1:] if dsn[:1] == "4" else "5.4.7",
+                          reason or "message delivery time expired")
+
+
 def _is_status(text: str) -> bool:
     parts = text.split(".")
     return len(parts) == 3 and all(part.isdigit() for part in parts) and text[0] in "245"

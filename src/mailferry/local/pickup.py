@@ -1,7 +1,8 @@
 """pickup: maildrop files become NewMessages, as Postfix's pickup(8) feeds cleanup.
 
-These are plain synchronous functions; the daemon runs them off its event
-loop (a worker thread) on a `pickup` control command and on pickup's timer:
+These are plain synchronous functions; the daemon's pickup service
+(local/pickup_service.py) runs them off its event loop (a worker thread) on
+a `pickup` control command and on pickup's timer:
 
     for path in scan(queue_directory):
         try:
@@ -11,10 +12,9 @@ loop (a worker thread) on a `pickup` control command and on pickup's timer:
         except MaildropError as problem:     # damaged, or not a mail file
             moved = quarantine(queue_directory, path)
             log a warning naming `moved` and `problem`; continue
-        cleanup.clean(submission.message, queue_id, settings, add_missing_headers=True,
-                      full_name=submission.full_name)
-        store.insert_many([...])             # durable once this returns
-        log `log_text(submission)` under the queue ID
+        log `log_text(submission)` under a new queue ID
+        cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                                             # durable once this returns
         remove(path)                         # only after the commit
 
 A crash between the commit and `remove` queues the message twice on restart:

@@ -4,30 +4,35 @@ The master process runs every service: smtpd, pickup, the queue manager and
 the control socket. An smtpd worker process (see master/workers.py) runs
 only smtpd and cleanup, with its own connection to the queue; after each
 commit it tells the master's queue manager through a pipe.
+
+Each service reads its own settings (`from_config`) and takes a new
+configuration itself (`reload`); this module only builds, starts, reloads
+and stops them, and wires them together: smtpd and pickup hand messages to
+cleanup, cleanup wakes the queue manager, the queue manager hands its
+notices back to cleanup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 
-from mailferry.cleanup.cleanup import CleanupSettings
 from mailferry.cleanup.service import CleanupService
 from mailferry.config.config import Config
+from mailferry.config.mastercf import MasterCf
+from mailferry.local.pickup_service import PickupService
+from mailferry.maillog import Log
 from mailferry.master.control_server import ControlServer
-from mailferry.queue import GroupCommitter, QueueError, new_queue_id, open_queue
-from mailferry.delivery.agents import Transports
-from mailferry.queue.scheduler import Scheduler, SchedulerSettings
-from mailferry.routing.resolve import Resolver
-from mailferry.tables.match_lists import NetworkList
+from mailferry.qmgr.scheduler import Scheduler
+from mailferry.queue import GroupCommitter, new_queue_id, open_queue
+from mailferry.queue.showq import encode_messages
+from mailferry.smtpd.service import SmtpdService
 
-PICKUP_DEFAULT_WAKEUP = 60.0
 STOP_DELIVERY_GRACE = 5.0   # seconds deliveries in progress get to finish at stop
 
 
 class Runtime:
-    def __init__(self, config: Config, master, sockets, tls_contexts, log, owner,
+    def __init__(self, config: Config, master: MasterCf, sockets, tls_contexts, log: Log, owner,
                  worker_notify_fd: int | None = None, workers_read_fd: int | None = None,
                  client_tables: dict | None = None):
         """`worker_notify_fd` makes this an smtpd worker that reports commits there;
@@ -41,10 +46,10 @@ class Runtime:
         self.queue_directory = config.get("queue_directory")
         self.smtpd_services: list = []
         self._tasks: list[asyncio.Task] = []
-        self._pickup_wakeup = asyncio.Event()
         self.worker_notify_fd = worker_notify_fd
         self.workers_read_fd = workers_read_fd
-        self.scheduler = None
+        self.scheduler: Scheduler | None = None
+        self.pickup: PickupService | None = None
         self.control = None
         self.client_tables = client_tables or {}
 
@@ -57,39 +62,31 @@ class Runtime:
         # the disk (one process only: a RAM queue cannot be shared with smtpd workers).
         self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
         self.committer = GroupCommitter(self.store)
+        self.cleanup = CleanupService.from_config(self.config, self.committer, self.log,
+                                                  self._tell_master if self.is_worker else self._wake_qmgr)
         if not self.is_worker:
-            self.scheduler = Scheduler(self.store, self.committer, Resolver.from_config(self.config),
-                                       self._transports(self.config, self.master), self.log,
-                                       SchedulerSettings.from_config(self.config))
-        self.cleanup = self._cleanup_service(self.config)
+            self.scheduler = Scheduler.from_config(self.config, self.master, self.store, self.committer,
+                                                   self.cleanup, self.log, self.client_tables)
+            self.pickup = PickupService.from_config(self.config, self.master, self.cleanup, self.log)
         await self._start_smtpd(self.config, self.master)
-        if self.is_worker:
+        if self.scheduler is None or self.pickup is None:
             return
         if self.workers_read_fd is not None:
             asyncio.get_running_loop().add_reader(self.workers_read_fd, self._worker_queued)
         self.control = ControlServer(self.queue_directory, {
-            "pickup": self._pickup_wakeup.set, "flush": self.scheduler.flush, "showq": self._showq}, self.log)
+            "pickup": self.pickup.wake, "flush": self.scheduler.flush, "showq": self._showq}, self.log)
         await self.control.start()
         self._tasks = [
-            asyncio.create_task(self.scheduler.run(self.config.time("queue_run_delay")), name="qmgr"),
-            asyncio.create_task(self._pickup_loop(), name="pickup"),
+            asyncio.create_task(self.scheduler.run(self.scheduler.settings.queue_run_delay), name="qmgr"),
+            asyncio.create_task(self.pickup.run(), name="pickup"),
         ]
 
-    def _transports(self, config: Config, master) -> Transports:
-        from mailferry.delivery.dns import NexthopResolver
-        protocols = tuple(config.list("inet_protocols")) or ("all",)
-        # The SMTP client applies smtp_mx_address_limit itself, per transport.
-        dns = NexthopResolver.from_environment(inet_protocols=protocols, mx_address_limit=0)
-        return Transports(config, master, self.log, dns, self.client_tables)
-
-    def _cleanup_service(self, config: Config) -> CleanupService:
-        on_queued = self._tell_master if self.is_worker else self.scheduler.wake
-        settings, is_local_client = _cleanup_configuration(config)
-        return CleanupService(settings, self.committer, self.log, is_local_client, on_queued)
+    def _wake_qmgr(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     async def _showq(self) -> bytes:
         """The queue for a user who may not read it directly (see mailferry.control)."""
-        from mailferry.queue.showq import encode_messages
         messages = await asyncio.to_thread(self.store.messages)
         return encode_messages(messages)
 
@@ -104,10 +101,9 @@ class Runtime:
             os.read(self.workers_read_fd, 4096)
         except BlockingIOError:
             return
-        self.scheduler.wake()
+        self._wake_qmgr()
 
-    async def _start_smtpd(self, config: Config, master) -> None:
-        from mailferry.smtpd.service import SmtpdService
+    async def _start_smtpd(self, config: Config, master: MasterCf) -> None:
         for service in master.services:
             if service.command != "smtpd" or service.type != "inet":
                 continue
@@ -117,54 +113,14 @@ class Runtime:
             await smtpd.start(sockets)
             self.smtpd_services.append(smtpd)
 
-    async def _pickup_loop(self) -> None:
-        pickup = self.master.find("pickup", "unix") if self.master else None
-        interval = float(pickup.wakeup_seconds) if pickup is not None and pickup.wakeup_seconds else \
-            PICKUP_DEFAULT_WAKEUP
-        while True:
-            await self._pick_up_all()
-            self._pickup_wakeup.clear()
-            try:
-                await asyncio.wait_for(self._pickup_wakeup.wait(), interval)
-            except TimeoutError:
-                pass
-
-    async def _pick_up_all(self) -> None:
-        from mailferry.local import pickup
-        from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
-        for path in await asyncio.to_thread(pickup.scan, self.queue_directory):
-            try:
-                submission = await asyncio.to_thread(pickup.pick_up, path)
-            except UnsupportedMaildropVersion as problem:
-                self.log.warning("pickup", f"{path}: {problem}; left in place for a newer mailferry")
-                continue
-            except MaildropError as problem:
-                moved = await asyncio.to_thread(pickup.quarantine, self.queue_directory, path)
-                self.log.warning("pickup", f"{problem}; file moved to {moved}")
-                continue
-            except FileNotFoundError:
-                continue
-            queue_id = new_queue_id()
-            self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
-            try:
-                await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
-            except QueueError as problem:
-                self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
-                return
-            await asyncio.to_thread(pickup.remove, path)
-
-    async def reload(self, config: Config, master) -> None:
+    async def reload(self, config: Config, master: MasterCf) -> None:
         """New configuration for new work: listeners are rebuilt, open sessions finish on the old one."""
         self.config, self.master = config, master
         if self.scheduler is not None:
-            from mailferry.delivery.agents import reopen_client_tables
-            self.client_tables = reopen_client_tables(self.client_tables, config, master, self.log)
-            old = self.scheduler.transports
-            self.scheduler.resolver = Resolver.from_config(config)
-            self.scheduler.transports = self._transports(config, master)
-            self.scheduler.settings = SchedulerSettings.from_config(config)
-            old.close()   # idle cached sessions; deliveries in progress finish on their own
-        self.cleanup.settings, self.cleanup.is_local_client = _cleanup_configuration(config)
+            self.scheduler.reload(config, master)
+        if self.pickup is not None:
+            self.pickup.reload(config, master)
+        self.cleanup.reload(config)
         for smtpd in self.smtpd_services:
             smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
 
@@ -174,7 +130,7 @@ class Runtime:
         if self.scheduler is not None:
             self.scheduler.stop()
             await self.scheduler.drain(STOP_DELIVERY_GRACE)
-            self.scheduler.transports.close()
+            self.scheduler.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -194,31 +150,3 @@ class Runtime:
         self.log.line("cleanup" if self.is_worker else "qmgr", f"queue statistics: {messages} messages in {batches} commits "
                               f"(average {average:.1f} per commit); {calls}")
 
-
-def _cleanup_configuration(config: Config) -> tuple[CleanupSettings, Callable[[str], bool]]:
-    """What cleanup takes from main.cf: its settings, and which clients get missing headers added."""
-    settings = CleanupSettings(
-        myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
-        append_at_myorigin=config.boolean("append_at_myorigin"),
-        tls_received_header=config.boolean("smtpd_tls_received_header"),
-        mail_name=config.get("mail_name"))
-    return settings, _local_header_clients(config).matches
-
-
-def _local_header_clients(config: Config) -> NetworkList:
-    """local_header_rewrite_clients: permit_inet_interfaces (the default) and permit_mynetworks."""
-    networks = []
-    for item in config.list("local_header_rewrite_clients"):
-        if item == "permit_inet_interfaces":
-            networks += ["127.0.0.0/8", "[::1]/128"]
-            networks += [f"{address}" for address in _own_addresses()]
-        elif item == "permit_mynetworks":
-            networks.append(config.get("mynetworks"))
-        elif item == "static:all":
-            networks += ["0.0.0.0/0", "[::]/0"]
-    return NetworkList(" ".join(networks))
-
-
-def _own_addresses() -> list[str]:
-    from mailferry.config.hostinfo import local_addresses
-    return [str(address) for address, _ in local_addresses()]

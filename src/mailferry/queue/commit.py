@@ -16,6 +16,11 @@ Order: messages are inserted in submission order and other calls run in
 submission order, but a cycle runs its calls before its messages; a call
 that must follow an insert awaits the insert first (it needs the queue ID
 anyway).
+
+submit_with() stores messages and runs a write in the same transaction:
+cleanup uses it for the notices qmgr makes (bounces, delay warnings), so a
+notice and the delivery outcome that caused it are durable together or not
+at all. Neither can then be lost, or sent twice, by a crash in between.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mailferry.message import NewMessage
 from mailferry.queue.store import QueueError, QueueFull, QueueStore
@@ -47,6 +52,7 @@ class _Call:
 
 # (future, result, exception): what one piece of work came to.
 _Outcome = tuple[asyncio.Future, Any, BaseException | None]
+T = TypeVar("T")
 
 
 class GroupCommitter:
@@ -76,6 +82,17 @@ class GroupCommitter:
         future = self._new_future()
         self._enqueue(self._calls, _Call(function, args, future))
         return await future
+
+    async def submit_with(self, messages: Sequence[NewMessage],
+                          then: Callable[[list[str] | QueueError], T]) -> T:
+        """Store `messages` and run `then` in ONE transaction, on the writer thread;
+        return what `then` returns once that transaction is committed.
+
+        `then` gets the messages' queue IDs, or the QueueError that kept them
+        out (a full disk); its own writes go ahead either way, so that it can
+        record why the messages are missing. If the commit itself fails, none
+        of it happened and the error is raised here."""
+        return await self.run(_insert_then, self.store, list(messages), then)
 
     async def close(self) -> None:
         """Write everything already submitted, then stop the writer thread.
@@ -147,6 +164,17 @@ class GroupCommitter:
             return call.future, call.function(*call.args), None
         except Exception as exc:
             return call.future, None, exc
+
+
+def _insert_then(store: QueueStore, messages: list[NewMessage],
+                 then: Callable[[list[str] | QueueError], T]) -> T:
+    # On the writer thread, inside the batch: a failed insert is undone alone.
+    inserted: list[str] | QueueError
+    try:
+        inserted = store.insert_many(messages) if messages else []
+    except QueueError as error:
+        inserted = error
+    return then(inserted)
 
 
 def _failed(work: Sequence[_Insert | _Call], error: BaseException) -> list[_Outcome]:

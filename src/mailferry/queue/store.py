@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from mailferry.message import NewMessage, QueuedMessage
 
@@ -95,10 +96,9 @@ class QueueStore:
         """Make deferred messages (or the given ones) due now (postqueue -f / -i)."""
         raise NotImplementedError
 
-    def batch(self):
+    def batch(self) -> AbstractContextManager[None]:
         """A context in which several writes share one transaction (the group
         commit); they are durable only when the block exits. Default: none."""
-        from contextlib import nullcontext
         return nullcontext()
 
     def close(self) -> None:

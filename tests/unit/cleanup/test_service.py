@@ -1,33 +1,29 @@
-"""CleanupService.enqueue: finish the message, make it durable, log it as Postfix does.
+"""CleanupService: finish the message, make it durable, log it as Postfix does.
 
 Postfix logs, for each message that enters the queue:
     cleanup[..]: QUEUEID: message-id=<...>         (message-id=<> when there is none)
     qmgr[..]:    QUEUEID: from=<sender>, size=N, nrcpt=N (queue active)
+cleanup writes only the first; the second is qmgr's, written when the queue
+manager takes the message (tests/unit/qmgr/test_scheduler.py checks it).
 The queue is the real RAM backend behind the real group committer.
 """
 
 import asyncio
+from contextlib import contextmanager
 
 import pytest
 
 from mailferry.cleanup.cleanup import CleanupSettings
-from mailferry.cleanup.service import CleanupService
+from mailferry.cleanup.service import CleanupService, local_header_clients
+from mailferry.config.config import Config
+from mailferry.config.maincf import parse_main_cf
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.queue import GroupCommitter, QueueFull, RamQueueStore
+from tests.unit.listlog import ListLog
 
 SETTINGS = CleanupSettings(myhostname="mx.example.com", myorigin="example.com")
 QUEUE_ID = "6C8A2F41B3D7"
 REMOTE = ClientInfo(name="mail.example.net", address="192.0.2.10", helo="helo.example.net")
-
-
-class ListLog:
-    """Collects (program, text): what MailLog.line would have written."""
-
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append((program, text))
 
 
 def smtp_message(content=b"Subject: s\r\nMessage-ID: <m1@example.net>\r\n\r\nbody\r\n",
@@ -89,23 +85,18 @@ def test_the_stored_content_carries_our_received_header():
     assert content.endswith(b"Subject: s\r\nMessage-ID: <m1@example.net>\r\n\r\nbody\r\n")
 
 
-def test_it_logs_message_id_then_queue_active_in_postfix_form():
+def test_it_logs_message_id_in_postfix_form_and_no_line_of_qmgr():
     harness = Harness()
     harness.enqueue(smtp_message())
-    size = len(harness.store.content(QUEUE_ID))
-    assert harness.log.lines == [
-        ("cleanup", f"{QUEUE_ID}: message-id=<m1@example.net>"),
-        ("qmgr", f"{QUEUE_ID}: from=<alice@example.net>, size={size}, nrcpt=2 (queue active)"),
-    ]
+    assert harness.log.lines == [("cleanup", f"{QUEUE_ID}: message-id=<m1@example.net>")]
 
 
-def test_the_logged_sender_is_the_qualified_one_and_the_null_sender_is_empty_brackets():
+def test_the_stored_sender_is_the_qualified_one_and_the_null_sender_stays_empty():
     harness = Harness()
     harness.enqueue(smtp_message(sender="alice"), queue_id="AAAAAAAAAAA1")
     harness.enqueue(smtp_message(sender=""), queue_id="AAAAAAAAAAA2")
-    active = [text for program, text in harness.log.lines if text.endswith("(queue active)")]
-    assert active[0].startswith("AAAAAAAAAAA1: from=<alice@example.com>, ")
-    assert active[1].startswith("AAAAAAAAAAA2: from=<>, ")
+    assert harness.store.get("AAAAAAAAAAA1").sender == "alice@example.com"
+    assert harness.store.get("AAAAAAAAAAA2").sender == ""
 
 
 def test_a_message_without_message_id_is_logged_as_message_id_empty_brackets():
@@ -170,3 +161,103 @@ def test_a_full_queue_raised_by_a_store_subclass_propagates_too():
         harness.enqueue(smtp_message())
     assert [program for program, _ in harness.log.lines] == ["cleanup"]
     assert harness.queued_calls == 0
+
+
+# --- qmgr's notices
+
+
+NOTICE = (b"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+          b"From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
+          b"Subject: Undelivered Mail Returned to Sender\r\n"
+          b"Message-Id: <20261124100000.4F2A1B3C5D6E@mx.example.com>\r\n\r\nreport\r\n")
+
+
+def notice(to="alice@example.net"):
+    return NewMessage(sender="", recipients=[Recipient(to)], content=NOTICE, origin="bounce",
+                      message_id="20261124100000.4F2A1B3C5D6E@mx.example.com")
+
+
+def enqueue_notices(harness, notices, then):
+    async def run():
+        committer = GroupCommitter(harness.store)
+        service = CleanupService(SETTINGS, committer, harness.log, harness.is_local_client, harness.on_queued)
+        try:
+            return await service.enqueue_notices(notices, then)
+        finally:
+            await committer.close()
+    return asyncio.run(run())
+
+
+def test_notices_get_a_queue_id_and_cleanups_line_and_are_stored_as_made():
+    harness = Harness()
+    seen = []
+    ids = enqueue_notices(harness, [notice(), notice("carol@example.net")],
+                          lambda inserted: seen.append(inserted) or inserted)
+    assert seen == [ids] and len(set(ids)) == 2
+    assert harness.log.lines == [("cleanup", f"{queue_id}: message-id=<20261124100000.4F2A1B3C5D6E@mx.example.com>")
+                                 for queue_id in ids]
+    assert [harness.store.content(queue_id) for queue_id in ids] == [NOTICE, NOTICE]   # nothing added
+    assert [harness.store.get(queue_id).sender for queue_id in ids] == ["", ""]
+    assert harness.queued_calls == 0          # qmgr made them: it knows
+
+
+def test_notices_and_the_write_that_goes_with_them_are_one_transaction():
+    class Counting(RamQueueStore):
+        def __init__(self):
+            super().__init__()
+            self.transactions = 0
+            self.in_transaction = False
+
+        @contextmanager
+        def batch(self):
+            self.transactions += 1
+            self.in_transaction = True
+            try:
+                yield
+            finally:
+                self.in_transaction = False
+
+    store = Counting()
+    harness = Harness(store=store)
+    seen = []
+
+    def then(inserted):
+        seen.append((store.in_transaction, store.get(inserted[0]) is not None))
+        return inserted
+    [queue_id] = enqueue_notices(harness, [notice()], then)
+    assert store.transactions == 1
+    assert seen == [(True, True)]        # inside the transaction, after the notice's insert
+    assert store.get(queue_id) is not None
+
+
+def test_notices_the_queue_cannot_take_are_reported_to_the_write_which_still_happens():
+    harness = Harness(store=RamQueueStore(max_messages=0))
+    result = enqueue_notices(harness, [notice()], lambda inserted: inserted)
+    assert isinstance(result, QueueFull)
+    assert harness.queue_ids() == []
+    assert [program for program, _ in harness.log.lines] == ["cleanup"]
+
+
+# --- configuration
+
+
+def config_of(text):
+    return Config("/nonexistent", parse_main_cf(text, "/nonexistent/main.cf"))
+
+
+def test_from_config_reads_cleanups_settings_and_reload_replaces_them():
+    harness = Harness()
+    service = CleanupService.from_config(config_of("myorigin = one.example\nmynetworks = 192.0.2.0/24\n"
+                                                   "local_header_rewrite_clients = permit_mynetworks\n"),
+                                         committer=None, log=harness.log, on_queued=harness.on_queued)
+    assert service.settings.myorigin == "one.example"
+    assert service.is_local_client("192.0.2.10") and not service.is_local_client("198.51.100.1")
+    service.reload(config_of("myorigin = two.example\nlocal_header_rewrite_clients = static:all\n"))
+    assert service.settings.myorigin == "two.example"
+    assert service.is_local_client("198.51.100.1")
+
+
+def test_the_default_local_header_rewrite_clients_are_our_own_interfaces():
+    clients = local_header_clients(config_of(""))
+    assert clients.matches("127.0.0.1") and clients.matches("::1")
+    assert not clients.matches("192.0.2.10")

@@ -1,4 +1,5 @@
 import os
+import pwd
 import time
 
 import pytest
@@ -57,7 +58,6 @@ def test_null_sender_stays_null(queue_directory):
 
 
 def test_missing_sender_is_the_owners_login(queue_directory):
-    import pwd
     message = pickup.pick_up(drop(queue_directory, sender=None)).message
     assert message.sender == pwd.getpwuid(os.getuid()).pw_name
 

@@ -2,10 +2,16 @@
 bounce(8) daemon writes them: a failure notice, a delay warning, and the
 postmaster's copy of a notice that itself could not be delivered.
 
-Pure functions: the caller hands over the queued message, its content and the
-recipients to report, and queues the NewMessage that comes back. The content
-is joined from bytes rather than made by email.generator, which would rewrap
-lines and could alter the returned original.
+The notice makers are pure functions: the caller hands over the queued
+message, its content and the recipients to report, and gets a NewMessage
+back. The content is joined from bytes rather than made by email.generator,
+which would rewrap lines and could alter the returned original.
+
+`notices_for` decides which notices one settled delivery attempt calls for;
+qmgr hands them to cleanup, the way into the queue, and `log_queued` writes
+bounce's log line for each once it is queued. bounce writes only `bounce`
+lines; the notices' `message-id=` and `(queue active)` lines are cleanup's
+and qmgr's, as in Postfix.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from mailferry.message import ClientInfo, NewMessage, QueuedMessage, Recipient
+from mailferry.maillog import Log
+from mailferry.message import DEFERRED, PENDING, ClientInfo, NewMessage, QueuedMessage, Recipient
 
 CRLF = b"\r\n"
 MAX_LINE = 78  # fold report lines longer than this, as RFC 5322 recommends
@@ -42,6 +49,13 @@ class BounceSettings:
     bounce_size_limit: int = 50000          # Postfix's bounce_size_limit
     postmaster: str = "postmaster"          # 2bounce_notice_recipient / delay_notice_recipient
     maximal_queue_lifetime: float = 5 * 86400   # seconds, for Will-Retry-Until in delay notices
+    delay_warning_time: float = 0.0         # seconds; 0: no delay notices
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    label: str           # how bounce's log line names it: "sender non-delivery notification"
+    message: NewMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,48 @@ class _Kind:
 _FAILURE = _Kind("Undelivered Mail Returned to Sender", "bounce", "failed", "5.0.0", "", True)
 _DELAY = _Kind("Delayed Mail (still being retried)", "bounce", "delayed", "4.0.0", ".delay", False)
 _POSTMASTER_COPY = _Kind("Postmaster Copy: Undelivered Mail", "2bounce", "failed", "5.0.0", "", True)
+
+
+DELAY_NOTICE = "sender delay notification"
+
+
+def notices_for(message: QueuedMessage, content: bytes, failed: list[Recipient],
+                settings: BounceSettings, now: float, log: Log) -> list[Notice]:
+    """The notices one settled attempt at `message` calls for: a failure notice for
+    the newly `failed` recipients (the postmaster's copy when `message` is itself a
+    notice; nothing when it is that copy), and one delay warning per message, after
+    delay_warning_time (`message.delay_warned` is set)."""
+    notices: list[Notice] = []
+    if failed:
+        if message.origin == "bounce":
+            notices.append(Notice("postmaster non-delivery notification",
+                                  postmaster_copy(message, content, failed, settings, now)))
+        elif message.origin == "2bounce":
+            log.warning("bounce", f"{message.queue_id}: discarding undeliverable postmaster "
+                                  "notification (no double bounce of a double bounce)")
+        else:
+            notice = failure_notice(message, content, failed, settings, now)
+            if notice is not None:
+                notices.append(Notice("sender non-delivery notification", notice))
+    delayed = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
+    warn_after = settings.delay_warning_time
+    if delayed and warn_after > 0 and not message.delay_warned and now - message.arrival_time >= warn_after:
+        message.delay_warned = True
+        notice = delay_notice(message, content, delayed, settings, now)
+        if notice is not None:
+            notices.append(Notice(DELAY_NOTICE, notice))
+    return notices
+
+
+def log_queued(log: Log, message: QueuedMessage, notices: list[Notice], ids: list[str]) -> None:
+    """bounce's line for each queued notice: `ID: sender non-delivery notification: NOTICE_ID`."""
+    for notice, notice_id in zip(notices, ids):
+        log.line("bounce", f"{message.queue_id}: {notice.label}: {notice_id}")
+
+
+def log_not_queued(log: Log, message: QueuedMessage, notices: list[Notice], error: Exception) -> None:
+    log.warning("bounce", f"{message.queue_id}: cannot queue {len(notices)} notification(s): "
+                          f"{error}; the failures are kept for the next attempt")
 
 
 def wants_failure_notice(recipient: Recipient) -> bool:

@@ -6,7 +6,7 @@ and qmgr's `QUEUEID: removed` once no recipient is left. A temporary failure
 leaves the message in the deferred queue until now + its age, kept between
 minimal_backoff_time and maximal_backoff_time.
 
-Everything here is real (RAM queue, group committer, resolver, master.cf,
+Everything here is real (RAM queue, group committer, cleanup, resolver, master.cf,
 Transports with its discard and error agents) except the SMTP client: a
 scripted agent stands at the delivery-agent boundary, so the scheduler's
 policy can be checked without a network. Time is controlled through the
@@ -26,15 +26,21 @@ from contextlib import contextmanager
 
 import pytest
 
+from mailferry.cleanup.cleanup import CleanupSettings
+from mailferry.cleanup.service import CleanupService
+from mailferry.config.config import Config
+from mailferry.config.maincf import parse_main_cf
 from mailferry.config.mastercf import parse_master_cf
 from mailferry.delivery import outcome
 from mailferry.delivery.agents import Transports
 from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, SENT, ClientInfo, NewMessage,
                                Recipient)
 from mailferry.queue import GroupCommitter, RamQueueStore
-from mailferry.queue.scheduler import Scheduler, SchedulerSettings, _seconds
+from mailferry.qmgr import scheduler as scheduler_module
+from mailferry.qmgr.scheduler import Scheduler, SchedulerSettings, _seconds
 from mailferry.routing.resolve import Resolver, RoutingSettings
 from mailferry.tables import open_maps
+from tests.unit import listlog
 
 LOCAL = "example.com"
 SENDER = "alice@example.com"      # a local sender: its notices are discarded when they run
@@ -65,27 +71,13 @@ SCRIPTED = RoutingSettings(local_transport="discard:", relay_transport="error:5.
                            relay_domains="bad.example", default_transport="relay")
 
 FAST = SchedulerSettings(minimal_backoff_time=300, maximal_backoff_time=4000)
+CLEANUP = CleanupSettings(myhostname="mx.example.com", myorigin="example.com")
 
 
-class ListLog:
-    def __init__(self):
-        self.lines: list[tuple[str, str]] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append((program, text))
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append((program, f"warning: {text}"))
-
-    def texts(self) -> list[str]:
-        return [text for _, text in self.lines]
-
+class ListLog(listlog.ListLog):
     def deliveries(self):
         return [(program, DELIVERY_LINE.match(text)) for program, text in self.lines
                 if DELIVERY_LINE.match(text)]
-
-    def warnings(self) -> list[str]:
-        return [text for text in self.texts() if text.startswith("warning: ")]
 
 
 class BatchCountingStore(RamQueueStore):
@@ -164,13 +156,16 @@ class Harness:
         self.resolver = Resolver(routing, lambda domain: domain == LOCAL, transport_maps)
         self.transports = ScriptedTransports(parse_master_cf(master, "master.cf"), self.log, self.agents)
         self.committer = None
+        self.cleanup = None
         self.scheduler = None
 
     def run(self, scenario):
         async def main():
             self.committer = GroupCommitter(self.store)
-            self.scheduler = Scheduler(self.store, self.committer, self.resolver, self.transports,
-                                       self.log, self.settings)
+            self.cleanup = CleanupService(CLEANUP, self.committer, self.log, lambda address: True,
+                                          lambda: self.scheduler.wake())
+            self.scheduler = Scheduler(self.store, self.committer, self.cleanup, self.resolver,
+                                       self.transports, self.log, self.settings)
             try:
                 return await scenario(self)
             finally:
@@ -587,7 +582,6 @@ def test_a_message_in_flight_is_not_taken_again():
 def test_mail_left_for_lack_of_room_goes_as_soon_as_room_is_made(monkeypatch):
     """Content in flight is capped (IN_FLIGHT_BYTES): the second message waits for the
     first to finish, and is taken then, not at the next queue_run_delay."""
-    from mailferry.queue import scheduler as scheduler_module
     gate = asyncio.Event()
     agent = ScriptedAgent(gate=gate)
     h = Harness(routing=SCRIPTED, agents={"relay": agent})
@@ -636,6 +630,128 @@ def test_a_whole_run_is_written_in_few_transactions():
     assert h.store.stats["due"] == 1 and h.store.stats["contents"] == 1
     assert h.store.messages() == []
     assert sorted(line["id"] for _, line in h.log.deliveries()) == sorted(ids)
+
+
+# --- log lines: each service its own, notices through cleanup
+
+QUEUE_ID = "6C8A2F41B3D7"
+REMOTE = ClientInfo(name="mail.example.net", address="192.0.2.10", helo="helo.example.net")
+
+
+def smtp_message(sender="alice@example.net", recipients=("bob@example.org", "carol@example.org")):
+    return NewMessage(sender=sender, recipients=[Recipient(r) for r in recipients],
+                      content=b"Subject: s\r\nMessage-ID: <m1@example.net>\r\n\r\nbody\r\n",
+                      client=REMOTE, origin="smtp")
+
+
+def test_a_message_from_cleanup_is_logged_message_id_then_queue_active_in_postfix_form():
+    # Postfix: cleanup[..]: ID: message-id=<...>, then qmgr[..]: ID: from=<sender>, size=N,
+    # nrcpt=N (queue active) when qmgr takes the message into its active set.
+    h = Harness()
+
+    async def scenario(h):
+        await h.cleanup.enqueue(smtp_message(), QUEUE_ID)
+        size = len(h.store.content(QUEUE_ID))
+        await h.once()
+        return size
+    size = h.run(scenario)
+    assert h.log.lines[:2] == [
+        ("cleanup", f"{QUEUE_ID}: message-id=<m1@example.net>"),
+        ("qmgr", f"{QUEUE_ID}: from=<alice@example.net>, size={size}, nrcpt=2 (queue active)"),
+    ]
+
+
+def test_the_logged_sender_is_the_qualified_one_and_the_null_sender_is_empty_brackets():
+    h = Harness()
+
+    async def scenario(h):
+        await h.cleanup.enqueue(smtp_message(sender="alice"), "AAAAAAAAAAA1")
+        await h.cleanup.enqueue(smtp_message(sender=""), "AAAAAAAAAAA2")
+        await h.once()
+    h.run(scenario)
+    active = {text.split(":")[0]: text for program, text in h.log.lines if text.endswith("(queue active)")}
+    assert active["AAAAAAAAAAA1"].startswith("AAAAAAAAAAA1: from=<alice@example.com>, ")
+    assert active["AAAAAAAAAAA2"].startswith("AAAAAAAAAAA2: from=<>, ")
+
+
+def test_queue_active_is_logged_each_time_the_message_enters_the_active_set():
+    gate = asyncio.Event()
+    agent = ScriptedAgent({"later@one.example": outcome.deferred("4.4.1", "connect to mx: timed out")},
+                          gate=gate)
+    h = Harness(routing=SCRIPTED, agents={"relay": agent})
+    [queue_id] = h.queue(message("later@one.example", "ok@example.com"))
+
+    async def scenario(h):
+        assert await h.scheduler._take_due() == 1
+        await asyncio.wait_for(agent.entered.wait(), 2)
+        assert await h.scheduler._take_due() == 0      # in flight: not entered again
+        gate.set()
+        await h.scheduler.run_once()
+        h.store.flush([queue_id])                      # the retry
+        await h.once()
+    h.run(scenario)
+    size = len(CONTENT)
+    active = [(program, text) for program, text in h.log.lines if text.endswith("(queue active)")]
+    # nrcpt is the message's recipient count, done ones included, as Postfix's qmgr reads it.
+    assert active == [("qmgr", f"{queue_id}: from=<{SENDER}>, size={size}, nrcpt=2 (queue active)")] * 2
+
+
+def test_a_notice_enters_through_cleanup_and_each_service_logs_its_own_line():
+    h = Harness()
+    [queue_id] = h.queue(message("bob@bad.example"))
+
+    async def scenario(h):
+        await h.once()
+        [notice] = h.notices()
+        first_run = list(h.log.lines)
+        content = h.store.content(notice.queue_id)
+        await h.once()     # the notice itself (to a local sender: discarded)
+        return notice, first_run, content
+    notice, first_run, content = h.run(scenario)
+    message_id = re.search(rb"\r\nMessage-Id: (<[^>]+>)\r\n", content).group(1).decode()
+    settled = [line for line in first_run if not DELIVERY_LINE.match(line[1])][1:]   # after (queue active)
+    assert settled == [
+        ("cleanup", f"{notice.queue_id}: message-id={message_id}"),
+        ("bounce", f"{queue_id}: sender non-delivery notification: {notice.queue_id}"),
+        ("qmgr", f"{queue_id}: removed"),
+    ]
+    assert ("qmgr", f"{notice.queue_id}: from=<>, size={len(content)}, nrcpt=1 (queue active)") \
+        in h.log.lines[len(first_run):]
+
+
+def test_a_notice_and_the_outcome_that_caused_it_are_committed_in_one_transaction():
+    h = Harness()
+    [queue_id] = h.queue(message("bob@bad.example"))
+
+    async def scenario(h):
+        await h.once()
+        return h.store.transactions
+    assert h.run(scenario) == 1
+    assert h.store.get(queue_id) is None
+    assert [m.origin for m in h.store.messages()] == ["bounce"]
+
+
+# --- configuration
+
+
+def config_of(text):
+    return Config("/nonexistent", parse_main_cf(text, "/nonexistent/main.cf"))
+
+
+def test_from_config_reads_qmgr_settings_and_reload_replaces_them_and_the_agents():
+    master = parse_master_cf(MASTER_CF, "master.cf")
+    h = Harness()
+
+    async def scenario(h):
+        scheduler = Scheduler.from_config(config_of("minimal_backoff_time = 10s\n"), master, h.store,
+                                          h.committer, h.cleanup, h.log)
+        before = (scheduler.settings.minimal_backoff_time, scheduler.transports)
+        scheduler.reload(config_of("minimal_backoff_time = 20s\nqmgr_message_active_limit = 7\n"), master)
+        return before, scheduler
+    (backoff, old_agents), scheduler = h.run(scenario)
+    assert backoff == 10
+    assert (scheduler.settings.minimal_backoff_time, scheduler.settings.active_limit) == (20, 7)
+    assert scheduler.transports is not old_agents
 
 
 # --- the delay format

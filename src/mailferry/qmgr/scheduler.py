@@ -12,24 +12,46 @@ hop). When a message's jobs are done its outcome is settled:
   minimal_backoff_time and maximal_backoff_time (qmgr's rule), unless it
   has outlived maximal_queue_lifetime (bounce_queue_lifetime for mail
   from <>): then the rest bounce as expired;
-- new failures produce a DSN to the sender (queue/bounce.py), a DSN
+- new failures produce a DSN to the sender (qmgr/bounce.py), a DSN
   that fails produces one copy to the postmaster, and that copy is never
   bounced again; delay_warning_time produces one delay notice.
 
-The notices are inserted in the same transaction that records the
-outcome, through the group committer, so a crash cannot lose one or
-send one twice for the same failure.
+The notices enter the queue the way every message does, through cleanup
+(CleanupService.enqueue_notices), and in the same transaction that records
+the outcome: cleanup hands them to the group committer together with this
+module's write of the outcome (`_record`), so a crash cannot lose one or
+send one twice for the same failure. If the queue cannot take them (a full
+disk), `_record` learns it in that transaction and keeps the failures
+deferred, so their notices are made again at the next attempt.
+
+Log lines: qmgr writes its own, `ID: from=<...>, size=N, nrcpt=N (queue
+active)` each time a message enters the active set (as Postfix's qmgr does
+when it opens a queue file, a retry included), `ID: from=<...>,
+status=expired, returned to sender` and `ID: removed`; the delivery agent's
+`to=<...>` line is written here under the transport's name, as Postfix's
+agents write it; bounce (qmgr/bounce.py) and cleanup write theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
+from mailferry.config.config import Config
+from mailferry.config.mastercf import MasterCf
 from mailferry.delivery import outcome
+from mailferry.delivery.agents import Transports, reopen_client_tables
+from mailferry.delivery.dns import NexthopResolver
+from mailferry.delivery.smtp import DeliveryJob
+from mailferry.maillog import Log
 from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, PENDING, DeliveryResult,
                                NewMessage, QueuedMessage, Recipient)
+from mailferry.qmgr import bounce
+from mailferry.qmgr.bounce import DELAY_NOTICE, BounceSettings, Notice
 from mailferry.queue.store import QueueError
 from mailferry.routing.resolve import Resolver, Route, RoutingError
 
@@ -41,7 +63,54 @@ SCAN_BATCH = 500
 # of large messages to a slow destination cannot exhaust memory.
 IN_FLIGHT_BYTES = 256 << 20
 _REMOVED = "removed"  # the outcome of a message with nothing left to do
-DELAY_NOTICE = "sender delay notification"
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    """What qmgr reads and writes in the queue (queue/store.py)."""
+
+    def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]: ...
+
+    def contents(self, queue_ids: Sequence[str]) -> dict[str, bytes]: ...
+
+    def update(self, message: QueuedMessage) -> None: ...
+
+    def remove(self, queue_id: str) -> bool: ...
+
+
+class Committer(Protocol):
+    """The queue's group committer (queue/commit.py): writes in the next transaction."""
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T: ...
+
+
+class NoticeIntake(Protocol):
+    """cleanup (cleanup/service.py): the way into the queue for qmgr's notices."""
+
+    async def enqueue_notices(self, notices: Sequence[NewMessage],
+                              then: Callable[[list[str] | QueueError], T]) -> T: ...
+
+
+class RouteResolver(Protocol):
+    """routing/resolve.py: a recipient's (transport, next hop)."""
+
+    async def resolve(self, address: str, sender: str = "") -> Route: ...
+
+
+class DeliveryAgent(Protocol):
+    async def deliver(self, job: DeliveryJob) -> list[DeliveryResult]: ...
+
+
+class Agents(Protocol):
+    """The delivery agents by transport name (delivery/agents.py)."""
+
+    def immediate(self, transport: str, nexthop: str) -> DeliveryResult | None: ...
+
+    def client(self, transport: str) -> DeliveryAgent: ...
+
+    def forget_dead_destinations(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +128,7 @@ class SchedulerSettings:
     double_bounce_recipient: str = "postmaster"
 
     @classmethod
-    def from_config(cls, config) -> SchedulerSettings:
+    def from_config(cls, config: Config) -> SchedulerSettings:
         def seconds(name: str) -> float:
             return float(config.time(name))
         return cls(
@@ -76,19 +145,36 @@ class SchedulerSettings:
             double_bounce_recipient=config.get("2bounce_notice_recipient"),
         )
 
-    def bounce_settings(self):
-        from mailferry.queue.bounce import BounceSettings
+    def bounce_settings(self) -> BounceSettings:
         return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
                               bounce_size_limit=self.bounce_size_limit,
                               postmaster=self.double_bounce_recipient,
-                              maximal_queue_lifetime=self.maximal_queue_lifetime)
+                              maximal_queue_lifetime=self.maximal_queue_lifetime,
+                              delay_warning_time=self.delay_warning_time)
+
+    def lifetime(self, sender: str) -> float:
+        """How long mail from `sender` may wait: bounce_queue_lifetime for the null sender."""
+        return self.bounce_queue_lifetime if sender == "" else self.maximal_queue_lifetime
+
+
+def delivery_agents(config: Config, master: MasterCf | None, log: Log, client_tables: dict) -> Transports:
+    """The delivery agents of one configuration. `client_tables`: the SMTP clients'
+    password tables, opened while still root (delivery/agents.py)."""
+    protocols = tuple(config.list("inet_protocols")) or ("all",)
+    # The SMTP client applies smtp_mx_address_limit itself, per transport.
+    dns = NexthopResolver.from_environment(inet_protocols=protocols, mx_address_limit=0)
+    return Transports(config, master, log, dns, client_tables)
 
 
 class Scheduler:
-    def __init__(self, store, committer, resolver: Resolver, transports, log,
-                 settings: SchedulerSettings | None = None):
+    def __init__(self, store: Store, committer: Committer, cleanup: NoticeIntake, resolver: RouteResolver,
+                 transports: Agents, log: Log, settings: SchedulerSettings | None = None,
+                 client_tables: dict | None = None):
+        """`client_tables`: the SMTP clients' password tables, opened while still root;
+        reload() reads them again to build the new agents."""
         self.store = store
         self.committer = committer
+        self.cleanup = cleanup
         self.resolver = resolver
         self.transports = transports
         self.log = log
@@ -100,6 +186,29 @@ class Scheduler:
         # Due mail was left for lack of room (active_limit, IN_FLIGHT_BYTES): the next
         # finished message makes room, and wakes the loop.
         self._starved = False
+        self._client_tables = client_tables or {}
+
+    @classmethod
+    def from_config(cls, config: Config, master: MasterCf | None, store: Store, committer: Committer,
+                    cleanup: NoticeIntake, log: Log, client_tables: dict | None = None) -> Scheduler:
+        tables = client_tables or {}
+        return cls(store, committer, cleanup, Resolver.from_config(config),
+                   delivery_agents(config, master, log, tables), log, SchedulerSettings.from_config(config),
+                   tables)
+
+    def reload(self, config: Config, master: MasterCf | None) -> None:
+        """New routes, agents and settings for the next messages taken; deliveries in
+        progress finish with the agents they have."""
+        self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log)
+        old = self.transports
+        self.resolver = Resolver.from_config(config)
+        self.transports = delivery_agents(config, master, self.log, self._client_tables)
+        self.settings = SchedulerSettings.from_config(config)
+        old.close()   # idle cached sessions
+
+    def close(self) -> None:
+        """After drain(): the agents' idle cached sessions go."""
+        self.transports.close()
 
     # --- the loop
 
@@ -154,6 +263,8 @@ class Scheduler:
             content = contents.get(message.queue_id)
             if content is None:      # deleted between the two reads
                 continue
+            self.log.line("qmgr", f"{message.queue_id}: from=<{message.sender}>, size={message.size}, "
+                                  f"nrcpt={len(message.recipients)} (queue active)")
             task = asyncio.create_task(self._process(message, content, time.time()))
             self._in_flight[message.queue_id] = task
             self._in_flight_bytes += len(content)
@@ -192,7 +303,7 @@ class Scheduler:
             try:
                 route = await self.resolver.resolve(recipient.address, message.sender)
             except RoutingError as error:
-                immediate.append((recipient, Route("qmgr", ""), outcome.deferred("4.3.0", str(error))))
+                immediate.append((recipient, Route("qmgr", ""), outcome.routing_failure(error)))
                 continue
             result = self.transports.immediate(route.transport, route.nexthop)
             if result is not None:
@@ -211,15 +322,13 @@ class Scheduler:
 
     async def _run_job(self, message: QueuedMessage, content: bytes, route: Route,
                        recipients: list[Recipient], activated: float) -> None:
-        from mailferry.delivery.smtp import DeliveryJob
         dispatched = time.time()
         try:
             results = await self.transports.client(route.transport).deliver(
                 DeliveryJob(message, content, recipients, route.nexthop))
         except Exception as error:    # a bug must not lose mail: the recipients wait
             self.log.warning(route.transport, f"{message.queue_id}: delivery agent failed: {error!r}")
-            results = [outcome.deferred("4.3.0", f"delivery agent failed: {type(error).__name__}")] \
-                * len(recipients)
+            results = [outcome.agent_failure(error)] * len(recipients)
         for recipient, result in zip(recipients, results):
             self._outcome(message, recipient, route, result, activated, dispatched)
 
@@ -239,49 +348,26 @@ class Scheduler:
         now = time.time()
         newly_bounced = [r for r in attempted if r.status == BOUNCED]
         expired = self._expire_if_too_old(message, now)
-        notices = self._notices(message, content, newly_bounced + expired, now)
+        notices = bounce.notices_for(message, content, newly_bounced + expired,
+                                     self.settings.bounce_settings(), now, self.log)
         self._settle(message, now)
-        ids = await self.committer.run(self._record, message, notices, newly_bounced + expired)
+        record = partial(self._record, message, notices, newly_bounced + expired)
+        if notices:
+            ids = await self.cleanup.enqueue_notices([notice.message for notice in notices], record)
+        else:
+            ids = await self.committer.run(record, [])
         self._log_settled(message, expired, notices, ids)
         if ids:
             self.wake()
 
     def _expire_if_too_old(self, message: QueuedMessage, now: float) -> list[Recipient]:
         waiting = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
-        lifetime = self.settings.bounce_queue_lifetime if message.sender == "" else \
-            self.settings.maximal_queue_lifetime
-        if not waiting or now - message.arrival_time < lifetime:
+        if not waiting or now - message.arrival_time < self.settings.lifetime(message.sender):
             return []
         for recipient in waiting:
-            recipient.status = BOUNCED
-            recipient.dsn = "5" + recipient.dsn[1:] if recipient.dsn[:1] == "4" else "5.4.7"
-            recipient.reason = recipient.reason or "message delivery time expired"
+            result = outcome.expired(recipient.dsn, recipient.reason)
+            recipient.status, recipient.dsn, recipient.reason = result.status, result.dsn, result.reason
         return waiting
-
-    def _notices(self, message: QueuedMessage, content: bytes, failed: list[Recipient],
-                 now: float) -> list[tuple[str, NewMessage]]:
-        from mailferry.queue import bounce
-        settings = self.settings.bounce_settings()
-        notices: list[tuple[str, NewMessage]] = []
-        if failed:
-            if message.origin == "bounce":
-                notices.append(("postmaster non-delivery notification",
-                                bounce.postmaster_copy(message, content, failed, settings, now)))
-            elif message.origin == "2bounce":
-                self.log.warning("bounce", f"{message.queue_id}: discarding undeliverable postmaster "
-                                           "notification (no double bounce of a double bounce)")
-            else:
-                notice = bounce.failure_notice(message, content, failed, settings, now)
-                if notice is not None:
-                    notices.append(("sender non-delivery notification", notice))
-        delayed = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
-        warn_after = self.settings.delay_warning_time
-        if delayed and warn_after > 0 and not message.delay_warned and now - message.arrival_time >= warn_after:
-            message.delay_warned = True
-            notice = bounce.delay_notice(message, content, delayed, settings, now)
-            if notice is not None:
-                notices.append((DELAY_NOTICE, notice))
-        return notices
 
     def _settle(self, message: QueuedMessage, now: float) -> None:
         states = {recipient.status for recipient in message.recipients}
@@ -297,47 +383,41 @@ class Scheduler:
             if recipient.status == PENDING:
                 recipient.status = DEFERRED
 
-    def _record(self, message: QueuedMessage, notices: list[tuple[str, NewMessage]],
-                failed: list[Recipient]) -> list[str]:
-        """On the queue's writer thread, in the committer's transaction: the notices and
-        the outcome are stored together."""
+    def _record(self, message: QueuedMessage, notices: list[Notice], failed: list[Recipient],
+                inserted: list[str] | QueueError) -> list[str]:
+        """On the queue's writer thread, in the transaction that stored the notices
+        (`inserted`: their queue IDs) or failed to (the QueueError): the outcome."""
         ids: list[str] = []
-        if notices:
-            try:
-                ids = self.store.insert_many([notice for _, notice in notices])
-            except QueueError as error:
-                self._postpone_failures(message, notices, failed, error)
+        if isinstance(inserted, QueueError):
+            self._postpone_failures(message, notices, failed, inserted)
+        else:
+            ids = inserted
         if message.queue == _REMOVED:
             self.store.remove(message.queue_id)
         else:
             self.store.update(message)
         return ids
 
-    def _postpone_failures(self, message: QueuedMessage, notices: list[tuple[str, NewMessage]],
-                           failed: list[Recipient], error) -> None:
+    def _postpone_failures(self, message: QueuedMessage, notices: list[Notice],
+                           failed: list[Recipient], error: QueueError) -> None:
         """The queue cannot take the notices (full disk): record the deliveries that
         happened, so they are not repeated, and keep the failures for the next attempt,
         when their notices are made again."""
-        self.log.warning("bounce", f"{message.queue_id}: cannot queue {len(notices)} notification(s): "
-                                   f"{error}; the failures are kept for the next attempt")
+        bounce.log_not_queued(self.log, message, notices, error)
         for recipient in failed:
             recipient.status = DEFERRED
-        if any(label == DELAY_NOTICE for label, _ in notices):
+        if any(notice.label == DELAY_NOTICE for notice in notices):
             message.delay_warned = False
         if message.queue == _REMOVED or message.next_attempt <= time.time():
             message.queue = DEFERRED_QUEUE
             message.next_attempt = time.time() + self.settings.minimal_backoff_time
 
     def _log_settled(self, message: QueuedMessage, expired: list[Recipient],
-                     notices: list[tuple[str, NewMessage]], ids: list[str]) -> None:
+                     notices: list[Notice], ids: list[str]) -> None:
         if expired:
             self.log.line("qmgr", f"{message.queue_id}: from=<{message.sender}>, status=expired, "
                                   "returned to sender")
-        for (label, notice), notice_id in zip(notices, ids):
-            self.log.line("bounce", f"{message.queue_id}: {label}: {notice_id}")
-            self.log.line("cleanup", f"{notice_id}: message-id=<{notice.message_id}>")
-            self.log.line("qmgr", f"{notice_id}: from=<>, size={len(notice.content)}, "
-                                  f"nrcpt={len(notice.recipients)} (queue active)")
+        bounce.log_queued(self.log, message, notices, ids)
         if message.queue == _REMOVED:
             self.log.line("qmgr", f"{message.queue_id}: removed")
 

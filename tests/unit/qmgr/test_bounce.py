@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from mailferry.message import ClientInfo, QueuedMessage, Recipient
-from mailferry.queue.bounce import (
+from mailferry.qmgr.bounce import (
     BounceSettings, delay_notice, failure_notice, postmaster_copy, wants_delay_notice,
     wants_failure_notice,
 )

@@ -1,0 +1,87 @@
+"""The pickup service: the daemon's loop around local/pickup.py.
+
+It scans the maildrop directory at start, on each `pickup` control command
+(`wake`, sent by sendmail after it writes a file) and every pickup wakeup
+time (master.cf's wakeup column, 60 s by default, as Postfix's). Each file
+becomes a NewMessage that goes through cleanup, the one way into the queue;
+the file is removed only once the queue has committed the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from mailferry.config.config import Config
+from mailferry.config.mastercf import MasterCf
+from mailferry.local import pickup
+from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
+from mailferry.maillog import Log
+from mailferry.message import NewMessage
+from mailferry.queue import QueueError, new_queue_id
+
+DEFAULT_WAKEUP = 60.0
+
+
+class Intake(Protocol):
+    """cleanup (cleanup/service.py): the way into the queue."""
+
+    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str: ...
+
+
+class PickupService:
+    def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP):
+        self.queue_directory = queue_directory
+        self.cleanup = cleanup
+        self.log = log
+        self.wakeup = wakeup
+        self._wakeup_event = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, config: Config, master: MasterCf | None, cleanup: Intake, log: Log) -> PickupService:
+        return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master))
+
+    def reload(self, config: Config, master: MasterCf | None) -> None:
+        """The wakeup time of the new master.cf applies from the next wait."""
+        self.wakeup = _wakeup_seconds(master)
+
+    def wake(self) -> None:
+        self._wakeup_event.set()
+
+    async def run(self) -> None:
+        while True:
+            # Cleared before the scan: a wake-up that comes during it (sendmail has
+            # just written a file) makes one more scan, rather than waiting for the timer.
+            self._wakeup_event.clear()
+            await self.pick_up_all()
+            try:
+                await asyncio.wait_for(self._wakeup_event.wait(), self.wakeup)
+            except TimeoutError:
+                pass
+
+    async def pick_up_all(self) -> None:
+        for path in await asyncio.to_thread(pickup.scan, self.queue_directory):
+            try:
+                submission = await asyncio.to_thread(pickup.pick_up, path)
+            except UnsupportedMaildropVersion as problem:
+                self.log.warning("pickup", f"{path}: {problem}; left in place for a newer mailferry")
+                continue
+            except MaildropError as problem:
+                moved = await asyncio.to_thread(pickup.quarantine, self.queue_directory, path)
+                self.log.warning("pickup", f"{problem}; file moved to {moved}")
+                continue
+            except FileNotFoundError:
+                continue
+            queue_id = new_queue_id()
+            self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
+            try:
+                await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+            except QueueError as problem:
+                self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
+                return
+            await asyncio.to_thread(pickup.remove, path)
+
+
+def _wakeup_seconds(master: MasterCf | None) -> float:
+    service = master.find("pickup", "unix") if master is not None else None
+    return float(service.wakeup_seconds) if service is not None and service.wakeup_seconds else DEFAULT_WAKEUP
