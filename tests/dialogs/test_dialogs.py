@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mailferry.protocol.smtp_server import (
-    CLOSED, NEED_DATA, AuthRequested, AuthResponse, Hello, MailFrom,
-    MessageReceived, RcptTo, ServerConnection, ServerSettings, StartTLSRequested,
+from mailferry.protocol.server_events import (
+    CLOSED, NEED_DATA, AuthRequested, AuthResponse, Hello, MailFrom, MessageReceived, RcptTo,
+    StartTLSRequested,
 )
+from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from tests.dialogs.script import Script, load_script, run_script
 
 DIALOGS = sorted(Path(__file__).parent.glob("*.dialog"))

@@ -13,35 +13,38 @@ import os
 import time
 from collections.abc import Callable
 
+from mailferry import refusals
 from mailferry.local.maildrop import MaildropEnvelope, write_maildrop
-from mailferry.protocol import smtp_server as smtp
+from mailferry.protocol import replies
+from mailferry.protocol import server_events as events
+from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 
 
 def converse(read: Callable[[], bytes], write: Callable[[bytes], None], hostname: str,
              queue_directory: str, uid: int, message_size_limit: int) -> int:
     """Run one session; return the number of messages dropped."""
-    conn = smtp.ServerConnection(smtp.ServerSettings(
+    conn = ServerConnection(ServerSettings(
         hostname=hostname, message_size_limit=message_size_limit, forbid_unauth_pipelining=False))
     write(conn.greeting())
-    mail: smtp.MailFrom | None = None
-    recipients: list[smtp.RcptTo] = []
+    mail: events.MailFrom | None = None
+    recipients: list[events.RcptTo] = []
     dropped = 0
     while True:
         event = conn.next_event()
-        if event is smtp.NEED_DATA:
+        if event is events.NEED_DATA:
             write(conn.data_to_send())
             conn.receive(read())
             continue
-        if event is smtp.CLOSED:
+        if event is events.CLOSED:
             write(conn.data_to_send())
             return dropped
-        if isinstance(event, (smtp.Hello, smtp.MailFrom, smtp.RcptTo)):
-            if isinstance(event, smtp.MailFrom):
+        if isinstance(event, (events.Hello, events.MailFrom, events.RcptTo)):
+            if isinstance(event, events.MailFrom):
                 mail, recipients = event, []
-            elif isinstance(event, smtp.RcptTo):
+            elif isinstance(event, events.RcptTo):
                 recipients.append(event)
             conn.accept()
-        elif isinstance(event, smtp.MessageReceived):
+        elif isinstance(event, events.MessageReceived):
             envelope = MaildropEnvelope(
                 sender=mail.path.address, recipients=[r.path.address for r in recipients], uid=uid,
                 arrival_time=time.time(), dsn_ret=mail.params.ret, dsn_envid=mail.params.envid,
@@ -50,14 +53,14 @@ def converse(read: Callable[[], bytes], write: Callable[[bytes], None], hostname
             try:
                 path = write_maildrop(queue_directory, envelope, _lf_lines(event.content))
             except OSError as exc:
-                conn.reject(451, "4.3.0", f"Error: cannot write the message: {exc.strerror}")
+                conn.refuse(refusals.maildrop_write_error(exc).reply)
                 continue
             conn.accept_message(os.path.basename(path))
             dropped += 1
-        elif isinstance(event, smtp.StartTLSRequested):
-            conn.reject(454, "4.7.0", "TLS not available on standard input")
-        elif isinstance(event, (smtp.AuthRequested, smtp.AuthResponse)):
-            conn.reject(503, "5.5.1", "Error: authentication not enabled")
+        elif isinstance(event, events.StartTLSRequested):
+            conn.refuse(refusals.TLS_UNAVAILABLE_ON_STDIN.reply)
+        elif isinstance(event, (events.AuthRequested, events.AuthResponse)):
+            conn.refuse(replies.AUTH_NOT_ENABLED)
 
 
 def _lf_lines(content: bytes) -> bytes:

@@ -20,25 +20,21 @@ Using it
         ...
 
 The machine answers everything it can decide alone (syntax, sequence, limits,
-NOOP, RSET, VRFY, QUIT...). It stops at the events below and waits for the
-application; until the application calls accept(), reject() or
-auth_challenge(), next_event() returns PAUSED and nothing is read or answered,
+NOOP, RSET, VRFY, QUIT...). It stops at the decisions listed in
+server_events.py and waits for the application; until the application calls
+accept(), reject() or auth_challenge(), next_event() returns PAUSED and
+nothing is read or answered,
 so a reply to a pipelined command can never overtake the reply that the
 application is still working on (RFC 5321 6.1: no 250 before the commit).
 
-Events that need a decision:
-    Hello(name, extended)            accept() writes the HELO/EHLO reply with the extensions
-    MailFrom(path, params)           accept() -> 250 2.1.0 Ok
-    RcptTo(path, params)             accept() -> 250 2.1.5 Ok
-    MessageReceived(content, via)    accept_message(queue_id), or reject(...)
-    StartTLSRequested()              accept() -> 220; then the handshake; then tls_started()
-    AuthRequested(mechanism, initial_response)
-    AuthResponse(response)           for both: auth_challenge(text) -> 334, accept() -> 235, reject()
-Events for the record only (the machine has answered already):
-    Quit(), AuthAborted(), ConnectionLost(after), ProtocolViolation(reason, after, detail, closing)
+The events, and what each expects, are in server_events.py; the MAIL and
+RCPT parameters are read by esmtp_parameters.py; DATA and BDAT by
+message_readers.py. This module keeps the session: the verb and sequence
+tables, line framing, AUTH exchanges, Postfix's counters and error limits,
+and the one _write().
 
-`reject(code, enhanced, text)` with 421 closes the session. timeout_reply()
-gives the I/O layer Postfix's 421 for smtpd_timeout. command_counts and
+`reject(code, enhanced, text)`, or refuse(reply), with 421 closes the session.
+timeout_reply() gives the I/O layer Postfix's 421 for smtpd_timeout. command_counts and
 disconnect_summary() carry Postfix's "ehlo=1 mail=1 rcpt=0/1 ... commands=2/3"
 accounting: a command counts as a success when its final reply is below 400,
 except "452 too many recipients", which Postfix does not count as an error
@@ -50,21 +46,13 @@ The receive buffer is one bytearray. A command line is found with one
 find(b"\\n"); a line longer than line_length_limit is thrown away as it
 arrives (the buffer never grows past the limit) and refused once it ends.
 
-DATA ends at exactly CR LF "." CR LF. The search for it starts where the last
-one stopped (less 4 bytes), so no byte is examined twice. The CR LF of the DATA
-command line is kept in front of the content, so a "." on the very first line
-needs no special case. Dot-unstuffing is one bytes.replace over the whole
-message, and bare-LF handling happens only when the counts of b"\\n" and
-b"\\r\\n" differ. A message that grows past message_size_limit is no longer
-stored (the last 4 bytes are kept for the terminator search) and is refused
-with 552 when it ends.
-
-A bare LF never ends the data, and a bare CR is never a line end: all the
-SMTP-smuggling spellings of the terminator (\\n.\\n, \\r.\\r, \\r\\n.\\n ...) stay
-inside the one message. smtpd_forbid_bare_newline = normalize (the default
-here) turns bare-LF lines into CR LF lines; reject refuses the message (and
-a command line ending in a bare LF, then hangs up), as Postfix does. Postfix's
-"no" (bare LF ends lines and the data) is not offered: it is read as normalize.
+A message is read by message_readers.py: the end of DATA is searched for
+without rescanning, a message over message_size_limit stops being stored,
+and no spelling of a bare LF or bare CR ends it (no SMTP smuggling).
+smtpd_forbid_bare_newline = normalize (the default here) turns bare-LF lines
+into CR LF lines; reject refuses the message (and a command line ending in a
+bare LF, then hangs up), as Postfix does. Postfix's "no" (bare LF ends lines
+and the data) is not offered: it is read as normalize.
 
 Transitions
 -----------
@@ -93,13 +81,22 @@ Differences from Postfix 3.7 (all deliberate)
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass
 
 from mailferry.protocol import replies
 from mailferry.protocol.address import RECIPIENT, SENDER, Path, parse_path, split_path
+from mailferry.protocol.esmtp_parameters import mail_parameters, rcpt_parameters
+from mailferry.protocol.message_readers import (
+    DROP_AS_DISCARDED, DROP_WITH_ERROR, STORE, ChunkReader, DataReader, as_received, bdat_arguments,
+    has_bare_newline, message_refusal,
+)
 from mailferry.protocol.replies import Reply, ReplyError
+from mailferry.protocol.server_events import (
+    BDAT, CLOSED, DATA, DECISIONS, NEED_DATA, PAUSED, AuthAborted, AuthRequested, AuthResponse,
+    ConnectionLost, Decision, Event, Hello, MailFrom, MessageReceived, ProtocolViolation, Quit, RcptTo,
+    StartTLSRequested, Marker,
+)
 
 # --- Settings ------------------------------------------------------------------------------------
 
@@ -152,116 +149,6 @@ class ServerSettings:
     @property
     def greeting_text(self) -> str:
         return self.banner or f"{self.hostname} ESMTP mailferry"
-
-
-# --- Events -------------------------------------------------------------------------------------
-
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = _Marker("NEED_DATA")   # feed more bytes (after sending data_to_send())
-PAUSED = _Marker("PAUSED")         # an event is waiting for the application's decision
-CLOSED = _Marker("CLOSED")         # send data_to_send(), then close the connection
-
-DATA = "DATA"
-BDAT = "BDAT"
-
-
-@dataclass(frozen=True, slots=True)
-class MailParameters:
-    size: int | None = None       # SIZE=, as declared
-    body: str | None = None       # "7BIT" or "8BITMIME"
-    smtputf8: bool = False
-    ret: str | None = None        # DSN RET: "FULL" or "HDRS"
-    envid: str | None = None      # DSN ENVID, xtext-decoded
-    auth: str | None = None       # AUTH=, xtext-decoded ("<>" for none); None if absent or unreadable
-
-
-@dataclass(frozen=True, slots=True)
-class RcptParameters:
-    notify: str | None = None     # "NEVER", or e.g. "SUCCESS,FAILURE" (upper case)
-    orcpt: str | None = None      # "rfc822;user@example.com", the address xtext-decoded
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    name: str
-    extended: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MailFrom:
-    path: Path
-    params: MailParameters
-
-
-@dataclass(frozen=True, slots=True)
-class RcptTo:
-    path: Path
-    params: RcptParameters
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """The whole message, CR LF line ends, no dot-stuffing."""
-
-    content: bytes
-    via: str                      # DATA or BDAT
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLSRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class AuthRequested:
-    mechanism: str                # upper case
-    initial_response: str | None  # None: absent; "": sent as "=" (RFC 4954)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResponse:
-    response: str                 # the client's line, base64 as sent
-
-
-@dataclass(frozen=True, slots=True)
-class AuthAborted:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Quit:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLost:
-    after: str                    # the last command, as in Postfix's "lost connection after DATA"
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation:
-    """For the log. `reason` reads like Postfix's log text ("improper command
-    pipelining", "non-SMTP command", "too many errors", ...); `after` is the
-    command it happened after; `detail` the offending input, shortened."""
-
-    reason: str
-    after: str
-    detail: str = ""
-    closing: bool = False
-
-
-Decision = Hello | MailFrom | RcptTo | MessageReceived | StartTLSRequested | AuthRequested | AuthResponse
-Event = Decision | AuthAborted | Quit | ConnectionLost | ProtocolViolation
-DECISIONS = (Hello, MailFrom, RcptTo, MessageReceived, StartTLSRequested, AuthRequested, AuthResponse)
 
 
 # --- The transition tables ----------------------------------------------------------------------
@@ -340,26 +227,15 @@ _AUTH_RESPONSE = "auth-response"
 _TLS_HANDSHAKE = "tls-handshake"
 _CLOSED = "closed"
 
-END_OF_DATA = b"\r\n.\r\n"
 _LINE_TOO_LONG = object()
 # Postfix's smtpd_forbidden_commands default, "CONNECT GET POST" plus commands
 # that do not start with a letter.
 _FORBIDDEN_VERBS = frozenset({"CONNECT", "GET", "POST"})
-_LARGEST_SIZE = 2 ** 63 - 1
-_XTEXT = re.compile(r"(?:[!-*,-~]|\+[0-9A-Fa-f]{2})*")
-_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
-_NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-_ADDRESS_TYPE = re.compile(r"[A-Za-z0-9-]+")
 # RFC 4954 4: SASL responses may be long (Kerberos tickets); 12288 octets is
 # the RFC's floor. Over it, the RFC's own reply (Postfix hands any length on
 # to its SASL server instead).
 _AUTH_LINE_LIMIT = 12288
 _AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
-
-# How a BDAT chunk is handled once read.
-_STORE = "store"
-_DROP_WITH_ERROR = "drop-with-error"   # reply self._chunk_error
-_DROP_AS_DISCARDED = "drop-discarded"  # "551 Discarded N bytes after earlier error"
 
 
 class ServerConnection:
@@ -395,21 +271,9 @@ class ServerConnection:
         # Line reading.
         self._line_scan_from = 0
         self._skipping_long_line = False
-        # DATA reading.
-        self._scan_from = 0
-        self._data_over_limit = False
-        self._stuffed_dots = 0
-        self._dots_counted_to = 0
-        # Bytes examined while looking for END_OF_DATA: tests use it to show
-        # that nothing is searched twice.
-        self.terminator_bytes_examined = 0
-        # BDAT reading.
-        self._message = bytearray()
-        self._chunk_remaining = 0
-        self._chunk_size = 0
-        self._chunk_last = False
-        self._chunk_handling = _STORE
-        self._chunk_error: Reply | None = None
+        # Message reading.
+        self._data = DataReader(self.settings.message_size_limit)
+        self._chunks = ChunkReader()
 
     # --- The I/O side ----------------------------------------------------------------------------
 
@@ -459,7 +323,7 @@ class ServerConnection:
 
     # --- Events and decisions --------------------------------------------------------------------
 
-    def next_event(self) -> Event | _Marker:
+    def next_event(self) -> Event | Marker:
         if not self._greeted:
             raise RuntimeError("greeting() must come first")
         if not self._events and self._pending is None:
@@ -513,16 +377,19 @@ class ServerConnection:
 
     def reject(self, code: int, enhanced: str, text: str) -> None:
         """Say no to the pending event. 421 also ends the session."""
-        if not 400 <= code <= 599:
-            raise ValueError(f"a rejection needs a 4xx or 5xx code, not {code}")
+        self.refuse(Reply(code, enhanced, text))
+
+    def refuse(self, reply: Reply) -> None:
+        """reject() with a ready Reply (as mailferry.refusals makes them)."""
+        if not 400 <= reply.code <= 599:
+            raise ValueError(f"a rejection needs a 4xx or 5xx code, not {reply.code}")
         event = self._take_pending()
-        reply = Reply(code, enhanced, text)
         if isinstance(event, MessageReceived):
             self._message_answered(reply)
             return
         if isinstance(event, (AuthRequested, AuthResponse)):
             self._mode = _COMMAND
-        self._write(reply, close=code == 421)
+        self._write(reply, close=reply.code == 421)
 
     def auth_challenge(self, challenge: str) -> None:
         """Continue a SASL exchange: send "334 challenge" (base64, "" for
@@ -564,7 +431,13 @@ class ServerConnection:
     @property
     def buffered_bytes(self) -> int:
         """Input held in memory: unread input plus BDAT chunks stored so far."""
-        return len(self._buffer) + len(self._message)
+        return len(self._buffer) + len(self._chunks.message)
+
+    @property
+    def terminator_bytes_examined(self) -> int:
+        """Bytes examined while looking for the end of DATA, over the session:
+        tests use it to show that nothing is searched twice."""
+        return self._data.bytes_examined
 
     @property
     def pipelining_offered(self) -> bool:
@@ -629,11 +502,11 @@ class ServerConnection:
     def _close(self) -> None:
         self._mode = _CLOSED
         self._buffer = bytearray()
-        self._message = bytearray()
+        self._chunks.forget()
 
     # --- Reading ---------------------------------------------------------------------------------
 
-    def _advance(self) -> Decision | _Marker | None:
+    def _advance(self) -> Decision | Marker | None:
         """One step of reading: NEED_DATA, a Decision, or None after progress."""
         if self._mode == _COMMAND:
             return self._read_command()
@@ -693,7 +566,7 @@ class ServerConnection:
         self._write(replies.bare_newline(self.settings.hostname,
                                          self.settings.bare_newline_reject_code), close=True)
 
-    def _read_command(self) -> Decision | _Marker | None:
+    def _read_command(self) -> Decision | Marker | None:
         if self._early_input:
             self._early_input = False
             self._improper_pipelining("CONNECT")
@@ -768,21 +641,11 @@ class ServerConnection:
 
     # --- DATA ------------------------------------------------------------------------------------
 
-    def _read_data(self) -> Decision | _Marker | None:
-        buffer = self._buffer
-        end = buffer.find(END_OF_DATA, self._scan_from)
-        self.terminator_bytes_examined += (len(buffer) if end < 0 else end + len(END_OF_DATA)) \
-            - self._scan_from
+    def _read_data(self) -> Decision | Marker | None:
+        end = self._data.find_end(self._buffer)
         if end < 0:
-            # The terminator may start in the last 4 bytes: look there again next time.
-            self._scan_from = max(len(buffer) - (len(END_OF_DATA) - 1), 0)
-            self._watch_data_size()
             return NEED_DATA
-        content = None
-        if not self._data_over_limit:
-            with memoryview(buffer) as view:
-                content = bytes(view[2:end + 2])      # after our leading CR LF, with the last line's CR LF
-        self._keep_after(end + len(END_OF_DATA))
+        content, self._buffer = self._data.take(self._buffer, end)
         self._mode = _COMMAND
         if content is None:
             self._reset_transaction()
@@ -790,66 +653,23 @@ class ServerConnection:
             return None
         return self._message_complete(content, DATA)
 
-    def _watch_data_size(self) -> None:
-        """Stop storing a message that is certain to be over the limit."""
-        limit = self.settings.message_size_limit
-        buffer = self._buffer
-        if not limit:
-            return
-        if not self._data_over_limit:
-            stored = len(buffer) - 2
-            if stored <= limit:
-                return
-            # Stuffed dots do not count (RFC 1870). Counted incrementally, and
-            # only for messages already near the limit.
-            self._stuffed_dots += buffer.count(b"\r\n..", self._dots_counted_to)
-            self._dots_counted_to = max(self._dots_counted_to, len(buffer) - 3)
-            if stored - self._stuffed_dots <= limit:
-                return
-            self._data_over_limit = True
-        surplus = len(buffer) - (len(END_OF_DATA) - 1)
-        if surplus > 0:
-            del buffer[:surplus]
-            self._scan_from = 0
-
-    def _keep_after(self, consumed: int) -> None:
-        # A fresh buffer lets a large message's memory go at once.
-        with memoryview(self._buffer) as view:
-            self._buffer = bytearray(view[consumed:])
-
     def _message_complete(self, content: bytes, via: str) -> Decision | None:
         """Checks that need the whole message; then the app decides."""
-        self._message = bytearray()
-        has_bare_lf = content.count(b"\n") != content.count(b"\r\n")
-        if has_bare_lf and self.settings.bare_newline == REJECT:
+        self._chunks.forget()
+        bare_newline = has_bare_newline(content)
+        if bare_newline and self.settings.bare_newline == REJECT:
             self._reset_transaction()
             self._events.append(ProtocolViolation("bare <LF> received", via))
             self._write(replies.bare_newline(self.settings.hostname,
                                              self.settings.bare_newline_reject_code))
             return None
-        if has_bare_lf:
-            content = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        if via == DATA:
-            content = content.replace(b"\r\n..", b"\r\n.")
-            if content.startswith(b".."):
-                content = content[1:]
-        elif content and not content.endswith(b"\r\n"):
-            content += b"\r\n"      # as Postfix does for a BDAT message without a final line end
-        refusal = self._message_refusal(content)
+        content = as_received(content, via, bare_newline)
+        refusal = message_refusal(content, self.settings.message_size_limit, self.settings.hopcount_limit)
         if refusal is not None:
             self._reset_transaction()
             self._write(refusal)
             return None
         return MessageReceived(content, via)
-
-    def _message_refusal(self, content: bytes) -> Reply | None:
-        settings = self.settings
-        if settings.message_size_limit and len(content) > settings.message_size_limit:
-            return replies.MESSAGE_TOO_BIG
-        # Counting the Received: header we are about to add, as Postfix's cleanup does.
-        if settings.hopcount_limit and count_received_headers(content) + 1 >= settings.hopcount_limit:
-            return replies.TOO_MANY_HOPS
-        return None
 
     def _message_answered(self, reply: Reply) -> None:
         self._reset_transaction()
@@ -861,45 +681,36 @@ class ServerConnection:
 
     # --- BDAT ------------------------------------------------------------------------------------
 
-    def _read_chunk(self) -> Decision | _Marker | None:
-        if self._chunk_remaining:
-            if not self._buffer:
-                return NEED_DATA
-            take = min(self._chunk_remaining, len(self._buffer))
-            if self._chunk_handling == _STORE:
-                with memoryview(self._buffer) as view:
-                    self._message += view[:take]
-            del self._buffer[:take]
-            self._chunk_remaining -= take
-            if self._chunk_remaining:
-                return NEED_DATA
+    def _read_chunk(self) -> Decision | Marker | None:
+        if not self._chunks.read(self._buffer):
+            return NEED_DATA
         self._mode = _COMMAND
         return self._chunk_complete()
 
     def _chunk_complete(self) -> Decision | None:
-        size, last = self._chunk_size, self._chunk_last
-        if self._chunk_handling == _DROP_AS_DISCARDED:
+        chunks = self._chunks
+        size, last = chunks.size, chunks.last
+        if chunks.handling == DROP_AS_DISCARDED:
             if last:
                 self._reset_transaction()
             self._write(replies.chunk_discarded(size))
             return None
-        if self._chunk_handling == _DROP_WITH_ERROR:
-            error = self._chunk_error
+        if chunks.handling == DROP_WITH_ERROR:
+            error = chunks.error
             if last:
                 # Postfix ends the transaction with a refused LAST chunk
                 # (unlike a refused DATA, which leaves MAIL in place).
                 self._reset_transaction()
             else:
                 self.phase = DISCARDING if self.sender is not None else DISCARDING_IDLE
-                self._message = bytearray()
+                chunks.forget()
             self._write(error)
             return None
         if not last:
             self.phase = CHUNKING
             self._write(replies.chunk_received(size))
             return None
-        content = bytes(self._message)
-        return self._message_complete(content, BDAT)
+        return self._message_complete(bytes(chunks.message), BDAT)
 
     # --- Handlers: one per verb, each returns a Reply, a Decision, or None when
     # --- it has answered already.
@@ -929,7 +740,9 @@ class ServerConnection:
         path_text, parameter_text = split_path(argument[5:])
         if not path_text:
             return replies.MAIL_SYNTAX
-        params = self._mail_parameters(parameter_text)
+        settings = self.settings
+        params = mail_parameters(parameter_text, smtputf8=settings.smtputf8, dsn=settings.dsn,
+                                 size_limit=settings.message_size_limit)
         path = parse_path(path_text, allow_smtputf8=self.settings.smtputf8 and params.smtputf8,
                           role=SENDER, strict=self.settings.strict_envelopes)
         return MailFrom(path, params)
@@ -949,7 +762,7 @@ class ServerConnection:
             overdone = self._overshoot > self.settings.recipient_overshoot_limit
             self._write(replies.TOO_MANY_RECIPIENTS, failed=overdone)
             return None
-        params = self._rcpt_parameters(parameter_text)
+        params = rcpt_parameters(parameter_text, dsn=self.settings.dsn)
         path = parse_path(path_text, allow_smtputf8=self.settings.smtputf8 and self._smtputf8,
                           role=RECIPIENT, strict=self.settings.strict_envelopes)
         return RcptTo(path, params)
@@ -961,41 +774,31 @@ class ServerConnection:
             return replies.DATA_SYNTAX
         self._write(replies.START_MAIL_INPUT, final=False)
         self._mode = _DATA
-        # Our own CR LF in front: a "." on the first line ends the data like any other.
-        self._buffer[0:0] = b"\r\n"
-        self._scan_from = 0
-        self._data_over_limit = False
-        self._stuffed_dots = 0
-        self._dots_counted_to = 0
+        self._data.start(self._buffer)
         return None
 
     def _handle_bdat(self, argument: str) -> Reply | None:
         if not self.settings.chunking:
             return replies.CHUNKING_NOT_IMPLEMENTED
-        words = argument.split()
-        last = len(words) == 2 and words[1].upper() == "LAST"
-        if not 1 <= len(words) <= 2 or (len(words) == 2 and not last) \
-                or not words[0].isascii() or not words[0].isdigit() \
-                or int(words[0]) > _LARGEST_SIZE:
+        arguments = bdat_arguments(argument)
+        if arguments is None:
             return replies.BDAT_SYNTAX
-        size = int(words[0])
-        self._chunk_size = self._chunk_remaining = size
-        self._chunk_last = last
-        self._chunk_handling, self._chunk_error = self._chunk_plan(size, last)
+        size, last = arguments
+        self._chunks.start(size, last, *self._chunk_plan(size, last))
         self._mode = _CHUNK
         return None
 
     def _chunk_plan(self, size: int, last: bool) -> tuple[str, Reply | None]:
         if self.phase in (DISCARDING, DISCARDING_IDLE):
-            return _DROP_AS_DISCARDED, None
+            return DROP_AS_DISCARDED, None
         if refusal := SEQUENCE_ERRORS["BDAT"].get(self.phase):
-            return _DROP_WITH_ERROR, refusal
+            return DROP_WITH_ERROR, refusal
         if size == 0 and not last:
-            return _DROP_WITH_ERROR, replies.NULL_BDAT
+            return DROP_WITH_ERROR, replies.NULL_BDAT
         limit = self.settings.message_size_limit
-        if limit and len(self._message) + size > limit:
-            return _DROP_WITH_ERROR, replies.CHUNK_TOO_BIG
-        return _STORE, None
+        if limit and len(self._chunks.message) + size > limit:
+            return DROP_WITH_ERROR, replies.CHUNK_TOO_BIG
+        return STORE, None
 
     def _handle_rset(self, argument: str) -> Reply:
         if argument:
@@ -1060,7 +863,7 @@ class ServerConnection:
         initial = words[1] if len(words) == 2 else None
         return AuthRequested(words[0].upper(), "" if initial == "=" else initial)
 
-    def _read_auth_response(self) -> Decision | _Marker | None:
+    def _read_auth_response(self) -> Decision | Marker | None:
         line = self._take_line(max(self.settings.line_length_limit, _AUTH_LINE_LIMIT))
         if line is None:
             return None if self._mode == _CLOSED else NEED_DATA
@@ -1076,63 +879,6 @@ class ServerConnection:
             return None
         # The mode stays _AUTH_RESPONSE until the application answers.
         return AuthResponse(response)
-
-    # --- Parameters ------------------------------------------------------------------------------
-
-    def _mail_parameters(self, text: str) -> MailParameters:
-        fields: dict[str, object] = {}
-        for word in text.split():
-            keyword, equals, value = word.partition("=")
-            keyword = keyword.upper()
-            if keyword == "SIZE" and equals:
-                fields["size"] = self._declared_size(value)
-            elif keyword == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
-                fields["body"] = value.upper()
-            elif keyword == "SMTPUTF8" and not equals and self.settings.smtputf8:
-                fields["smtputf8"] = True
-            elif keyword == "RET" and equals and self.settings.dsn:
-                if "ret" in fields or value.upper() not in ("FULL", "HDRS"):
-                    raise ReplyError(replies.BAD_RET_SYNTAX)
-                fields["ret"] = value.upper()
-            elif keyword == "ENVID" and equals and self.settings.dsn:
-                envid = decode_xtext(value)
-                if "envid" in fields or not envid or not envid.isprintable():
-                    raise ReplyError(replies.BAD_ENVID_SYNTAX)
-                fields["envid"] = envid
-            elif keyword == "AUTH" and equals:
-                # RFC 4954 5: a server that does not trust it simply ignores it.
-                fields["auth"] = decode_xtext(value)
-            else:
-                raise ReplyError(replies.unsupported_option(word))
-        return MailParameters(**fields)
-
-    def _declared_size(self, value: str) -> int:
-        if not value.isascii() or not value.isdigit():
-            raise ReplyError(replies.BAD_SIZE_SYNTAX)
-        size = int(value)
-        if size > _LARGEST_SIZE:
-            raise ReplyError(replies.SIZE_EXCEEDS_FILE_SYSTEM)
-        limit = self.settings.message_size_limit
-        if limit and size > limit:
-            raise ReplyError(replies.SIZE_EXCEEDS_LIMIT)
-        return size
-
-    def _rcpt_parameters(self, text: str) -> RcptParameters:
-        fields: dict[str, str] = {}
-        for word in text.split():
-            keyword, equals, value = word.partition("=")
-            keyword = keyword.upper()
-            if keyword == "NOTIFY" and equals and self.settings.dsn:
-                if "notify" in fields:
-                    raise ReplyError(replies.BAD_NOTIFY_SYNTAX)
-                fields["notify"] = _notify_value(value)
-            elif keyword == "ORCPT" and equals and self.settings.dsn:
-                if "orcpt" in fields:
-                    raise ReplyError(replies.BAD_ORCPT_SYNTAX)
-                fields["orcpt"] = _orcpt_value(value)
-            else:
-                raise ReplyError(replies.unsupported_option(word))
-        return RcptParameters(**fields)
 
     # --- Small helpers ---------------------------------------------------------------------------
 
@@ -1154,43 +900,10 @@ class ServerConnection:
         self._smtputf8 = False
         self.recipient_count = 0
         self._overshoot = 0
-        self._message = bytearray()
+        self._chunks.forget()
 
 
 # --- Functions on their own ---------------------------------------------------------------------
-
-def decode_xtext(text: str) -> str | None:
-    """RFC 3461 xtext -> text; None if malformed. Lower-case hex and a bare
-    "=" are let through, as Postfix lets them through (SRS addresses in ORCPT
-    are often sent unencoded)."""
-    if not _XTEXT.fullmatch(text):
-        return None
-    return _XTEXT_HEX.sub(lambda match: chr(int(match.group(1), 16)), text)
-
-
-def count_received_headers(content: bytes) -> int:
-    """Received: header fields in the header section of `content`."""
-    if content.startswith(b"\r\n"):
-        return 0
-    end = content.find(b"\r\n\r\n")
-    header = content if end < 0 else content[:end + 2]
-    return (b"\r\n" + header.lower()).count(b"\r\nreceived:")
-
-
-def _notify_value(value: str) -> str:
-    words = value.upper().split(",")
-    if words == ["NEVER"] or (value and all(word in _NOTIFY_WORDS for word in words)):
-        return ",".join(words)
-    raise ReplyError(replies.BAD_NOTIFY_SYNTAX)
-
-
-def _orcpt_value(value: str) -> str:
-    address_type, semicolon, xtext = value.partition(";")
-    address = decode_xtext(xtext)
-    if not semicolon or not _ADDRESS_TYPE.fullmatch(address_type) or address is None:
-        raise ReplyError(replies.BAD_ORCPT_SYNTAX)
-    return f"{address_type};{address}"
-
 
 def _is_non_smtp_command(first_word: str) -> bool:
     """Postfix's smtpd_forbidden_commands default, and message headers sent

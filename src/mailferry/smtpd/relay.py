@@ -24,18 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailferry import refusals
+from mailferry.refusals import DEFER, REJECT, Refusal, RestrictionCodes
 from mailferry.syntax import split_list
 from mailferry.tables.match_lists import DomainList
 
 PERMIT = None  # what a check returns when the recipient may pass
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    code: int
-    enhanced: str
-    text: str
-    log_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +42,19 @@ class ClientFacts:
 class RelayPolicy:
     def __init__(self, relay_restrictions: str, recipient_restrictions: str,
                  is_local_domain: Callable[[str], bool], relay_domains: str,
-                 relay_domains_reject_code: int = 554, unknown_code: int = 451):
+                 codes: RestrictionCodes = RestrictionCodes()):
         self._lists = [split_list(relay_restrictions), split_list(recipient_restrictions)]
         self._is_local = is_local_domain
         self._relay_domains = DomainList(relay_domains)
-        self._reject_code = relay_domains_reject_code
-        self._unknown_code = unknown_code
+        self._codes = codes
 
-    def check_recipient(self, client: ClientFacts, address: str, routed: bool) -> Rejection | None:
+    def check_recipient(self, client: ClientFacts, address: str, routed: bool) -> Refusal | None:
         for restrictions in self._lists:
             for name in restrictions:
                 decision = self._apply(name, client, address, routed)
                 if decision == "permit":
                     break
-                if isinstance(decision, Rejection):
+                if isinstance(decision, Refusal):
                     return decision
         return PERMIT
 
@@ -73,11 +66,11 @@ class RelayPolicy:
             return True  # a bare local part (postmaster) is ours
         return self._is_local(domain) or self._relay_domains.matches(domain)
 
-    def _apply(self, name: str, client: ClientFacts, address: str, routed: bool):
+    def _apply(self, name: str, client: ClientFacts, address: str, routed: bool) -> str | Refusal | None:
         if name == "permit":
             return "permit"
         if name == "reject":
-            return Rejection(554, "5.7.1", f"<{address}>: Recipient address rejected: Access denied", "reject")
+            return refusals.access_denied(REJECT, self._codes, address, refusals.RECIPIENT, name)
         if name == "permit_mynetworks":
             return "permit" if client.in_mynetworks else None
         if name == "permit_sasl_authenticated":
@@ -87,10 +80,9 @@ class RelayPolicy:
         if name in ("reject_unauth_destination", "defer_unauth_destination"):
             if self.is_authorized_destination(address, routed):
                 return None
-            code, enhanced = (self._reject_code, "5.7.1") if name.startswith("reject") else (450, "4.7.1")
-            return Rejection(code, enhanced, f"<{address}>: Relay access denied", name)
-        return Rejection(self._unknown_code, "4.3.5", "Server configuration error",
-                         f"unknown smtpd restriction: \"{name}\"")
+            action = REJECT if name.startswith("reject") else DEFER
+            return refusals.relay_access_denied(action, self._codes, address, name)
+        return refusals.server_configuration_error(name)
 
 
 def address_domain(address: str) -> str:

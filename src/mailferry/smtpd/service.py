@@ -19,14 +19,23 @@ import asyncio
 import ipaddress
 import os
 import socket
+import ssl
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
+from mailferry import refusals
 from mailferry.config.config import Config
 from mailferry.config.localdomains import local_domain_matcher
+from mailferry.config.mastercf import Service
+from mailferry.maillog import Log
 from mailferry.message import ClientInfo, NewMessage, Recipient
-from mailferry.protocol import smtp_server as smtp
-from mailferry.queue.store import QueueError, QueueFull
+from mailferry.protocol import replies
+from mailferry.protocol import server_events as events
+from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
+from mailferry.queue.store import QueueError
 from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
@@ -35,45 +44,58 @@ from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_lev
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
 
 
+class Cleanup(Protocol):
+    """Where an accepted message goes (cleanup.service.CleanupService): it
+    returns once the message is durably queued, or raises QueueError."""
+
+    async def enqueue(self, message: NewMessage, queue_id: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceProfile:
     """Everything a session needs that comes from configuration: rebuilt on reload."""
 
-    def __init__(self, config: Config, tls_context):
-        self.config = config
-        self.tls_context = tls_context
-        self.tls_level = tls_level(config)
-        self.settings = server_settings(config, starttls=self.tls_context is not None)
-        self.timeout = config.time("smtpd_timeout")
-        self.mynetworks = NetworkList(config.get("mynetworks"))
-        self.relay = RelayPolicy(config.get("smtpd_relay_restrictions"),
-                                 config.get("smtpd_recipient_restrictions"),
-                                 local_domain_matcher(config), config.get("relay_domains"),
-                                 config.integer("relay_domains_reject_code"))
-        self.hostname = config.get("myhostname")
+    tls_context: ssl.SSLContext | None
+    tls_level: str
+    settings: ServerSettings
+    timeout: int                    # smtpd_timeout, seconds
+    mynetworks: NetworkList
+    relay: RelayPolicy
+
+    @classmethod
+    def from_config(cls, config: Config, tls_context: ssl.SSLContext | None) -> ServiceProfile:
+        relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
+                            local_domain_matcher(config), config.get("relay_domains"),
+                            refusals.RestrictionCodes.from_config(config))
+        return cls(tls_context=tls_context, tls_level=tls_level(config),
+                   settings=server_settings(config, starttls=tls_context is not None),
+                   timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
+                   relay=relay)
 
 
-def service_view(config: Config, service) -> Config:
+def service_view(config: Config, service: Service) -> Config:
     """main.cf as this master.cf service sees it: with its -o overrides."""
     return config.with_overrides(service.overrides, f"master.cf, line {service.line}")
 
 
 class SmtpdService:
-    def __init__(self, service, config: Config, tls_context, cleanup, log, new_queue_id):
+    def __init__(self, service: Service, config: Config, tls_context: ssl.SSLContext | None,
+                 cleanup: Cleanup, log: Log, new_queue_id: Callable[[], str]):
         self.service = service
         self.cleanup = cleanup
         self.log = log
         self.new_queue_id = new_queue_id
-        self.profile = ServiceProfile(service_view(config, service), tls_context)
+        self.profile = ServiceProfile.from_config(service_view(config, service), tls_context)
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[Session] = set()
 
-    async def start(self, sockets) -> None:
+    async def start(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for listener in sockets:
             server = await loop.create_server(lambda: Session(self, self.profile), sock=listener)
             self.servers.append(server)
 
-    def reload(self, config: Config, service) -> None:
+    def reload(self, config: Config, service: Service | None) -> None:
         if service is not None:
             self.service = service
         view = service_view(config, self.service)
@@ -83,7 +105,7 @@ class SmtpdService:
             # Root-only keys cannot be read again once root is given up: keep the ones read at start.
             self.log.warning("smtpd", f"reload: {exc}; keeping the TLS certificate loaded at start")
             tls_context = self.profile.tls_context
-        self.profile = ServiceProfile(view, tls_context)
+        self.profile = ServiceProfile.from_config(view, tls_context)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -103,11 +125,11 @@ class Session(asyncio.Protocol):
         self.service = service
         self.profile = profile
         self.log = service.log
-        self.conn = smtp.ServerConnection(profile.settings)
+        self.conn = ServerConnection(profile.settings)
         self.transport: asyncio.Transport | None = None
         self.queue_id = ""
         self.recipients: list[Recipient] = []
-        self.mail: smtp.MailFrom | None = None
+        self.mail: events.MailFrom | None = None
         self.tls_description = ""
         self._busy = False          # a commit or a TLS handshake is under way
         self._stopping = False
@@ -157,9 +179,9 @@ class Session(asyncio.Protocol):
         conn = self.conn
         while not self._busy and not self._closed:
             event = conn.next_event()
-            if event is smtp.NEED_DATA or event is smtp.PAUSED:
+            if event is events.NEED_DATA or event is events.PAUSED:
                 break
-            if event is smtp.CLOSED:
+            if event is events.CLOSED:
                 # The last words (221, or a 421) go out now: a delayed write would die with the connection.
                 self.transport.write(self.conn.data_to_send())
                 self._close()
@@ -190,48 +212,48 @@ class Session(asyncio.Protocol):
         self.transport.resume_reading()
         self._advance()
 
-    def _handle(self, event) -> None:
+    def _handle(self, event: events.Event) -> None:
         conn = self.conn
-        if isinstance(event, smtp.Hello):
+        if isinstance(event, events.Hello):
             conn.accept()
-        elif isinstance(event, smtp.MailFrom):
+        elif isinstance(event, events.MailFrom):
             self._mail_from(event)
-        elif isinstance(event, smtp.RcptTo):
+        elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
-        elif isinstance(event, smtp.MessageReceived):
+        elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
-        elif isinstance(event, smtp.StartTLSRequested):
+        elif isinstance(event, events.StartTLSRequested):
             self._start_tls()
-        elif isinstance(event, (smtp.AuthRequested, smtp.AuthResponse)):
-            conn.reject(503, "5.5.1", "Error: authentication not enabled")
-        elif isinstance(event, smtp.ProtocolViolation):
+        elif isinstance(event, (events.AuthRequested, events.AuthResponse)):
+            conn.refuse(replies.AUTH_NOT_ENABLED)
+        elif isinstance(event, events.ProtocolViolation):
             detail = f": {event.detail}" if event.detail else ""
             self.log.line("smtpd", f"{event.reason} after {event.after} from {self.client}{detail}")
-        elif isinstance(event, smtp.ConnectionLost):
+        elif isinstance(event, events.ConnectionLost):
             self.log.line("smtpd", f"lost connection after {event.after} from {self.client}")
             self._closed = True
             self._finish()
             self.transport.close()
 
-    def _mail_from(self, event: smtp.MailFrom) -> None:
+    def _mail_from(self, event: events.MailFrom) -> None:
         if self.profile.tls_level == "encrypt" and not self.conn.tls_active:
-            self.conn.reject(530, "5.7.0", "Must issue a STARTTLS command first")
+            self.conn.refuse(refusals.STARTTLS_REQUIRED.reply)
             return
         self.mail = event
         self.recipients = []
         self.queue_id = ""
         self.conn.accept()
 
-    def _rcpt_to(self, event: smtp.RcptTo) -> None:
+    def _rcpt_to(self, event: events.RcptTo) -> None:
         address = event.path.address
         facts = ClientFacts(self.address, self.in_mynetworks)
-        rejection = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
-        if rejection is not None:
-            self._log_reject(event, rejection.code, rejection.enhanced, rejection.text)
-            if rejection.log_reason.startswith("unknown"):
-                self.log.warning("smtpd", rejection.log_reason)
-            self.conn.reject(rejection.code, rejection.enhanced, rejection.text)
+        refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
+        if refusal is not None:
+            self._log_reject(event, refusal.reply)
+            if refusal.warning:
+                self.log.warning("smtpd", refusal.warning)
+            self.conn.refuse(refusal.reply)
             return
         if not self.queue_id:
             # Postfix opens the queue file at the first accepted recipient (smtpd_delay_open_until_valid_rcpt).
@@ -240,14 +262,14 @@ class Session(asyncio.Protocol):
         self.recipients.append(Recipient(address, orcpt=event.params.orcpt, notify=event.params.notify))
         self.conn.accept()
 
-    def _log_reject(self, event: smtp.RcptTo, code: int, enhanced: str, text: str) -> None:
+    def _log_reject(self, event: events.RcptTo, reply: replies.Reply) -> None:
         sender = self.mail.path.address if self.mail else ""
         self.log.line("smtpd", (
-            f"NOQUEUE: reject: RCPT from {self.client}: {code} {enhanced} {text}; "
+            f"NOQUEUE: reject: RCPT from {self.client}: {reply}; "
             f"from=<{sender}> to=<{event.path.address}> proto={'ESMTP' if self.conn.esmtp else 'SMTP'} "
             f"helo=<{self.conn.helo_name or ''}>"))
 
-    async def _message(self, event: smtp.MessageReceived) -> None:
+    async def _message(self, event: events.MessageReceived) -> None:
         mail = self.mail
         message = NewMessage(
             sender=mail.path.address, recipients=self.recipients, content=event.content,
@@ -258,12 +280,10 @@ class Session(asyncio.Protocol):
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         try:
             await self.service.cleanup.enqueue(message, queue_id)
-        except QueueFull:
-            self.log.warning("cleanup", f"{queue_id}: queue is full: mail refused with 452 4.3.1")
-            self.conn.reject(452, "4.3.1", "Insufficient system storage")
         except QueueError as problem:
-            self.log.warning("cleanup", f"{queue_id}: queue file write error: {problem}")
-            self.conn.reject(451, "4.3.0", "Error: queue file write error")
+            refusal = refusals.queue_failure(problem)
+            self.log.warning("cleanup", f"{queue_id}: {refusal.log_reason}")
+            self.conn.refuse(refusal.reply)
         else:
             self.conn.accept_message(queue_id)
         finally:
@@ -277,7 +297,7 @@ class Session(asyncio.Protocol):
 
     def _start_tls(self) -> None:
         if self.profile.tls_context is None:
-            self.conn.reject(454, "4.7.0", "TLS not available due to local problem")
+            self.conn.refuse(refusals.TLS_UNAVAILABLE.reply)
             return
         self.conn.accept()
         self._send()

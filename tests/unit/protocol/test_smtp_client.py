@@ -11,9 +11,8 @@ from mailferry.protocol.smtp_client import (
     ServerReply, Transaction, auth_answer, auth_command, data_payload, decode_challenge,
     encode_xtext, hello_command, helo_command, mail_command, rcpt_command,
 )
-from mailferry.protocol.smtp_server import (
-    DECISIONS, NEED_DATA, MessageReceived, RcptTo, ServerConnection, ServerSettings,
-)
+from mailferry.protocol.server_events import DECISIONS, NEED_DATA, MessageReceived, RcptTo
+from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 
 
 def reply(text: str) -> ServerReply:

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from mailferry.protocol import replies
-from mailferry.protocol.smtp_server import (
-    BDAT, CLOSED, DECISIONS, NEED_DATA, PAUSED, REJECT, AuthAborted, AuthRequested,
-    AuthResponse, ConnectionLost, Hello, MailFrom, MessageReceived, ProtocolViolation, Quit,
-    RcptTo, ServerConnection, ServerSettings, StartTLSRequested, count_received_headers,
-    decode_xtext,
+from mailferry.protocol.esmtp_parameters import decode_xtext
+from mailferry.protocol.message_readers import count_received_headers
+from mailferry.protocol.server_events import (
+    BDAT, CLOSED, DECISIONS, NEED_DATA, PAUSED, AuthAborted, AuthRequested, AuthResponse,
+    ConnectionLost, Hello, MailFrom, MessageReceived, ProtocolViolation, Quit, RcptTo,
+    StartTLSRequested,
 )
+from mailferry.protocol.smtp_server import REJECT, ServerConnection, ServerSettings
 
 HOST = "mx.example"
 
@@ -128,6 +130,24 @@ def test_reject_with_421_closes():
     s.conn.reject(421, "4.3.2", "mx.example Service shutting down")
     assert s.conn.next_event() is CLOSED
     assert s.conn.data_to_send() == b"421 4.3.2 mx.example Service shutting down\r\n"
+
+
+def test_refuse_sends_a_ready_reply_and_checks_it_like_reject():
+    s = session()
+    s.feed(b"EHLO c.example\r\n")
+    s.conn.receive(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@remote.example>\r\n")
+    assert isinstance(s.conn.next_event(), MailFrom)
+    s.conn.accept()
+    assert isinstance(s.conn.next_event(), RcptTo)
+    with pytest.raises(ValueError):
+        s.conn.refuse(replies.OK)
+    s.conn.refuse(replies.Reply(554, "5.7.1", "<b@remote.example>: Relay access denied"))
+    assert s.conn.next_event() is NEED_DATA
+    assert s.conn.data_to_send() == b"250 2.1.0 Ok\r\n554 5.7.1 <b@remote.example>: Relay access denied\r\n"
+    assert s.conn.command_counts["rcpt"] == (0, 1)
+    s.conn.receive(b"DATA\r\n")
+    assert s.conn.next_event() is NEED_DATA
+    assert s.conn.data_to_send() == b"554 5.5.1 Error: no valid recipients\r\n"
 
 
 # --- Feeding ------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@
 
 import pytest
 
-from mailferry.smtpd.relay import ClientFacts, Rejection, RelayPolicy
+from mailferry.refusals import Refusal, RestrictionCodes
+from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 
 OURS = {"example.com"}
 STRANGER = ClientFacts("203.0.113.9", in_mynetworks=False)
@@ -25,11 +26,11 @@ POSTFIX_DEFAULT = "permit_mynetworks, permit_sasl_authenticated, defer_unauth_de
 
 
 def policy(relay=POSTFIX_DEFAULT, recipient="", relay_domains="", **codes):
-    return RelayPolicy(relay, recipient, lambda domain: domain in OURS, relay_domains, **codes)
+    return RelayPolicy(relay, recipient, lambda domain: domain in OURS, relay_domains, RestrictionCodes(**codes))
 
 
-def code_of(decision: Rejection | None):
-    return None if decision is None else (decision.code, decision.enhanced)
+def code_of(decision: Refusal | None):
+    return None if decision is None else (decision.reply.code, decision.reply.enhanced)
 
 
 PERMIT = None
@@ -77,35 +78,35 @@ def test_restriction_lists(relay, recipient, client, address, expected):
 
 def test_relay_access_denied_text_names_the_recipient():
     decision = policy("reject_unauth_destination").check_recipient(STRANGER, "carol@remote.example", False)
-    assert decision.text == "<carol@remote.example>: Relay access denied"
+    assert decision.reply.text == "<carol@remote.example>: Relay access denied"
     assert decision.log_reason == "reject_unauth_destination"
 
 
 def test_defer_unauth_destination_text():
     decision = policy("defer_unauth_destination").check_recipient(STRANGER, "carol@remote.example", False)
-    assert decision.text == "<carol@remote.example>: Relay access denied"
+    assert decision.reply.text == "<carol@remote.example>: Relay access denied"
 
 
 def test_reject_text():
     decision = policy("reject").check_recipient(STRANGER, "bob@example.com", False)
-    assert decision.text == "<bob@example.com>: Recipient address rejected: Access denied"
+    assert decision.reply.text == "<bob@example.com>: Recipient address rejected: Access denied"
 
 
 def test_relay_domains_reject_code_sets_the_reject_unauth_destination_code():
-    decision = policy("reject_unauth_destination", relay_domains_reject_code=550) \
+    decision = policy("reject_unauth_destination", relay_domains_reject=550) \
         .check_recipient(STRANGER, "carol@remote.example", False)
     assert code_of(decision) == (550, "5.7.1")
 
 
 def test_relay_domains_reject_code_does_not_change_defer_unauth_destination():
-    decision = policy("defer_unauth_destination", relay_domains_reject_code=550) \
+    decision = policy("defer_unauth_destination", relay_domains_reject=550) \
         .check_recipient(STRANGER, "carol@remote.example", False)
     assert code_of(decision) == RELAY_DEFERRED
 
 
 def test_an_unknown_restriction_says_server_configuration_error_and_logs_its_name():
     decision = policy("permit_mynetwork").check_recipient(TRUSTED, "bob@example.com", False)
-    assert decision.text == "Server configuration error"
+    assert decision.reply.text == "Server configuration error"
     assert "permit_mynetwork" in decision.log_reason
 
 

@@ -1,0 +1,136 @@
+"""The one place where a receiving-side failure becomes its SMTP reply.
+
+smtpd, relay control and `sendmail -bs` report every refusal that is theirs
+to make through this module, as delivery agents report through
+delivery/outcome.py: a queue that is full or cannot write, a lookup that
+failed for now, a TLS layer that is not there, a restriction that said no.
+Each gets Postfix's code, enhanced status and text, so clients, pflogsumm
+and an administrator's habits see what Postfix would have said.
+
+Refusals the protocol core makes on its own (syntax, sequence, limits) are
+in protocol/replies.py; those need no application to decide.
+
+A restriction reports a Refusal with its action:
+    REJECT            refuse now, permanently (reject_code, or its own code)
+    DEFER             refuse now, for a while (defer_code)
+    DEFER_IF_PERMIT   refuse for a while only if the restrictions that
+                      follow end in a permit (Postfix's defer_if_permit)
+and the codes come from one RestrictionCodes, built from main.cf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mailferry.protocol.replies import Reply
+
+if TYPE_CHECKING:   # for annotations only: `sendmail -bs` starts without config/ and queue/
+    from mailferry.config.config import Config
+    from mailferry.queue.store import QueueError
+
+REJECT = "reject"
+DEFER = "defer"
+DEFER_IF_PERMIT = "defer_if_permit"
+
+# Postfix's reply_class: which part of the session a restriction judged.
+CLIENT = "Client host"
+HELO = "Helo command"
+SENDER = "Sender address"
+RECIPIENT = "Recipient address"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A reply to refuse with, and what the log says about it.
+
+    `log_reason` names what decided (a restriction, a queue error);
+    `warning`, when set, is a problem of our own making that the log must
+    show as a warning (an unknown restriction in main.cf)."""
+
+    reply: Reply
+    action: str = REJECT
+    log_reason: str = ""
+    warning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictionCodes:
+    """The reply codes restrictions use. The names are Postfix's parameters;
+    only those mailferry reads from main.cf so far come from it, the others
+    keep Postfix's defaults."""
+
+    reject: int = 554                   # reject_code
+    defer: int = 450                    # defer_code
+    relay_domains_reject: int = 554     # relay_domains_reject_code
+
+    @classmethod
+    def from_config(cls, config: Config) -> RestrictionCodes:
+        return cls(relay_domains_reject=config.integer("relay_domains_reject_code"))
+
+    def code_for(self, action: str) -> int:
+        return self.reject if action == REJECT else self.defer
+
+
+def restriction(action: str, codes: RestrictionCodes, detail: str, text: str, log_reason: str,
+                code: int | None = None) -> Refusal:
+    """A restriction's refusal. `detail` is the enhanced status without its
+    class ("7.1"): the class follows the action, 5 for REJECT, 4 otherwise.
+    `code` replaces the action's code (relay_domains_reject_code...)."""
+    status_class = "5" if action == REJECT else "4"
+    reply = Reply(code or codes.code_for(action), f"{status_class}.{detail}", text)
+    return Refusal(reply, action, log_reason)
+
+
+def access_denied(action: str, codes: RestrictionCodes, name: str, reply_class: str,
+                  log_reason: str) -> Refusal:
+    """`reject` and its kin: "<name>: Recipient address rejected: Access denied"."""
+    return restriction(action, codes, "7.1", f"<{name}>: {reply_class} rejected: Access denied", log_reason)
+
+
+def relay_access_denied(action: str, codes: RestrictionCodes, address: str, log_reason: str) -> Refusal:
+    """reject_unauth_destination (relay_domains_reject_code) and
+    defer_unauth_destination (defer_code)."""
+    code = codes.relay_domains_reject if action == REJECT else None
+    return restriction(action, codes, "7.1", f"<{address}>: Relay access denied", log_reason, code)
+
+
+def server_configuration_error(restriction_name: str) -> Refusal:
+    """A restriction mailferry does not know: never an accidental permit."""
+    problem = f"unknown smtpd restriction: \"{restriction_name}\""
+    return Refusal(Reply(451, "4.3.5", "Server configuration error"), DEFER, problem, problem)
+
+
+def temporary_lookup_failure(name: str) -> Refusal:
+    """A table lookup that failed for now (tables.result TEMPFAIL): the
+    client tries again later, never "unknown user"."""
+    return Refusal(Reply(451, "4.3.0", f"<{name}>: Temporary lookup failure"), DEFER, "lookup failure")
+
+
+def queue_failure(error: QueueError) -> Refusal:
+    """The queue did not take the message: nothing was stored, try later.
+    The queue's errors carry their own code (451 4.3.0, or 452 4.3.1 when
+    full); the text is Postfix's cleanup_strerror()."""
+    # Imported here, not at the top: `sendmail -bs` (local/smtp_stdin.py)
+    # would otherwise load the whole queue package, asyncio and sqlite3 at start-up.
+    from mailferry.queue.store import QueueFull
+    if isinstance(error, QueueFull):
+        reply = Reply(error.reply_code, error.enhanced_status, "Insufficient system storage")
+        return Refusal(reply, DEFER, f"queue is full: mail refused with {reply.code} {reply.enhanced}")
+    return Refusal(Reply(error.reply_code, error.enhanced_status, "Error: queue file write error"), DEFER,
+                   f"queue file write error: {error}")
+
+
+def maildrop_write_error(error: OSError) -> Refusal:
+    """`sendmail -bs` could not write its maildrop file."""
+    return Refusal(Reply(451, "4.3.0", f"Error: cannot write the message: {error.strerror}"), DEFER,
+                   f"cannot write the message: {error.strerror}")
+
+
+# --- Session-level refusals of the application (the core answers the rest itself)
+
+# smtpd_tls_security_level = encrypt, and MAIL came before STARTTLS.
+STARTTLS_REQUIRED = Refusal(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
+# STARTTLS was offered, but there is no certificate to start it with.
+TLS_UNAVAILABLE = Refusal(Reply(454, "4.7.0", "TLS not available due to local problem"), DEFER)
+TLS_UNAVAILABLE_ON_STDIN = Refusal(Reply(454, "4.7.0", "TLS not available on standard input"), DEFER)

@@ -1,0 +1,45 @@
+"""ServiceProfile.from_config: what one smtpd service takes from main.cf
+(its -o overrides applied), rebuilt on every reload."""
+
+from __future__ import annotations
+
+from mailferry.config.config import Config
+from mailferry.config.maincf import parse_main_cf
+from mailferry.smtpd.relay import ClientFacts
+from mailferry.smtpd.service import ServiceProfile
+
+MAIN_CF = """\
+myhostname = mx.example.test
+mydestination = example.test
+mynetworks = 192.0.2.0/24
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+relay_domains_reject_code = 550
+smtpd_timeout = 42s
+message_size_limit = 1000
+"""
+
+
+def profile(tmp_path, text: str = MAIN_CF, tls_context=None) -> ServiceProfile:
+    return ServiceProfile.from_config(Config(str(tmp_path), parse_main_cf(text, str(tmp_path / "main.cf"))),
+                                      tls_context)
+
+
+def test_relay_control_comes_from_main_cf_with_its_reject_code(tmp_path):
+    relay = profile(tmp_path).relay
+    stranger = ClientFacts("203.0.113.9", in_mynetworks=False)
+    refusal = relay.check_recipient(stranger, "carol@remote.example", routed=False)
+    assert refusal.reply.to_bytes() == b"550 5.7.1 <carol@remote.example>: Relay access denied\r\n"
+    assert relay.check_recipient(stranger, "bob@example.test", routed=False) is None
+
+
+def test_the_session_settings_come_from_main_cf(tmp_path):
+    built = profile(tmp_path)
+    assert built.timeout == 42
+    assert built.settings.hostname == "mx.example.test"
+    assert built.settings.message_size_limit == 1000
+    assert built.mynetworks.matches("192.0.2.7") and not built.mynetworks.matches("203.0.113.9")
+
+
+def test_starttls_is_offered_only_with_a_certificate(tmp_path):
+    assert not profile(tmp_path).settings.starttls
+    assert profile(tmp_path, tls_context=object()).settings.starttls

@@ -1,0 +1,100 @@
+"""mailferry.refusals: every receiving-side failure gets Postfix's reply.
+
+The texts are Postfix 3.7's: cleanup_strerror() for the queue, smtpd_check.c
+for restrictions ("<rcpt>: Relay access denied", "Server configuration
+error", "Temporary lookup failure")."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from mailferry import refusals
+from mailferry.config.config import Config
+from mailferry.config.maincf import parse_main_cf
+from mailferry.queue.store import QueueError, QueueFull
+from mailferry.refusals import DEFER, DEFER_IF_PERMIT, RECIPIENT, REJECT, RestrictionCodes
+
+
+def wire(refusal: refusals.Refusal) -> bytes:
+    return refusal.reply.to_bytes()
+
+
+def test_a_full_queue_is_452_insufficient_system_storage():
+    refusal = refusals.queue_failure(QueueFull("/var/spool/mailferry/queue.db: the queue is full"))
+    assert wire(refusal) == b"452 4.3.1 Insufficient system storage\r\n"
+    assert refusal.action == DEFER
+    assert refusal.log_reason == "queue is full: mail refused with 452 4.3.1"
+
+
+def test_a_queue_write_error_is_451_and_the_log_says_why():
+    refusal = refusals.queue_failure(QueueError("disk I/O error"))
+    assert wire(refusal) == b"451 4.3.0 Error: queue file write error\r\n"
+    assert refusal.log_reason == "queue file write error: disk I/O error"
+
+
+@pytest.mark.parametrize("error", [QueueError("x"), QueueFull("x")])
+def test_the_reply_code_is_the_one_the_queue_error_carries(error):
+    reply = refusals.queue_failure(error).reply
+    assert (reply.code, reply.enhanced) == (error.reply_code, error.enhanced_status)
+
+
+def test_a_maildrop_write_error_names_the_system_error():
+    refusal = refusals.maildrop_write_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert wire(refusal) == b"451 4.3.0 Error: cannot write the message: No space left on device\r\n"
+
+
+def test_a_temporary_lookup_failure_is_451_and_names_the_address():
+    refusal = refusals.temporary_lookup_failure("bob@example.com")
+    assert wire(refusal) == b"451 4.3.0 <bob@example.com>: Temporary lookup failure\r\n"
+    assert refusal.action == DEFER
+
+
+def test_an_unknown_restriction_is_a_server_configuration_error_with_a_warning():
+    refusal = refusals.server_configuration_error("permit_mynetwork")
+    assert wire(refusal) == b"451 4.3.5 Server configuration error\r\n"
+    assert refusal.warning == 'unknown smtpd restriction: "permit_mynetwork"'
+
+
+def test_access_denied_names_the_address_and_what_was_judged():
+    refusal = refusals.access_denied(REJECT, RestrictionCodes(), "bob@example.com", RECIPIENT, "reject")
+    assert wire(refusal) == b"554 5.7.1 <bob@example.com>: Recipient address rejected: Access denied\r\n"
+    assert refusal.log_reason == "reject"
+
+
+@pytest.mark.parametrize("action, expected", [
+    (REJECT, b"554 5.7.1 <carol@remote.example>: Relay access denied\r\n"),
+    (DEFER, b"450 4.7.1 <carol@remote.example>: Relay access denied\r\n"),
+])
+def test_relay_access_denied(action, expected):
+    refusal = refusals.relay_access_denied(action, RestrictionCodes(), "carol@remote.example", "x")
+    assert wire(refusal) == expected
+    assert refusal.action == action
+
+
+def test_relay_domains_reject_code_is_for_reject_only():
+    codes = RestrictionCodes(reject=550, defer=451, relay_domains_reject=553)
+    assert refusals.relay_access_denied(REJECT, codes, "a@b.example", "x").reply.code == 553
+    assert refusals.relay_access_denied(DEFER, codes, "a@b.example", "x").reply.code == 451
+
+
+@pytest.mark.parametrize("action, code, enhanced", [
+    (REJECT, 550, "5.7.1"), (DEFER, 451, "4.7.1"), (DEFER_IF_PERMIT, 451, "4.7.1"),
+])
+def test_a_restriction_takes_its_code_and_status_class_from_its_action(action, code, enhanced):
+    refusal = refusals.restriction(action, RestrictionCodes(reject=550, defer=451), "7.1", "text", "why")
+    assert (refusal.reply.code, refusal.reply.enhanced, refusal.action) == (code, enhanced, action)
+
+
+def test_restriction_codes_read_relay_domains_reject_code_from_main_cf(tmp_path):
+    config = Config(str(tmp_path), parse_main_cf("relay_domains_reject_code = 550\n", str(tmp_path / "main.cf")))
+    assert RestrictionCodes.from_config(config) == RestrictionCodes(relay_domains_reject=550)
+    default = Config(str(tmp_path), parse_main_cf("", str(tmp_path / "main.cf")))
+    assert RestrictionCodes.from_config(default) == RestrictionCodes(reject=554, defer=450, relay_domains_reject=554)
+
+
+def test_session_refusals_of_the_application():
+    assert wire(refusals.STARTTLS_REQUIRED) == b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+    assert wire(refusals.TLS_UNAVAILABLE) == b"454 4.7.0 TLS not available due to local problem\r\n"
+    assert wire(refusals.TLS_UNAVAILABLE_ON_STDIN) == b"454 4.7.0 TLS not available on standard input\r\n"
