@@ -17,6 +17,7 @@ import re
 import shutil
 import smtplib
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -425,7 +426,12 @@ def test_sessions_are_reused_and_kept_within_the_destination_limit(daemon_factor
     assert 1 <= counters["sess"] <= 10, counters
 
 
-class SessionCountingPeer:
+class _CountedSession(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.server.serve_session(self.request)
+
+
+class SessionCountingPeer(socketserver.ThreadingTCPServer):
     """An SMTP server on loopback that counts the sessions open to it at once.
 
     It holds every session at its greeting until `hold_until` sessions are
@@ -433,11 +439,14 @@ class SessionCountingPeer:
     went by), so a client allowed that many sessions must open them all
     while its mail waits, and one allowed more has every chance to."""
 
+    daemon_threads = True
+    request_queue_size = 64
+
     def __init__(self, hold_until: int, patience: float = 20.0):
+        super().__init__(("127.0.0.1", 0), _CountedSession)
         self.hold_until = hold_until
         self.patience = patience
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        self.port = self.server_address[1]
         self.changed = threading.Condition()
         self.open = 0
         self.most_open = 0
@@ -445,7 +454,7 @@ class SessionCountingPeer:
         self.messages = 0
         self.reached = threading.Event()
         self.released = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
     def nexthop(self) -> str:
@@ -461,17 +470,10 @@ class SessionCountingPeer:
 
     def close(self) -> None:
         self.released.set()
-        self.listener.close()
+        self.shutdown()
+        self.server_close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(connection,), daemon=True).start()
-
-    def _session(self, connection: socket.socket) -> None:
+    def serve_session(self, connection: socket.socket) -> None:
         with self.changed:
             self.open += 1
             self.sessions += 1
@@ -479,10 +481,9 @@ class SessionCountingPeer:
             if self.open >= self.hold_until:
                 self.reached.set()
         try:
-            with connection:
-                self.reached.wait(self.patience)
-                self.released.wait(self.patience)
-                self._converse(connection)
+            self.reached.wait(self.patience)
+            self.released.wait(self.patience)
+            self._converse(connection)
         except OSError:
             pass
         finally:
