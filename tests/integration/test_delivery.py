@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from mailferry.queue import SqliteQueueStore
-from tests.integration.conftest import free_port, world_readable_tempdir
+from tests.integration.conftest import Daemon, free_port, world_readable_tempdir
 from tests.peers import require_tool
 from tests.peers.dovecot import GMAIL_PASSWORD, GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME
 
@@ -113,14 +113,14 @@ def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
                          f"stderr:\n{(daemon.directory / 'stderr.log').read_text()[-2000:]}")
 
 
-def queue_listing(daemon) -> list[dict]:
+def queue_listing(daemon: Daemon) -> list[dict]:
     """`postqueue -j`: one dict per queued message."""
     result = daemon.command("postqueue", "-j")
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def wait_until_deferred(daemon, timeout: float = 20.0) -> list[dict]:
+def wait_until_deferred(daemon: Daemon, timeout: float = 20.0) -> list[dict]:
     """Until every queued message sits in the deferred queue with a reason for each
     recipient still to do: the delivery attempt is over and its outcome stored."""
     deadline = time.monotonic() + timeout
@@ -142,7 +142,7 @@ def auth_encodings(username: str, password: str) -> list[str]:
             for raw in (b"\0" + user + b"\0" + secret, user + b"\0" + user + b"\0" + secret, user, secret)]
 
 
-def assert_no_credentials_in_logs(daemon, username: str, password: str) -> None:
+def assert_no_credentials_in_logs(daemon: Daemon, username: str, password: str) -> None:
     logs = {"mail log": daemon.log(), "stderr": (daemon.directory / "stderr.log").read_text()}
     for name, text in logs.items():
         assert password not in text.replace(username, ""), name
@@ -165,6 +165,7 @@ def test_the_seed_relay_config_relays_through_the_smarthost(relay_daemon, submis
     relay = rf"relay={SUBMISSION_HOSTNAME}\[{re.escape(SUBMISSION_HOST)}\]:{submission_relay.port}"
     assert len(re.findall(rf"smtp\[\d+\]: [0-9A-F]+: to=<[^>]+>, {relay}, delay=[\d.]+, "
                           rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 ", log)) == 2
+    log = daemon.wait_for_log(": removed")     # qmgr's line follows the deliveries'
     assert re.search(r": [0-9A-F]+: removed$", log, re.MULTILINE)
     assert GMAIL_PASSWORD not in log.replace(f"{GMAIL_USER}", "")
     assert_no_credentials_in_logs(daemon, GMAIL_USER, GMAIL_PASSWORD)

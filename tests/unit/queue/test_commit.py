@@ -40,17 +40,17 @@ class GatedStore(RamQueueStore):
         return ids
 
 
-async def writer_busy(store):
+async def writer_busy(store: GatedStore) -> None:
     """Wait until the writer thread sits in the gated insert_many."""
     assert await asyncio.to_thread(store.entered.wait, 10), "the writer never reached insert_many"
 
 
-async def writer_in(event: threading.Event):
+async def writer_in(event: threading.Event) -> None:
     """Wait until the writer thread runs the call that sets `event`."""
     assert await asyncio.to_thread(event.wait, 10), "the writer never ran the blocking call"
 
 
-async def until_waiting(committer, count: int):
+async def until_waiting(committer: GroupCommitter, count: int) -> None:
     """Let the event loop run until `count` pieces of work wait for the writer.
 
     submit() and run() queue their work before their first await, so a few
