@@ -213,6 +213,7 @@ class SocketTransport:
         script's next reply (see S: NOTHING), not by waiting a while."""
         if not self._received:
             self._fill(0.0)
+            self._socket.settimeout(self._timeout)   # blocking again, as start_tls needs
         return not self._received
 
     def start_tls(self, context: ssl.SSLContext | None = None) -> None:
