@@ -366,6 +366,9 @@ def test_postqueue_f_retries_now(daemon_factory, smtp_sink_factory):
         assert store.get(queued["queue_id"]).next_attempt > time.time() + 3000
     finally:
         store.close()
+    # A scheduler pass for new mail (local, so discarded) does not take it along either.
+    send(daemon, "alice@example.test", ["user@example.test"])
+    wait_for_line(daemon, r"to=<user@example\.test>, .*status=sent")
     assert sink.messages() == []
     result = daemon.command("postqueue", "-f")
     assert result.returncode == 0, result.stderr
