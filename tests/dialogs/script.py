@@ -24,7 +24,10 @@ Client lines
 Server lines
     S: prefix    read one reply; its last line must start with `prefix`
     S: EOF       the server has closed the connection
-    S: NOTHING   no reply is waiting (e.g. for commands discarded after STARTTLS)
+    S: NOTHING   no reply is waiting (e.g. for commands discarded after STARTTLS).
+                 A later client line and an S: reply to it must follow: replies
+                 come in order, so that reply, arriving next, is what proves
+                 the server said nothing in between (no waiting for silence).
     S+ text      some line of the last reply contains `text`
     S- text      no line of the last reply contains `text`
 
@@ -117,7 +120,18 @@ def parse_script(text: str, name: str = "<script>") -> Script:
             continue
         tag, rest = line[:2], line[3:] if len(line) > 2 else ""
         script.steps.extend(_steps_for(tag, rest, number, script.name))
+    _check_silences_are_proven(script)
     return script
+
+
+def _check_silences_are_proven(script: Script) -> None:
+    for index, step in enumerate(script.steps):
+        if step.kind != "nothing":
+            continue
+        later = [later_step.kind for later_step in script.steps[index + 1:]]
+        if not ("send" in later and "expect" in later[later.index("send"):]):
+            raise ValueError(f"{script.name}:{step.line}: S: NOTHING needs a later client line and an "
+                             "S: reply to it, which proves the silence by order")
 
 
 def run_script(script: Script, transport: Transport) -> None:
@@ -165,11 +179,10 @@ class SocketTransport:
     """A script's client over TCP, for a real server."""
 
     def __init__(self, host: str, port: int, *, source_address: tuple[str, int] | None = None,
-                 timeout: float = 10.0, silence: float = 0.5):
+                 timeout: float = 10.0):
         self._socket = socket.create_connection((host, port), timeout=timeout,
                                                 source_address=source_address)
         self._timeout = timeout
-        self._silence = silence       # how long "no reply" must last
         self._received = bytearray()
         self._closed = False
 
@@ -196,8 +209,11 @@ class SocketTransport:
                 return int(line[:3]), lines
 
     def is_silent(self) -> bool:
+        """Nothing has arrived so far. Whether more is on its way is settled by the
+        script's next reply (see S: NOTHING), not by waiting a while."""
         if not self._received:
-            self._fill(self._silence)
+            self._fill(0.0)
+            self._socket.settimeout(self._timeout)   # blocking again, as start_tls needs
         return not self._received
 
     def start_tls(self, context: ssl.SSLContext | None = None) -> None:
@@ -217,7 +233,7 @@ class SocketTransport:
         self._socket.settimeout(timeout)
         try:
             data = self._socket.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except (TimeoutError, socket.timeout, BlockingIOError, ssl.SSLWantReadError):
             return False
         except OSError:
             data = b""

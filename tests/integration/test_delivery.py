@@ -9,18 +9,25 @@ form `[name]:port` and its `sasl_passwd` keyed by host name work as written.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import pwd
 import re
 import shutil
 import smtplib
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port, world_readable_tempdir
+from mailferry.queue import SqliteQueueStore
+from tests.integration.conftest import Daemon, free_port, world_readable_tempdir
 from tests.peers import require_tool
 from tests.peers.dovecot import GMAIL_PASSWORD, GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME
 
@@ -106,6 +113,43 @@ def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
                          f"stderr:\n{(daemon.directory / 'stderr.log').read_text()[-2000:]}")
 
 
+def queue_listing(daemon: Daemon) -> list[dict]:
+    """`postqueue -j`: one dict per queued message."""
+    result = daemon.command("postqueue", "-j")
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def wait_until_deferred(daemon: Daemon, timeout: float = 20.0) -> list[dict]:
+    """Until every queued message sits in the deferred queue with a reason for each
+    recipient still to do: the delivery attempt is over and its outcome stored."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = queue_listing(daemon)
+        if listing and all(message["queue_name"] == "deferred"
+                           and all(r.get("delay_reason") for r in message["recipients"])
+                           for message in listing):
+            return listing
+        assert time.monotonic() < deadline, f"not deferred after {timeout} s: {listing}"
+        time.sleep(0.1)
+
+
+def auth_encodings(username: str, password: str) -> list[str]:
+    """What a SASL client puts on the wire: PLAIN's "\\0user\\0password" (with and
+    without an authorization identity) and LOGIN's two answers, each in base64."""
+    user, secret = username.encode(), password.encode()
+    return [base64.b64encode(raw).decode("ascii")
+            for raw in (b"\0" + user + b"\0" + secret, user + b"\0" + user + b"\0" + secret, user, secret)]
+
+
+def assert_no_credentials_in_logs(daemon: Daemon, username: str, password: str) -> None:
+    logs = {"mail log": daemon.log(), "stderr": (daemon.directory / "stderr.log").read_text()}
+    for name, text in logs.items():
+        assert password not in text.replace(username, ""), name
+        for encoded in auth_encodings(username, password):
+            assert encoded not in text, f"{name} holds {encoded!r}, an encoding of the credentials"
+
+
 # --- 1. the seed's relay configuration ---------------------------------------------------------------
 
 def test_the_seed_relay_config_relays_through_the_smarthost(relay_daemon, submission_relay, peer_ca):
@@ -121,8 +165,19 @@ def test_the_seed_relay_config_relays_through_the_smarthost(relay_daemon, submis
     relay = rf"relay={SUBMISSION_HOSTNAME}\[{re.escape(SUBMISSION_HOST)}\]:{submission_relay.port}"
     assert len(re.findall(rf"smtp\[\d+\]: [0-9A-F]+: to=<[^>]+>, {relay}, delay=[\d.]+, "
                           rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 ", log)) == 2
+    log = daemon.wait_for_log(": removed")     # qmgr's line follows the deliveries'
     assert re.search(r": [0-9A-F]+: removed$", log, re.MULTILINE)
     assert GMAIL_PASSWORD not in log.replace(f"{GMAIL_USER}", "")
+    assert_no_credentials_in_logs(daemon, GMAIL_USER, GMAIL_PASSWORD)
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_no_log_holds_the_credentials_in_any_encoding(relay_daemon, submission_relay, peer_ca, mechanism):
+    daemon = relay_daemon(submission_relay, peer_ca.cert_path, smtp_sasl_mechanism_filter=mechanism)
+    relay_one_message(daemon, submission_relay)
+    # The smarthost logged the login with this mechanism: the credentials went over it.
+    submission_relay.wait_for_log(f"Login: user=<{GMAIL_USER}>, method={mechanism.upper()}")
+    assert_no_credentials_in_logs(daemon, GMAIL_USER, GMAIL_PASSWORD)
 
 
 def test_mailferry_sendmail_relays_through_the_smarthost(relay_daemon, submission_relay, peer_ca):
@@ -181,7 +236,7 @@ def test_verify_level_with_the_right_ca_is_verified(relay_daemon, submission_rel
 def assert_deferred_not_bounced(daemon) -> None:
     listing = daemon.mailq()
     assert "Mail queue is empty" not in listing, listing
-    time.sleep(0.5)
+    wait_until_deferred(daemon)   # the attempt is over: a bounce would have been decided by now
     log = daemon.log()
     assert "status=bounced" not in log
     assert "non-delivery notification" not in log
@@ -200,7 +255,6 @@ def test_a_wrong_password_defers_with_the_servers_reply(relay_daemon, submission
 
 def test_reload_rereads_a_rebuilt_password_table_mail_owner_can_read(relay_daemon, submission_relay_factory,
                                                                       peer_ca):
-    import pwd
     relay = submission_relay_factory(users={GMAIL_USER: "the new password"})
     daemon = relay_daemon(relay, peer_ca.cert_path, **FAST_RETRY)
     send(daemon, "alice@example.test", ["friend@elsewhere.example"])
@@ -304,9 +358,18 @@ def test_postqueue_f_retries_now(daemon_factory, smtp_sink_factory):
                             minimal_backoff_time="1h", maximal_backoff_time="2h").start()
     send(daemon, "alice@example.test", ["friend@elsewhere.example"])
     wait_for_line(daemon, r"Connection refused\)$")
+    [queued] = wait_until_deferred(daemon)
     sink = smtp_sink_factory(port=port)
-    time.sleep(1.5)
-    assert sink.messages() == []          # the backoff is an hour: nothing happens by itself
+    # The backoff is an hour: nothing happens by itself, the next attempt is an hour away.
+    store = SqliteQueueStore(daemon.queue_directory / "queue.db")
+    try:
+        assert store.get(queued["queue_id"]).next_attempt > time.time() + 3000
+    finally:
+        store.close()
+    # A scheduler pass for new mail (local, so discarded) does not take it along either.
+    send(daemon, "alice@example.test", ["user@example.test"])
+    wait_for_line(daemon, r"to=<user@example\.test>, .*status=sent")
+    assert sink.messages() == []
     result = daemon.command("postqueue", "-f")
     assert result.returncode == 0, result.stderr
     sink.wait_for_messages(1, timeout=20)
@@ -344,7 +407,7 @@ def test_a_session_lost_midway_defers_only_the_recipients_it_carried(daemon_fact
     assert sunk.recipients == ["one@good.example"]
     wait_for_line(daemon, r"to=<two@flaky\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*"
                           r"status=deferred \(lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while ")
-    time.sleep(0.3)
+    wait_until_deferred(daemon)
     listing = daemon.mailq()
     assert "two@flaky.example" in listing and "one@good.example" not in listing, listing
     assert "status=bounced" not in daemon.log()
@@ -362,8 +425,117 @@ def test_sessions_are_reused_and_kept_within_the_destination_limit(daemon_factor
     daemon.wait_for_log("status=sent", count=30)
     counters = sink.counters()
     assert counters["mesg"] == 30
-    # at most 2 sessions at a time, each carrying many messages (smtp_connection_cache_on_demand)
+    # few sessions, each carrying many messages (smtp_connection_cache_on_demand); the limit itself
+    # is checked by test_the_destination_concurrency_limit_is_reached_and_never_exceeded
     assert 1 <= counters["sess"] <= 10, counters
+
+
+class _CountedSession(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.server.serve_session(self.request)
+
+
+class SessionCountingPeer(socketserver.ThreadingTCPServer):
+    """An SMTP server on loopback that counts the sessions open to it at once.
+
+    It holds every session at its greeting until `hold_until` sessions are
+    open together and the test has said `release()` (or `patience` seconds
+    went by), so a client allowed that many sessions must open them all
+    while its mail waits, and one allowed more has every chance to."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, hold_until: int, patience: float = 20.0):
+        super().__init__(("127.0.0.1", 0), _CountedSession)
+        self.hold_until = hold_until
+        self.patience = patience
+        self.port = self.server_address[1]
+        self.changed = threading.Condition()
+        self.open = 0
+        self.most_open = 0
+        self.sessions = 0
+        self.messages = 0
+        self.reached = threading.Event()
+        self.released = threading.Event()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def nexthop(self) -> str:
+        return f"[127.0.0.1]:{self.port}"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_for_messages(self, count: int, timeout: float = 30.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.messages >= count, timeout), \
+                f"{self.messages} of {count} messages after {timeout} s"
+
+    def close(self) -> None:
+        self.released.set()
+        self.shutdown()
+        self.server_close()
+
+    def serve_session(self, connection: socket.socket) -> None:
+        with self.changed:
+            self.open += 1
+            self.sessions += 1
+            self.most_open = max(self.most_open, self.open)
+            if self.open >= self.hold_until:
+                self.reached.set()
+        try:
+            self.reached.wait(self.patience)
+            self.released.wait(self.patience)
+            self._converse(connection)
+        except OSError:
+            pass
+        finally:
+            with self.changed:
+                self.open -= 1
+                self.changed.notify_all()
+
+    def _converse(self, connection: socket.socket) -> None:
+        reader = connection.makefile("rb")
+        connection.sendall(b"220 peer.test ESMTP\r\n")
+        while line := reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                connection.sendall(b"250-peer.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                connection.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                while reader.readline() not in (b".\r\n", b""):
+                    pass
+                with self.changed:
+                    self.messages += 1
+                    self.changed.notify_all()
+                connection.sendall(b"250 2.0.0 Ok: queued\r\n")
+            elif verb == b"QUIT":
+                connection.sendall(b"221 2.0.0 Bye\r\n")
+                return
+            else:   # HELO, MAIL, RCPT, RSET, NOOP
+                connection.sendall(b"250 2.0.0 Ok\r\n")
+
+
+@pytest.mark.parametrize("parameter, limit", [("smtp_destination_concurrency_limit", 2),
+                                              ("default_destination_concurrency_limit", 3)])
+def test_the_destination_concurrency_limit_is_reached_and_never_exceeded(daemon_factory, parameter, limit):
+    peer = SessionCountingPeer(hold_until=limit)
+    try:
+        daemon = daemon_factory(relayhost=peer.nexthop, default_transport="smtp",
+                                **{parameter: str(limit)}).start()
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+            for number in range(20):
+                client.sendmail("alice@example.test", [f"friend{number}@elsewhere.example"],
+                                f"Subject: held {number}\r\n\r\nx\r\n")
+        # All 20 are queued, and the sessions that are open are held at their greeting.
+        assert peer.reached.wait(peer.patience), f"only {peer.most_open} of {limit} sessions were opened"
+        peer.release()
+        peer.wait_for_messages(20)
+        daemon.wait_for_log("status=sent", count=20)
+        assert peer.most_open == limit, f"{peer.most_open} sessions at once, the limit is {limit}"
+    finally:
+        peer.close()
 
 
 def test_mail_from_the_null_sender_is_never_bounced(daemon_factory, smtp_sink_factory):
@@ -371,8 +543,8 @@ def test_mail_from_the_null_sender_is_never_bounced(daemon_factory, smtp_sink_fa
     daemon = daemon_factory(relayhost=sink.nexthop, default_transport="smtp").start()
     send(daemon, "", ["nobody@elsewhere.example"])
     wait_for_line(daemon, r"status=bounced")
+    # qmgr logs a message's notices before its "removed" (one process, its lines in order).
     daemon.wait_for_log(": removed")
-    time.sleep(0.5)
     assert "notification" not in daemon.log()
     assert "Mail queue is empty" in daemon.mailq()
 

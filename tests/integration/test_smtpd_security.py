@@ -7,6 +7,8 @@ counts as an outside client.
 
 from __future__ import annotations
 
+import email
+import fcntl
 import os
 import re
 import signal
@@ -14,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import termios
 import time
 
 import pytest
@@ -82,8 +85,9 @@ def test_smuggled_end_of_data_stays_inside_one_message(mx, name):
         replies = [reader.readline() for _ in range(2)]
     assert replies[0].startswith(b"250 2.0.0 Ok: queued as")
     assert replies[1].startswith(b"221")
-    mx.wait_for_log("(queue active)")
-    time.sleep(0.2)
+    # The session is over, and a queued message is logged before its 250: whatever
+    # it queued is in the queue and in the log by the time it logs its disconnect.
+    mx.wait_for_log("disconnect from localhost[127.0.0.2]")
     [content] = queued_contents(mx)
     assert b"before" in content and b"smuggled@evil.example" in content and b"forged" in content
     assert mx.log().count("(queue active)") == 1
@@ -106,10 +110,10 @@ def test_starttls_injection_gets_no_reply(mx_tls):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         with context.wrap_socket(raw, server_hostname="mx.example.test") as secure:
-            secure.settimeout(1.0)
-            with pytest.raises(TimeoutError):
-                secure.recv(1024)  # nothing may answer the injected MAIL FROM
-            secure.settimeout(10)
+            # Nothing may answer the injected MAIL FROM: the first reply after the
+            # handshake is the one to this NOOP, with nothing queued ahead of it.
+            secure.sendall(b"NOOP\r\n")
+            assert secure.recv(1024) == b"250 2.0.0 Ok\r\n"
             secure.sendall(b"MAIL FROM:<a@outside.example>\r\n")
             reply = secure.recv(1024)
             # Had the injected MAIL been kept, this one would be "503 5.5.1 Error: nested MAIL command".
@@ -126,21 +130,42 @@ def mx_tls(daemon_factory, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
+    # Mail stays queued (no route out), so its Received: header can be read.
     daemon = daemon_factory(smtpd_tls_security_level="may", smtpd_tls_cert_file=str(cert),
-                            smtpd_tls_key_file=str(key), smtpd_tls_received_header="yes")
+                            smtpd_tls_key_file=str(key), smtpd_tls_received_header="yes",
+                            default_transport="smtp", local_transport="smtp")
     return daemon.start()
 
 
-def test_tls_message_carries_cipher_in_received(mx_tls):
+def tls13_client() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls12_aes128_client() -> ssl.SSLContext:
+    context = tls13_client()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    return context
+
+
+@pytest.mark.parametrize("client_context", [tls13_client, tls12_aes128_client])
+def test_tls_message_carries_cipher_in_received(mx_tls, client_context):
     with smtplib.SMTP("127.0.0.1", mx_tls.port) as client:
-        client.starttls(context=context)
+        client.starttls(context=client_context())
+        name, _, bits = client.sock.cipher()
+        negotiated = f"{client.sock.version()} with cipher {name} ({bits}/{bits} bits)"
         client.sendmail("a@example.test", ["b@example.test"], b"Subject: tls\r\n\r\nsecret\r\n")
     mx_tls.wait_for_log("(queue active)")
     log = mx_tls.log()
     assert "TLS connection established from localhost[127.0.0.1]" in log
+    [content] = queued_contents(mx_tls)
+    [received] = email.message_from_bytes(content).get_all("Received")
+    # Postfix's form, e.g. "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))".
+    assert f"(using {negotiated})" in " ".join(received.split()), received
+    assert " with ESMTPS id " in " ".join(received.split()), received
 
 
 OPEN_RELAY_TRICKS = [
@@ -225,6 +250,14 @@ def test_pipelining_without_ehlo_is_refused(second_listener):
     assert "improper command pipelining" in second_listener.wait_for_log("improper command pipelining")
 
 
+def unacknowledged_until_empty(sock: socket.socket, timeout: float = 10) -> None:
+    """Until the peer's kernel has acknowledged everything sent on `sock` (SIOCOUTQ is 0)."""
+    deadline = time.monotonic() + timeout
+    while int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4), "little"):
+        assert time.monotonic() < deadline, "the peer's kernel never took the bytes"
+        time.sleep(0.01)
+
+
 def test_talking_before_the_greeting_is_refused(second_listener):
     """Freeze the daemon, connect and talk (the kernel completes the handshake),
     thaw it: the client's words are there before the greeting could be."""
@@ -235,7 +268,7 @@ def test_talking_before_the_greeting_is_refused(second_listener):
         raw = socket.create_connection(("127.0.0.2", second_listener.second_port), source_address=OUTSIDE,
                                        timeout=10)
         raw.sendall(b"EHLO early.example\r\n")
-        time.sleep(0.2)
+        unacknowledged_until_empty(raw)   # the daemon's kernel holds the words now
     finally:
         for pid in processes:
             os.kill(pid, signal.SIGCONT)

@@ -3,12 +3,13 @@
 import asyncio
 import os
 import threading
-import time
+import types
 from contextlib import contextmanager
 
 import pytest
 
 from mailferry.message import HOLD
+from mailferry.queue import commit as commit_module
 from mailferry.queue import (
     GroupCommitter,
     QueueError,
@@ -39,9 +40,27 @@ class GatedStore(RamQueueStore):
         return ids
 
 
-async def writer_busy(store):
+async def writer_busy(store: GatedStore) -> None:
     """Wait until the writer thread sits in the gated insert_many."""
-    await asyncio.to_thread(store.entered.wait, 10)
+    assert await asyncio.to_thread(store.entered.wait, 10), "the writer never reached insert_many"
+
+
+async def writer_in(event: threading.Event) -> None:
+    """Wait until the writer thread runs the call that sets `event`."""
+    assert await asyncio.to_thread(event.wait, 10), "the writer never ran the blocking call"
+
+
+async def until_waiting(committer: GroupCommitter, count: int) -> None:
+    """Let the event loop run until `count` pieces of work wait for the writer.
+
+    submit() and run() queue their work before their first await, so a few
+    turns of the loop are enough: no clock is involved."""
+    for _ in range(1000):
+        if len(committer._inserts) + len(committer._calls) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {len(committer._inserts) + len(committer._calls)} of {count} "
+                         "pieces of work reached the committer")
 
 
 def test_concurrent_submitters_share_commits(tmp_path):
@@ -78,7 +97,7 @@ def test_work_piles_up_while_a_commit_is_in_flight():
         first = asyncio.ensure_future(committer.submit(sample_message(0)))
         await writer_busy(store)
         rest = [asyncio.ensure_future(committer.submit(sample_message(n))) for n in range(1, 101)]
-        await asyncio.sleep(0.05)
+        await until_waiting(committer, 100)
         store.gate.set()
         ids = await asyncio.gather(first, *rest)
         await committer.close()
@@ -97,7 +116,9 @@ def test_no_submitter_hears_before_the_commit_returned():
         committer = GroupCommitter(store)
         submitted = asyncio.ensure_future(committer.submit(sample_message()))
         await writer_busy(store)
-        await asyncio.sleep(0.1)
+        # An answer given before the commit would have been handed to this loop
+        # before the writer entered insert_many, so ahead of writer_busy's own
+        # wakeup: it would show here already.
         assert not submitted.done()
         store.gate.set()
         queue_id = await submitted
@@ -135,7 +156,7 @@ def test_queue_full_reaches_every_submitter_of_the_batch():
         first = asyncio.ensure_future(committer.submit(sample_message(0)))
         await writer_busy(store)
         batch = [asyncio.ensure_future(committer.submit(sample_message(n))) for n in range(1, 11)]
-        await asyncio.sleep(0.05)
+        await until_waiting(committer, 10)
         store.gate.set()
         outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
         later = await committer.submit(sample_message(11))
@@ -187,22 +208,24 @@ def test_on_a_full_disk_removals_still_go_through(tmp_path):
     delivered, *waiting = store.insert_many(
         [self_checking_message(n, 2, os.urandom(3000)) for n in range(5)])
     release_writer = threading.Event()
+    limited = threading.Event()
 
     def limit_pages():
         connection = store._connection()
         pages = connection.execute("PRAGMA page_count").fetchone()[0]
         connection.execute(f"PRAGMA max_page_count = {pages + 5}")
+        limited.set()
         release_writer.wait(10)
 
     async def main():
         committer = GroupCommitter(store)
         blocking = asyncio.ensure_future(committer.run(limit_pages))
-        await asyncio.sleep(0.05)
+        await writer_in(limited)
         work = asyncio.gather(
             committer.run(store.remove, delivered),
             *(committer.submit(self_checking_message(n, 2, os.urandom(20_000))) for n in range(10)),
             return_exceptions=True)
-        await asyncio.sleep(0.05)
+        await until_waiting(committer, 11)
         release_writer.set()
         await blocking
         outcomes = await work
@@ -253,7 +276,7 @@ def test_run_returns_results_and_keeps_errors_to_their_caller():
         pending = [committer.submit(sample_message(1)), committer.run(broken),
                    committer.run(lambda: threading.current_thread().name)]
         waiting = asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.sleep(0.05)
+        await until_waiting(committer, 3)
         store.gate.set()
         queue_id = await first
         outcomes = await waiting
@@ -272,16 +295,21 @@ def test_inserts_and_updates_of_one_cycle_share_one_commit(tmp_path):
     store = SqliteQueueStore(tmp_path / "queue.db")
     [held] = store.insert_many([sample_message(0)])
     release_writer = threading.Event()
+    blocked = threading.Event()
+
+    def block():
+        blocked.set()
+        release_writer.wait(10)
 
     async def main():
         committer = GroupCommitter(store)
-        blocking = asyncio.ensure_future(committer.run(release_writer.wait, 10))
-        await asyncio.sleep(0.05)
+        blocking = asyncio.ensure_future(committer.run(block))
+        await writer_in(blocked)
         commits = store.stats["commits"]
         work = [committer.submit(sample_message(n)) for n in range(1, 11)]
         work += [committer.run(store.hold, [held]), committer.run(store.get, held)]
         gathered = asyncio.gather(*work)
-        await asyncio.sleep(0.05)
+        await until_waiting(committer, 12)
         release_writer.set()
         await blocking
         outcomes = await gathered
@@ -300,11 +328,18 @@ def test_close_writes_everything_already_submitted():
 
     async def main():
         committer = GroupCommitter(store)
-        tasks = [asyncio.ensure_future(committer.submit(sample_message(n))) for n in range(50)]
+        tasks = [asyncio.ensure_future(committer.submit(sample_message(0)))]
         await writer_busy(store)
-        asyncio.get_running_loop().call_later(0.05, store.gate.set)
-        await committer.close()
-        ids = await asyncio.gather(*tasks)
+        # 49 more wait behind the commit in flight when close() begins.
+        tasks += [asyncio.ensure_future(committer.submit(sample_message(n))) for n in range(1, 50)]
+        await until_waiting(committer, 49)
+        closing = asyncio.ensure_future(committer.close())
+        while not committer._closing:       # close() has begun, the writer is still held
+            await asyncio.sleep(0)
+        store.gate.set()
+        await asyncio.wait_for(closing, 10)
+        # Bounded: work dropped at close would leave its submitters waiting forever.
+        ids = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         with pytest.raises(QueueError, match="shutting down"):
             await committer.submit(sample_message(99))
         return ids
@@ -322,7 +357,7 @@ def test_a_submitter_gone_before_its_write_is_not_queued():
         first = asyncio.ensure_future(committer.submit(sample_message(0)))
         await writer_busy(store)
         gone = asyncio.ensure_future(committer.submit(sample_message(1)))
-        await asyncio.sleep(0.01)
+        await until_waiting(committer, 1)
         gone.cancel()
         store.gate.set()
         queue_id = await first
@@ -333,18 +368,35 @@ def test_a_submitter_gone_before_its_write_is_not_queued():
     assert [m.queue_id for m in store.messages()] == [queue_id]
 
 
-def test_writer_latency_when_idle_is_one_commit():
-    """No timer: a lone submitter is answered as soon as its commit is done."""
+class TimeoutRecordingCondition(threading.Condition):
+    """threading.Condition that remembers every timeout it was asked to wait for."""
+
+    timeouts: list = []
+
+    def wait(self, timeout=None):
+        TimeoutRecordingCondition.timeouts.append(timeout)
+        return super().wait(timeout)
+
+
+def test_writer_latency_when_idle_is_one_commit(monkeypatch):
+    """No timer: a lone submitter is answered as soon as its commit is done.
+    (bench/commit measures how soon that is.)"""
     store = RamQueueStore()
+    TimeoutRecordingCondition.timeouts = []
+    monkeypatch.setattr(commit_module, "threading",
+                        types.SimpleNamespace(Condition=TimeoutRecordingCondition, Thread=threading.Thread))
+    commits_seen = []
 
     async def main():
         committer = GroupCommitter(store)
-        started = time.perf_counter()
         for number in range(20):
             await committer.submit(sample_message(number))
-        elapsed = time.perf_counter() - started
+            commits_seen.append(store.stats["commits"])
         await committer.close()
-        return elapsed
 
-    assert asyncio.run(main()) < 0.5
+    asyncio.run(main())
+    # Each submitter hears right after its own commit, not after a later one.
+    assert commits_seen == list(range(1, 21))
     assert store.stats["commits"] == 20
+    # The writer sleeps only until work arrives, never for a while to gather more.
+    assert TimeoutRecordingCondition.timeouts and set(TimeoutRecordingCondition.timeouts) == {None}

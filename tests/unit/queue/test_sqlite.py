@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -242,14 +243,36 @@ def test_a_failed_write_in_a_batch_spares_the_others(sqlite_store):
 # --- other processes and threads
 
 QUEUE_TOOL = """
-import sys, time
+import sqlite3, sys
 from mailferry.queue import SqliteQueueStore
 store = SqliteQueueStore(sys.argv[1])
 print(len(store.messages()), flush=True)
-started = time.monotonic()
-changed = store.hold(None)
-print(changed, round(time.monotonic() - started, 2), flush=True)
+probe = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+try:
+    probe.execute("BEGIN IMMEDIATE")
+    print("free", flush=True)
+except sqlite3.OperationalError:
+    print("locked", flush=True)
+probe.close()
+print(store.hold(None), flush=True)
 """
+
+
+def voluntary_switches(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def wait_for_lock_retries(process: subprocess.Popen, retries: int, timeout: float = 30) -> None:
+    """Until `process` has gone to sleep `retries` times in SQLite's busy
+    handler (each retry is one nanosleep, so one voluntary context switch)."""
+    start = voluntary_switches(process.pid)
+    deadline = time.monotonic() + timeout
+    while voluntary_switches(process.pid) - start < retries:
+        assert process.poll() is None, f"the tool stopped waiting for the lock: {process.communicate()}"
+        assert time.monotonic() < deadline, "the tool neither waited nor stopped"
+        time.sleep(0.01)
+    assert Path(f"/proc/{process.pid}/wchan").read_text() == "hrtimer_nanosleep"
 
 
 def test_queue_tool_reads_at_once_and_writes_after_the_daemon(tmp_path):
@@ -261,11 +284,12 @@ def test_queue_tool_reads_at_once_and_writes_after_the_daemon(tmp_path):
         tool = subprocess.Popen([sys.executable, "-c", QUEUE_TOOL, str(path)],
                                 stdout=subprocess.PIPE, text=True)
         assert tool.stdout.readline().strip() == "3"
-        time.sleep(0.5)                   # the tool now waits for the write lock
+        assert tool.stdout.readline().strip() == "locked"   # the daemon's batch holds the write lock
+        # The tool's hold() keeps waiting for that lock (ten retries: about 0.2 s of SQLite's backoff).
+        wait_for_lock_retries(tool, 10)
     out, _ = tool.communicate(timeout=30)
-    changed, waited = out.split()
-    assert int(changed) == 5
-    assert float(waited) >= 0.3
+    # All five: its write waited for the daemon's commit rather than failing or going first.
+    assert int(out) == 5
     assert {m.queue for m in daemon.messages()} == {HOLD}
     daemon.close()
 

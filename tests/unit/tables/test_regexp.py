@@ -8,6 +8,7 @@ postmap so that the recordings cannot drift from Postfix unnoticed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from mailferry.tables.base import TableError
@@ -264,7 +265,6 @@ def test_an_empty_result_is_found_not_missing(tmp_path: Path):
 
 
 def test_lookup_is_also_available_asynchronously(tmp_path: Path):
-    import asyncio
     table = write_table(tmp_path, "/a/ b\n")
     assert asyncio.run(table.lookup("a")).value == "b"
 
@@ -332,10 +332,55 @@ def test_a_whole_key_group_gives_back_the_key(key: str):
     assert answer(table, key) == key
 
 
-@given(st.binary(max_size=12), st.booleans(), st.booleans(), st.booleans())
-def test_any_pattern_compiles_or_is_refused_as_regcomp_would(pattern: bytes, extended: bool,
+_DELIMITERS = b"/|%@,;:~"  # not "!": a leading "!" negates the match
+
+
+def rule_for(pattern: bytes, extended: bool, icase: bool, multiline: bool) -> bytes | None:
+    """A table line that hands `pattern` to Postfix's regcomp unchanged, with
+    those flags, or None when no line can: a newline or NUL cannot be in a
+    line, and an odd number of trailing backslashes would escape the closing
+    delimiter. Postfix's defaults are REG_EXTENDED and REG_ICASE; its `x`,
+    `i` and `m` flags toggle them and REG_NEWLINE."""
+    if b"\n" in pattern or b"\0" in pattern or (len(pattern) - len(pattern.rstrip(b"\\"))) % 2:
+        return None
+    delimiter = next(bytes([d]) for d in _DELIMITERS if d not in pattern)
+    flags = ("" if extended else "x") + ("" if icase else "i") + ("m" if multiline else "")
+    return delimiter + pattern + delimiter + flags.encode() + b"\tfound\n"
+
+
+# Pieces of POSIX syntax, so that the patterns also reach regcomp's errors
+# and corners, not only the literal bytes that random binary mostly is.
+_REGEX_PIECES = [bytes([c]) for c in b"()[]{}*+?|^$.\\-,:=a1Z "] + [
+    b"\\(", b"\\)", b"\\{", b"\\}", b"\\1", b"\\2", b"[:alpha:]", b"[:nope:]", b"[.a.]", b"[=a=]",
+    b"{1}", b"{1,2}", b"{2,1}", b"\\|", b"\\<", b"\\w", b"\xe9", b"\xff"]
+_PATTERNS = st.one_of(st.binary(max_size=12),
+                      st.lists(st.sampled_from(_REGEX_PIECES), max_size=8).map(b"".join))
+
+
+@pytest.fixture(scope="module")
+def regcomp_table_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("regcomp")
+
+
+@pytest.mark.integration
+@settings(deadline=None, max_examples=500)
+@given(_PATTERNS, st.booleans(), st.booleans(), st.booleans())
+def test_any_pattern_compiles_or_is_refused_as_regcomp_would(postfix_config: Path, regcomp_table_dir: Path,
+                                                              pattern: bytes, extended: bool,
                                                               icase: bool, multiline: bool):
+    """compile_posix against the real regcomp, through Postfix's postmap:
+    the same patterns refused, with the same regerror() text."""
+    _require_postmap()
+    rule = rule_for(pattern, extended, icase, multiline)
+    assume(rule is not None)
     try:
         compile_posix(pattern, extended=extended, icase=icase, multiline=multiline)
-    except PosixRegexError:
-        pass
+        ours = []
+    except PosixRegexError as refused:
+        ours = [(1, _as_postfix_logs(str(refused)))]
+    event("refused" if ours else "compiled")
+    table = regcomp_table_dir / "pattern.regexp"
+    table.write_bytes(rule)
+    process = _postmap(postfix_config, "key", str(table))
+    postfix = _postfix_warnings(process.stderr.decode("utf-8", "surrogateescape"), str(table))
+    assert postfix == ours, f"rule {rule!r}"
