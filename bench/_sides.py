@@ -10,6 +10,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 from tests.peers import free_port, progress, tail_file, wait_for_port
 from tests.peers.mailferry import MailferryDaemon, main_cf_text, private_settings
@@ -25,6 +26,22 @@ REPO = BENCH_DIR.parent
 
 class RunError(Exception):
     """A run that produced no trustworthy figure."""
+
+
+class Side(Protocol):
+    """One MTA as a bench drives it: reset (fresh port and queue, `main` settings on top),
+    start (its PID once it greets), stop; what it ran with, for the report."""
+
+    name: str
+    port: int
+    log_file: Path
+
+    def reset(self, main: dict[str, str] | None = None) -> None: ...
+    def start(self) -> int: ...
+    def stop(self) -> None: ...
+    def log_tail(self) -> str: ...
+    def version(self) -> str: ...
+    def settings(self) -> dict: ...
 
 
 class PostfixSide:

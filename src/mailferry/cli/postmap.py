@@ -52,7 +52,7 @@ def _with_types(specs: list[str], config_dir: str) -> list[str]:
     return [":".join(split_spec(spec, default_type)) for spec in specs]
 
 
-def _open(spec: str, reporter: Reporter):
+def _open(spec: str, reporter: Reporter) -> Table:
     table = open_table(spec)
     for text in getattr(table, "warnings", ()):
         reporter.warning(text)

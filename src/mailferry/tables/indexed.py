@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import lmdb
+
 from mailferry.tables.base import Table, TableError
 from mailferry.tables.result import MISSING, LookupResult, found
 
@@ -59,8 +61,7 @@ class IndexedTable(Table):
         self._env.close()
 
 
-def _open_readonly(path: str, type_name: str, source: str):
-    import lmdb
+def _open_readonly(path: str, type_name: str, source: str) -> lmdb.Environment:
     try:
         return lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=0)
     except lmdb.InvalidError:
