@@ -7,12 +7,16 @@ integration tests; a bench script puts the repository on sys.path before importi
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tests.peers import free_port, progress, tail_file, wait_for_port
+from tests.peers import PeerError, free_port, make_traversable, progress, tail_file, wait_for_port
 from tests.peers.mailferry import MailferryDaemon, main_cf_text, private_settings
 from tests.peers.postfix import PostfixInstance
 from tests.peers.processes import Reaper
@@ -204,3 +208,68 @@ def print_settings(settings: dict[str, dict | None]) -> None:
 
 def exit_status(results: dict[str, list[dict]]) -> int:
     return 1 if any("error" in r for runs in results.values() for r in runs) else 0
+
+
+def bench_root(args: argparse.Namespace, reaper: Reaper, bench: str) -> Path:
+    """The temp dir for queues and logs, under --directory; removed at exit unless --keep."""
+    root = Path(tempfile.mkdtemp(prefix=f"mailferry-{bench}-", dir=args.directory))
+    if args.keep:
+        progress(f"keeping {root}")
+    else:
+        reaper.add("temp dir", lambda: shutil.rmtree(root, ignore_errors=True))
+    make_traversable(root)
+    return root
+
+
+def run_rounds(args: argparse.Namespace, sides: Sequence[Side], run_once: Callable[[Side, str], dict],
+               describe: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """--rounds rounds, the servers alternating; a failed run is kept as its error, never a figure."""
+    results: dict[str, list[dict]] = {side.name: [] for side in sides}
+    for rnd in range(1, args.rounds + 1):
+        for side in sides:
+            try:
+                run = run_once(side, f"round {rnd}/{args.rounds}")
+            except (RunError, PeerError) as exc:
+                progress(f"  {side.name}: error: {exc}")
+                results[side.name].append({"round": rnd, "error": str(exc), "log_tail": side.log_tail()})
+                continue
+            run["round"] = rnd
+            results[side.name].append(run)
+            progress(f"  {describe(run)}")
+    return results
+
+
+def print_verdict(ratio: dict | None, results: dict[str, list[dict]], summaries: dict[str, dict | None],
+                  what: str) -> None:
+    if ratio:
+        verdict = "met" if ratio["median"] >= TARGET_RATIO else "NOT met"
+        print(f"mailferry/Postfix {what} msg/s: best {ratio['best']:.2f}x, median "
+              f"{ratio['median']:.2f}x (target >= {TARGET_RATIO}x: {verdict}); "
+              f"CPU per message {ratio['cpu_per_message']:.2f}x Postfix's")
+    for name in results:
+        if summaries.get(name) is None:
+            first = next((r["error"] for r in results[name] if "error" in r), "")
+            print(f"{name}: not measured: {first.splitlines()[0] if first else 'no run'}")
+
+
+def write_json(bench: str, args: argparse.Namespace, about: dict, load_before: tuple[float, float, float],
+               settings: dict[str, dict], results: dict[str, list[dict]], summaries: dict[str, dict | None],
+               ratio: dict | None) -> None:
+    """bench/out/BENCH.json: the arguments, `about` (command, setups), versions and machine, the
+    settings each server ran with, every run, the summaries and the ratio."""
+    out = BENCH_DIR / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"{bench}.json").write_text(json.dumps({
+        "arguments": dict(vars(args)),
+        **about,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "postfix_settings": settings.get("postfix"),
+        "mailferry_settings": settings.get("mailferry"),
+        "runs": results,
+        "summary": summaries,
+        "ratio_mailferry_to_postfix": ratio,
+    }, indent=2) + "\n")
+    progress(f"wrote {out / f'{bench}.json'}")
