@@ -35,33 +35,13 @@ import pytest
 
 from mailferry.cli.queue_listing import format_listing
 from mailferry.message import ACTIVE, DEFERRED_QUEUE, HOLD
+from tests.peers.postfix import MASTER_CF_BASE
 from tests.unit.local.queue_fixtures import add_message, entries, listed_from_json, make_instance, open_store
 
 LONG_REASON = ("Service temporarily unavailable because the remote side keeps saying that it is too "
                "busy to accept any more mail right now, try later")
-MASTER_CF = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+# The peers' master.cf (tests/peers/postfix.py), plus local(8) for this queue's recipients.
+MASTER_CF = MASTER_CF_BASE.format(qmgr="") + "local     unix  -       n       n       -       -       local\n"
 
 
 class SilentServer:
