@@ -222,10 +222,12 @@ class Scheduler:
 
     async def run(self, idle_seconds: float) -> None:
         while not self._stopping:
+            # Cleared before the scan: mail committed while the scan runs (after its
+            # query) wakes the loop again, rather than waiting for queue_run_delay.
+            self._wakeup.clear()
             taken = await self._take_due()
             if taken == SCAN_BATCH and len(self._in_flight) < self.settings.active_limit:
                 continue
-            self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), idle_seconds)
             except TimeoutError:

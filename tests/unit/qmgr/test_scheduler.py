@@ -604,6 +604,39 @@ def test_mail_left_for_lack_of_room_goes_as_soon_as_room_is_made(monkeypatch):
     assert h.store.get(first) is None and h.store.get(second) is None
 
 
+def test_mail_queued_during_a_scan_is_taken_without_waiting_for_the_timer():
+    """A commit's wake-up that comes while the loop is scanning (the scan's query has
+    already run) is not lost: the message goes now, not after queue_run_delay."""
+    agent = ScriptedAgent()
+    h = Harness(routing=SCRIPTED, agents={"relay": agent})
+    h.queue(message("a@one.example"))
+    scan = None
+
+    async def scenario(h):
+        nonlocal scan
+        scan = h.scheduler._take_due
+        late = []
+
+        async def scan_then_queue_one_more():
+            taken = await scan()
+            if not late:
+                late.extend(h.queue(message("b@two.example")))
+                h.scheduler.wake()
+            return taken
+        h.scheduler._take_due = scan_then_queue_one_more
+        loop = asyncio.create_task(h.scheduler.run(idle_seconds=3600))
+        try:
+            while len(agent.jobs) < 2:
+                agent.entered.clear()
+                await asyncio.wait_for(agent.entered.wait(), 10)
+        finally:
+            h.scheduler.stop()
+            h.scheduler.wake()
+            await loop
+    h.run(scenario)
+    assert [job[0] for job in agent.jobs] == ["one.example", "two.example"]
+
+
 def test_flush_makes_the_clients_forget_dead_destinations():
     agent = ScriptedAgent()
     h = Harness(routing=SCRIPTED, agents={"relay": agent})
