@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailferry.config.localdomains import local_domain_matcher
+from mailferry.tables import open_maps
 from mailferry.tables.match_lists import DomainList
 
 
@@ -147,7 +148,6 @@ class Resolver:
 def _maps_of(config, name: str):
     if not config.get(name).strip():
         return None
-    from mailferry.tables import open_maps
     return open_maps(config.get(name))
 
 
