@@ -30,6 +30,7 @@ class Destinations:
         self._clock = clock
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._jobs: dict[str, int] = {}     # jobs holding or waiting for each destination's slot
+        self._holding: dict[str, int] = {}  # jobs holding one
         self._dead: dict[str, tuple[float, str]] = {}
 
     # --- concurrency: at most concurrency_limit sessions per next hop at once
@@ -43,14 +44,22 @@ class Destinations:
         self._jobs[nexthop] = self._jobs.get(nexthop, 0) + 1
         try:
             async with semaphore:
-                yield
+                self._holding[nexthop] = self._holding.get(nexthop, 0) + 1
+                try:
+                    yield
+                finally:
+                    self._holding[nexthop] -= 1
         finally:
             self._jobs[nexthop] -= 1
             if not self._jobs[nexthop]:      # no job waits: forget the destination's slot
-                del self._jobs[nexthop], self._slots[nexthop]
+                del self._jobs[nexthop], self._slots[nexthop], self._holding[nexthop]
+
+    def waiting(self, nexthop: str) -> int:
+        """How many jobs for the next hop wait for a slot (all its sessions are in use)."""
+        return self._jobs.get(nexthop, 0) - self._holding.get(nexthop, 0)
 
     def tracked(self) -> int:
-        """How many next hops have a job holding or waiting for a slot (for tests and metrics)."""
+        """How many next hops have a job holding or waiting for a slot."""
         return len(self._slots)
 
     # --- dead destinations: after a failed connect, the rest of the queue waits
