@@ -20,7 +20,7 @@ from tests.unit.delivery.scripted_peer import (
 )
 
 TINY = 0.2      # a timeout meant to fire
-LONG = 30.0     # a timeout that must not
+LONG = 300.0    # a timeout that must not fire: longer than run() lets any test take
 
 
 def run(coroutine):
