@@ -18,13 +18,13 @@ from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection, ConnectionLost
 from mailferry.delivery.dns import DnsError, Target
 from mailferry.delivery.nexthop import Hop, parse_hop
+from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.tls import TlsPolicy
 from mailferry.delivery.tls_policies import TlsPolicyError
 from mailferry.maillog import Log
 from mailferry.message import DeliveryResult
 from mailferry.protocol import smtp_client as proto
-from mailferry.tables import Maps
 
 READ_LIMIT = 1 << 20     # the stream reader's buffer: long EHLO replies and pipelined answers fit
 
@@ -51,7 +51,7 @@ class SetupFailed(Exception):
 
 
 class SessionSetup:
-    def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: Maps | None = None,
+    def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
                  tls_policies: TlsPolicies | None = None):
         self.settings = settings
         self.dns = dns

@@ -20,13 +20,13 @@ from typing import Protocol
 from mailferry.delivery import outcome
 from mailferry.delivery.connection import Connection, ConnectionLost
 from mailferry.delivery.destinations import Destinations
+from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.session import Resolver, SessionSetup, SetupFailed, TlsPolicies
 from mailferry.delivery.session_cache import SessionCache, session_key
 from mailferry.delivery.settings import ClientSettings
 from mailferry.maillog import Log
 from mailferry.message import DeliveryResult, QueuedMessage, Recipient
 from mailferry.protocol import smtp_client as proto
-from mailferry.tables import Maps
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class DestinationLimits(Protocol):
 
 
 class SmtpClient:
-    def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: Maps | None = None,
+    def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
                  tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None):
         """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own."""
         self.settings = settings
