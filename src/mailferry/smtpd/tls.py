@@ -11,7 +11,6 @@ from __future__ import annotations
 import ssl
 
 from mailferry.config.config import Config
-from mailferry.tlsinfo import describe  # noqa: F401  (smtpd.service imports it from here)
 
 LEVELS = ("none", "may", "encrypt")
 

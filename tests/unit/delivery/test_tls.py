@@ -10,7 +10,7 @@ from mailferry.delivery.tls import (
     TlsPolicy, certificate_matches, client_context, established_line, expected_names, name_mismatch,
     protocol_bounds, server_name, trust_store_description, verification_failure,
 )
-from mailferry.smtpd import tls as smtpd_tls
+from mailferry.smtpd import service as smtpd_service
 from mailferry.tlsinfo import describe
 from tests.peers.tls import make_ca
 
@@ -456,4 +456,4 @@ def test_may_handshake_does_not_check_the_certificate(pki, server):
 
 def test_client_and_server_share_one_describe():
     assert tls.describe is describe
-    assert smtpd_tls.describe is describe
+    assert smtpd_service.describe is describe
