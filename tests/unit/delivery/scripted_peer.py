@@ -194,6 +194,16 @@ class LoopbackResolver:
         return [Target("mx.test", "127.0.0.1", port, None)]
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ListLog:
     def __init__(self):
         self.lines: list[str] = []

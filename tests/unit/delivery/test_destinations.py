@@ -5,14 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mailferry.delivery.destinations import SUSPEND_SECONDS, Destinations
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.delivery.scripted_peer import FakeClock
 
 
 def test_a_dead_destination_is_remembered_until_the_suspension_ends():

@@ -16,7 +16,7 @@ from mailferry.delivery.destinations import SUSPEND_SECONDS, Destinations
 from mailferry.delivery.smtp import SmtpClient
 from mailferry.message import BOUNCED, DEFERRED, SENT
 from tests.unit.delivery.scripted_peer import (
-    HANGUP, STALL, ListLog, LoopbackResolver, ScriptedPeer, client_settings, make_job,
+    HANGUP, STALL, FakeClock, ListLog, LoopbackResolver, ScriptedPeer, client_settings, make_job,
 )
 
 TINY = 0.2      # a timeout meant to fire
@@ -36,14 +36,6 @@ def make_client(destinations=None, **settings) -> SmtpClient:
 
 def statuses(results) -> list[str]:
     return [result.status for result in results]
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- timeouts: each smtp_*_timeout ends the session at its own step, and the mail waits
