@@ -54,11 +54,9 @@ class SmtpClient:
                  tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None):
         """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own."""
         self.settings = settings
-        self.log = log
         self.setup = SessionSetup(settings, dns, log, password_maps, tls_policies)
         self.cache = SessionCache(settings)
         self.destinations = destinations if destinations is not None else Destinations(settings.concurrency_limit)
-        self.program = settings.transport
 
     # --- the job
 
