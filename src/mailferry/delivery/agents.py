@@ -9,21 +9,43 @@ run, defers with Postfix's "mail transport unavailable": the mail waits.
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from mailferry.config.config import Config
+from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
+from mailferry.delivery.session import Resolver
+from mailferry.delivery.settings import ClientSettings
+from mailferry.delivery.smtp import DeliveryJob, SmtpClient
+from mailferry.delivery.tls import client_context, preload_trust, trust_store_description
+from mailferry.delivery.tls_policies import TlsPolicyTable
+from mailferry.maillog import Log
 from mailferry.message import DeliveryResult
+from mailferry.tables import Maps, TableError, open_maps
 
 CLIENT_COMMANDS = ("smtp", "lmtp")
 
 
+class DeliveryAgent(Protocol):
+    """What the scheduler and Transports need of an agent: delivery.smtp.SmtpClient, or a test's script."""
+
+    async def deliver(self, job: DeliveryJob) -> list[DeliveryResult]: ...
+
+    def forget_dead_destinations(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Transports:
-    def __init__(self, config, master, log, dns, tables: dict | None = None):
+    def __init__(self, config: Config, master: MasterCf | None, log: Log, dns: Resolver,
+                 tables: dict[str, Maps] | None = None):
         """`tables`: password tables opened at start, while still root (see open_client_tables)."""
         self.config = config
         self._tables = tables if tables is not None else {}
         self.master = master
         self.log = log
         self.dns = dns
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, DeliveryAgent] = {}
         self._unavailable: dict[str, str] = {}
 
     def command_of(self, transport: str) -> str | None:
@@ -32,7 +54,7 @@ class Transports:
             return transport     # qmgr's own fallbacks: Postfix needs no master.cf line for them either
         return service.command if service is not None else None
 
-    def _service(self, transport: str):
+    def _service(self, transport: str) -> Service | None:
         return self.master.find(transport, "unix") if self.master is not None else None
 
     def immediate(self, transport: str, nexthop: str) -> DeliveryResult | None:
@@ -48,7 +70,7 @@ class Transports:
             return self._client_problem(transport)
         return outcome.deferred("4.3.0", f"mail transport unavailable: {self._why_unavailable(transport, command)}")
 
-    def client(self, transport: str):
+    def client(self, transport: str) -> DeliveryAgent:
         """The SMTP/LMTP client of a transport (made on first use, kept for its connection cache)."""
         client = self._clients.get(transport)
         if client is None:
@@ -66,8 +88,7 @@ class Transports:
             return outcome.deferred("4.3.0", f"mail transport unavailable: {problem}")
         return None
 
-    def _make_client(self, transport: str):
-        from mailferry.delivery.smtp import SmtpClient
+    def _make_client(self, transport: str) -> SmtpClient:
         settings = _client_settings(self.config, self.master, self._service(transport))
         maps = None
         if settings.sasl_enable and settings.sasl_password_maps.strip():
@@ -75,7 +96,6 @@ class Transports:
             if maps is None:
                 maps = _open_password_maps(settings)
         if settings.tls.offers_tls:
-            from mailferry.delivery.tls import client_context, trust_store_description
             client_context(settings.tls)      # a bad CAfile is reported now, once, not per message
             if settings.tls.verifies:
                 self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
@@ -83,11 +103,9 @@ class Transports:
         self._clients[transport] = client
         return client
 
-    def _tls_policy_table(self, transport: str, settings):
+    def _tls_policy_table(self, transport: str, settings: ClientSettings) -> TlsPolicyTable | None:
         if not settings.tls_policy_maps.strip():
             return None
-        from mailferry.delivery.tls_policies import TlsPolicyTable
-        from mailferry.tables import TableError, open_maps
         try:
             maps = open_maps(settings.tls_policy_maps)
         except TableError as problem:
@@ -110,21 +128,19 @@ class Transports:
         self._clients.clear()
 
 
-def _service_config(config, master, service):
+def _service_config(config: Config, master: MasterCf, service: Service) -> Config:
     """main.cf as one master.cf service sees it: with its `-o name=value` options."""
     if not service.overrides:
         return config
     return config.with_overrides(service.overrides, f"{master.path}, line {service.line}")
 
 
-def _client_settings(config, master, service):
-    from mailferry.delivery.settings import ClientSettings
+def _client_settings(config: Config, master: MasterCf, service: Service) -> ClientSettings:
     return ClientSettings.from_config(_service_config(config, master, service), service.name,
                                       lmtp=service.command == "lmtp")
 
 
-def _open_password_maps(settings):
-    from mailferry.tables import TableError, open_maps
+def _open_password_maps(settings: ClientSettings) -> Maps:
     try:
         return open_maps(settings.sasl_password_maps)
     except TableError as problem:
@@ -132,12 +148,12 @@ def _open_password_maps(settings):
                          "read is opened when mailferry starts: restart it after such a change)") from None
 
 
-def reopen_client_tables(tables: dict, config, master, log) -> dict:
+def reopen_client_tables(tables: dict[str, Maps], config: Config, master: MasterCf | None,
+                         log: Log) -> dict[str, Maps]:
     """At reload, as mail_owner: re-read each password table, so a `postmap`ed change is
     seen. A table only root can read stays as opened at start, and the log says so."""
-    fresh: dict = {}
+    fresh: dict[str, Maps] = {}
     for spec in {*tables, *_password_table_specs(config, master)}:
-        from mailferry.tables import TableError, open_maps
         try:
             fresh[spec] = open_maps(spec)
         except TableError as problem:
@@ -149,7 +165,7 @@ def reopen_client_tables(tables: dict, config, master, log) -> dict:
     return fresh
 
 
-def _password_table_specs(config, master) -> set[str]:
+def _password_table_specs(config: Config, master: MasterCf | None) -> set[str]:
     specs = set()
     for service in (master.services if master is not None else []):
         if service.type == "unix" and service.command in CLIENT_COMMANDS:
@@ -162,20 +178,19 @@ def _password_table_specs(config, master) -> set[str]:
     return specs
 
 
-def open_client_tables(config, master, log) -> dict:
+def open_client_tables(config: Config, master: MasterCf | None, log: Log) -> dict[str, Maps]:
     """Open every SMTP/LMTP client's password table, and load its CA file, while still root.
 
     Password tables are rightly readable by root alone (the seed's chmod 600),
     and Postfix opens them before it gives up root too. Problems are logged
     here and reported again, per message, when the transport is used.
     """
-    tables: dict = {}
+    tables: dict[str, Maps] = {}
     for service in (master.services if master is not None else []):
         if service.type != "unix" or service.command not in CLIENT_COMMANDS:
             continue
         try:
             settings = _client_settings(config, master, service)
-            from mailferry.delivery.tls import client_context, preload_trust
             preload_trust(settings.tls)       # a policy table may ask for verification later
             if settings.tls.offers_tls:
                 client_context(settings.tls)

@@ -11,6 +11,7 @@ pflogsumm and an administrator's habits keep working.
 from __future__ import annotations
 
 from mailferry.message import BOUNCED, DEFERRED, SENT, DeliveryResult
+from mailferry.protocol.smtp_client import ServerReply
 
 
 def from_reply(reply, relay: str, host: str, address: str, stage: str) -> DeliveryResult:
@@ -21,6 +22,55 @@ def from_reply(reply, relay: str, host: str, address: str, stage: str) -> Delive
     dsn = reply.enhanced or ("4.0.0" if status == DEFERRED else "5.0.0")
     return DeliveryResult(status, dsn, f"host {host}[{address}] said: {reply} (in reply to {stage} command)",
                           relay)
+
+
+# --- the SMTP/LMTP client's session: setup refused, session lost, message refused before sending
+
+def greeting_refused(reply: ServerReply, peer: str, relay: str, skip_5xx_greeting: bool) -> DeliveryResult:
+    """A greeting other than 220. A 5xx bounces only with smtp_skip_5xx_greeting = no (a
+    server that refuses everyone means it); by default it waits, and the next MX host is tried."""
+    text = f"host {peer} refused to talk to me: {reply}"
+    if reply.code >= 500 and not skip_5xx_greeting:
+        return bounced(reply.enhanced or "5.0.0", text, relay)
+    return deferred(reply.enhanced or "4.3.0", text, relay)
+
+
+def hello_refused(reply: ServerReply, peer: str, verb: str, relay: str) -> DeliveryResult:
+    """EHLO/LHLO (and HELO) refused: the session is not usable, the mail waits."""
+    return deferred(reply.enhanced or "4.3.0",
+                    f"host {peer} refused to talk to me: {reply} (in reply to {verb} command)", relay)
+
+
+def sasl_refused(reply: ServerReply, peer: str, relay: str, soft_bounce: bool) -> DeliveryResult:
+    """AUTH failed: a 5xx bounces unless smtp_sasl_auth_soft_bounce (the default) keeps it waiting."""
+    text = f"SASL authentication failed; server {peer} said: {reply}"
+    if reply.code >= 500 and not soft_bounce:
+        return bounced(reply.enhanced or "5.7.8", text, relay)
+    return deferred(reply.enhanced or "4.7.8", text, relay)
+
+
+def too_big_for_server(size: int, limit: int, peer: str, relay: str) -> DeliveryResult:
+    """The server's SIZE is smaller than the message: it will not grow, so the mail bounces."""
+    return bounced("5.3.4", f"message size {size} exceeds size limit {limit} of server {peer}", relay)
+
+
+def smtputf8_not_offered(peer: str, relay: str) -> DeliveryResult:
+    return bounced("5.6.7", f"SMTPUTF8 is required, but was not offered by host {peer}", relay)
+
+
+def connect_failed(host: str, address: str, port: int | None, reason: str) -> DeliveryResult:
+    port_text = f":{port}" if port is not None else ""
+    return deferred("4.4.1", f"connect to {host}[{address}]{port_text}: {reason}")
+
+
+def session_lost(reason: str, relay: str = "none") -> DeliveryResult:
+    """The session broke (hang-up, timeout, garbage): whatever was not answered waits."""
+    return deferred("4.4.2", reason, relay)
+
+
+def destination_suspended(reason: str) -> DeliveryResult:
+    """A destination that just failed to connect: the rest of its mail waits without trying."""
+    return deferred("4.4.1", f"delivery temporarily suspended: {reason}")
 
 
 def deferred(dsn: str, reason: str, relay: str = "none") -> DeliveryResult:

@@ -12,6 +12,9 @@ The exchange is sans-IO: bytes in, bytes out; the caller does base64 and the soc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from mailferry.tables.result import LookupResult
 
 SUPPORTED = ("PLAIN", "LOGIN")
 DEFAULT_SECURITY_OPTIONS = ("noplaintext", "noanonymous")
@@ -94,7 +97,13 @@ def _bare_nexthop(nexthop: str) -> str:
     return text
 
 
-async def find_credentials(maps, *, sender: str, sender_dependent: bool, hostname: str, nexthop: str,
+class PasswordMaps(Protocol):
+    """smtp_sasl_password_maps: a tables.Maps."""
+
+    async def lookup(self, key: str, partial: bool = False) -> LookupResult: ...
+
+
+async def find_credentials(maps: PasswordMaps, *, sender: str, sender_dependent: bool, hostname: str, nexthop: str,
                            parameter: str = "smtp_sasl_password_maps") -> Credentials | None:
     """The first "user:password" found, or None (then the client does not authenticate).
 
@@ -112,7 +121,7 @@ async def find_credentials(maps, *, sender: str, sender_dependent: bool, hostnam
     return None
 
 
-def _describe_tables(maps) -> str:
+def _describe_tables(maps: PasswordMaps) -> str:
     specs = [_safe_spec(table) for table in getattr(maps, "tables", ())]
     if not specs:
         return "lookup table"

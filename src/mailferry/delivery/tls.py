@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from mailferry.config.config import Config, ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
-from mailferry.smtpd.tls import describe
+from mailferry.tlsinfo import describe
 
 LEVELS = ("none", "may", "encrypt", "verify", "secure")
 UNSUPPORTED_LEVELS = {

@@ -12,8 +12,11 @@ TlsPolicy.from_config itself, so an entry is checked as strictly as main.cf.
 
 from __future__ import annotations
 
+from mailferry.config.config import Config
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.tls import TlsPolicy
+from mailferry.maillog import Log
+from mailferry.tables import Maps
 
 # Attributes Postfix knows that change nothing here (cipher grades are not configurable in mailferry).
 IGNORED_ATTRIBUTES = ("ciphers", "exclude", "connection_reuse", "enable_rpk")
@@ -24,7 +27,7 @@ class TlsPolicyError(Exception):
 
 
 class TlsPolicyTable:
-    def __init__(self, maps, config, prefix: str, log, program: str):
+    def __init__(self, maps: Maps, config: Config, prefix: str, log: Log, program: str):
         self.maps = maps
         self.config = config
         self.prefix = prefix

@@ -39,7 +39,8 @@ from mailferry.queue.store import QueueError
 from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
-from mailferry.smtpd.tls import TLSSetupError, describe, server_context, tls_level
+from mailferry.smtpd.tls import TLSSetupError, server_context, tls_level
+from mailferry.tlsinfo import describe
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
 

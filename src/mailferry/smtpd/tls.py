@@ -50,9 +50,3 @@ def server_context(config: Config) -> ssl.SSLContext | None:
         raise TLSSetupError(f"cannot load the smtpd TLS certificate or key: {exc}; "
                             "check smtpd_tls_cert_file, smtpd_tls_key_file or smtpd_tls_chain_files") from None
     return context
-
-
-def describe(ssl_object) -> str:
-    """`TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`, as Postfix logs and stamps it."""
-    name, version, bits = ssl_object.cipher()
-    return f"{ssl_object.version() or version} with cipher {name} ({bits}/{bits} bits)"

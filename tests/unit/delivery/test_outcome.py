@@ -3,7 +3,6 @@
 import pytest
 
 from mailferry.delivery import outcome
-from mailferry.delivery.smtp import Hop, parse_hop
 from mailferry.message import BOUNCED, DEFERRED, SENT
 from mailferry.protocol.smtp_client import ServerReply
 
@@ -63,23 +62,59 @@ def test_dns_errors_defer_or_bounce_as_they_say():
     assert outcome.from_dns_error(FakeDnsError(False)).status == BOUNCED
 
 
-@pytest.mark.parametrize("written, lmtp, expected", [
-    ("[smtp.gmail.com]:587", False, Hop("[smtp.gmail.com]:587", "smtp.gmail.com", 587, False, bracketed=True)),
-    ("[192.0.2.1]", False, Hop("[192.0.2.1]", "192.0.2.1", 25, False, bracketed=True)),
-    ("[ipv6:2001:db8::1]:2525", False, Hop("[ipv6:2001:db8::1]:2525", "2001:db8::1", 2525, False, bracketed=True)),
-    ("Example.COM", False, Hop("Example.COM", "example.com", 25, True)),
-    ("example.com:2525", False, Hop("example.com:2525", "example.com", 2525, True)),
-    ("example.com:submission", False, Hop("example.com:submission", "example.com", 587, True)),
-    ("unix:/var/run/dovecot/lmtp", True, Hop("unix:/var/run/dovecot/lmtp", "/var/run/dovecot/lmtp", None,
-                                             False, unix=True)),
-    ("inet:[127.0.0.1]:24", True, Hop("inet:[127.0.0.1]:24", "127.0.0.1", 24, False, bracketed=True)),
-    ("inet:mailstore.example:2003", True, Hop("inet:mailstore.example:2003", "mailstore.example", 2003, False)),
-    ("mailstore.example", True, Hop("mailstore.example", "mailstore.example", 24, False)),
+# --- the SMTP client's session decisions
+
+PEER, RELAY = "mx[192.0.2.1]", "mx[192.0.2.1]:25"
+
+
+@pytest.mark.parametrize("code, text, skip_5xx, status, dsn", [
+    (554, "5.7.1 go away", True, DEFERRED, "4.7.1"),
+    (554, "5.7.1 go away", False, BOUNCED, "5.7.1"),
+    (554, "go away", False, BOUNCED, "5.0.0"),
+    (421, "busy", False, DEFERRED, "4.3.0"),
 ])
-def test_next_hops_as_postfix_writes_them(written, lmtp, expected):
-    assert parse_hop(written, lmtp) == expected
+def test_a_refused_greeting_bounces_only_without_skip_5xx_greeting(code, text, skip_5xx, status, dsn):
+    result = outcome.greeting_refused(reply(code, text), PEER, RELAY, skip_5xx)
+    assert (result.status, result.dsn, result.relay) == (status, dsn, RELAY)
+    assert result.reason == f"host {PEER} refused to talk to me: {reply(code, text)}"
 
 
-def test_an_unknown_port_name_is_named():
-    with pytest.raises(ValueError, match="unknown port 'nosuchservice'"):
-        parse_hop("[mx.example]:nosuchservice", False)
+def test_a_refused_hello_always_defers():
+    result = outcome.hello_refused(reply(554, "5.5.1 no"), PEER, "LHLO", RELAY)
+    assert (result.status, result.dsn) == (DEFERRED, "4.5.1")
+    assert result.reason == f"host {PEER} refused to talk to me: 554 5.5.1 no (in reply to LHLO command)"
+    assert outcome.hello_refused(reply(421, "later"), PEER, "EHLO", RELAY).dsn == "4.3.0"
+
+
+@pytest.mark.parametrize("code, soft_bounce, status, dsn", [
+    (535, True, DEFERRED, "4.7.8"),
+    (535, False, BOUNCED, "5.7.8"),
+    (454, False, DEFERRED, "4.7.0"),
+])
+def test_a_failed_login_bounces_only_without_soft_bounce(code, soft_bounce, status, dsn):
+    text = "5.7.8 bad credentials" if code == 535 else "4.7.0 try later"
+    result = outcome.sasl_refused(reply(code, text), PEER, RELAY, soft_bounce)
+    assert (result.status, result.dsn) == (status, dsn)
+    assert result.reason == f"SASL authentication failed; server {PEER} said: {reply(code, text)}"
+
+
+def test_what_the_server_cannot_take_bounces():
+    too_big = outcome.too_big_for_server(2000, 1000, PEER, RELAY)
+    assert (too_big.status, too_big.dsn, too_big.reason) == (
+        BOUNCED, "5.3.4", f"message size 2000 exceeds size limit 1000 of server {PEER}")
+    utf8 = outcome.smtputf8_not_offered(PEER, RELAY)
+    assert (utf8.status, utf8.dsn, utf8.reason) == (
+        BOUNCED, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {PEER}")
+
+
+def test_connection_trouble_defers():
+    refused = outcome.connect_failed("mx", "192.0.2.1", 25, "Connection refused")
+    assert (refused.status, refused.dsn, refused.reason) == (
+        DEFERRED, "4.4.1", "connect to mx[192.0.2.1]:25: Connection refused")
+    assert outcome.connect_failed("localhost", "/run/lmtp", None, "No such file or directory").reason == \
+        "connect to localhost[/run/lmtp]: No such file or directory"
+    lost = outcome.session_lost("lost connection with mx[192.0.2.1] while sending RCPT TO", RELAY)
+    assert (lost.status, lost.dsn, lost.relay) == (DEFERRED, "4.4.2", RELAY)
+    suspended = outcome.destination_suspended(refused.reason)
+    assert (suspended.status, suspended.dsn, suspended.reason) == (
+        DEFERRED, "4.4.1", "delivery temporarily suspended: connect to mx[192.0.2.1]:25: Connection refused")

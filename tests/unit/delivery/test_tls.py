@@ -10,6 +10,8 @@ from mailferry.delivery.tls import (
     TlsPolicy, certificate_matches, client_context, established_line, expected_names, name_mismatch,
     protocol_bounds, server_name, trust_store_description, verification_failure,
 )
+from mailferry.smtpd import service as smtpd_service
+from mailferry.tlsinfo import describe
 from tests.peers.tls import make_ca
 
 
@@ -452,6 +454,6 @@ def test_may_handshake_does_not_check_the_certificate(pki, server):
     assert server.server_names == [None]  # no SNI by default
 
 
-def test_module_reuses_smtpd_describe():
-    from mailferry.smtpd.tls import describe
+def test_client_and_server_share_one_describe():
     assert tls.describe is describe
+    assert smtpd_service.describe is describe
