@@ -1,36 +1,8 @@
 """The text syntax shared by config/ and tables/: logical lines and lists."""
 
-import ast
-import pathlib
-
 import pytest
 
-import mailferry
 from mailferry.syntax import logical_lines, split_list
-
-SOURCE = pathlib.Path(mailferry.__file__).parent
-
-
-def mailferry_imports(path: pathlib.Path) -> set[str]:
-    """Every mailferry module `path` imports, at the top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-    return {name for name in found if name.split(".")[0] == "mailferry"}
-
-
-def test_the_syntax_module_imports_nothing_from_mailferry():
-    assert mailferry_imports(SOURCE / "syntax.py") == set()
-
-
-def test_tables_import_nothing_from_config():
-    """config/ opens tables (check, local domains); the other way round would make a loop."""
-    borrowed = {(path.name, name) for path in (SOURCE / "tables").glob("*.py")
-                for name in mailferry_imports(path) if name.startswith("mailferry.config")}
-    assert borrowed == set()
 
 
 def test_logical_line_maps_offsets_to_physical_lines():
