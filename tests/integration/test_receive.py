@@ -68,7 +68,10 @@ def test_daemon_and_its_smtpd_workers_run_as_mail_owner(daemon):
 
 def test_log_lines_follow_postfix_formats(daemon):
     queue_id = QUEUED.search(swaks(daemon.port, "--from", "a@example.test", "--to", "b@example.test").stdout).group(1)
-    log = daemon.wait_for_log(f"{queue_id}: removed")
+    # smtpd may run in a worker process that flushes its own log lines: wait for the
+    # last line of each process (qmgr's removal, smtpd's disconnect) before reading.
+    daemon.wait_for_log(f"{queue_id}: removed")
+    log = daemon.wait_for_log("disconnect from localhost[127.0.0.1]")
     assert re.search(r"mailferry/smtpd\[\d+\]: connect from localhost\[127\.0\.0\.1\]", log)
     assert re.search(rf"mailferry/smtpd\[\d+\]: {queue_id}: client=localhost\[127\.0\.0\.1\]", log)
     assert re.search(rf"{queue_id}: message-id=<.+>", log)
