@@ -25,6 +25,7 @@ import pytest
 
 from mailferry.tables import open_table
 from mailferry.tables.ldap import client as ldap_client
+from tests.conftest import seed_file
 from tests.peers import require_tool
 from tests.peers.slapd import (SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, STAR_ADDRESS,
                                STAR_ROUTING_ADDRESS)
@@ -32,26 +33,7 @@ from tests.peers.slapd import (SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDR
 pytest_plugins = ["tests.peers.conftest_plugin"]
 pytestmark = pytest.mark.integration
 
-SEED_LDAP_ALIASES_CF = """\
-bind = no
-version = 3
-timeout = 20
-
-## set the size_limit to 1 since we only
-## want to find one email address match
-size_limit = 1
-expansion_limit = 0
-
-start_tls = no
-#tls_require_cert = no
-
-server_host = ldap://ldap1.internal/ ldap://ldap2.internal/
-search_base = dc=example,dc=com
-scope = sub
-query_filter = (&(objectclass=mailRecipient)(mail=%s))
-result_attribute = mailRoutingAddress
-special_result_filter = %s@%d
-"""
+SEED_LDAP_ALIASES_CF = seed_file("ldap-aliases.cf")  # the seed's file, byte for byte
 
 # Keys that must find nothing: wildcards and filter syntax in a key never widen the search.
 WIDENING_KEYS = ("*@example.com", "a)(mail=*@example.com", '"a)(mail=*"@example.com', "star*@example.com",

@@ -39,6 +39,14 @@ def resolver_for(transport_maps: str = "", **settings) -> Resolver:
     return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS, maps)
 
 
+@pytest.fixture
+def unreachable_ldap(tmp_path) -> str:
+    """An ldap table whose only server refuses connections (nothing listens on loopback port 1)."""
+    path = tmp_path / "ldap.cf"
+    path.write_text("server_host = ldap://127.0.0.1:1/\nbind = no\nversion = 3\n")
+    return f"ldap:{path}"
+
+
 def resolve(resolver: Resolver, address: str) -> Route:
     return asyncio.run(resolver.resolve(address))
 
@@ -115,8 +123,8 @@ def test_transport_maps_wildcard_catches_the_rest():
     assert resolve(resolver, "a@example.org") == Route("relay", "example.org")
 
 
-def test_a_failing_transport_table_defers():
-    resolver = resolver_for("ldap:/nonexistent/ldap.cf")
+def test_a_failing_transport_table_defers(unreachable_ldap):
+    resolver = resolver_for(unreachable_ldap)
     with pytest.raises(RoutingError, match="transport_maps lookup of a@example.org failed"):
         resolve(resolver, "a@example.org")
 
@@ -158,9 +166,9 @@ def test_sender_dependent_default_transport():
     assert resolve_from(resolver, "x@dest.example", "joe@example.org") == Route("smtp", "[smtp.gmail.com]:587")
 
 
-def test_a_failing_sender_table_defers():
+def test_a_failing_sender_table_defers(unreachable_ldap):
     resolver = Resolver(RoutingSettings(), lambda domain: False,
-                        sender_relayhost_maps=open_maps("ldap:/nonexistent/ldap.cf"))
+                        sender_relayhost_maps=open_maps(unreachable_ldap))
     with pytest.raises(RoutingError, match="sender_dependent_relayhost_maps lookup of a@b.example failed"):
         resolve_from(resolver, "x@dest.example", "a@b.example")
 

@@ -119,7 +119,7 @@ def read_settings(path: str) -> LdapSettings:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             physical = handle.readlines()
     except OSError as exc:
-        raise TableError(f"open {path}: {exc.strerror}", path) from None
+        raise TableError(f"cannot open this ldap_table(5) file: {exc.strerror}", path) from None
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
     problems: list[Problem] = []
