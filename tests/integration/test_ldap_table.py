@@ -27,7 +27,7 @@ from mailferry.tables import open_table
 from mailferry.tables.ldap import client as ldap_client
 from tests.conftest import seed_file
 from tests.peers import require_tool
-from tests.peers.slapd import (SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, STAR_ADDRESS,
+from tests.peers.slapd import (GROUP_ADDRESS, SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, STAR_ADDRESS,
                                STAR_ROUTING_ADDRESS)
 
 pytest_plugins = ["tests.peers.conftest_plugin"]
@@ -183,3 +183,32 @@ def test_first_server_frozen_mailferry_postmap_answers_where_postfix_gives_up(
     short.write_text(seed_file.read_text().replace("timeout = 20", "timeout = 2"))
     theirs = postfix_postmap(postfix_config, "sample@example.com", short)
     assert theirs.stdout == "" and "query error" in theirs.stderr, theirs
+
+
+# Other ldap_table files, each compared key by key with Postfix: multi-valued and multiple
+# entries joined with ",", result_format, domain, %-expansions in the search base, DN recursion.
+VARIANTS = {
+    "defaults with simple bind": "result_attribute = mailRoutingAddress, uid\nquery_filter = (mail=%s)\n",
+    "result format and domain": "bind = no\nquery_filter = (mail=%s)\ndomain = example.com\n"
+                                "result_attribute = mailRoutingAddress, uid, cn\nresult_format = <%s|%u|%D>\n",
+    "search base from the key": "bind = no\nsearch_base = ou=People,dc=%2,dc=%1\nquery_filter = (mail=%u@%d)\n"
+                                "result_attribute = mailRoutingAddress\n",
+    "dn recursion": "bind = no\nquery_filter = (mail=%s)\nresult_attribute = mailRoutingAddress\n"
+                    "special_result_attribute = member\n",
+    "terminal attribute": "bind = no\nquery_filter = (mail=%s)\nresult_attribute = mailRoutingAddress\n"
+                          "terminal_result_attribute = uid\nspecial_result_attribute = member\n",
+}
+VARIANT_KEYS = ("sample@example.com", SHARED_ADDRESS, GROUP_ADDRESS, "sample", "x@example.com",
+                "sample@other.example", "@example.com")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_other_table_files_answer_as_postfix(variant, slapd_pair_restored, postfix_config, tmp_path):
+    first, second = slapd_pair_restored
+    table = tmp_path / "variant.cf"
+    base = "" if "search_base" in VARIANTS[variant] else "search_base = dc=example,dc=com\n"
+    table.write_text(f"server_host = {first.url} {second.url}\n{base}{VARIANTS[variant]}")
+    for key in VARIANT_KEYS:
+        theirs = postfix_postmap(postfix_config, key, table)
+        ours = mailferry_postmap(key, table)
+        assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode), (key, theirs, ours)

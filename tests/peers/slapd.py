@@ -74,6 +74,9 @@ STAR_ROUTING_ADDRESS = "star.user@mail2.internal"
 # One address on two entries: under size_limit = 1 a lookup of it is a temporary failure.
 SHARED_ADDRESS = "shared@example.com"
 SHARED_ROUTING_ADDRESSES = ("first.owner@mail1.internal", "second.owner@mail2.internal")
+# A group whose members are DNs: special_result_attribute = member follows them.
+GROUP_ADDRESS = "staff@example.com"
+GROUP_MEMBERS = ("uid=john.smith,ou=People,dc=example,dc=com", "uid=star.user,ou=People,dc=example,dc=com")
 
 DIRECTORY_LDIF = f"""\
 dn: {SUFFIX}
@@ -121,6 +124,18 @@ objectClass: mailRecipient
 uid: second.owner
 mail: {SHARED_ADDRESS}
 mailRoutingAddress: {SHARED_ROUTING_ADDRESSES[1]}
+
+dn: ou=Groups,{SUFFIX}
+objectClass: organizationalUnit
+ou: Groups
+
+dn: cn=staff,ou=Groups,{SUFFIX}
+objectClass: top
+objectClass: groupOfNames
+objectClass: mailRecipient
+cn: staff
+mail: {GROUP_ADDRESS}
+{"".join(f"member: {member}{chr(10)}" for member in GROUP_MEMBERS)}\
 """
 
 

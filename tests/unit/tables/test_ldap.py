@@ -95,7 +95,7 @@ def test_an_unknown_template_letter_is_refused():
 def test_defaults_are_postfixs(tmp_path):
     config = load_config(ldap_file(tmp_path, "search_base = dc=example,dc=com\n"))
     assert config.server_urls == ["ldap://localhost:389"]
-    assert config.version == 2 and config.timeout == 10 and config.scope == 2
+    assert config.version == 3 and config.timeout == 10 and config.scope == 2
     assert config.result_attributes == ["maildrop"]
     assert config.templates.query_filter == "(mailacceptinggeneralid=%s)"
     assert config.templates.result_format == "%s"
@@ -118,7 +118,12 @@ def test_server_host_forms(tmp_path):
                                              "server_port = 3389\n"))
     assert config.server_urls == ["ldap://ldap1.internal:3389", "ldap://ldap2.internal:1389",
                                   "ldaps://ldap3.internal/", "ldapi://%2Frun%2Fslapd.sock"]
-    assert config.version == 3  # ldaps and ldapi need it; Postfix raises it too
+    assert config.version == 3
+
+
+def test_version_2_is_raised_to_3_for_ldaps_as_postfix_does(tmp_path):
+    config = load_config(ldap_file(tmp_path, "version = 2\nserver_host = ldaps://ldap.internal/\n"))
+    assert config.version == 3 and "requires protocol version 3" in config.warnings[0]
 
 
 def test_size_limit_defaults_to_expansion_limit_and_result_filter_is_the_old_name(tmp_path):

@@ -30,7 +30,7 @@ DEFAULTS = {
     "bind": "yes",
     "bind_dn": "",
     "bind_pw": "",
-    "version": "2",
+    "version": "3",               # Debian's Postfix 3.7 uses 3 (`postmap -v` shows it); old manuals say 2
     "recursion_limit": "1000",
     "expansion_limit": "0",
     "size_limit": "",             # default: $expansion_limit
