@@ -23,7 +23,7 @@ from mailferry.tables.base import Table
 from mailferry.tables.ldap.settings import Problem, load_config, read_settings
 from mailferry.tables.result import MISSING, TEMPFAIL, LookupResult
 
-__all__ = ["LdapTable", "file_problems", "Problem"]
+__all__ = ["LdapTable", "file_problems", "log_warnings_to", "Problem"]
 
 WORKERS = 4
 CACHE_TTL = 5.0
@@ -40,6 +40,17 @@ def _stderr_warning(text: str) -> None:
     print(f"mailferry: warning: {text}", file=sys.stderr, flush=True)
 
 
+_warning_sink: Callable[[str], None] = _stderr_warning
+
+
+def log_warnings_to(sink: Callable[[str], None]) -> None:
+    """Where tables opened without their own `warn` send warnings (a server that failed, a DN
+    not found): standard error until the daemon points it at its log, e.g.
+    `log_warnings_to(lambda text: log.warning("cleanup", text))`."""
+    global _warning_sink
+    _warning_sink = sink
+
+
 class LdapTable(Table):
     type_name = "ldap"
 
@@ -48,7 +59,7 @@ class LdapTable(Table):
         self.config = load_config(name)     # TableError for a file Postfix would refuse
         self.path = name
         self.warnings = list(self.config.warnings)
-        self.warn = warn or _stderr_warning
+        self.warn = warn or (lambda text: _warning_sink(text))
         self._directory = None
         self._executor: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[str, tuple[float, LookupResult]] = OrderedDict()

@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 
 import ldap
+import ldap.dn
 import ldap.sasl
+import ldapurl
 from ldap.ldapobject import LDAPObject
 
 from mailferry.tables.ldap.settings import LdapConfig
@@ -267,7 +269,6 @@ class Directory:
         if ldap.dn.is_dn(reference) and "://" not in reference:
             base, scope, query = reference, ldap.SCOPE_BASE, "objectclass=*"
         else:
-            import ldapurl
             try:
                 url = ldapurl.LDAPUrl(reference)
             except ValueError:
