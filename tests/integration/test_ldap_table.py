@@ -212,3 +212,30 @@ def test_other_table_files_answer_as_postfix(variant, slapd_pair_restored, postf
         theirs = postfix_postmap(postfix_config, key, table)
         ours = mailferry_postmap(key, table)
         assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode), (key, theirs, ours)
+
+
+def test_many_concurrent_lookups_share_the_pool_and_all_answer_right(seed_file):
+    """Lookups from the event loop run in the thread pool, each connection used by one thread
+    at a time: 200 at once, with distinct keys (no cache), all get their own answer."""
+    table = open_table(f"ldap:{seed_file}")
+    keys = [f"{address.replace('@', f'+{n}@')}" for n in range(40) for address in SEED_ADDRESSES]
+    keys[::7] = [STAR_ADDRESS] * len(keys[::7])
+
+    async def all_at_once():
+        return await asyncio.gather(*(table.lookup(key) for key in keys))
+    try:
+        results = asyncio.run(all_at_once())
+        idle = sum(len(server.idle) for server in table.directory.servers)
+    finally:
+        table.close()
+    assert 1 <= idle <= ldap_client_workers()  # connections are reused, one per worker at most
+    for key, result in zip(keys, results):
+        if key == STAR_ADDRESS:
+            assert result.value == STAR_ROUTING_ADDRESS
+        else:
+            assert result.not_found, (key, result)  # user+n@ is not in the directory
+
+
+def ldap_client_workers() -> int:
+    from mailferry.tables.ldap import WORKERS
+    return WORKERS
