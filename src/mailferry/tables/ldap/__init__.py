@@ -83,25 +83,24 @@ class LdapTable(Table):
 
     def lookup_now(self, key: str) -> LookupResult:
         key = key.lower()
-        if self._skipped(key):
-            return MISSING
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        result = self.directory.lookup(key)
-        self._remember(key, result)
-        return result
+        early = self._answer_without_search(key)
+        return early if early is not None else self._search(key)
 
     async def lookup(self, key: str) -> LookupResult:
         key = key.lower()
-        if self._skipped(key):
-            return MISSING
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
+        early = self._answer_without_search(key)
+        if early is not None:
+            return early
         if self._executor is None:
             self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="ldap")
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, self.directory.lookup, key)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, key)
+
+    def _answer_without_search(self, key: str) -> LookupResult | None:
+        return MISSING if self._skipped(key) else self._cached(key)
+
+    def _search(self, key: str) -> LookupResult:
+        """Blocking: in the caller's thread for the CLI, in a worker thread for the daemon."""
+        result = self.directory.lookup(key)
         self._remember(key, result)
         return result
 

@@ -79,14 +79,8 @@ class Templates:
 
     def key_is_eligible(self, key: str) -> bool:
         """False when the key cannot fill every template: Postfix skips the search, "not found"."""
-        if not key:
+        if not key or _lacks_a_part(key, self.flags & KEY_DOMAIN, self.flags & KEY_USER):
             return False
-        if self.flags & (KEY_DOMAIN | KEY_USER):
-            at = key.rfind("@")
-            if self.flags & KEY_DOMAIN and (at < 0 or at == len(key) - 1):
-                return False
-            if self.flags & KEY_USER and at == 0:
-                return False
         if self.parts and len(_labels(key)) < self.parts:
             return False
         return True
@@ -100,15 +94,15 @@ class Templates:
     def result(self, value: str, key: str) -> str | None:
         """One result value formatted, or None when Postfix skips it (empty, or lacking the
         local part or domain the format needs)."""
-        if not value:
+        if not value or _lacks_a_part(value, self.flags & VALUE_DOMAIN, self.flags & VALUE_USER):
             return None
-        if self.flags & (VALUE_DOMAIN | VALUE_USER):
-            at = value.rfind("@")
-            if self.flags & VALUE_DOMAIN and (at < 0 or at == len(value) - 1):
-                return None
-            if self.flags & VALUE_USER and at == 0:
-                return None
         return _expand(self.result_format, value, key, None, self.parts)
+
+
+def _lacks_a_part(address: str, needs_domain: int, needs_local_part: int) -> bool:
+    """No domain (or an empty one) where one is needed, or an empty local part ("@domain")."""
+    at = address.rfind("@")
+    return bool(needs_domain and (at < 0 or at == len(address) - 1) or needs_local_part and at == 0)
 
 
 def _labels(address: str) -> list[str]:
@@ -130,6 +124,8 @@ def _expand(template: str, value: str, key: str | None, quote: Callable[[str], s
     key_text = value if key is None else key
     key_user, key_domain = _split(key_text)
     labels = _labels(key_text) if parts else []
+    pieces = {"s": value, "u": value_user, "d": value_domain or "",
+              "S": key_text, "U": key_user, "D": key_domain or ""}
     out = []
     index = 0
     while index < len(template):
@@ -142,18 +138,8 @@ def _expand(template: str, value: str, key: str | None, quote: Callable[[str], s
         index += 2
         if code == "%":
             out.append("%")
-        elif code == "s":
-            out.append(quote(value))
-        elif code == "u":
-            out.append(quote(value_user))
-        elif code == "d":
-            out.append(quote(value_domain or ""))
-        elif code == "S":
-            out.append(quote(key_text))
-        elif code == "U":
-            out.append(quote(key_user))
-        elif code == "D":
-            out.append(quote(key_domain or ""))
+        elif code in pieces:
+            out.append(quote(pieces[code]))
         else:
             out.append(quote(labels[len(labels) - int(code)]))
     return "".join(out)
