@@ -239,3 +239,18 @@ def test_many_concurrent_lookups_share_the_pool_and_all_answer_right(seed_file):
 def ldap_client_workers() -> int:
     from mailferry.tables.ldap import WORKERS
     return WORKERS
+
+
+def test_a_directory_restart_costs_no_temporary_failure(seed_file, slapd_pair_restored):
+    """Kept connections die with the server; the next lookup reconnects, as Postfix does,
+    rather than calling the restarted server failed."""
+    table = open_table(f"ldap:{seed_file}")
+    warnings: list[str] = []
+    table.warn = warnings.append
+    assert table.lookup_now("sample@example.com").value == SEED_ROUTING_ADDRESS
+    for slapd in slapd_pair_restored:
+        slapd.stop()
+        slapd.start()
+    assert table.lookup_now("john.smith@example.com").value == SEED_ROUTING_ADDRESS
+    assert warnings == []
+    table.close()

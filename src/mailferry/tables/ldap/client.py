@@ -41,6 +41,10 @@ _SERVER_ERRORS = (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR, ldap.UNAVA
 class ServerFailed(Exception):
     """The server did not answer (or refused us): try the next one."""
 
+    def __init__(self, reason: str, connection_lost: bool = False):
+        super().__init__(reason)
+        self.connection_lost = connection_lost
+
 
 class QueryFailed(Exception):
     """The directory answered, but the lookup cannot give a sure answer: temporary failure."""
@@ -116,13 +120,26 @@ class Directory:
         return tempfail(f"{self.name}: no LDAP server answered: tried {', '.join(tried) or 'none'}")
 
     def _lookup_on(self, server: Server, key: str) -> LookupResult:
-        connection = server.take() or self._connect(server)
+        reused = server.take()
+        if reused is not None:
+            try:
+                return self._lookup_with(server, reused, key)
+            except ServerFailed as failure:
+                if not failure.connection_lost:
+                    raise
+                # The server closed a kept connection (it restarted, or an idle timeout): as
+                # Postfix, reconnect once before calling the server failed.
+        return self._lookup_with(server, self._connect(server), key)
+
+    def _lookup_with(self, server: Server, connection: LDAPObject, key: str) -> LookupResult:
         try:
             result = self._evaluate(connection, key)
         except (ServerFailed, *_SERVER_ERRORS) as error:
             _unbind(connection)
-            server.drop_all()  # its siblings went to the same dead or hung server
-            raise error if isinstance(error, ServerFailed) else ServerFailed(_error_text(error)) from None
+            server.drop_all()  # its siblings went to the same dead, restarted or hung server
+            if isinstance(error, ServerFailed):
+                raise
+            raise ServerFailed(_error_text(error), connection_lost=isinstance(error, ldap.SERVER_DOWN)) from None
         except QueryFailed:
             server.give_back(connection)
             raise
@@ -194,8 +211,9 @@ class Directory:
                 attributes: list[str]) -> list[tuple[str, dict[str, list[bytes]]]]:
         """Every entry, within `timeout` overall and FIRST_ANSWER_BOUND for the first message."""
         deadline = time.monotonic() + self.timeout
+        # timeout: the server's own time limit, as Postfix sends it (not OPT_TIMEOUT's 2 s).
         msgid = connection.search_ext(base, scope, query, attributes or None,
-                                      sizelimit=self.config.size_limit)
+                                      timeout=self.timeout, sizelimit=self.config.size_limit)
         entries = []
         wait = self.first_answer_bound
         while True:
