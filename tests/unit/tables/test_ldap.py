@@ -154,6 +154,16 @@ def test_unknown_and_repeated_parameters_are_problems_at_their_line(tmp_path):
     assert problems[1] == (4, "bind is also set at line 2; this later value is used")
 
 
+def test_a_bind_password_readable_by_everyone_is_a_problem(tmp_path):
+    path = ldap_file(tmp_path, "bind_dn = cn=mail,dc=example,dc=com\nbind_pw = secret\n")
+    import os
+    os.chmod(path, 0o644)
+    assert [(problem.line, problem.message.split(";")[0]) for problem in file_problems(path)] == \
+        [(2, "bind_pw is readable by everyone (mode 0644)")]
+    os.chmod(path, 0o640)
+    assert file_problems(path) == []
+
+
 @pytest.mark.parametrize("text, message", [
     ("size_limit = lots\n", "line 1: bad numerical configuration: size_limit = lots"),
     ("start_tls = maybe\n", "line 1: bad boolean configuration: start_tls = maybe"),

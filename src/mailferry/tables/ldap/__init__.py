@@ -12,6 +12,8 @@ failure is never cached). `lookup_now` is the same lookup in the caller's thread
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
 import threading
 import time
@@ -32,8 +34,17 @@ CACHE_SIZE = 4096
 
 def file_problems(path: str) -> list[Problem]:
     """What `mailferry check` reports about an ldap_table file beyond errors that stop it
-    opening: unknown parameter names and repeated ones, each at its line."""
-    return read_settings(path).problems
+    opening: unknown parameter names and repeated ones, each at its line, and a bind_pw that
+    everyone may read."""
+    settings = read_settings(path)
+    problems = list(settings.problems)
+    if settings.values.get("bind_pw"):
+        mode = os.stat(path).st_mode
+        if mode & stat.S_IROTH:
+            problems.append(Problem(settings.lines["bind_pw"], (
+                f"bind_pw is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
+                f"{path} (keep it readable by the daemon's mail_owner group)")))
+    return problems
 
 
 def _stderr_warning(text: str) -> None:
