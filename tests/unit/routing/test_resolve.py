@@ -39,14 +39,6 @@ def resolver_for(transport_maps: str = "", **settings) -> Resolver:
     return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS, maps)
 
 
-@pytest.fixture
-def unreachable_ldap(tmp_path) -> str:
-    """An ldap table whose only server refuses connections (nothing listens on loopback port 1)."""
-    path = tmp_path / "ldap.cf"
-    path.write_text("server_host = ldap://127.0.0.1:1/\nbind = no\nversion = 3\n")
-    return f"ldap:{path}"
-
-
 def resolve(resolver: Resolver, address: str) -> Route:
     return asyncio.run(resolver.resolve(address))
 
