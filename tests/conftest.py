@@ -52,3 +52,12 @@ def write(path, text, mode=0o600):
     path.write_text(text)
     os.chmod(path, mode)
     return path
+
+
+@pytest.fixture
+def unreachable_ldap(tmp_path) -> str:
+    """`ldap:FILE` whose only server refuses connections (nothing listens on loopback port 1):
+    every lookup is a temporary failure, at once. For tests of what callers do with one."""
+    path = tmp_path / "unreachable-ldap.cf"
+    path.write_text("server_host = ldap://127.0.0.1:1/\nbind = no\n")
+    return f"ldap:{path}"

@@ -14,6 +14,10 @@ dns_server_factory        make(**DnsServer records) -> a started dnsmasq (tests.
 dns_server                a started DnsServer with tests.peers.dns.DEFAULT_RECORDS: example.test MX
                           10 mx1 (127.0.0.3), 20 mx2 (127.0.0.4); noaddr.test MX to an NXDOMAIN host;
                           nullmx.test null MX; plain.test A 127.0.0.5 and no MX; else NXDOMAIN
+slapd_pair                session-wide: two private slapd (tests.peers.slapd.Slapd) with the same
+                          directory (the seed's John Smith and the edge-case entries) on two ports.
+                          A test that stops or freezes one must restore it (slapd_pair_restored)
+slapd_pair_restored       slapd_pair, with both instances running and thawed again after the test
 
 Every peer is stopped, and its directory removed, on teardown. A peer that cannot start fails.
 """
@@ -28,6 +32,7 @@ import pytest
 from tests.peers import peer_tempdir
 from tests.peers.dns import DEFAULT_RECORDS, DnsServer
 from tests.peers.dovecot import LmtpServer, SubmissionRelay, issue_submission_certificate
+from tests.peers.slapd import Slapd
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import CA, make_ca
 
@@ -130,3 +135,27 @@ def dns_server_factory(_peers):
 @pytest.fixture
 def dns_server(dns_server_factory) -> DnsServer:
     return dns_server_factory(**DEFAULT_RECORDS)
+
+
+@pytest.fixture(scope="session")
+def slapd_pair() -> tuple[Slapd, Slapd]:
+    directories = [peer_tempdir("mailferry-slapd-") for _ in range(2)]
+    started: list[Slapd] = []
+    try:
+        for directory in directories:
+            started.append(Slapd(directory).start())
+        yield started[0], started[1]
+    finally:
+        for slapd in started:
+            slapd.stop()
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def slapd_pair_restored(slapd_pair) -> tuple[Slapd, Slapd]:
+    yield slapd_pair
+    for slapd in slapd_pair:
+        slapd.thaw()
+        if not slapd.running:
+            slapd.start()

@@ -99,10 +99,21 @@ def _check_tables(config: Config) -> list[Diagnostic]:
                 continue
             found += [warning(f"parameter {name}: {text}", setting.file, setting.line, name)
                       for text in getattr(table, "warnings", ())]
+            if table.type_name == "ldap":
+                found += _ldap_file_problems(name, spec, table)
             if name.endswith("_sasl_password_maps"):
                 found += _check_secret_files(name, table, setting)
             table.close()
     return found
+
+
+def _ldap_file_problems(name: str, spec: str, table: Table) -> list[Diagnostic]:
+    """Unknown or repeated parameters in an ldap_table file, at their own file and line:
+    Postfix ignores an unknown name silently, so a misspelt one would change nothing."""
+    from mailferry.tables.ldap import file_problems  # lazy: only configurations with ldap tables
+    return [warning(f"{problem.message} (table {spec}, used by parameter {name})",
+                    table.name, problem.line, name)
+            for problem in file_problems(table.name)]
 
 
 def _unreadable_by_us(path: str | None) -> bool:

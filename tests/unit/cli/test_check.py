@@ -225,3 +225,21 @@ def test_bad_mynetworks_is_an_error_before_the_daemon_trips_on_it(tmp_path, mail
     result = mailferry("check", config_dir=tmp_path)
     assert result.code == 1
     assert (f"{tmp_path}/main.cf, line 1: parameter mynetworks: bad network '127.0.0.1/33'") in result.err
+
+
+def test_the_seed_ldap_file_unknown_parameter_is_reported_at_its_line(tmp_path, mailferry):
+    """The seed's `special_result_filter = %s@%d` is no Postfix parameter: Postfix ignores it
+    silently (result_format is the one), so check names the file and line."""
+    write(tmp_path / "ldap-aliases.cf", seed_file("ldap-aliases.cf"), 0o644)
+    write(tmp_path / "main.cf", f"virtual_alias_maps = ldap:{tmp_path}/ldap-aliases.cf\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert (f"warning: {tmp_path}/ldap-aliases.cf, line 18: unknown ldap_table parameter "
+            f"'special_result_filter': Postfix ignores it; result_format") in result.err, result.err
+
+
+def test_a_broken_ldap_file_is_an_error_at_its_line(tmp_path, mailferry):
+    write(tmp_path / "ldap.cf", "server_host = ldap://127.0.0.1:1/\nsize_limit = one\n", 0o644)
+    write(tmp_path / "main.cf", f"virtual_alias_maps = ldap:{tmp_path}/ldap.cf\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert result.code == 1
+    assert f"{tmp_path}/ldap.cf, line 2: bad numerical configuration: size_limit = one" in result.err

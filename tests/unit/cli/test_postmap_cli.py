@@ -65,10 +65,18 @@ def test_missing_index_is_an_error_with_the_fix(tmp_path, mailferry):
     assert f"build it with: mailferry postmap hash:{source}" in result.err
 
 
-def test_ldap_stub_is_a_temporary_failure(tmp_path, mailferry):
+def test_an_unreachable_directory_is_a_temporary_failure_naming_the_servers(tmp_path, mailferry):
+    # Nothing listens on loopback ports 1 and 2: both connections are refused at once.
+    table = write(tmp_path / "ldap.cf", "server_host = ldap://127.0.0.1:1/ 127.0.0.1:2\nbind = no\n")
+    result = mailferry("postmap", "-q", "x@example.com", f"ldap:{table}")
+    assert result.code == 2 and result.out == ""
+    assert "temporary failure" in result.err
+    assert "ldap://127.0.0.1:1/" in result.err and "ldap://127.0.0.1:2" in result.err
+
+
+def test_a_missing_ldap_file_is_an_error_naming_it(tmp_path, mailferry):
     result = mailferry("postmap", "-q", "x", f"ldap:{tmp_path}/ldap.cf")
-    assert result.code == 2
-    assert "temporary failure" in result.err and "not implemented" in result.err
+    assert result.code == 2 and f"{tmp_path}/ldap.cf: cannot open" in result.err
 
 
 def test_nothing_to_build_for_unindexed_types(tmp_path, mailferry):

@@ -76,8 +76,8 @@ def test_bad_entries_are_refused_with_their_key(tmp_path):
         policy(tls_table, "dane.example", bracketed=False)
 
 
-def test_a_failing_table_is_a_temporary_problem(tmp_path):
-    tls_table, _ = table(tmp_path, policies="ldap:/nonexistent/ldap.cf")
+def test_a_failing_table_is_a_temporary_problem(tmp_path, unreachable_ldap):
+    tls_table, _ = table(tmp_path, policies=unreachable_ldap)
     with pytest.raises(TlsPolicyError, match="smtp_tls_policy_maps lookup of example.com failed"):
         policy(tls_table, "example.com", bracketed=False)
 

@@ -544,9 +544,8 @@ def test_a_retry_route_without_a_master_cf_service_waits():
 # --- routing errors
 
 
-def test_a_transport_table_failure_defers_with_4_3_0():
-    h, [queue_id] = single_pass(message("carol@example.org"),
-                                transport_maps=open_maps("ldap:/nonexistent.cf"))
+def test_a_transport_table_failure_defers_with_4_3_0(unreachable_ldap):
+    h, [queue_id] = single_pass(message("carol@example.org"), transport_maps=open_maps(unreachable_ldap))
     [(program, line)] = h.log.deliveries()
     assert program == "qmgr"
     assert (line["status"], line["dsn"]) == ("deferred", "4.3.0")

@@ -115,8 +115,8 @@ def test_transport_maps_wildcard_catches_the_rest():
     assert resolve(resolver, "a@example.org") == Route("relay", "example.org")
 
 
-def test_a_failing_transport_table_defers():
-    resolver = resolver_for("ldap:/nonexistent/ldap.cf")
+def test_a_failing_transport_table_defers(unreachable_ldap):
+    resolver = resolver_for(unreachable_ldap)
     with pytest.raises(RoutingError, match="transport_maps lookup of a@example.org failed"):
         resolve(resolver, "a@example.org")
 
@@ -158,9 +158,9 @@ def test_sender_dependent_default_transport():
     assert resolve_from(resolver, "x@dest.example", "joe@example.org") == Route("smtp", "[smtp.gmail.com]:587")
 
 
-def test_a_failing_sender_table_defers():
+def test_a_failing_sender_table_defers(unreachable_ldap):
     resolver = Resolver(RoutingSettings(), lambda domain: False,
-                        sender_relayhost_maps=open_maps("ldap:/nonexistent/ldap.cf"))
+                        sender_relayhost_maps=open_maps(unreachable_ldap))
     with pytest.raises(RoutingError, match="sender_dependent_relayhost_maps lookup of a@b.example failed"):
         resolve_from(resolver, "x@dest.example", "a@b.example")
 

@@ -48,14 +48,6 @@ def test_bare_file_defaults_to_hash(tmp_path):
         open_table(str(tmp_path / "absent"))
 
 
-def test_ldap_stub_defers_every_lookup():
-    table = open_table("ldap:/etc/mailferry/ldap-aliases.cf")
-    result = asyncio.run(table.lookup("sample.user@example.com"))
-    assert result.tempfail and "not implemented" in result.reason
-    with pytest.raises(NotImplementedError):
-        table.lookup_now("x")
-
-
 class Scripted(Table):
     type_name = "scripted"
 
