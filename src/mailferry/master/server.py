@@ -34,6 +34,7 @@ from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import service_view
 from mailferry.smtpd.tls import TLSSetupError, server_context
+from mailferry.tables.ldap import log_warnings_to as log_ldap_warnings_to
 
 
 class StartupError(Exception):
@@ -75,6 +76,8 @@ class MailServer:
             self.tls_contexts[key] = _tls_context(service, self.config)
         self._prepare_queue_directory()
         self.log = self._open_log()
+        # A directory server that fails is the administrator's business: say so in the mail log.
+        log_ldap_warnings_to(lambda text: self.log.warning("cleanup", text))
         _import_everything_the_services_use()
         self.client_tables = open_client_tables(self.config, self.master, self.log)
         drop_to(self.owner)
