@@ -1,0 +1,90 @@
+"""Find the addresses in an address header (From:, To:...) and replace them.
+
+Postfix (cleanup_message.c) parses the header with tok822, rewrites each
+address and, only when one changed, writes the header again. Here the
+value is scanned once: quoted strings and comments are skipped, the list is
+split at top-level commas, and in each item the address is what is inside
+`<...>`, or else the item without its comments. Only the address text is
+replaced, so display names, comments and spacing stay as the sender wrote
+them (Postfix re-spaces a rewritten header; the addresses are the same).
+"""
+
+from __future__ import annotations
+
+# Which headers carry which class of address (Postfix's header_opts.c).
+# Resent-Reply-To: is a recipient header there, and so here.
+SENDER_HEADERS = frozenset({
+    "from", "sender", "reply-to", "errors-to", "resent-from", "resent-sender",
+    "return-receipt-to", "disposition-notification-to", "mail-followup-to",
+})
+RECIPIENT_HEADERS = frozenset({
+    "to", "cc", "bcc", "apparently-to", "resent-to", "resent-cc", "resent-bcc", "resent-reply-to",
+})
+
+
+def address_spans(value: str) -> list[tuple[int, int]]:
+    """(start, end) of each address in a header value."""
+    spans: list[tuple[int, int]] = []
+    item_start = 0
+    angle_start = -1
+    depth = 0
+    quoted = False
+    index = 0
+    plain: list[tuple[int, int]] = []   # runs of the current item outside comments and quotes
+    run_start = 0
+    while index < len(value):
+        char = value[index]
+        if quoted:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quoted = False
+        elif depth:
+            if char == "\\":
+                index += 1
+            elif char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+                if not depth:
+                    run_start = index + 1
+        elif char == '"':
+            quoted = True
+        elif char == "(":
+            depth = 1
+            plain.append((run_start, index))
+        elif char == "<":
+            angle_start = index + 1
+        elif char == ">" and angle_start >= 0:
+            spans.append((angle_start, index))
+            angle_start = -2    # this item's address is found
+        elif char in ",;:":
+            _end_item(value, spans, plain, run_start, index, angle_start, char)
+            plain, run_start, angle_start, item_start = [], index + 1, -1, index + 1
+        index += 1
+    _end_item(value, spans, plain, run_start, len(value), angle_start, ",")
+    del item_start
+    return spans
+
+
+def _end_item(value: str, spans: list[tuple[int, int]], plain: list[tuple[int, int]],
+              run_start: int, end: int, angle_start: int, separator: str) -> None:
+    """An item without `<...>` is an addr-spec: its one non-blank run outside comments.
+    `name:` before a group is not an address, nor is an item with a quoted phrase."""
+    if angle_start != -1 or separator == ":":
+        return
+    runs = [(start, stop) for start, stop in [*plain, (run_start, end)] if value[start:stop].strip()]
+    if len(runs) != 1:
+        return
+    start, stop = runs[0]
+    text = value[start:stop]
+    start += len(text) - len(text.lstrip())
+    stop -= len(text) - len(text.rstrip())
+    if " " not in value[start:stop] and value[start:stop] not in ("", ";"):
+        spans.append((start, stop))
+
+
+def replace_spans(value: str, spans: list[tuple[int, int]], new: list[str]) -> str:
+    for (start, stop), address in sorted(zip(spans, new), reverse=True):
+        value = value[:start] + address + value[stop:]
+    return value

@@ -1,0 +1,252 @@
+"""Address rewriting in cleanup, in Postfix's order (cleanup(8)).
+
+For the envelope sender, then each envelope recipient:
+  1. append_dot_mydomain: `user@host` → `user@host.$mydomain`
+  2. sender_canonical_maps (sender) or recipient_canonical_maps (recipient),
+     then canonical_maps, each when its `*_classes` names the envelope class
+  3. masquerade_domains, when masquerade_classes names the class
+  4. recipients only: virtual_alias_maps, recursively (cleanup/virtual.py);
+     the same final address twice is delivered once.
+
+In the headers (From:, To:, Cc:..., header_addresses.py) the same steps
+1-3 apply to each address, with the header_sender / header_recipient
+classes, and only for mail whose headers Postfix would rewrite: local
+submissions and clients that local_header_rewrite_clients matches.
+mailferry has no remote_header_rewrite_domain yet: a remote client's headers
+are left as they are, which is Postfix's behaviour with that parameter
+empty (its default).
+
+A rewritten recipient keeps the address it was given: unless the client
+gave a DSN ORCPT, the recipient's `orcpt` becomes `rfc822;ORIGINAL`, which is
+what Postfix sends on as ORCPT and shows as Original-Recipient: in a
+bounce (Postfix keeps it in its own orig_rcpt record).
+
+A table that fails for now raises RewriteDeferred, a QueueError: smtpd
+answers 4xx and queues nothing, pickup leaves the file for its next pass,
+and a notice of qmgr's waits as it does when the queue is full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailferry.cleanup.address_map import AddressMaps, MapDeferred
+from mailferry.cleanup.header_addresses import (RECIPIENT_HEADERS, SENDER_HEADERS, address_spans,
+                                                replace_spans)
+from mailferry.cleanup.virtual import ExpansionError, expand
+from mailferry.config.config import Config
+from mailferry.config.localdomains import local_domain_matcher
+from mailferry.message import NewMessage
+from mailferry.queue import QueueError
+from mailferry.tables import open_maps
+
+ENVELOPE_SENDER = "envelope_sender"
+ENVELOPE_RECIPIENT = "envelope_recipient"
+HEADER_SENDER = "header_sender"
+HEADER_RECIPIENT = "header_recipient"
+CANONICAL_NESTING_LIMIT = 10   # Postfix's cleanup_map11 MAX_RECURSION
+
+
+class RewriteDeferred(QueueError):
+    """Rewriting could not finish for now: the message is not accepted.
+    `reply_status`/`reply_text` are the reply Postfix's smtpd gives."""
+
+    def __init__(self, message: str, reply_status: str = "4.3.0",
+                 reply_text: str = "Error: queue file write error"):
+        super().__init__(message)
+        self.enhanced_status = reply_status
+        self.reply_text = reply_text
+
+
+@dataclass(frozen=True, slots=True)
+class Canonical:
+    maps: AddressMaps
+    classes: frozenset[str]
+
+
+@dataclass(slots=True)
+class Masquerade:
+    domains: list[str]
+    classes: frozenset[str]
+    exceptions: frozenset[str]
+
+
+class AddressRewriter:
+    def __init__(self, sender_canonical: Canonical | None, recipient_canonical: Canonical | None,
+                 canonical: Canonical | None, masquerade: Masquerade | None,
+                 virtual: AddressMaps | None, limits: tuple[int, int, int] = (1000, 1000, 1000),
+                 dot_mydomain: str = ""):
+        self.sender_canonical = sender_canonical
+        self.recipient_canonical = recipient_canonical
+        self.canonical = canonical
+        self.masquerade = masquerade
+        self.virtual = virtual
+        self.limits = limits            # recursion, expansion, address length
+        self.dot_mydomain = dot_mydomain  # $mydomain when append_dot_mydomain = yes
+
+    @classmethod
+    def from_config(cls, config: Config) -> AddressRewriter:
+        is_ours = local_domain_matcher(config)
+        myorigin = config.get("myorigin").lower()
+        delimiter = config.get("recipient_delimiter")
+        propagate = set(config.list("propagate_unmatched_extensions"))
+
+        def is_local(domain: str) -> bool:
+            return domain == myorigin or is_ours(domain)
+
+        def maps(name: str, propagate_class: str) -> AddressMaps | None:
+            value = config.get(name)
+            if not value.strip():
+                return None
+            return AddressMaps(name, open_maps(value), is_local, config.get("myorigin"), delimiter,
+                               propagate_class in propagate)
+
+        def canonical(name: str, classes: str) -> Canonical | None:
+            opened = maps(name, "canonical")
+            return None if opened is None else Canonical(opened, frozenset(config.list(classes)))
+
+        masquerade = None
+        if config.list("masquerade_domains"):
+            masquerade = Masquerade(config.list("masquerade_domains"),
+                                    frozenset(config.list("masquerade_classes")),
+                                    frozenset(name.lower() for name in config.list("masquerade_exceptions")))
+        return cls(canonical("sender_canonical_maps", "sender_canonical_classes"),
+                   canonical("recipient_canonical_maps", "recipient_canonical_classes"),
+                   canonical("canonical_maps", "canonical_classes"),
+                   masquerade, maps("virtual_alias_maps", "virtual"),
+                   (config.integer("virtual_alias_recursion_limit"),
+                    config.integer("virtual_alias_expansion_limit"),
+                    config.integer("virtual_alias_address_length_limit")),
+                   config.get("mydomain") if config.boolean("append_dot_mydomain") else "")
+
+    @property
+    def rewrites_headers(self) -> bool:
+        return bool(self.sender_canonical or self.recipient_canonical or self.canonical
+                    or self.masquerade or self.dot_mydomain)
+
+    async def rewrite(self, message: NewMessage, rewrite_headers: bool,
+                      warn: Callable[[str], None]) -> None:
+        """Rewrite `message` in place. Raises RewriteDeferred."""
+        try:
+            if message.sender:
+                message.sender = await self.address(message.sender, ENVELOPE_SENDER, warn)
+            recipients = []
+            seen: set[tuple[str, str | None, str | None]] = set()
+            for recipient in message.recipients:
+                given = recipient.address
+                address = await self.address(given, ENVELOPE_RECIPIENT, warn)
+                finals = [address]
+                if self.virtual is not None:
+                    finals = await expand(self.virtual, address, *self.limits)
+                for final in finals:
+                    orcpt = recipient.orcpt
+                    if orcpt is None and final.lower() != given.lower():
+                        orcpt = f"rfc822;{given}"
+                    key = (final.lower(), orcpt, recipient.notify)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    recipients.append(type(recipient)(final, orcpt=orcpt, notify=recipient.notify))
+            if rewrite_headers and self.rewrites_headers:
+                message.content = await self._headers(message.content, warn)
+        except MapDeferred as problem:
+            raise RewriteDeferred(f"{problem} -- message not accepted, try again later") from None
+        except ExpansionError as problem:
+            raise RewriteDeferred(f"{problem} -- message not accepted, try again later",
+                                  problem.reply_status, problem.reply_text) from None
+        message.recipients = recipients
+
+    async def address(self, address: str, address_class: str, warn: Callable[[str], None]) -> str:
+        """Steps 1-3 for one address of `address_class`."""
+        address = self._dot_mydomain(address)
+        own = self.sender_canonical if address_class in (ENVELOPE_SENDER, HEADER_SENDER) \
+            else self.recipient_canonical
+        for canonical in (own, self.canonical):
+            if canonical is not None and address_class in canonical.classes:
+                address = await map_one(canonical.maps, address, warn)
+        if self.masquerade is not None and address_class in self.masquerade.classes:
+            address = masquerade(address, self.masquerade.domains, self.masquerade.exceptions)
+        return address
+
+    def _dot_mydomain(self, address: str) -> str:
+        local, at, domain = address.rpartition("@")
+        if not self.dot_mydomain or not at or "." in domain or domain.startswith("["):
+            return address
+        return f"{local}@{domain}.{self.dot_mydomain}"
+
+    async def _headers(self, content: bytes, warn: Callable[[str], None]) -> bytes:
+        head, separator, body = content.partition(b"\r\n\r\n")
+        if not separator:
+            return content
+        lines = head.split(b"\r\n")
+        fields: list[list[bytes]] = []
+        for line in lines:
+            if line[:1] in (b" ", b"\t") and fields:
+                fields[-1].append(line)
+            else:
+                fields.append([line])
+        out: list[bytes] = []
+        for field in fields:
+            out.append(await self._header(b"\r\n".join(field), warn))
+        return b"\r\n".join(out) + separator + body
+
+    async def _header(self, field: bytes, warn: Callable[[str], None]) -> bytes:
+        name, colon, value = field.partition(b":")
+        lower = name.strip().lower().decode("ascii", "replace")
+        if not colon:
+            return field
+        if lower in SENDER_HEADERS:
+            address_class = HEADER_SENDER
+        elif lower in RECIPIENT_HEADERS:
+            address_class = HEADER_RECIPIENT
+        else:
+            return field
+        text = value.decode("utf-8", "surrogateescape")
+        spans = address_spans(text)
+        if not spans:
+            return field
+        old = [text[start:stop] for start, stop in spans]
+        new = [await self.address(address, address_class, warn) for address in old]
+        if new == old:
+            return field
+        return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
+
+
+async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None]) -> str:
+    """canonical: one address in, one out (cleanup_map11). A value with several
+    addresses gives its first, with a warning; `a → b → c` gives c, up to ten steps."""
+    for _ in range(CANONICAL_NESTING_LIMIT):
+        results = await maps.map(address)
+        if results is None:
+            return address
+        if len(results) > 1:
+            warn(f"multi-valued {maps.title} entry for {address}")
+        previous, address = address, results[0]
+        if previous.lower() == address.lower():
+            return address
+    warn(f"unreasonable {maps.title} map nesting for {address} -- message not accepted, try again later")
+    return address
+
+
+def masquerade(address: str, domains: list[str], exceptions: frozenset[str]) -> str:
+    """`user@host.sub.example.com` → `user@example.com` for masquerade_domains =
+    example.com; a `!domain` entry (or the domain itself) stops the search,
+    leaving the address as it is; masquerade_exceptions names users left alone."""
+    local, at, domain = address.rpartition("@")
+    if not at or local.lower() in exceptions:
+        return address
+    domain = domain.lower()
+    for entry in domains:
+        stripped = entry.lstrip("!")
+        truncate = (len(entry) - len(stripped)) % 2 == 0
+        masq = stripped.lower()
+        if not masq:
+            continue
+        if masq == domain:
+            break
+        if domain.endswith("." + masq):
+            if truncate:
+                return f"{local}@{masq}"
+            break
+    return address
