@@ -132,7 +132,9 @@ class AddressRewriter:
             if message.sender:
                 message.sender = await self.address(message.sender, ENVELOPE_SENDER, warn)
             recipients = []
-            seen: set[tuple[str, str | None, str | None]] = set()
+            # Postfix's duplicate filter (enable_original_recipient = yes): the same
+            # final address from two different original recipients is kept twice.
+            seen: set[tuple[str, str, str | None, str | None]] = set()
             for recipient in message.recipients:
                 given = recipient.address
                 address = await self.address(given, ENVELOPE_RECIPIENT, warn)
@@ -143,7 +145,7 @@ class AddressRewriter:
                     orcpt = recipient.orcpt
                     if orcpt is None and final.lower() != given.lower():
                         orcpt = f"rfc822;{given}"
-                    key = (final.lower(), orcpt, recipient.notify)
+                    key = (final.lower(), given.lower(), recipient.orcpt, recipient.notify)
                     if key in seen:
                         continue
                     seen.add(key)
