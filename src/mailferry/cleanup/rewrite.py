@@ -9,7 +9,7 @@ For the envelope sender, then each envelope recipient:
      the same final address twice is delivered once.
 
 In the headers (From:, To:, Cc:..., header_addresses.py) the same steps
-1-3 apply to each address, with the header_sender / header_recipient
+1-3 apply to each address (a bare `user` first gets `@$myorigin`), with the header_sender / header_recipient
 classes, and only for mail whose headers Postfix would rewrite: local
 submissions and clients that local_header_rewrite_clients matches.
 mailferry has no remote_header_rewrite_domain yet: a remote client's headers
@@ -76,7 +76,7 @@ class AddressRewriter:
     def __init__(self, sender_canonical: Canonical | None, recipient_canonical: Canonical | None,
                  canonical: Canonical | None, masquerade: Masquerade | None,
                  virtual: AddressMaps | None, limits: tuple[int, int, int] = (1000, 1000, 1000),
-                 dot_mydomain: str = ""):
+                 dot_mydomain: str = "", myorigin: str = ""):
         self.sender_canonical = sender_canonical
         self.recipient_canonical = recipient_canonical
         self.canonical = canonical
@@ -84,6 +84,7 @@ class AddressRewriter:
         self.virtual = virtual
         self.limits = limits            # recursion, expansion, address length
         self.dot_mydomain = dot_mydomain  # $mydomain when append_dot_mydomain = yes
+        self.myorigin = myorigin          # for bare `user` in headers (envelopes: cleanup.qualify)
 
     @classmethod
     def from_config(cls, config: Config) -> AddressRewriter:
@@ -118,12 +119,13 @@ class AddressRewriter:
                    (config.integer("virtual_alias_recursion_limit"),
                     config.integer("virtual_alias_expansion_limit"),
                     config.integer("virtual_alias_address_length_limit")),
-                   config.get("mydomain") if config.boolean("append_dot_mydomain") else "")
+                   config.get("mydomain") if config.boolean("append_dot_mydomain") else "",
+                   config.get("myorigin") if config.boolean("append_at_myorigin") else "")
 
     @property
     def rewrites_headers(self) -> bool:
         return bool(self.sender_canonical or self.recipient_canonical or self.canonical
-                    or self.masquerade or self.dot_mydomain)
+                    or self.masquerade or self.dot_mydomain or self.myorigin)
 
     async def rewrite(self, message: NewMessage, rewrite_headers: bool,
                       warn: Callable[[str], None]) -> None:
@@ -171,6 +173,10 @@ class AddressRewriter:
             address = masquerade(address, self.masquerade.domains, self.masquerade.exceptions)
         return address
 
+    def _at_myorigin(self, address: str) -> str:
+        """A header's bare `user` gets `@$myorigin`, as Postfix's local rewriting context does."""
+        return address if "@" in address or not self.myorigin or address == "<>" else f"{address}@{self.myorigin}"
+
     def _dot_mydomain(self, address: str) -> str:
         local, at, domain = address.rpartition("@")
         if not self.dot_mydomain or not at or "." in domain or domain.startswith("["):
@@ -209,7 +215,7 @@ class AddressRewriter:
         if not spans:
             return field
         old = [text[start:stop] for start, stop in spans]
-        new = [await self.address(address, address_class, warn) for address in old]
+        new = [await self.address(self._at_myorigin(address), address_class, warn) for address in old]
         if new == old:
             return field
         return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")

@@ -1,0 +1,120 @@
+"""Golden cases for canonical maps, masquerading and header rewriting.
+
+Each case: main.cf settings, an envelope and some header fields in, the
+envelope and those header fields out. The same cases run twice:
+
+- tests/unit/cleanup/test_rewrite_golden.py puts them through mailferry's
+  cleanup/rewrite.py;
+- tests/integration/test_rewriting_postfix.py puts them through a private
+  Postfix 3.7 (Debian's), over SMTP from 127.0.0.1 (one of
+  local_header_rewrite_clients, so headers are rewritten too) and relayed
+  to smtp-sink, and checks that Postfix gives exactly these expectations.
+
+So every expectation below is what the real Postfix did. The settings that
+both sides share (myorigin, mydomain...) are in COMMON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COMMON = {"myhostname": "mx.example.test", "mydomain": "example.test", "myorigin": "example.test"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    settings: dict[str, str]
+    sender: str
+    recipients: list[str]
+    headers: list[tuple[str, str]]
+    expected_sender: str
+    expected_recipients: list[str]
+    expected_headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+CASES = [
+    Case("sender_canonical_rewrites_envelope_and_from",
+         {"sender_canonical_maps": "inline:{ alice@example.test=Alice.Smith@example.test }"},
+         "alice@example.test", ["bob@remote.test"],
+         [("From", "Alice <alice@example.test>"), ("To", "bob@remote.test")],
+         "Alice.Smith@example.test", ["bob@remote.test"],
+         [("From", "Alice <Alice.Smith@example.test>"), ("To", "bob@remote.test")]),
+    Case("sender_canonical_classes_envelope_only_leaves_from",
+         {"sender_canonical_maps": "inline:{ alice@example.test=Alice.Smith@example.test }",
+          "sender_canonical_classes": "envelope_sender"},
+         "alice@example.test", ["bob@remote.test"],
+         [("From", "alice@example.test")],
+         "Alice.Smith@example.test", ["bob@remote.test"],
+         [("From", "alice@example.test")]),
+    Case("canonical_maps_applies_to_senders_and_recipients",
+         {"canonical_maps": "inline:{ alice@example.test=a.smith@example.test, bob@remote.test=robert@remote.test }"},
+         "alice@example.test", ["bob@remote.test", "carol@remote.test"],
+         [("From", "alice@example.test"), ("To", "Bob <bob@remote.test>, carol@remote.test"),
+          ("Cc", "bob@remote.test")],
+         "a.smith@example.test", ["carol@remote.test", "robert@remote.test"],
+         [("From", "a.smith@example.test"), ("To", "Bob <robert@remote.test>, carol@remote.test"),
+          ("Cc", "robert@remote.test")]),
+    Case("recipient_canonical_at_domain_keeps_the_user",
+         {"recipient_canonical_maps": "inline:{ @old.test=@new.test }"},
+         "alice@example.test", ["Jane.Doe@old.test"],
+         [("To", "Jane.Doe@old.test"), ("From", "jane@old.test")],
+         "alice@example.test", ["Jane.Doe@new.test"],
+         [("To", "Jane.Doe@new.test"), ("From", "jane@old.test")]),
+    Case("canonical_propagates_the_unmatched_extension",
+         {"recipient_canonical_maps": "inline:{ bob@remote.test=robert@other.test }",
+          "recipient_delimiter": "+"},
+         "alice@example.test", ["bob+lists@remote.test"],
+         [("To", "bob+lists@remote.test")],
+         "alice@example.test", ["robert+lists@other.test"],
+         [("To", "robert+lists@other.test")]),
+    Case("canonical_follows_a_chain",
+         {"canonical_maps": "inline:{ a@remote.test=b@remote.test, b@remote.test=c@remote.test }"},
+         "alice@example.test", ["a@remote.test"],
+         [("To", "a@remote.test")],
+         "alice@example.test", ["c@remote.test"],
+         [("To", "c@remote.test")]),
+    Case("masquerade_default_classes_leave_envelope_recipients",
+         {"masquerade_domains": "example.test"},
+         "alice@host.sub.example.test", ["bob@host.example.test"],
+         [("From", "alice@host.sub.example.test"), ("To", "bob@host.example.test")],
+         "alice@example.test", ["bob@host.example.test"],
+         [("From", "alice@example.test"), ("To", "bob@example.test")]),
+    Case("masquerade_bang_domain_is_left_alone",
+         {"masquerade_domains": "!keep.example.test, example.test"},
+         "alice@keep.example.test", ["bob@remote.test"],
+         [("From", "alice@keep.example.test"), ("Reply-To", "help@desk.example.test")],
+         "alice@keep.example.test", ["bob@remote.test"],
+         [("From", "alice@keep.example.test"), ("Reply-To", "help@example.test")]),
+    Case("masquerade_exceptions_keep_root",
+         {"masquerade_domains": "example.test", "masquerade_exceptions": "root"},
+         "root@host.example.test", ["bob@remote.test"],
+         [("From", "root@host.example.test"), ("Sender", "alice@host.example.test")],
+         "root@host.example.test", ["bob@remote.test"],
+         [("From", "root@host.example.test"), ("Sender", "alice@example.test")]),
+    Case("masquerade_after_canonical",
+         {"sender_canonical_maps": "inline:{ alice@example.test=alice@mail.example.test }",
+          "masquerade_domains": "example.test", "masquerade_classes": "envelope_sender, envelope_recipient"},
+         "alice@example.test", ["bob@host.example.test"],
+         [("From", "alice@example.test")],
+         "alice@example.test", ["bob@example.test"],
+         [("From", "alice@mail.example.test")]),
+    Case("append_dot_mydomain",
+         {"append_dot_mydomain": "yes"},
+         "alice@host", ["bob@desk"],
+         [("From", "alice@host"), ("To", "bob@desk")],
+         "alice@host.example.test", ["bob@desk.example.test"],
+         [("From", "alice@host.example.test"), ("To", "bob@desk.example.test")]),
+    Case("a_bare_user_in_a_header_gets_myorigin",
+         {"canonical_maps": "inline:{ nobody@nowhere.test=x@nowhere.test }"},
+         "alice@example.test", ["bob@remote.test"],
+         [("To", "bob@remote.test, carol"), ("From", "Alice <alice>")],
+         "alice@example.test", ["bob@remote.test"],
+         [("To", "bob@remote.test, carol@example.test"), ("From", "Alice <alice@example.test>")]),
+    Case("a_group_and_comments",
+         {"canonical_maps": "inline:{ bob@remote.test=robert@remote.test }"},
+         "alice@example.test", ["bob@remote.test"],
+         [("To", "friends: bob@remote.test (Bob), ann@remote.test;")],
+         "alice@example.test", ["robert@remote.test"],
+         [("To", "friends: robert@remote.test (Bob), ann@remote.test;")]),
+]
