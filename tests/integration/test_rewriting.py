@@ -115,3 +115,18 @@ def test_a_failed_lookup_in_cleanup_queues_nothing(failing_directory_daemon, smt
                           r"message not accepted, try again later")
     assert "Mail queue is empty" in daemon.mailq()
     assert smtp_sink.messages() == []
+
+
+def test_smtp_generic_maps_rewrite_what_leaves_and_the_log_keeps_the_queued_address(daemon_factory, smtp_sink):
+    directory = world_readable_tempdir("mailferry-rewrite-")
+    daemon = daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
+                            smtp_generic_maps=table(directory, "generic",
+                                                    "alice@example.test  alice.smith@isp.example\n"
+                                                    "@lan.test  @isp.example\n")).start()
+    message = "From: Alice <alice@example.test>\r\nTo: carol@lan.test\r\nSubject: generic\r\n\r\nHello.\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        assert client.sendmail("alice@example.test", ["carol@lan.test"], message) == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert (sunk.sender, sunk.recipients) == ("alice.smith@isp.example", ["carol@isp.example"])
+    assert (sunk.email["From"], sunk.email["To"]) == ("Alice <alice.smith@isp.example>", "carol@isp.example")
+    assert "to=<carol@lan.test>, relay=" in daemon.wait_for_log("status=sent")

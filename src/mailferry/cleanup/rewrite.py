@@ -8,7 +8,7 @@ For the envelope sender, then each envelope recipient:
   4. recipients only: virtual_alias_maps, recursively (cleanup/virtual.py);
      the same final address twice is delivered once.
 
-In the headers (From:, To:, Cc:..., header_addresses.py) the same steps
+In the headers (From:, To:, Cc:..., protocol/header_addresses.py) the same steps
 1-3 apply to each address (a bare `user` first gets `@$myorigin`), with the header_sender / header_recipient
 classes, and only for mail whose headers Postfix would rewrite: local
 submissions and clients that local_header_rewrite_clients matches.
@@ -31,15 +31,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.cleanup.address_map import AddressMaps, MapDeferred
-from mailferry.cleanup.header_addresses import (RECIPIENT_HEADERS, SENDER_HEADERS, address_spans,
-                                                replace_spans)
 from mailferry.cleanup.virtual import ExpansionError, expand
 from mailferry.config.config import Config
-from mailferry.config.localdomains import local_domain_matcher
+from mailferry.config.localdomains import address_domain_matcher, open_address_maps
 from mailferry.message import NewMessage
+from mailferry.protocol.header_addresses import rewrite_address_headers
 from mailferry.queue import QueueError
-from mailferry.tables import open_maps
+from mailferry.tables.addresses import AddressMaps, MapDeferred
 
 ENVELOPE_SENDER = "envelope_sender"
 ENVELOPE_RECIPIENT = "envelope_recipient"
@@ -88,20 +86,10 @@ class AddressRewriter:
 
     @classmethod
     def from_config(cls, config: Config) -> AddressRewriter:
-        is_ours = local_domain_matcher(config)
-        myorigin = config.get("myorigin").lower()
-        delimiter = config.get("recipient_delimiter")
-        propagate = set(config.list("propagate_unmatched_extensions"))
-
-        def is_local(domain: str) -> bool:
-            return domain == myorigin or is_ours(domain)
+        is_local = address_domain_matcher(config)
 
         def maps(name: str, propagate_class: str) -> AddressMaps | None:
-            value = config.get(name)
-            if not value.strip():
-                return None
-            return AddressMaps(name, open_maps(value), is_local, config.get("myorigin"), delimiter,
-                               propagate_class in propagate)
+            return open_address_maps(config, name, propagate_class, is_local)
 
         def canonical(name: str, classes: str) -> Canonical | None:
             opened = maps(name, "canonical")
@@ -184,41 +172,10 @@ class AddressRewriter:
         return f"{local}@{domain}.{self.dot_mydomain}"
 
     async def _headers(self, content: bytes, warn: Callable[[str], None]) -> bytes:
-        head, separator, body = content.partition(b"\r\n\r\n")
-        if not separator:
-            return content
-        lines = head.split(b"\r\n")
-        fields: list[list[bytes]] = []
-        for line in lines:
-            if line[:1] in (b" ", b"\t") and fields:
-                fields[-1].append(line)
-            else:
-                fields.append([line])
-        out: list[bytes] = []
-        for field in fields:
-            out.append(await self._header(b"\r\n".join(field), warn))
-        return b"\r\n".join(out) + separator + body
-
-    async def _header(self, field: bytes, warn: Callable[[str], None]) -> bytes:
-        name, colon, value = field.partition(b":")
-        lower = name.strip().lower().decode("ascii", "replace")
-        if not colon:
-            return field
-        if lower in SENDER_HEADERS:
-            address_class = HEADER_SENDER
-        elif lower in RECIPIENT_HEADERS:
-            address_class = HEADER_RECIPIENT
-        else:
-            return field
-        text = value.decode("utf-8", "surrogateescape")
-        spans = address_spans(text)
-        if not spans:
-            return field
-        old = [text[start:stop] for start, stop in spans]
-        new = [await self.address(self._at_myorigin(address), address_class, warn) for address in old]
-        if new == old:
-            return field
-        return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
+        async def rewrite(address: str, kind: str) -> str:
+            address_class = HEADER_SENDER if kind == "sender" else HEADER_RECIPIENT
+            return await self.address(self._at_myorigin(address), address_class, warn)
+        return await rewrite_address_headers(content, rewrite)
 
 
 async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None]) -> str:

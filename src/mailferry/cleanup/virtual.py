@@ -19,7 +19,7 @@ The caller (cleanup/rewrite.py) removes duplicates among the results.
 
 from __future__ import annotations
 
-from mailferry.cleanup.address_map import AddressMaps, MapDeferred
+from mailferry.tables.addresses import AddressMaps, MapDeferred
 
 
 class ExpansionError(Exception):

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from mailferry import refusals
 from mailferry.config.config import Config
-from mailferry.config.localdomains import local_domain_matcher
+from mailferry.config.localdomains import address_domain_matcher
 from mailferry.refusals import Refusal
 from mailferry.syntax import split_list
 from mailferry.tables import Maps, Table, open_maps, open_table
@@ -79,13 +79,11 @@ class RecipientMaps:
 
     @classmethod
     def from_config(cls, config: Config) -> RecipientMaps:
-        is_ours = local_domain_matcher(config)
-        myorigin = config.get("myorigin").lower()
         maps = [open_maps(config.get(name)) for name in
                 ("recipient_canonical_maps", "canonical_maps", "virtual_alias_maps")
                 if config.get(name).strip()]
         return cls(maps, VirtualAliasDomains(config.get("virtual_alias_domains")),
-                   lambda domain: domain == myorigin or is_ours(domain),
+                   address_domain_matcher(config),
                    config.get("recipient_delimiter"), config.integer("unknown_virtual_alias_reject_code"),
                    config.boolean("smtpd_reject_unlisted_recipient"))
 

@@ -118,3 +118,29 @@ CASES = [
          "alice@example.test", ["robert@remote.test"],
          [("To", "friends: robert@remote.test (Bob), ann@remote.test;")]),
 ]
+
+
+# smtp_generic_maps: applied by the SMTP client as the mail leaves; nothing
+# in cleanup. Same form; mailferry's side runs delivery/generic.py.
+GENERIC_CASES = [
+    Case("generic_maps_envelope_and_headers",
+         {"smtp_generic_maps": "inline:{ alice@example.test=alice.smith@isp.example, @lan.test=@isp.example }"},
+         "alice@example.test", ["bob@remote.test", "carol@lan.test"],
+         [("From", "Alice <alice@example.test>"), ("To", "bob@remote.test"), ("Cc", "carol@lan.test"),
+          ("Reply-To", "desk@lan.test")],
+         "alice.smith@isp.example", ["bob@remote.test", "carol@isp.example"],
+         [("From", "Alice <alice.smith@isp.example>"), ("To", "bob@remote.test"), ("Cc", "carol@isp.example"),
+          ("Reply-To", "desk@isp.example")]),
+    Case("generic_maps_one_lookup_no_chain",
+         {"smtp_generic_maps": "inline:{ a@remote.test=b@remote.test, b@remote.test=c@remote.test }"},
+         "a@remote.test", ["b@remote.test"],
+         [("From", "a@remote.test"), ("To", "b@remote.test")],
+         "b@remote.test", ["c@remote.test"],
+         [("From", "b@remote.test"), ("To", "c@remote.test")]),
+    Case("generic_maps_without_generic_in_propagate_drops_the_extension",
+         {"smtp_generic_maps": "inline:{ bob@remote.test=robert@other.test }", "recipient_delimiter": "+"},
+         "alice@example.test", ["bob+x@remote.test"],
+         [("To", "bob+x@remote.test")],
+         "alice@example.test", ["robert@other.test"],
+         [("To", "robert@other.test")]),
+]

@@ -267,7 +267,7 @@ def test_the_default_local_header_rewrite_clients_are_our_own_interfaces():
 
 
 def failing_rewriter():
-    from mailferry.cleanup.address_map import AddressMaps
+    from mailferry.tables.addresses import AddressMaps
     from mailferry.cleanup.rewrite import AddressRewriter
     from mailferry.tables import Maps
     from tests.unit.cleanup.test_virtual import FailingTable

@@ -1,5 +1,8 @@
 """Find the addresses in an address header (From:, To:...) and replace them.
 
+Used by cleanup (canonical maps, masquerading) and by the SMTP client
+(smtp_generic_maps); the lookups are theirs, the header syntax is here.
+
 Postfix (cleanup_message.c) parses the header with tok822, rewrites each
 address and, only when one changed, writes the header again. Here the
 value is scanned once: quoted strings and comments are skipped, the list is
@@ -10,6 +13,8 @@ them (Postfix re-spaces a rewritten header; the addresses are the same).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 # Which headers carry which class of address (Postfix's header_opts.c).
 # Resent-Reply-To: is a recipient header there, and so here.
@@ -88,3 +93,42 @@ def replace_spans(value: str, spans: list[tuple[int, int]], new: list[str]) -> s
     for (start, stop), address in sorted(zip(spans, new), reverse=True):
         value = value[:start] + address + value[stop:]
     return value
+
+
+async def rewrite_address_headers(content: bytes, rewrite: Callable[[str, str], Awaitable[str]]) -> bytes:
+    """`content` with every address of its sender and recipient headers passed
+    through `rewrite(address, kind)`, kind "sender" or "recipient". A header
+    whose addresses all stay the same is kept byte for byte."""
+    head, separator, body = content.partition(b"\r\n\r\n")
+    if not separator:
+        return content
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    out = [await _rewrite_field(b"\r\n".join(field), rewrite) for field in fields]
+    return b"\r\n".join(out) + separator + body
+
+
+async def _rewrite_field(field: bytes, rewrite: Callable[[str, str], Awaitable[str]]) -> bytes:
+    name, colon, value = field.partition(b":")
+    lower = name.strip().lower().decode("ascii", "replace")
+    if not colon:
+        return field
+    if lower in SENDER_HEADERS:
+        kind = "sender"
+    elif lower in RECIPIENT_HEADERS:
+        kind = "recipient"
+    else:
+        return field
+    text = value.decode("utf-8", "surrogateescape")
+    spans = address_spans(text)
+    if not spans:
+        return field
+    old = [text[start:stop] for start, stop in spans]
+    new = [await rewrite(address, kind) for address in old]
+    if new == old:
+        return field
+    return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
