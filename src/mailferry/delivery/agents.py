@@ -15,6 +15,7 @@ from mailferry.config.config import Config
 from mailferry.config.localdomains import open_address_maps
 from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
+from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.generic import GenericMaps
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
@@ -117,7 +118,7 @@ class Transports:
         return TlsPolicyTable(maps, config, settings.prefix, self.log, transport)
 
     def _generic_maps(self, transport: str, settings: ClientSettings) -> GenericMaps | None:
-        name = f"{settings.prefix}_generic_maps"
+        name = client_parameter(settings.prefix, "smtp_generic_maps")
         config = _service_config(self.config, self.master, self._service(transport))
         try:
             maps = open_address_maps(config, name, "generic")
