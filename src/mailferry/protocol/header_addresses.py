@@ -128,7 +128,7 @@ async def _rewrite_field(field: bytes, rewrite: Callable[[str, str], Awaitable[s
     if not spans:
         return field
     old = [text[start:stop] for start, stop in spans]
-    new = [await rewrite(address, kind) for address in old]
+    new = [await rewrite(address, kind) if address else address for address in old]  # <> stays
     if new == old:
         return field
     return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
