@@ -60,3 +60,51 @@ def test_a_table_that_fails_raises_for_the_client_to_defer():
                                       "example.test"))
     with pytest.raises(MapDeferred, match="smtp_generic_maps map lookup problem for alice@example.test"):
         asyncio.run(generic.sender("alice@example.test"))
+
+
+# --- in the SMTP client (delivery/smtp.py)
+
+def scripted_client(generic):
+    from mailferry.delivery.smtp import SmtpClient
+    from tests.unit.delivery.scripted_peer import ListLog, LoopbackResolver, client_settings
+    return SmtpClient(client_settings(connect_timeout=300.0, helo_timeout=300.0, reply_timeout=300.0,
+                                      data_timeout=300.0), LoopbackResolver(), ListLog(), generic=generic)
+
+
+def test_the_client_sends_the_mapped_envelope_and_headers(tmp_path):
+    from tests.unit.delivery.scripted_peer import ScriptedPeer, make_job
+    generic = generic_of(GENERIC_CASES[0].settings, tmp_path)
+
+    async def scenario():
+        async with ScriptedPeer() as peer:
+            client = scripted_client(generic)
+            job = make_job(peer.nexthop, "carol@lan.test", sender="alice@example.test",
+                           content=b"From: alice@example.test\r\n\r\nhi\r\n")
+            results = await client.deliver(job)
+            client.close()
+            return results, peer.sessions[0], job
+    results, session, job = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [r.status for r in results] == ["sent"]
+    sent = b"From: alice.smith@isp.example\r\n\r\nhi\r\n"
+    # SIZE= is the size of what is sent, after the mapping.
+    assert session.commands[1:3] == [f"MAIL FROM:<alice.smith@isp.example> SIZE={len(sent)}",
+                                     "RCPT TO:<carol@isp.example>"]
+    assert session.messages[0].startswith(sent)
+    assert job.recipients[0].address == "carol@lan.test" and job.message.sender == "alice@example.test"
+
+
+def test_a_failing_generic_table_defers_and_nothing_is_sent():
+    from tests.unit.delivery.scripted_peer import ScriptedPeer, make_job
+    generic = GenericMaps(AddressMaps("smtp_generic_maps", Maps([FailingTable()]), lambda domain: False,
+                                      "example.test"))
+
+    async def scenario():
+        async with ScriptedPeer() as peer:
+            client = scripted_client(generic)
+            results = await client.deliver(make_job(peer.nexthop, "bob@remote.test"))
+            client.close()
+            return results, peer.sessions
+    results, sessions = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [(r.status, r.dsn) for r in results] == [("deferred", "4.3.0")]
+    assert "smtp_generic_maps map lookup problem for sender@example.test" in results[0].reason
+    assert sessions == []
