@@ -28,13 +28,14 @@ and a notice of qmgr's waits as it does when the queue is full.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailferry.cleanup.virtual import ExpansionError, expand
 from mailferry.config.config import Config
 from mailferry.config.localdomains import address_domain_matcher, open_address_maps
-from mailferry.message import NewMessage
+from mailferry.message import NewMessage, Recipient
 from mailferry.protocol.header_addresses import rewrite_address_headers
 from mailferry.queue import QueueError
 from mailferry.tables.addresses import AddressMaps, MapDeferred
@@ -111,6 +112,11 @@ class AddressRewriter:
                    config.get("myorigin") if config.boolean("append_at_myorigin") else "")
 
     @property
+    def rewrites_envelope(self) -> bool:
+        return bool(self.sender_canonical or self.recipient_canonical or self.canonical
+                    or self.masquerade or self.dot_mydomain or self.virtual)
+
+    @property
     def rewrites_headers(self) -> bool:
         return bool(self.sender_canonical or self.recipient_canonical or self.canonical
                     or self.masquerade or self.dot_mydomain or self.myorigin)
@@ -119,27 +125,12 @@ class AddressRewriter:
                       warn: Callable[[str], None]) -> None:
         """Rewrite `message` in place. Raises RewriteDeferred."""
         try:
-            if message.sender:
-                message.sender = await self.address(message.sender, ENVELOPE_SENDER, warn)
-            recipients = []
-            # Postfix's duplicate filter (enable_original_recipient = yes): the same
-            # final address from two different original recipients is kept twice.
-            seen: set[tuple[str, str, str | None, str | None]] = set()
-            for recipient in message.recipients:
-                given = recipient.address
-                address = await self.address(given, ENVELOPE_RECIPIENT, warn)
-                finals = [address]
-                if self.virtual is not None:
-                    finals = await expand(self.virtual, address, *self.limits)
-                for final in finals:
-                    orcpt = recipient.orcpt
-                    if orcpt is None and final.lower() != given.lower():
-                        orcpt = f"rfc822;{given}"
-                    key = (final.lower(), given.lower(), recipient.orcpt, recipient.notify)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    recipients.append(type(recipient)(final, orcpt=orcpt, notify=recipient.notify))
+            if self.rewrites_envelope:
+                if message.sender:
+                    message.sender = await self.address(message.sender, ENVELOPE_SENDER, warn)
+                message.recipients = await self._recipients(message.recipients, warn)
+            else:
+                message.recipients = _without_duplicates(message.recipients)
             if rewrite_headers and self.rewrites_headers:
                 message.content = await self._headers(message.content, warn)
         except MapDeferred as problem:
@@ -147,7 +138,21 @@ class AddressRewriter:
         except ExpansionError as problem:
             raise RewriteDeferred(f"{problem} -- message not accepted, try again later",
                                   problem.reply_status, problem.reply_text) from None
-        message.recipients = recipients
+
+    async def _recipients(self, given: list[Recipient], warn: Callable[[str], None]) -> list[Recipient]:
+        """Each recipient rewritten and expanded; a rewritten one keeps its original as ORCPT."""
+        expanded: list[Recipient] = []
+        for recipient in given:
+            address = await self.address(recipient.address, ENVELOPE_RECIPIENT, warn)
+            finals = [address]
+            if self.virtual is not None:
+                finals = await expand(self.virtual, address, *self.limits)
+            for final in finals:
+                orcpt = recipient.orcpt
+                if orcpt is None and final.lower() != recipient.address.lower():
+                    orcpt = f"rfc822;{recipient.address}"
+                expanded.append(Expanded(recipient, dataclasses.replace(recipient, address=final, orcpt=orcpt)))
+        return _without_duplicates(expanded)
 
     async def address(self, address: str, address_class: str, warn: Callable[[str], None]) -> str:
         """Steps 1-3 for one address of `address_class`."""
@@ -175,7 +180,36 @@ class AddressRewriter:
         async def rewrite(address: str, kind: str) -> str:
             address_class = HEADER_SENDER if kind == "sender" else HEADER_RECIPIENT
             return await self.address(self._at_myorigin(address), address_class, warn)
-        return await rewrite_address_headers(content, rewrite)
+        qualify_only = not (self.sender_canonical or self.recipient_canonical or self.canonical
+                            or self.masquerade or self.dot_mydomain)
+        return await rewrite_address_headers(content, rewrite, _has_domain if qualify_only else None)
+
+
+def _has_domain(address: str) -> bool:
+    return "@" in address
+
+
+@dataclass(slots=True)
+class Expanded:
+    """A final recipient and the one it was expanded from: the duplicate filter needs both."""
+
+    original: Recipient
+    final: Recipient
+
+
+def _without_duplicates(recipients: list[Recipient] | list[Expanded]) -> list[Recipient]:
+    """Postfix's duplicate filter (cleanup_out_recipient.c, enable_original_recipient =
+    yes): the same final address, DSN ORCPT and NOTIFY from the same original
+    recipient is kept once; from two different original recipients, once for each."""
+    seen: set[tuple[str, str, str | None, str | None]] = set()
+    kept: list[Recipient] = []
+    for item in recipients:
+        original, final = (item.original, item.final) if isinstance(item, Expanded) else (item, item)
+        key = (final.address.lower(), original.address.lower(), original.orcpt, original.notify)
+        if key not in seen:
+            seen.add(key)
+            kept.append(final)
+    return kept
 
 
 async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None]) -> str:

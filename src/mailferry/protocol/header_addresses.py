@@ -14,6 +14,7 @@ them (Postfix re-spaces a rewritten header; the addresses are the same).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 # Which headers carry which class of address (Postfix's header_opts.c).
@@ -95,40 +96,64 @@ def replace_spans(value: str, spans: list[tuple[int, int]], new: list[str]) -> s
     return value
 
 
-async def rewrite_address_headers(content: bytes, rewrite: Callable[[str, str], Awaitable[str]]) -> bytes:
+_SIMPLE = re.compile(r'^(?:[ \t]*[^<>()",;:@\\\r\n]*<([^<>()",;:\\\s]*)>|[ \t]*([^<>()",;:\\\s]+))[ \t]*$')
+
+
+def _spans(value: str) -> list[tuple[int, int]]:
+    """address_spans, with a shortcut for the common one-address value."""
+    simple = _SIMPLE.match(value)
+    if simple is None:
+        return address_spans(value)
+    group = 1 if simple.group(1) is not None else 2
+    return [simple.span(group)]
+
+
+_KINDS = {name.encode(): "sender" for name in SENDER_HEADERS} | {
+    name.encode(): "recipient" for name in RECIPIENT_HEADERS}
+
+
+async def rewrite_address_headers(content: bytes, rewrite: Callable[[str, str], Awaitable[str]],
+                                  unchanged: Callable[[str], bool] | None = None) -> bytes:
     """`content` with every address of its sender and recipient headers passed
     through `rewrite(address, kind)`, kind "sender" or "recipient". A header
-    whose addresses all stay the same is kept byte for byte."""
-    head, separator, body = content.partition(b"\r\n\r\n")
-    if not separator:
+    whose addresses all stay the same is kept byte for byte. `unchanged`, when
+    given, says cheaply of an address that `rewrite` would leave it as it is."""
+    end = content.find(b"\r\n\r\n")
+    if end < 0:
         return content
-    fields: list[list[bytes]] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        else:
-            fields.append([line])
-    out = [await _rewrite_field(b"\r\n".join(field), rewrite) for field in fields]
-    return b"\r\n".join(out) + separator + body
+    lines = content[:end].split(b"\r\n")
+    changed = False
+    index = 0
+    while index < len(lines):
+        name, colon, _ = lines[index].partition(b":")
+        kind = _KINDS.get(name.rstrip(b" \t").lower()) if colon else None
+        last = index
+        while last + 1 < len(lines) and lines[last + 1][:1] in (b" ", b"\t"):
+            last += 1
+        if kind is not None:
+            field = b"\r\n".join(lines[index:last + 1])
+            new = await _rewrite_field(field, kind, rewrite, unchanged)
+            if new is not field:
+                lines[index:last + 1] = [new]
+                last = index
+                changed = True
+        index = last + 1
+    if not changed:
+        return content
+    return b"\r\n".join(lines) + content[end:]
 
 
-async def _rewrite_field(field: bytes, rewrite: Callable[[str, str], Awaitable[str]]) -> bytes:
-    name, colon, value = field.partition(b":")
-    lower = name.strip().lower().decode("ascii", "replace")
-    if not colon:
-        return field
-    if lower in SENDER_HEADERS:
-        kind = "sender"
-    elif lower in RECIPIENT_HEADERS:
-        kind = "recipient"
-    else:
-        return field
-    text = value.decode("utf-8", "surrogateescape")
-    spans = address_spans(text)
+async def _rewrite_field(field: bytes, kind: str, rewrite: Callable[[str, str], Awaitable[str]],
+                         unchanged: Callable[[str], bool] | None) -> bytes:
+    colon = field.index(b":")
+    text = field[colon + 1:].decode("utf-8", "surrogateescape")
+    spans = _spans(text)
     if not spans:
         return field
     old = [text[start:stop] for start, stop in spans]
+    if unchanged is not None and all(unchanged(address) for address in old):
+        return field
     new = [await rewrite(address, kind) if address else address for address in old]  # <> stays
     if new == old:
         return field
-    return name + b":" + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
+    return field[:colon + 1] + replace_spans(text, spans, new).encode("utf-8", "surrogateescape")
