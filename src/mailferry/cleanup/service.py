@@ -30,6 +30,7 @@ from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
 from mailferry.message import NewMessage
 from mailferry.queue import QueueError, new_queue_id
+from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
 
 T = TypeVar("T")
@@ -65,7 +66,11 @@ class CleanupService:
     def reload(self, config: Config) -> None:
         self.settings = CleanupSettings.from_config(config)
         self.is_local_client = local_header_clients(config).matches
-        self.rewriter = AddressRewriter.from_config(config)
+        try:
+            self.rewriter = AddressRewriter.from_config(config)
+        except TableError as problem:
+            # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
+            self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
 
     async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)

@@ -37,6 +37,7 @@ from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from mailferry.cleanup.rewrite import RewriteDeferred
 from mailferry.queue.store import QueueError
+from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.recipient_maps import RecipientMaps
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
@@ -109,7 +110,10 @@ class SmtpdService:
             # Root-only keys cannot be read again once root is given up: keep the ones read at start.
             self.log.warning("smtpd", f"reload: {exc}; keeping the TLS certificate loaded at start")
             tls_context = self.profile.tls_context
-        self.profile = ServiceProfile.from_config(view, tls_context)
+        try:
+            self.profile = ServiceProfile.from_config(view, tls_context)
+        except TableError as problem:
+            self.log.warning("smtpd", f"reload: {problem}; keeping the configuration loaded before")
 
     async def stop(self) -> None:
         for server in self.servers:

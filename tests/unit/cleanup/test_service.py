@@ -311,3 +311,15 @@ def test_a_notice_whose_alias_lookup_fails_waits_as_when_the_queue_is_full():
     result = asyncio.run(run())
     assert isinstance(result, RewriteDeferred) and seen == [result]
     assert harness.queue_ids() == []
+
+
+def test_a_reload_whose_alias_table_cannot_be_opened_keeps_the_tables_loaded_before(tmp_path):
+    harness = Harness()
+    table = tmp_path / "virtual"
+    table.write_text("info@example.org  john@example.net\n")
+    service = CleanupService.from_config(config_of(f"virtual_alias_maps = texthash:{table}\n"),
+                                         committer=None, log=harness.log, on_queued=harness.on_queued)
+    before = service.rewriter
+    service.reload(config_of(f"virtual_alias_maps = texthash:{tmp_path / 'missing'}\n"))
+    assert service.rewriter is before
+    assert "keeping the address rewriting tables loaded before" in harness.log.warnings()[0]
