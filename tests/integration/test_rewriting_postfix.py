@@ -13,7 +13,7 @@ import smtplib
 
 import pytest
 
-from tests.golden.rewriting.cases import CASES, COMMON, GENERIC_CASES
+from tests.golden.rewriting.cases import CASES, COMMON, GENERIC_CASES, VIRTUAL_CASES
 from tests.integration.conftest import free_port, wait_for_port, world_readable_tempdir
 from tests.peers.postfix import PostfixInstance
 
@@ -30,7 +30,10 @@ def header_values(raw: bytes, names) -> list[tuple[str, str]]:
     return [(name, " ".join(str(parsed[name]).split())) for name in names]
 
 
-@pytest.mark.parametrize("case", CASES + GENERIC_CASES, ids=[case.name for case in CASES + GENERIC_CASES])
+ALL_CASES = CASES + GENERIC_CASES + VIRTUAL_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[case.name for case in ALL_CASES])
 def test_postfix_rewrites_as_the_golden_case_says(case, smtp_sink):
     root = world_readable_tempdir("mailferry-golden-pf-")
     port = free_port()

@@ -1,10 +1,12 @@
-"""Golden cases for canonical maps, masquerading and header rewriting.
+"""Golden cases for canonical maps, masquerading, header rewriting, virtual
+alias expansion and smtp_generic_maps.
 
 Each case: main.cf settings, an envelope and some header fields in, the
 envelope and those header fields out. The same cases run twice:
 
-- tests/unit/cleanup/test_rewrite_golden.py puts them through mailferry's
-  cleanup/rewrite.py;
+- tests/unit/cleanup/test_rewrite_golden.py puts CASES and VIRTUAL_CASES
+  through mailferry's cleanup/rewrite.py, tests/unit/delivery/test_generic.py
+  GENERIC_CASES through delivery/generic.py;
 - tests/integration/test_rewriting_postfix.py puts them through a private
   Postfix 3.7 (Debian's), over SMTP from 127.0.0.1 (one of
   local_header_rewrite_clients, so headers are rewritten too) and relayed
@@ -143,4 +145,33 @@ GENERIC_CASES = [
          [("To", "bob+x@remote.test")],
          "alice@example.test", ["robert@other.test"],
          [("To", "robert@other.test")]),
+]
+
+
+# virtual_alias_maps: expansion in cleanup. Only the envelope recipients change.
+VIRTUAL_CASES = [
+    Case("virtual_recursive_fan_out_with_a_self_copy",
+         {"virtual_alias_maps": "inline:{ {team@alias.test=ann@alias.test, bob@remote.test}, "
+                                "ann@alias.test=ann@mail.test, {bob@remote.test=bob@remote.test, b@archive.test} }"},
+         "alice@example.test", ["team@alias.test"], [("To", "team@alias.test")],
+         "alice@example.test", ["ann@mail.test", "bob@remote.test", "b@archive.test"],
+         [("To", "team@alias.test")]),
+    Case("virtual_at_domain_and_extension",
+         {"virtual_alias_maps": "inline:{ john@alias.test=john@mail.test, @alias.test=catchall@mail.test }",
+          "recipient_delimiter": "+"},
+         "alice@example.test", ["john+lists@alias.test", "other+x@alias.test"], [],
+         "alice@example.test", ["john+lists@mail.test", "catchall@mail.test"]),
+    Case("virtual_user_alone_only_for_myorigin",
+         {"virtual_alias_maps": "inline:{ postmaster=pm@mail.test }"},
+         "alice@example.test", ["postmaster@example.test", "postmaster@remote.test"], [],
+         "alice@example.test", ["pm@mail.test", "postmaster@remote.test"]),
+    Case("virtual_at_otherdomain_and_duplicates_from_one_recipient",
+         {"virtual_alias_maps": "inline:{ @old.test=@new.test, {list@alias.test=a@new.test, b@old.test, a@new.test} }"},
+         "alice@example.test", ["Jane@old.test", "list@alias.test"], [],
+         "alice@example.test", ["Jane@new.test", "a@new.test", "b@new.test"]),
+    Case("canonical_before_virtual",
+         {"recipient_canonical_maps": "inline:{ sales@example.test=sales@alias.test }",
+          "virtual_alias_maps": "inline:{ sales@alias.test=ann@mail.test }"},
+         "alice@example.test", ["sales@example.test"], [],
+         "alice@example.test", ["ann@mail.test"]),
 ]

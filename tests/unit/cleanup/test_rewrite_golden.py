@@ -13,7 +13,7 @@ from mailferry.cleanup.rewrite import AddressRewriter
 from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
 from mailferry.message import NewMessage, Recipient
-from tests.golden.rewriting.cases import CASES, COMMON
+from tests.golden.rewriting.cases import CASES, COMMON, VIRTUAL_CASES
 
 
 def rewritten(case, tmp_path):
@@ -27,7 +27,7 @@ def rewritten(case, tmp_path):
     return message
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", CASES + VIRTUAL_CASES, ids=[case.name for case in CASES + VIRTUAL_CASES])
 def test_mailferry_rewrites_as_postfix_does(case, tmp_path):
     message = rewritten(case, tmp_path)
     assert message.sender == case.expected_sender
