@@ -130,3 +130,39 @@ def test_smtp_generic_maps_rewrite_what_leaves_and_the_log_keeps_the_queued_addr
     assert (sunk.sender, sunk.recipients) == ("alice.smith@isp.example", ["carol@isp.example"])
     assert (sunk.email["From"], sunk.email["To"]) == ("Alice <alice.smith@isp.example>", "carol@isp.example")
     assert "to=<carol@lan.test>, relay=" in daemon.wait_for_log("status=sent")
+
+
+PIPELINED = """\
+S: 220
+C: EHLO client.test
+S: 250
+S+ PIPELINING
+C: MAIL FROM:<alice@example.test>
+C: RCPT TO:<info@virtual.test>
+C: RCPT TO:<nobody@virtual.test>
+C: RCPT TO:<friend@elsewhere.test>
+C: DATA
+S: 250 2.1.0
+S: 250 2.1.5
+S: 550 5.1.1 <nobody@virtual.test>: Recipient address rejected: User unknown in virtual alias table
+S: 250 2.1.5
+S: 354
+C: Subject: pipelined
+C:
+C: body
+C: .
+S: 250 2.0.0 Ok: queued as
+C: QUIT
+S: 221
+"""
+
+
+def test_pipelined_recipients_are_answered_in_order_while_lookups_wait(aliasing_daemon, smtp_sink):
+    from tests.dialogs.script import SocketTransport, parse_script, run_script
+    transport = SocketTransport("127.0.0.1", aliasing_daemon.port)
+    try:
+        run_script(parse_script(PIPELINED, "pipelined virtual aliases"), transport)
+    finally:
+        transport.close()
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["friend@elsewhere.test", "john.smith@mail1.internal"]
