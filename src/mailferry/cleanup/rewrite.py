@@ -8,10 +8,11 @@ For the envelope sender, then each envelope recipient:
   4. recipients only: virtual_alias_maps, recursively (cleanup/virtual.py);
      the same final address twice is delivered once.
 
-In the headers (From:, To:, Cc:..., protocol/header_addresses.py) the same steps
-1-3 apply to each address (a bare `user` first gets `@$myorigin`), with the header_sender / header_recipient
-classes, and only for mail whose headers Postfix would rewrite: local
-submissions and clients that local_header_rewrite_clients matches.
+In the headers (From:, To:, Cc:..., protocol/header_addresses.py) the same
+steps 1-3 apply to each address (a bare `user` first gets `@$myorigin`),
+with the header_sender / header_recipient classes, and only for mail whose
+headers Postfix would rewrite: local submissions and clients that
+local_header_rewrite_clients matches.
 mailferry has no remote_header_rewrite_domain yet: a remote client's headers
 are left as they are, which is Postfix's behaviour with that parameter
 empty (its default).
