@@ -43,12 +43,17 @@ def aliasing_daemon(daemon_factory, smtp_sink):
     return daemon.start()
 
 
-def test_an_unknown_address_in_a_virtual_alias_domain_is_rejected_at_rcpt(aliasing_daemon):
-    with smtplib.SMTP("127.0.0.1", aliasing_daemon.port, timeout=10) as client:
+def rcpt_reply(daemon, recipient: str) -> tuple[int, str]:
+    """The reply to RCPT TO:<recipient> after EHLO client.test and MAIL FROM:<alice@example.test>."""
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
         client.ehlo("client.test")
         client.mail("alice@example.test")
-        code, text = client.rcpt("nobody@virtual.test")
-    assert (code, text.decode()) == (
+        code, text = client.rcpt(recipient)
+    return code, text.decode()
+
+
+def test_an_unknown_address_in_a_virtual_alias_domain_is_rejected_at_rcpt(aliasing_daemon):
+    assert rcpt_reply(aliasing_daemon, "nobody@virtual.test") == (
         550, "5.1.1 <nobody@virtual.test>: Recipient address rejected: User unknown in virtual alias table")
     wait_for_line(aliasing_daemon, r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 550 5\.1\.1 "
                                    r"<nobody@virtual\.test>: Recipient address rejected: User unknown in "
@@ -92,11 +97,7 @@ def failing_directory_daemon(daemon_factory, smtp_sink):
 
 def test_a_failed_lookup_at_rcpt_time_is_a_451_never_unknown(failing_directory_daemon, smtp_sink):
     daemon = failing_directory_daemon()
-    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
-        client.ehlo("client.test")
-        client.mail("alice@example.test")
-        code, text = client.rcpt("info@virtual.test")
-    assert (code, text.decode()) == (451, "4.3.0 <info@virtual.test>: Temporary lookup failure")
+    assert rcpt_reply(daemon, "info@virtual.test") == (451, "4.3.0 <info@virtual.test>: Temporary lookup failure")
     wait_for_line(daemon, r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 451 4\.3\.0 "
                           r"<info@virtual\.test>: Temporary lookup failure;")
     assert smtp_sink.messages() == []

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import seed_file
 from tests.integration.conftest import world_readable_tempdir
 from tests.integration.test_delivery import wait_for_line
+from tests.integration.test_rewriting import rcpt_reply
 from tests.peers.slapd import SEED_ADDRESSES, SEED_ROUTING_ADDRESS
 
 pytestmark = pytest.mark.integration
@@ -41,11 +42,7 @@ def test_each_seed_address_is_delivered_to_the_routing_address(directory_daemon,
 
 
 def test_an_address_the_directory_does_not_know_is_refused_at_rcpt(directory_daemon):
-    with smtplib.SMTP("127.0.0.1", directory_daemon.port, timeout=30) as client:
-        client.ehlo("client.test")
-        client.mail("alice@example.test")
-        code, text = client.rcpt("nobody@example.com")
-    assert (code, text.decode()) == (
+    assert rcpt_reply(directory_daemon, "nobody@example.com") == (
         550, "5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in virtual alias table")
     wait_for_line(directory_daemon, r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 550 5\.1\.1 "
                                     r"<nobody@example\.com>")
