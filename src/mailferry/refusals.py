@@ -107,6 +107,21 @@ def temporary_lookup_failure(name: str) -> Refusal:
     return Refusal(Reply(451, "4.3.0", f"<{name}>: Temporary lookup failure"), DEFER, "lookup failure")
 
 
+def unknown_virtual_alias(code: int, address: str) -> Refusal:
+    """A recipient in a virtual_alias_domains domain that virtual_alias_maps does
+    not know (smtpd_check.c check_rcpt_maps, unknown_virtual_alias_reject_code)."""
+    return Refusal(Reply(code, "5.1.1", f"<{address}>: {RECIPIENT} rejected: User unknown in virtual alias table"),
+                   REJECT if code >= 500 else DEFER, "reject_unlisted_recipient")
+
+
+def rewrite_failure(status: str, text: str, log_reason: str) -> Refusal:
+    """cleanup could not rewrite the addresses for now (a table failed, an alias
+    expansion hit a limit): nothing is queued, the client tries again. The
+    texts are Postfix's smtpd's for cleanup's CLEANUP_STAT_WRITE ("Error:
+    queue file write error") and CLEANUP_STAT_DEFER ("Alias expansion error")."""
+    return Refusal(Reply(451, status, text), DEFER, log_reason)
+
+
 def queue_failure(error: QueueError) -> Refusal:
     """The queue did not take the message: nothing was stored, try later.
     The queue's errors carry their own code (451 4.3.0, or 452 4.3.1 when

@@ -98,3 +98,24 @@ def test_session_refusals_of_the_application():
     assert wire(refusals.STARTTLS_REQUIRED) == b"530 5.7.0 Must issue a STARTTLS command first\r\n"
     assert wire(refusals.TLS_UNAVAILABLE) == b"454 4.7.0 TLS not available due to local problem\r\n"
     assert wire(refusals.TLS_UNAVAILABLE_ON_STDIN) == b"454 4.7.0 TLS not available on standard input\r\n"
+
+
+def test_an_unknown_virtual_alias_is_postfixs_550_5_1_1():
+    # smtpd_check.c check_rcpt_maps, with trivial-rewrite's "User unknown in virtual alias table".
+    refusal = refusals.unknown_virtual_alias(550, "nobody@virtual.example")
+    assert wire(refusal) == (b"550 5.1.1 <nobody@virtual.example>: Recipient address rejected: "
+                             b"User unknown in virtual alias table\r\n")
+    assert refusal.action == REJECT
+
+
+def test_unknown_virtual_alias_reject_code_450_is_a_deferral():
+    refusal = refusals.unknown_virtual_alias(450, "nobody@virtual.example")
+    assert wire(refusal).startswith(b"450 5.1.1 <nobody@virtual.example>:")
+    assert refusal.action == DEFER
+
+
+def test_a_rewrite_failure_in_cleanup_is_the_451_smtpd_gives_for_it():
+    assert wire(refusals.rewrite_failure("4.3.0", "Error: queue file write error", "lookup")) == \
+        b"451 4.3.0 Error: queue file write error\r\n"
+    assert wire(refusals.rewrite_failure("4.6.0", "Alias expansion error", "limit")) == \
+        b"451 4.6.0 Alias expansion error\r\n"

@@ -7,13 +7,14 @@
   `local_header_rewrite_clients` matches (by default, clients on our own
   interface addresses), so a remote sender's DKIM signature is never broken
   by a header we invent.
-- Runs virtual alias expansion (the hook is here; the expansion itself is
-  not implemented yet, and virtual_alias_maps says so in `check`).
+Address rewriting (canonical, masquerading, virtual aliases) needs table
+lookups, which may wait: it is cleanup/rewrite.py's, run by the service
+after clean().
 
 Notices that qmgr makes (bounces, delay warnings, postmaster copies) pass
 here too, through `clean_notice`: bounce wrote all their headers and their
 addresses are complete, so nothing is added to them, but the steps that
-apply to every message (virtual alias expansion, header checks: planned)
+apply to every message (address rewriting; header checks: planned)
 belong to both paths.
 """
 

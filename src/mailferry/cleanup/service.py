@@ -24,11 +24,13 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
+from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
 from mailferry.message import NewMessage
 from mailferry.queue import QueueError, new_queue_id
+from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
 
 T = TypeVar("T")
@@ -45,8 +47,10 @@ class Committer(Protocol):
 
 class CleanupService:
     def __init__(self, settings: CleanupSettings, committer: Committer, log: Log,
-                 is_local_client: Callable[[str], bool], on_queued: Callable[[], None]):
+                 is_local_client: Callable[[str], bool], on_queued: Callable[[], None],
+                 rewriter: AddressRewriter | None = None):
         self.settings = settings
+        self.rewriter = rewriter or AddressRewriter(None, None, None, None, None)
         self.committer = committer
         self.log = log
         self.is_local_client = is_local_client
@@ -57,16 +61,22 @@ class CleanupService:
                     on_queued: Callable[[], None]) -> CleanupService:
         """`on_queued` is called after each message from smtpd or pickup is durable."""
         return cls(CleanupSettings.from_config(config), committer, log,
-                   local_header_clients(config).matches, on_queued)
+                   local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config))
 
     def reload(self, config: Config) -> None:
         self.settings = CleanupSettings.from_config(config)
         self.is_local_client = local_header_clients(config).matches
+        try:
+            self.rewriter = AddressRewriter.from_config(config)
+        except TableError as problem:
+            # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
+            self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
 
     async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
+        await self._rewrite(message, add_headers)
         self._log_message_id(message)
         queued = await self.committer.submit(message)
         self.on_queued()
@@ -76,10 +86,27 @@ class CleanupService:
                               then: Callable[[list[str] | QueueError], T]) -> T:
         """Queue qmgr's `notices` in the transaction of `then`, qmgr's write of the
         outcome that caused them; return what `then` returns, once committed."""
+        try:
+            for notice in notices:
+                clean_notice(notice, new_queue_id())
+                await self._rewrite(notice, True)
+        except RewriteDeferred as problem:
+            # As when the queue is full: qmgr's write records that the notices wait.
+            return await self.committer.submit_with([], lambda _ids: then(problem))
         for notice in notices:
-            clean_notice(notice, new_queue_id())
             self._log_message_id(notice)
         return await self.committer.submit_with(notices, then)
+
+    async def _rewrite(self, message: NewMessage, rewrite_headers: bool) -> None:
+        """Canonical, masquerading and virtual aliases (cleanup/rewrite.py).
+        Raises RewriteDeferred, after logging Postfix's warning."""
+        def warn(text: str) -> None:
+            self.log.warning("cleanup", f"{message.queue_id}: {text}")
+        try:
+            await self.rewriter.rewrite(message, rewrite_headers, warn)
+        except RewriteDeferred as problem:
+            warn(str(problem))
+            raise
 
     def _log_message_id(self, message: NewMessage) -> None:
         self.log.line("cleanup", f"{message.queue_id}: message-id={message.message_id or '<>'}")

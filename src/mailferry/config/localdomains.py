@@ -15,11 +15,34 @@ from collections.abc import Callable
 
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
+from mailferry.tables import open_maps
+from mailferry.tables.addresses import AddressMaps
 from mailferry.tables.match_lists import LocalDomainList
 
 
 def local_domain_matcher(config: Config) -> Callable[[str], bool]:
     return LocalDomainList(config.get("mydestination"), _interface_addresses(config)).matches
+
+
+def address_domain_matcher(config: Config) -> Callable[[str], bool]:
+    """Where an address map looks up the bare `user` (mail_addr_find): our
+    domains as above, and $myorigin."""
+    is_ours = local_domain_matcher(config)
+    myorigin = config.get("myorigin").lower()
+    return lambda domain: domain == myorigin or is_ours(domain)
+
+
+def open_address_maps(config: Config, name: str, propagate_class: str,
+                      is_local: Callable[[str], bool] | None = None) -> AddressMaps | None:
+    """The `*_maps` parameter `name` opened for address lookups, or None when
+    it is empty. `propagate_class` is its word in propagate_unmatched_extensions
+    (canonical, virtual, generic...)."""
+    value = config.get(name)
+    if not value.strip():
+        return None
+    return AddressMaps(name, open_maps(value), is_local or address_domain_matcher(config), config.get("myorigin"),
+                       config.get("recipient_delimiter"),
+                       propagate_class in config.list("propagate_unmatched_extensions"))
 
 
 def _interface_addresses(config: Config) -> list[str]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from mailferry.config.config import Config
+from mailferry.config.localdomains import open_address_maps
 from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
+from mailferry.delivery.client_parameters import client_parameter
+from mailferry.delivery.generic import GenericMaps
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import DeliveryJob, SmtpClient
@@ -99,7 +102,8 @@ class Transports:
             client_context(settings.tls)      # a bad CAfile is reported now, once, not per message
             if settings.tls.verifies:
                 self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
-        client = SmtpClient(settings, self.dns, self.log, maps, self._tls_policy_table(transport, settings))
+        client = SmtpClient(settings, self.dns, self.log, maps, self._tls_policy_table(transport, settings),
+                            generic=self._generic_maps(transport, settings))
         self._clients[transport] = client
         return client
 
@@ -112,6 +116,15 @@ class Transports:
             raise ValueError(f"{settings.prefix}_tls_policy_maps: {problem}") from None
         config = _service_config(self.config, self.master, self._service(transport))
         return TlsPolicyTable(maps, config, settings.prefix, self.log, transport)
+
+    def _generic_maps(self, transport: str, settings: ClientSettings) -> GenericMaps | None:
+        name = client_parameter(settings.prefix, "smtp_generic_maps")
+        config = _service_config(self.config, self.master, self._service(transport))
+        try:
+            maps = open_address_maps(config, name, "generic")
+        except TableError as problem:
+            raise ValueError(f"{name}: {problem}") from None
+        return None if maps is None else GenericMaps(maps)
 
     def _why_unavailable(self, transport: str, command: str | None) -> str:
         if command is None:

@@ -43,6 +43,7 @@ LMTP_TWINS = {
     "smtp_use_tls": "lmtp_use_tls",
     "smtp_enforce_tls": "lmtp_enforce_tls",
     "smtp_tls_enforce_peername": "lmtp_tls_enforce_peername",
+    "smtp_generic_maps": "lmtp_generic_maps",
 }
 
 

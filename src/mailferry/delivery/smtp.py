@@ -12,6 +12,7 @@ back to the cache for the next message to the same next hop.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Protocol
 from mailferry.delivery import outcome
 from mailferry.delivery.connection import Connection, ConnectionLost
 from mailferry.delivery.destinations import Destinations
+from mailferry.delivery.generic import GenericMaps, MapDeferred
 from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.session import Resolver, SessionSetup, SetupFailed, TlsPolicies
 from mailferry.delivery.session_cache import SessionCache, session_key
@@ -51,9 +53,13 @@ class DestinationLimits(Protocol):
 
 class SmtpClient:
     def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
-                 tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None):
-        """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own."""
+                 tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None,
+                 generic: GenericMaps | None = None):
+        """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own.
+        `generic`: smtp_generic_maps (lmtp_generic_maps), or None."""
         self.settings = settings
+        self.log = log
+        self.generic = generic
         self.setup = SessionSetup(settings, dns, log, password_maps, tls_policies)
         self.cache = SessionCache(settings)
         self.destinations = destinations if destinations is not None else Destinations(settings.concurrency_limit)
@@ -61,6 +67,12 @@ class SmtpClient:
     # --- the job
 
     async def deliver(self, job: DeliveryJob) -> list[DeliveryResult]:
+        if self.generic is not None:
+            try:
+                job = await self._generic(job)
+            except MapDeferred as problem:
+                self.log.warning(self.settings.transport, f"{job.message.queue_id}: {problem}")
+                return [outcome.deferred("4.3.0", str(problem))] * len(job.recipients)
         limit = self.settings.recipient_limit
         results: list[DeliveryResult] = []
         for start in range(0, len(job.recipients), limit):
@@ -91,6 +103,17 @@ class SmtpClient:
                 return results
         return [outcome.session_lost(f"lost connection with {connection.peer} while sending MAIL FROM",
                                      connection.relay)] * len(recipients)
+
+    async def _generic(self, job: DeliveryJob) -> DeliveryJob:
+        """The job as smtp_generic_maps has it leave: sender, recipients, headers."""
+        generic = self.generic
+        message = dataclasses.replace(job.message, sender=await generic.sender(job.message.sender))
+        mapped = DeliveryJob(message, await generic.content(job.content), await generic.recipients(job.recipients),
+                             job.nexthop)
+        for warning in generic.warnings:
+            self.log.warning(self.settings.transport, f"{job.message.queue_id}: {warning}")
+        generic.warnings.clear()
+        return mapped
 
     def forget_dead_destinations(self) -> None:
         """postqueue -f: try every destination now."""

@@ -35,8 +35,11 @@ from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
+from mailferry.cleanup.rewrite import RewriteDeferred
 from mailferry.queue.store import QueueError
+from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
+from mailferry.smtpd.recipient_maps import RecipientMaps
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, server_context, tls_level
@@ -62,6 +65,7 @@ class ServiceProfile:
     timeout: int                    # smtpd_timeout, seconds
     mynetworks: NetworkList
     relay: RelayPolicy
+    recipient_maps: RecipientMaps
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None) -> ServiceProfile:
@@ -71,7 +75,7 @@ class ServiceProfile:
         return cls(tls_context=tls_context, tls_level=tls_level(config),
                    settings=server_settings(config, starttls=tls_context is not None),
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
-                   relay=relay)
+                   relay=relay, recipient_maps=RecipientMaps.from_config(config))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -106,7 +110,10 @@ class SmtpdService:
             # Root-only keys cannot be read again once root is given up: keep the ones read at start.
             self.log.warning("smtpd", f"reload: {exc}; keeping the TLS certificate loaded at start")
             tls_context = self.profile.tls_context
-        self.profile = ServiceProfile.from_config(view, tls_context)
+        try:
+            self.profile = ServiceProfile.from_config(view, tls_context)
+        except TableError as problem:
+            self.log.warning("smtpd", f"reload: {problem}; keeping the configuration loaded before")
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -250,6 +257,24 @@ class Session(asyncio.Protocol):
         address = event.path.address
         facts = ClientFacts(self.address, self.in_mynetworks)
         refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
+        if refusal is None and self.profile.recipient_maps.enabled:
+            # Table lookups may wait (LDAP): the core holds what the client pipelined meanwhile.
+            self._busy = True
+            asyncio.ensure_future(self._check_recipient_maps(event))
+            return
+        self._decide_recipient(event, refusal)
+
+    async def _check_recipient_maps(self, event: events.RcptTo) -> None:
+        try:
+            refusal = await self.profile.recipient_maps.check(event.path.address)
+        finally:
+            self._busy = False
+        if not self._closed:
+            self._decide_recipient(event, refusal)
+            self._advance()
+
+    def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
+        address = event.path.address
         if refusal is not None:
             self._log_reject(event, refusal.reply)
             if refusal.warning:
@@ -281,6 +306,10 @@ class Session(asyncio.Protocol):
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         try:
             await self.service.cleanup.enqueue(message, queue_id)
+        except RewriteDeferred as problem:
+            # cleanup logged its warning, as Postfix's does; smtpd only answers.
+            self.conn.refuse(refusals.rewrite_failure(problem.enhanced_status, problem.reply_text,
+                                                      str(problem)).reply)
         except QueueError as problem:
             refusal = refusals.queue_failure(problem)
             self.log.warning("cleanup", f"{queue_id}: {refusal.log_reason}")

@@ -261,3 +261,65 @@ def test_the_default_local_header_rewrite_clients_are_our_own_interfaces():
     clients = local_header_clients(config_of(""))
     assert clients.matches("127.0.0.1") and clients.matches("::1")
     assert not clients.matches("192.0.2.10")
+
+
+# --- address rewriting: a table that fails for now
+
+
+def failing_rewriter():
+    from mailferry.tables.addresses import AddressMaps
+    from mailferry.cleanup.rewrite import AddressRewriter
+    from mailferry.tables import Maps
+    from tests.unit.cleanup.test_virtual import FailingTable
+    virtual = AddressMaps("virtual_alias_maps", Maps([FailingTable()]), lambda domain: False, "example.com")
+    return AddressRewriter(None, None, None, None, virtual)
+
+
+def test_a_failed_alias_lookup_queues_nothing_and_logs_postfixs_warning():
+    from mailferry.cleanup.rewrite import RewriteDeferred
+    harness = Harness()
+
+    async def run():
+        committer = GroupCommitter(harness.store)
+        service = CleanupService(SETTINGS, committer, harness.log, harness.is_local_client,
+                                 harness.on_queued, failing_rewriter())
+        try:
+            return await service.enqueue(smtp_message(), QUEUE_ID)
+        finally:
+            await committer.close()
+    with pytest.raises(RewriteDeferred):
+        asyncio.run(run())
+    assert harness.queue_ids() == [] and harness.queued_calls == 0
+    assert harness.log.lines == [("cleanup", f"warning: {QUEUE_ID}: virtual_alias_maps map lookup problem for "
+                                             "bob@example.org: server down -- message not accepted, "
+                                             "try again later")]
+
+
+def test_a_notice_whose_alias_lookup_fails_waits_as_when_the_queue_is_full():
+    from mailferry.cleanup.rewrite import RewriteDeferred
+    harness = Harness()
+    seen = []
+
+    async def run():
+        committer = GroupCommitter(harness.store)
+        service = CleanupService(SETTINGS, committer, harness.log, harness.is_local_client,
+                                 harness.on_queued, failing_rewriter())
+        try:
+            return await service.enqueue_notices([notice()], lambda inserted: seen.append(inserted) or inserted)
+        finally:
+            await committer.close()
+    result = asyncio.run(run())
+    assert isinstance(result, RewriteDeferred) and seen == [result]
+    assert harness.queue_ids() == []
+
+
+def test_a_reload_whose_alias_table_cannot_be_opened_keeps_the_tables_loaded_before(tmp_path):
+    harness = Harness()
+    table = tmp_path / "virtual"
+    table.write_text("info@example.org  john@example.net\n")
+    service = CleanupService.from_config(config_of(f"virtual_alias_maps = texthash:{table}\n"),
+                                         committer=None, log=harness.log, on_queued=harness.on_queued)
+    before = service.rewriter
+    service.reload(config_of(f"virtual_alias_maps = texthash:{tmp_path / 'missing'}\n"))
+    assert service.rewriter is before
+    assert "keeping the address rewriting tables loaded before" in harness.log.warnings()[0]

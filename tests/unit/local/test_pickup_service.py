@@ -63,6 +63,16 @@ def test_a_file_the_queue_cannot_take_stays_for_the_next_pass(queue_directory):
         f"cannot queue {path}: disk full; will retry")
 
 
+def test_a_file_whose_alias_lookup_failed_stays_for_the_next_pass(queue_directory):
+    from mailferry.cleanup.rewrite import RewriteDeferred
+    path = drop(queue_directory)
+    log = ListLog()
+    failure = RewriteDeferred("virtual_alias_maps map lookup problem for bob@example.net")
+    asyncio.run(PickupService(queue_directory, Cleanup(fail=failure), log).pick_up_all())
+    assert os.path.exists(path)
+    assert any(text.endswith("; will retry") for _, text in log.lines)
+
+
 def test_a_damaged_file_is_moved_aside_and_the_rest_goes_on(queue_directory):
     damaged = drop(queue_directory)
     with open(damaged, "r+b") as file:

@@ -1,0 +1,169 @@
+"""Address rewriting in the real daemon: virtual aliases and canonical maps.
+
+The daemon relays everything to smtp-sink (relayhost), so what the sink
+records is what mailferry sent on: the rewritten envelope and headers.
+The expected replies are Postfix's (smtpd_check.c check_rcpt_maps; smtpd.c
+for cleanup's CLEANUP_STAT_WRITE), and the NOQUEUE line is in its format.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import free_port, world_readable_tempdir
+from tests.integration.test_delivery import wait_for_line
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.peers.conftest_plugin"]
+
+ALIASES = ("info@virtual.test       john.smith@mail1.internal\n"
+           "sales@virtual.test      info@virtual.test, archive@archive.test\n"
+           "john@virtual.test       john.smith@mail1.internal\n")
+
+
+def table(daemon_directory: Path, name: str, text: str) -> str:
+    path = daemon_directory / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return f"texthash:{path}"
+
+
+@pytest.fixture
+def aliasing_daemon(daemon_factory, smtp_sink):
+    directory = world_readable_tempdir("mailferry-rewrite-")
+    daemon = daemon_factory(
+        relayhost=smtp_sink.nexthop, default_transport="smtp",
+        virtual_alias_domains="virtual.test",
+        virtual_alias_maps=table(directory, "virtual", ALIASES),
+        sender_canonical_maps=table(directory, "sender_canonical", "alice@example.test  Alice.Smith@example.test\n"),
+        recipient_delimiter="+")
+    return daemon.start()
+
+
+def rcpt_reply(daemon, recipient: str) -> tuple[int, str]:
+    """The reply to RCPT TO:<recipient> after EHLO client.test and MAIL FROM:<alice@example.test>."""
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.test")
+        code, text = client.rcpt(recipient)
+    return code, text.decode()
+
+
+def test_an_unknown_address_in_a_virtual_alias_domain_is_rejected_at_rcpt(aliasing_daemon):
+    assert rcpt_reply(aliasing_daemon, "nobody@virtual.test") == (
+        550, "5.1.1 <nobody@virtual.test>: Recipient address rejected: User unknown in virtual alias table")
+    wait_for_line(aliasing_daemon, r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 550 5\.1\.1 "
+                                   r"<nobody@virtual\.test>: Recipient address rejected: User unknown in "
+                                   r"virtual alias table; from=<alice@example\.test> to=<nobody@virtual\.test> "
+                                   r"proto=ESMTP helo=<client\.test>")
+
+
+def test_an_accepted_alias_is_delivered_rewritten(aliasing_daemon, smtp_sink):
+    message = ("From: Alice <alice@example.test>\r\nTo: Sales <sales@virtual.test>\r\n"
+               "Subject: aliases\r\n\r\nHello.\r\n")
+    with smtplib.SMTP("127.0.0.1", aliasing_daemon.port, timeout=10) as client:
+        refused = client.sendmail("alice@example.test", ["sales@virtual.test", "john+news@virtual.test"], message)
+    assert refused == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sunk.sender == "Alice.Smith@example.test"
+    assert sorted(sunk.recipients) == ["archive@archive.test", "john.smith+news@mail1.internal",
+                                       "john.smith@mail1.internal"]
+    # 127.0.0.1 is one of local_header_rewrite_clients (permit_inet_interfaces): its headers are
+    # rewritten too; To: is not, as no recipient canonical map knows it (aliases are envelope only).
+    assert sunk.email["From"] == "Alice <Alice.Smith@example.test>"
+    assert sunk.email["To"] == "Sales <sales@virtual.test>"
+    log = aliasing_daemon.wait_for_log("status=sent", count=3)
+    assert "to=<sales@virtual.test>" not in log
+
+
+@pytest.fixture
+def failing_directory_daemon(daemon_factory, smtp_sink):
+    """virtual_alias_maps on an LDAP server that is not there: every lookup fails for now."""
+    directory = world_readable_tempdir("mailferry-rewrite-")
+    config = directory / "ldap-aliases.cf"
+    config.write_text(f"server_host = ldap://127.0.0.1:{free_port()}\nsearch_base = dc=example,dc=test\n"
+                      "query_filter = (mail=%s)\nresult_attribute = mailRoutingAddress\ntimeout = 2\n")
+    config.chmod(0o644)
+
+    def make(**extra):
+        return daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
+                              virtual_alias_domains="virtual.test", virtual_alias_maps=f"ldap:{config}",
+                              **extra).start()
+    return make
+
+
+def test_a_failed_lookup_at_rcpt_time_is_a_451_never_unknown(failing_directory_daemon, smtp_sink):
+    daemon = failing_directory_daemon()
+    assert rcpt_reply(daemon, "info@virtual.test") == (451, "4.3.0 <info@virtual.test>: Temporary lookup failure")
+    wait_for_line(daemon, r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 451 4\.3\.0 "
+                          r"<info@virtual\.test>: Temporary lookup failure;")
+    assert smtp_sink.messages() == []
+
+
+def test_a_failed_lookup_in_cleanup_queues_nothing(failing_directory_daemon, smtp_sink):
+    # No RCPT-time check: the failure is cleanup's, after DATA, as Postfix's CLEANUP_STAT_WRITE.
+    daemon = failing_directory_daemon(smtpd_reject_unlisted_recipient="no")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.test")
+        assert client.rcpt("info@virtual.test")[0] == 250
+        code, text = client.data(b"Subject: s\r\n\r\nbody\r\n")
+    assert (code, text.decode()) == (451, "4.3.0 Error: queue file write error")
+    wait_for_line(daemon, r"warning: \w+: virtual_alias_maps map lookup problem for info@virtual\.test: .* -- "
+                          r"message not accepted, try again later")
+    assert "Mail queue is empty" in daemon.mailq()
+    assert smtp_sink.messages() == []
+
+
+def test_smtp_generic_maps_rewrite_what_leaves_and_the_log_keeps_the_queued_address(daemon_factory, smtp_sink):
+    directory = world_readable_tempdir("mailferry-rewrite-")
+    daemon = daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
+                            smtp_generic_maps=table(directory, "generic",
+                                                    "alice@example.test  alice.smith@isp.example\n"
+                                                    "@lan.test  @isp.example\n")).start()
+    message = "From: Alice <alice@example.test>\r\nTo: carol@lan.test\r\nSubject: generic\r\n\r\nHello.\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        assert client.sendmail("alice@example.test", ["carol@lan.test"], message) == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert (sunk.sender, sunk.recipients) == ("alice.smith@isp.example", ["carol@isp.example"])
+    assert (sunk.email["From"], sunk.email["To"]) == ("Alice <alice.smith@isp.example>", "carol@isp.example")
+    assert "to=<carol@lan.test>, relay=" in daemon.wait_for_log("status=sent")
+
+
+PIPELINED = """\
+S: 220
+C: EHLO client.test
+S: 250
+S+ PIPELINING
+C: MAIL FROM:<alice@example.test>
+C: RCPT TO:<info@virtual.test>
+C: RCPT TO:<nobody@virtual.test>
+C: RCPT TO:<friend@elsewhere.test>
+C: DATA
+S: 250 2.1.0
+S: 250 2.1.5
+S: 550 5.1.1 <nobody@virtual.test>: Recipient address rejected: User unknown in virtual alias table
+S: 250 2.1.5
+S: 354
+C: Subject: pipelined
+C:
+C: body
+C: .
+S: 250 2.0.0 Ok: queued as
+C: QUIT
+S: 221
+"""
+
+
+def test_pipelined_recipients_are_answered_in_order_while_lookups_wait(aliasing_daemon, smtp_sink):
+    from tests.dialogs.script import SocketTransport, parse_script, run_script
+    transport = SocketTransport("127.0.0.1", aliasing_daemon.port)
+    try:
+        run_script(parse_script(PIPELINED, "pipelined virtual aliases"), transport)
+    finally:
+        transport.close()
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["friend@elsewhere.test", "john.smith@mail1.internal"]
