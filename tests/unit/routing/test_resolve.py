@@ -40,6 +40,13 @@ def resolver_for(transport_maps: str = "", **settings) -> Resolver:
     return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS, maps)
 
 
+def alias_domain_resolver(domains: str, transport_maps: str = "", **settings) -> Resolver:
+    values = {"default_transport": "smtp", "relayhost": "[smtp.gmail.com]:587", **settings}
+    return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS,
+                    open_maps(transport_maps) if transport_maps else None,
+                    virtual_alias_domains=VirtualAliasDomains(domains))
+
+
 def resolve(resolver: Resolver, address: str) -> Route:
     return asyncio.run(resolver.resolve(address))
 
@@ -116,10 +123,13 @@ def test_transport_maps_wildcard_catches_the_rest():
     assert resolve(resolver, "a@example.org") == Route("relay", "example.org")
 
 
-def test_a_failing_transport_table_defers(unreachable_ldap):
-    resolver = resolver_for(unreachable_ldap)
-    with pytest.raises(RoutingError, match="transport_maps lookup of a@example.org failed"):
-        resolve(resolver, "a@example.org")
+@pytest.mark.parametrize("make, address, problem", [
+    (resolver_for, "a@example.org", "transport_maps lookup of a@example.org failed"),
+    (alias_domain_resolver, "a@x.example", "virtual_alias_domains lookup of x.example failed"),
+])
+def test_a_failing_routing_table_defers(unreachable_ldap, make, address, problem):
+    with pytest.raises(RoutingError, match=problem):
+        resolve(make(unreachable_ldap), address)
 
 
 def resolve_from(resolver: Resolver, address: str, sender: str) -> Route:
@@ -178,13 +188,6 @@ def test_the_domain_is_what_follows_the_last_at_sign():
     assert asked == ["example.com"]
 
 
-def alias_domain_resolver(domains: str, transport_maps: str = "", **settings) -> Resolver:
-    values = {"default_transport": "smtp", "relayhost": "[smtp.gmail.com]:587", **settings}
-    return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS,
-                    open_maps(transport_maps) if transport_maps else None,
-                    virtual_alias_domains=VirtualAliasDomains(domains))
-
-
 def test_an_address_left_in_a_virtual_alias_domain_bounces_as_user_unknown():
     """Cleanup expanded what the alias table knows: what is still in the domain has no alias."""
     resolver = alias_domain_resolver("!no.sub.example, virtual.example, .sub.example")  # first match decides
@@ -216,9 +219,3 @@ def test_virtual_alias_domains_from_a_table():
     resolver = alias_domain_resolver("inline:{ virtual.example=anything }")
     assert resolve(resolver, "x@virtual.example") == Route("error", "User unknown in virtual alias table")
     assert resolve(resolver, "x@other.example") == Route("smtp", "[smtp.gmail.com]:587")
-
-
-def test_a_failing_virtual_alias_domains_table_defers(unreachable_ldap):
-    resolver = alias_domain_resolver(unreachable_ldap)
-    with pytest.raises(RoutingError, match="virtual_alias_domains lookup of x.example failed"):
-        resolve(resolver, "a@x.example")
