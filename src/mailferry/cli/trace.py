@@ -32,13 +32,12 @@ would be refused or deferred, 2 for a usage or configuration error.
 from __future__ import annotations
 
 import asyncio
-import getopt
 import json
 import ipaddress
 import os
 from typing import Any
 
-from mailferry.cli.options import UsageError
+from mailferry.cli.options import UsageError, parse_options
 from mailferry.cli.output import Reporter
 
 USAGE = "usage: mailferry [-c CONFIG_DIR] trace [--sender S] [--client ADDR] [--mx] [--json] ADDRESS"
@@ -48,18 +47,9 @@ NO_DNS_TRANSPORTS = ("local", "virtual", "error", "discard", "retry", "pipe")
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    try:
-        pairs, rest = getopt.gnu_getopt(argv, "c:v", ["sender=", "client=", "mx", "json"])
-    except getopt.GetoptError as exc:
-        raise UsageError(f"{exc}\n{USAGE}") from None
-    options = {"--sender": "", "--client": "127.0.0.1"}
-    for flag, value in pairs:
-        if flag == "-c":
-            config_dir = value
-        elif flag == "-v":
-            reporter.verbose += 1
-        else:
-            options[flag] = value
+    given, rest, config_dir = parse_options(argv, "", config_dir, USAGE, reporter,
+                                            ("sender=", "client=", "mx", "json"))
+    options = {"--sender": "", "--client": "127.0.0.1", **given}
     if len(rest) != 1:
         raise UsageError(f"give one address\n{USAGE}")
     from mailferry.config.config import load
