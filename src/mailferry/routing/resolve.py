@@ -97,7 +97,7 @@ class Resolver:
         if not domain or self._is_local(domain):
             route = self._local_class(domain)
             if observer is not None:
-                self._tell_local(address, domain, route)
+                self._tell_local(address, domain)
         else:
             route = await self._remote_class(domain, sender)
         if self._maps is None:
@@ -116,7 +116,7 @@ class Resolver:
                           value=value)
         return entry_route
 
-    def _tell_local(self, address: str, domain: str, route: Route) -> None:
+    def _tell_local(self, address: str, domain: str) -> None:
         reason = f"domain {domain} matches mydestination" if domain else f"{address} has no domain"
         if parse_transport(self._settings.local_transport).transport == "local" \
                 and self._settings.mailbox_transport.strip():

@@ -189,6 +189,19 @@ def test_a_table_that_fails_for_now_shows_the_failure_and_the_451(tmp_path, unre
     assert steps(events, "refused")[0]["reply"] == "451 4.3.0 <info@example.com>: Temporary lookup failure"
 
 
+def test_a_failing_table_after_rcpt_shows_what_cleanup_and_qmgr_would_do(tmp_path, unreachable_ldap):
+    config = configure(tmp_path, f"virtual_alias_maps = {unreachable_ldap}\nsmtpd_reject_unlisted_recipient = no\n")
+    outcome, events = run_trace(config, "info@example.com")
+    assert outcome == "deferred"
+    assert steps(events, "deferred")[0]["reply"] == "451 4.3.0 Error: queue file write error"
+    config = configure(tmp_path, f"transport_maps = {unreachable_ldap}\n")
+    outcome, events = run_trace(config, "info@example.com")
+    assert outcome == "deferred"
+    deferred = steps(events, "deferred")[0]
+    assert deferred["address"] == "info@example.com" and "transport_maps lookup of info@example.com" in deferred["text"]
+    assert steps(events, "route") == []
+
+
 def test_an_outside_client_is_refused_relaying(tmp_path):
     config = configure(tmp_path, "")
     outcome, events = run_trace(config, "a@elsewhere.example", client="192.0.2.1")
