@@ -33,14 +33,14 @@ def address_domain_matcher(config: Config) -> Callable[[str], bool]:
 
 
 def open_address_maps(config: Config, name: str, propagate_class: str,
-                      is_local: Callable[[str], bool] | None = None) -> AddressMaps | None:
+                      is_local: Callable[[str], bool] | None = None, observer=None) -> AddressMaps | None:
     """The `*_maps` parameter `name` opened for address lookups, or None when
     it is empty. `propagate_class` is its word in propagate_unmatched_extensions
-    (canonical, virtual, generic...)."""
+    (canonical, virtual, generic...). `observer`: see tables/trace.py."""
     value = config.get(name)
     if not value.strip():
         return None
-    return AddressMaps(name, open_maps(value), is_local or address_domain_matcher(config), config.get("myorigin"),
+    return AddressMaps(name, open_maps(value, observer=observer), is_local or address_domain_matcher(config), config.get("myorigin"),
                        config.get("recipient_delimiter"),
                        propagate_class in config.list("propagate_unmatched_extensions"))
 
