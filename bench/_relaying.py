@@ -96,11 +96,14 @@ class RelaySide(Side, Protocol):
 # one run
 
 def run_once(side: RelaySide, args: argparse.Namespace, reaper: Reaper, root: Path, label: str,
-             load: Load, main: dict[str, str] | None = None, verify: Verify | None = None) -> dict:
-    """One timed run of `load` through `side` (reset with `main` on top) to a fresh smtp-sink.
-    With `verify`, the sink also dumps every transaction (-d) for it to check after the clock
-    stopped; without, it only counts (-c): a file per message would dominate bench/relay."""
-    sink = SmtpSink(peer_tempdir("sink-", root), dump=verify is not None, backlog=1000, extra_args=("-c",))
+             load: Load, main: dict[str, str] | None = None, verify: Verify | None = None,
+             sink_parent: Path | None = None) -> dict:
+    """One timed run of `load` through `side` (reset with `main` on top) to a fresh smtp-sink
+    (its directory under `sink_parent`, default `root`). With `verify`, the sink also dumps every
+    transaction (-d) for it to check after the clock stopped; without, it only counts (-c): a
+    file per message would dominate bench/relay."""
+    sink = SmtpSink(peer_tempdir("sink-", sink_parent or root), dump=verify is not None, backlog=1000,
+                    extra_args=("-c",))
     reaper.add("smtp-sink", sink.stop)
     tree = None
     try:
