@@ -76,7 +76,7 @@ class AddressRewriter:
     def __init__(self, sender_canonical: Canonical | None, recipient_canonical: Canonical | None,
                  canonical: Canonical | None, masquerade: Masquerade | None,
                  virtual: AddressMaps | None, limits: tuple[int, int, int] = (1000, 1000, 1000),
-                 dot_mydomain: str = "", myorigin: str = ""):
+                 dot_mydomain: str = "", myorigin: str = "", observer=None):
         self.sender_canonical = sender_canonical
         self.recipient_canonical = recipient_canonical
         self.canonical = canonical
@@ -85,13 +85,15 @@ class AddressRewriter:
         self.limits = limits            # recursion, expansion, address length
         self.dot_mydomain = dot_mydomain  # $mydomain when append_dot_mydomain = yes
         self.myorigin = myorigin          # for bare `user` in headers (envelopes: cleanup.qualify)
+        self.observer = observer          # tables/trace.py's Trace, for `mailferry trace`; else None
 
     @classmethod
-    def from_config(cls, config: Config) -> AddressRewriter:
+    def from_config(cls, config: Config, observer=None) -> AddressRewriter:
+        """`observer` (tables/trace.py) is told every lookup and every step; None in the daemon."""
         is_local = address_domain_matcher(config)
 
         def maps(name: str, propagate_class: str) -> AddressMaps | None:
-            return open_address_maps(config, name, propagate_class, is_local)
+            return open_address_maps(config, name, propagate_class, is_local, observer)
 
         def canonical(name: str, classes: str) -> Canonical | None:
             opened = maps(name, "canonical")
@@ -110,7 +112,8 @@ class AddressRewriter:
                     config.integer("virtual_alias_expansion_limit"),
                     config.integer("virtual_alias_address_length_limit")),
                    config.get("mydomain") if config.boolean("append_dot_mydomain") else "",
-                   config.get("myorigin") if config.boolean("append_at_myorigin") else "")
+                   config.get("myorigin") if config.boolean("append_at_myorigin") else "",
+                   observer)
 
     @property
     def rewrites_envelope(self) -> bool:
@@ -147,7 +150,7 @@ class AddressRewriter:
             address = await self.address(recipient.address, ENVELOPE_RECIPIENT, warn)
             finals = [address]
             if self.virtual is not None:
-                finals = await expand(self.virtual, address, *self.limits)
+                finals = await expand(self.virtual, address, *self.limits, observer=self.observer)
             for final in finals:
                 orcpt = recipient.orcpt
                 if orcpt is None and final.lower() != recipient.address.lower():
@@ -157,14 +160,21 @@ class AddressRewriter:
 
     async def address(self, address: str, address_class: str, warn: Callable[[str], None]) -> str:
         """Steps 1-3 for one address of `address_class`."""
-        address = self._dot_mydomain(address)
+        observer = self.observer
+        given, address = address, self._dot_mydomain(address)
+        if observer is not None and address != given:
+            observer.step("append_dot_mydomain", f"append_dot_mydomain: {given} -> {address}",
+                          address_class=address_class, before=given, after=address)
         own = self.sender_canonical if address_class in (ENVELOPE_SENDER, HEADER_SENDER) \
             else self.recipient_canonical
         for canonical in (own, self.canonical):
             if canonical is not None and address_class in canonical.classes:
-                address = await map_one(canonical.maps, address, warn)
+                address = await map_one(canonical.maps, address, warn, observer)
         if self.masquerade is not None and address_class in self.masquerade.classes:
-            address = masquerade(address, self.masquerade.domains, self.masquerade.exceptions)
+            given, address = address, masquerade(address, self.masquerade.domains, self.masquerade.exceptions)
+            if observer is not None and address != given:
+                observer.step("masquerade", f"masquerade_domains: {given} -> {address}",
+                              address_class=address_class, before=given, after=address)
         return address
 
     def _at_myorigin(self, address: str) -> str:
@@ -213,9 +223,10 @@ def _without_duplicates(recipients: list[Recipient] | list[Expanded]) -> list[Re
     return kept
 
 
-async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None]) -> str:
+async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None], observer=None) -> str:
     """canonical: one address in, one out (cleanup_map11). A value with several
-    addresses gives its first, with a warning; `a → b → c` gives c, up to ten steps."""
+    addresses gives its first, with a warning; `a → b → c` gives c, up to ten steps.
+    `observer` (tables/trace.py) is told each step."""
     for _ in range(CANONICAL_NESTING_LIMIT):
         results = await maps.map(address)
         if results is None:
@@ -223,6 +234,9 @@ async def map_one(maps: AddressMaps, address: str, warn: Callable[[str], None]) 
         if len(results) > 1:
             warn(f"multi-valued {maps.title} entry for {address}")
         previous, address = address, results[0]
+        if observer is not None:
+            observer.step("canonical", f"{maps.title}: {previous} -> {address}", map=maps.title,
+                          before=previous, after=address)
         if previous.lower() == address.lower():
             return address
     warn(f"unreasonable {maps.title} map nesting for {address} -- message not accepted, try again later")

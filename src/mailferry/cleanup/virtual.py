@@ -31,9 +31,10 @@ class ExpansionError(Exception):
 
 
 async def expand(maps: AddressMaps, address: str, recursion_limit: int, expansion_limit: int,
-                 length_limit: int) -> list[str]:
+                 length_limit: int, observer=None) -> list[str]:
     """The final addresses for `address`. Raises MapDeferred (a table failed
-    for now) or ExpansionError (limits), with a message for the log."""
+    for now) or ExpansionError (limits), with a message for the log.
+    `observer` (tables/trace.py) is told each step, as it happens."""
     addresses = [address]
     expanded_to_self: set[str] = set()
     index = 0
@@ -52,6 +53,11 @@ async def expand(maps: AddressMaps, address: str, recursion_limit: int, expansio
                 raise MapDeferred(f"{maps.title} map lookup problem for {address}: {problem}") from None
             if results is None:
                 break
+            if observer is not None:
+                observer.step("virtual_alias", f"{maps.title}: {current} -> {', '.join(results)}"
+                              + (" (maps to itself: not expanded further)"
+                                 if current.lower() in (result.lower() for result in results) else ""),
+                              map=maps.title, before=current, after=list(results), depth=depth + 1)
             for position, result in enumerate(results):
                 if len(result) > length_limit:
                     raise ExpansionError(f"unreasonable {maps.title} result {result[:300]}...")

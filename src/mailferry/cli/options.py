@@ -13,10 +13,14 @@ class UsageError(Exception):
 
 
 def parse_options(argv: list[str], letters: str, config_dir: str, usage: str,
-                  reporter) -> tuple[dict[str, str], list[str], str]:
-    """(options by flag, e.g. {"-q": KEY, "-s": ""}; remaining arguments; config directory)."""
+                  reporter, long_options: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str], str]:
+    """(options by flag, e.g. {"-q": KEY, "-s": ""}; remaining arguments; config directory).
+    `long_options` (mailferry's own commands: `--sender=`...) may also follow the arguments."""
     try:
-        pairs, rest = getopt.getopt(argv, letters + "c:v")
+        if long_options:
+            pairs, rest = getopt.gnu_getopt(argv, letters + "c:v", list(long_options))
+        else:
+            pairs, rest = getopt.getopt(argv, letters + "c:v")
     except getopt.GetoptError as exc:
         raise UsageError(f"{exc}\n{usage}") from None
     options: dict[str, str] = {}

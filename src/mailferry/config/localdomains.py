@@ -34,14 +34,14 @@ def address_domain_matcher(config: Config) -> Callable[[str], bool]:
 
 
 def open_address_maps(config: Config, name: str, propagate_class: str,
-                      is_local: Callable[[str], bool] | None = None) -> AddressMaps | None:
+                      is_local: Callable[[str], bool] | None = None, observer=None) -> AddressMaps | None:
     """The `*_maps` parameter `name` opened for address lookups, or None when
     it is empty. `propagate_class` is its word in propagate_unmatched_extensions
-    (canonical, virtual, generic...)."""
+    (canonical, virtual, generic...). `observer`: see tables/trace.py."""
     value = config.get(name)
     if not value.strip():
         return None
-    return AddressMaps(name, open_maps(value), is_local or address_domain_matcher(config), config.get("myorigin"),
+    return AddressMaps(name, open_maps(value, observer=observer), is_local or address_domain_matcher(config), config.get("myorigin"),
                        config.get("recipient_delimiter"),
                        propagate_class in config.list("propagate_unmatched_extensions"))
 
@@ -74,12 +74,12 @@ class VirtualAliasDomains:
     `$virtual_alias_maps`, makes a `domain.example  x` line in the alias table declare the
     domain, as Postfix's virtual(5) shows). Used at RCPT time and by the router."""
 
-    def __init__(self, value: str):
+    def __init__(self, value: str, observer=None):
         self._entries: list[tuple[bool, str | Table]] = []
         for item in split_list(value):
             negated = item.startswith("!")
             item = item[1:] if negated else item
-            entry: str | Table = open_table(item) if ":" in item else item.lower().rstrip(".")
+            entry: str | Table = open_table(item, observer=observer) if ":" in item else item.lower().rstrip(".")
             self._entries.append((negated, entry))
 
     def __bool__(self) -> bool:

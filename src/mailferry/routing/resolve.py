@@ -71,11 +71,14 @@ class RoutingSettings:
 
 class Resolver:
     def __init__(self, settings: RoutingSettings, is_local_domain: Callable[[str], bool],
-                 transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None,
+                 transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None, observer=None,
                  virtual_alias_domains: VirtualAliasDomains | None = None):
         """The maps are tables.Maps, or None when their parameter is empty:
         transport_maps, sender_dependent_relayhost_maps and
-        sender_dependent_default_transport_maps."""
+        sender_dependent_default_transport_maps. `observer` (tables/trace.py,
+        for `mailferry trace`) is told each decision and why; None in the daemon."""
+        self._observer = observer
+        self._settings = settings
         self._alias_domains = virtual_alias_domains
         self._unknown_alias = Route("error", "User unknown in virtual alias table"
                                     if settings.show_user_unknown_table_name else "User unknown")
@@ -91,26 +94,55 @@ class Resolver:
         self._relayhost = settings.relayhost.strip()
 
     @classmethod
-    def from_config(cls, config) -> Resolver:
-        maps = {name: _maps_of(config, name) for name in (
+    def from_config(cls, config, observer=None) -> Resolver:
+        maps = {name: _maps_of(config, name, observer) for name in (
             "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps")}
-        alias_domains = VirtualAliasDomains(config.get("virtual_alias_domains"))
+        alias_domains = VirtualAliasDomains(config.get("virtual_alias_domains"), observer)
         return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps["transport_maps"],
                    maps["sender_dependent_relayhost_maps"], maps["sender_dependent_default_transport_maps"],
-                   alias_domains or None)
+                   observer, alias_domains or None)
 
     async def resolve(self, address: str, sender: str = "") -> Route:
         domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
+        observer = self._observer
         if not domain or self._is_local(domain):
             route = self._local_class(domain)
+            if observer is not None:
+                self._tell_local(address, domain)
         elif await self._in_alias_domain(domain):
+            if observer is not None:
+                observer.step("address_class", f"address class: virtual alias (domain {domain} matches "
+                              f"virtual_alias_domains) with no alias for {address}: "
+                              f"error:{self._unknown_alias.nexthop}", address_class="virtual alias",
+                              reason=f"domain {domain} matches virtual_alias_domains")
             return self._unknown_alias
         else:
             route = await self._remote_class(domain, sender)
         if self._maps is None:
             return route
         found = await self._transport_entry(address, domain)
-        return route if found is None else _apply_entry(found, route, domain)
+        if found is None:
+            if observer is not None:
+                observer.step("transport_maps", "transport_maps: no entry for the address or its domain",
+                              found=False)
+            return route
+        key, value = found
+        entry_route = _apply_entry(value, route, domain)
+        if observer is not None:
+            observer.step("transport_maps", f"transport_maps: key {key} = {value}, which decides over the"
+                          f" address class: {entry_route.transport}:{entry_route.nexthop}", found=True, key=key,
+                          value=value)
+        return entry_route
+
+    def _tell_local(self, address: str, domain: str) -> None:
+        reason = f"domain {domain} matches mydestination" if domain else f"{address} has no domain"
+        if parse_transport(self._settings.local_transport).transport == "local" \
+                and self._settings.mailbox_transport.strip():
+            via = f"local delivery, via mailbox_transport = {self._settings.mailbox_transport.strip()}"
+        else:
+            via = f"local delivery, via local_transport = {self._settings.local_transport.strip()}"
+        self._observer.step("address_class", f"address class: local ({reason}); {via}",
+                            address_class="local", reason=reason)
 
     def _local_class(self, domain: str) -> Route:
         if self._local.nexthop or not domain or self._local.transport in ("error", "discard", "retry"):
@@ -128,27 +160,47 @@ class Resolver:
     async def _remote_class(self, domain: str, sender: str) -> Route:
         """relay_transport or default_transport (or the sender's), and the next hop in
         Postfix's precedence: the transport's own, the sender's relayhost, relayhost, the domain."""
+        observer = self._observer
         relay = self._relay_domains.matches(domain)
         transport = self._relay if relay else self._default
+        if observer is not None:
+            if relay:
+                observer.step("address_class", f"address class: relay (domain {domain} matches relay_domains);"
+                              f" relay_transport = {self._settings.relay_transport.strip()}",
+                              address_class="relay", reason=f"domain {domain} matches relay_domains")
+            else:
+                observer.step("address_class", f"address class: default (domain {domain} is neither in"
+                              f" mydestination nor in relay_domains); default_transport ="
+                              f" {self._settings.default_transport.strip()}", address_class="default",
+                              reason=f"domain {domain} is neither in mydestination nor in relay_domains")
         if not relay and self._sender_transports is not None:
             found = await _sender_entry(self._sender_transports, sender, "sender_dependent_default_transport_maps")
             if found:
                 transport = parse_transport(found)
+                if observer is not None:
+                    observer.step("sender_transport", f"sender_dependent_default_transport_maps: {found}",
+                                  value=found)
         nexthop = transport.nexthop
+        source = "transport"
         if not nexthop and self._sender_relayhosts is not None:
             found = await _sender_entry(self._sender_relayhosts, sender, "sender_dependent_relayhost_maps")
             nexthop = found or ""
-        return Route(transport.transport, nexthop or self._relayhost or domain)
+            source = "sender_dependent_relayhost_maps"
+        if not nexthop:
+            nexthop, source = (self._relayhost, "relayhost") if self._relayhost else (domain, "domain")
+        if observer is not None:
+            observer.step("nexthop", _nexthop_reason(source, nexthop, transport), source=source, nexthop=nexthop)
+        return Route(transport.transport, nexthop)
 
-    async def _transport_entry(self, address: str, domain: str) -> str | None:
+    async def _transport_entry(self, address: str, domain: str) -> tuple[str, str] | None:
         """transport(5)'s search: user+ext@domain, user@domain, domain, .parent
-        domains, then `*`. The first entry found decides."""
+        domains, then `*`. The first entry found decides: (its key, its value)."""
         for key, partial in self._transport_keys(address, domain):
             result = await self._maps.lookup(key, partial=partial)
             if result.tempfail:
                 raise RoutingError(f"transport_maps lookup of {key} failed: {result.reason}")
             if result.found:
-                return result.value
+                return key, result.value or ""
         return None
 
     def _transport_keys(self, address: str, domain: str) -> list[tuple[str, bool]]:
@@ -167,10 +219,20 @@ class Resolver:
         return keys
 
 
-def _maps_of(config, name: str):
+def _maps_of(config, name: str, observer=None):
     if not config.get(name).strip():
         return None
-    return open_maps(config.get(name))
+    return open_maps(config.get(name), observer=observer)
+
+
+def _nexthop_reason(source: str, nexthop: str, transport: Route) -> str:
+    if source == "transport":
+        return f"next hop {nexthop}: the transport's own ({transport.transport}:{transport.nexthop})"
+    if source == "sender_dependent_relayhost_maps":
+        return f"next hop {nexthop}: the sender's entry in sender_dependent_relayhost_maps"
+    if source == "relayhost":
+        return f"next hop {nexthop}: relayhost"
+    return f"next hop {nexthop}: the recipient domain (MX lookup)"
 
 
 async def _sender_entry(maps, sender: str, parameter: str) -> str | None:

@@ -36,8 +36,12 @@ from mailferry.tables.addresses import lookup_address
 
 class RecipientMaps:
     def __init__(self, maps: list[Maps], domains: VirtualAliasDomains, is_local: Callable[[str], bool],
-                 delimiter: str, reject_code: int, enabled: bool):
+                 delimiter: str, reject_code: int, enabled: bool, names: list[str] | None = None, observer=None):
+        """`names`: the parameter each of `maps` comes from, for the observer
+        (tables/trace.py, `mailferry trace`; None in the daemon)."""
         self._maps = maps
+        self._names = names or ["recipient maps"] * len(maps)
+        self._observer = observer
         self._domains = domains
         self._is_local = is_local
         self._delimiter = delimiter
@@ -45,26 +49,32 @@ class RecipientMaps:
         self.enabled = enabled and bool(maps or domains)
 
     @classmethod
-    def from_config(cls, config: Config) -> RecipientMaps:
-        maps = [open_maps(config.get(name)) for name in
-                ("recipient_canonical_maps", "canonical_maps", "virtual_alias_maps")
-                if config.get(name).strip()]
-        return cls(maps, VirtualAliasDomains(config.get("virtual_alias_domains")),
+    def from_config(cls, config: Config, observer=None) -> RecipientMaps:
+        names = [name for name in ("recipient_canonical_maps", "canonical_maps", "virtual_alias_maps")
+                 if config.get(name).strip()]
+        maps = [open_maps(config.get(name), observer=observer) for name in names]
+        return cls(maps, VirtualAliasDomains(config.get("virtual_alias_domains"), observer),
                    address_domain_matcher(config),
                    config.get("recipient_delimiter"), config.integer("unknown_virtual_alias_reject_code"),
-                   config.boolean("smtpd_reject_unlisted_recipient"))
+                   config.boolean("smtpd_reject_unlisted_recipient"), names, observer)
 
     async def check(self, address: str) -> Refusal | None:
         """None when `address` may pass; else the refusal."""
         try:
-            for maps in self._maps:
+            for name, maps in zip(self._names, self._maps):
                 match = await lookup_address(maps, address, self._is_local, self._delimiter)
                 if match.result.tempfail:
                     raise LookupDeferred(match.result.reason)
                 if match.result.found:
+                    if self._observer is not None:
+                        self._observer.step("recipient_maps", f"{name} knows {address} (key {match.key}):"
+                                            " cleanup will rewrite it", map=name, key=match.key)
                     return None
             domain = address.rpartition("@")[2] if "@" in address else ""
             if domain and await self._domains.matches(domain):
+                if self._observer is not None:
+                    self._observer.step("recipient_maps", f"domain {domain} is in virtual_alias_domains and no"
+                                        f" map knows {address}", domain=domain)
                 return refusals.unknown_virtual_alias(self._reject_code, address)
         except LookupDeferred:
             return refusals.temporary_lookup_failure(address)

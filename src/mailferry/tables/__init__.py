@@ -26,8 +26,17 @@ def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
     return type_name.lower(), name
 
 
-def open_table(spec: str, default_type: str = "hash") -> Table:
-    """Open one table. Raises TableError for an unknown type or an unreadable table."""
+def open_table(spec: str, default_type: str = "hash", observer=None) -> Table:
+    """Open one table. Raises TableError for an unknown type or an unreadable table.
+    With an `observer` (tables/trace.py, for `mailferry trace`) every lookup is told to it."""
+    table = _open_table(spec, default_type)
+    if observer is None:
+        return table
+    from mailferry.tables.trace import TracedTable
+    return TracedTable(table, observer)
+
+
+def _open_table(spec: str, default_type: str) -> Table:
     type_name, name = split_spec(spec, default_type)
     # Each type's module is imported when a table of that type is opened, so that
     # `postmap -q KEY hash:FILE` does not pay at start-up for regexp's compiler or
@@ -80,8 +89,8 @@ class Maps:
             table.close()
 
 
-def open_maps(value: str, default_type: str = "hash") -> Maps:
+def open_maps(value: str, default_type: str = "hash", observer=None) -> Maps:
     # Not at the top: `postmap -q` never splits a list, and the import costs its start-up 0.2 ms.
     from mailferry.syntax import split_list
-    return Maps([open_table(spec, default_type) for spec in split_list(value)])
+    return Maps([open_table(spec, default_type, observer) for spec in split_list(value)])
 
