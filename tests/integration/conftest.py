@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import seed_file
 from tests.peers import free_port, peer_tempdir, wait_for_port
 from tests.peers.mailferry import MailferryDaemon, main_cf_text, private_settings
 from tests.peers.processes import children_map
@@ -93,3 +94,18 @@ def process_uid(pid: int) -> int:
 def child_pids(parent: int) -> list[int]:
     """The processes whose parent is `parent` (the daemon's smtpd workers)."""
     return children_map().get(parent, [])
+
+
+@pytest.fixture
+def seed_ldap_aliases(slapd_pair_restored) -> str:
+    """`ldap:PATH` for the seed's ldap-aliases.cf as written, its server_host pointed at the two
+    slapd peers (first, then second; tests.peers.conftest_plugin's slapd_pair). The test module
+    loads that plugin (`pytest_plugins = ["tests.peers.conftest_plugin"]`)."""
+    first, second = slapd_pair_restored
+    directory = world_readable_tempdir("mailferry-ldap-aliases-")
+    config = directory / "ldap-aliases.cf"
+    config.write_text(seed_file("ldap-aliases.cf").replace("ldap://ldap1.internal/ ldap://ldap2.internal/",
+                                                            f"{first.url} {second.url}"))
+    config.chmod(0o644)
+    yield f"ldap:{config}"
+    shutil.rmtree(directory, ignore_errors=True)

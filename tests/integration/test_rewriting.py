@@ -76,7 +76,8 @@ def test_an_accepted_alias_is_delivered_rewritten(aliasing_daemon, smtp_sink):
     assert sunk.email["From"] == "Alice <Alice.Smith@example.test>"
     assert sunk.email["To"] == "Sales <sales@virtual.test>"
     log = aliasing_daemon.wait_for_log("status=sent", count=3)
-    assert "to=<sales@virtual.test>" not in log
+    assert ": to=<sales@virtual.test>" not in log                  # never delivered unrewritten
+    assert ": to=<john.smith@mail1.internal>, orig_to=<sales@virtual.test>, relay=" in log
 
 
 @pytest.fixture

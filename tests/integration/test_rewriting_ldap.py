@@ -9,8 +9,6 @@ import smtplib
 
 import pytest
 
-from tests.conftest import seed_file
-from tests.integration.conftest import world_readable_tempdir
 from tests.integration.test_delivery import wait_for_line
 from tests.integration.test_rewriting import rcpt_reply
 from tests.peers.slapd import SEED_ADDRESSES, SEED_ROUTING_ADDRESS
@@ -20,15 +18,11 @@ pytest_plugins = ["tests.peers.conftest_plugin"]
 
 
 @pytest.fixture
-def directory_daemon(daemon_factory, smtp_sink, slapd_pair_restored):
-    first, second = slapd_pair_restored
-    directory = world_readable_tempdir("mailferry-rewrite-ldap-")
-    config = directory / "ldap-aliases.cf"
-    config.write_text(seed_file("ldap-aliases.cf").replace("ldap://ldap1.internal/ ldap://ldap2.internal/",
-                                                            f"{first.url} {second.url}"))
-    config.chmod(0o644)
+def directory_daemon(daemon_factory, smtp_sink, seed_ldap_aliases):
+    """The mailbox host is elsewhere: relayed to a sink (tests/integration/test_ldap_routing.py
+    delivers here, into Dovecot, when the mailbox host is this host)."""
     return daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
-                          virtual_alias_domains="example.com", virtual_alias_maps=f"ldap:{config}").start()
+                          virtual_alias_domains="example.com", virtual_alias_maps=seed_ldap_aliases).start()
 
 
 def test_each_seed_address_is_delivered_to_the_routing_address(directory_daemon, smtp_sink):

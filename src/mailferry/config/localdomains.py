@@ -5,7 +5,7 @@ literal ([192.0.2.1]) of one of inet_interfaces or proxy_interfaces. Table
 entries in mydestination (`hash:/etc/mailferry/domains`) are looked up too.
 
 The matching is tables/match_lists.py's; what is read from main.cf and the
-host (the interfaces' addresses) is decided here.
+host (the interfaces' addresses) is decided here; so is virtual_alias_domains.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
-from mailferry.tables import open_maps
+from mailferry.syntax import split_list
+from mailferry.tables import Table, open_maps, open_table
 from mailferry.tables.addresses import AddressMaps
 from mailferry.tables.match_lists import LocalDomainList
 
@@ -61,3 +62,40 @@ def _interface_addresses(config: Config) -> list[str]:
             except ValueError:
                 continue  # a host name: mailferry does not resolve names here
     return [f"[{a}]" if a.version == 4 else f"[ipv6:{a}]" for a in addresses]
+
+
+class LookupDeferred(Exception):
+    """A table in a domain list failed for now."""
+
+
+class VirtualAliasDomains:
+    """virtual_alias_domains, a domain list: names match exactly, `.name` its subdomains, `!`
+    excludes, and `type:table` entries are looked up with the domain (its default,
+    `$virtual_alias_maps`, makes a `domain.example  x` line in the alias table declare the
+    domain, as Postfix's virtual(5) shows). Used at RCPT time and by the router."""
+
+    def __init__(self, value: str, observer=None):
+        self._entries: list[tuple[bool, str | Table]] = []
+        for item in split_list(value):
+            negated = item.startswith("!")
+            item = item[1:] if negated else item
+            entry: str | Table = open_table(item, observer=observer) if ":" in item else item.lower().rstrip(".")
+            self._entries.append((negated, entry))
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    async def matches(self, domain: str) -> bool:
+        """Raises LookupDeferred when a table fails for now."""
+        domain = domain.lower().rstrip(".")
+        for negated, entry in self._entries:
+            if isinstance(entry, str):
+                hit = domain.endswith(entry) if entry.startswith(".") else domain == entry
+            else:
+                result = await entry.lookup(domain)
+                if result.tempfail:
+                    raise LookupDeferred(result.reason)
+                hit = result.found
+            if hit:
+                return not negated
+        return False

@@ -29,7 +29,8 @@ active)` each time a message enters the active set (as Postfix's qmgr does
 when it opens a queue file, a retry included), `ID: from=<...>,
 status=expired, returned to sender` and `ID: removed`; the delivery agent's
 `to=<...>` line is written here under the transport's name, as Postfix's
-agents write it; bounce (qmgr/bounce.py) and cleanup write theirs.
+agents write it (with `orig_to=<...>` when cleanup rewrote the recipient); bounce
+(qmgr/bounce.py) and cleanup write theirs.
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ class Scheduler:
         queued = max(activated - message.arrival_time, 0.0)
         in_qmgr = max(dispatched - activated, 0.0)
         self.log.line(route.transport, (
-            f"{message.queue_id}: to=<{recipient.address}>, relay={result.relay}, "
+            f"{message.queue_id}: to=<{recipient.address}>,{_orig_to(recipient)} relay={result.relay}, "
             f"delay={_seconds(now - message.arrival_time)}, delays={_seconds(queued)}/{_seconds(in_qmgr)}/"
             f"{_seconds(result.setup_seconds)}/{_seconds(result.transfer_seconds)}, dsn={result.dsn}, "
             f"status={result.status} ({result.reason})"))
@@ -434,3 +435,14 @@ def _seconds(value: float) -> str:
         return str(round(value))
     text = f"{value:.1f}" if value >= 1 else f"{value:.2f}"
     return text.rstrip("0").rstrip(".") or "0"
+
+
+def _orig_to(recipient: Recipient) -> str:
+    """` orig_to=<original>,` when cleanup rewrote the recipient (it kept the original as
+    ORCPT `rfc822;ORIGINAL`) or the client's ORCPT names another address; else nothing.
+    Postfix writes the same field from its orig_rcpt record."""
+    kind, _, original = (recipient.orcpt or "").partition(";")
+    original = original.strip()
+    if kind.strip().lower() != "rfc822" or not original or original.lower() == recipient.address.lower():
+        return ""
+    return f" orig_to=<{original}>,"

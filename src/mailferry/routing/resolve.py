@@ -4,6 +4,10 @@ The order is Postfix's:
 1. `transport_maps`, when it has an entry for the address or its domain;
 2. a domain of ours (mydestination): `local_transport`, or `mailbox_transport`
    when local delivery is left to the `local` service;
+2a. a domain in `virtual_alias_domains`: cleanup found no alias for the
+   address, so it bounces: `error:User unknown in virtual alias table` (the
+   table's name only with show_user_unknown_table_name); transport_maps
+   cannot override this, as in Postfix's resolve.c;
 3. a domain in `relay_domains`: `relay_transport`;
 4. anything else: `default_transport`, or the sender's entry in
    `sender_dependent_default_transport_maps`.
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.config.localdomains import local_domain_matcher
+from mailferry.config.localdomains import LookupDeferred, VirtualAliasDomains, local_domain_matcher
 from mailferry.tables import open_maps
 from mailferry.tables.match_lists import DomainList
 
@@ -51,6 +55,7 @@ class RoutingSettings:
     relayhost: str = ""
     relay_domains: str = ""
     recipient_delimiter: str = ""
+    show_user_unknown_table_name: bool = True
 
     @classmethod
     def from_config(cls, config) -> RoutingSettings:
@@ -60,18 +65,23 @@ class RoutingSettings:
                    default_transport=config.get("default_transport"),
                    relayhost=config.get("relayhost"),
                    relay_domains=config.get("relay_domains"),
-                   recipient_delimiter=config.get("recipient_delimiter"))
+                   recipient_delimiter=config.get("recipient_delimiter"),
+                   show_user_unknown_table_name=config.boolean("show_user_unknown_table_name"))
 
 
 class Resolver:
     def __init__(self, settings: RoutingSettings, is_local_domain: Callable[[str], bool],
-                 transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None, observer=None):
+                 transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None, observer=None,
+                 virtual_alias_domains: VirtualAliasDomains | None = None):
         """The maps are tables.Maps, or None when their parameter is empty:
         transport_maps, sender_dependent_relayhost_maps and
         sender_dependent_default_transport_maps. `observer` (tables/trace.py,
         for `mailferry trace`) is told each decision and why; None in the daemon."""
         self._observer = observer
         self._settings = settings
+        self._alias_domains = virtual_alias_domains
+        self._unknown_alias = Route("error", "User unknown in virtual alias table"
+                                    if settings.show_user_unknown_table_name else "User unknown")
         self._is_local = is_local_domain
         self._maps = transport_maps
         self._sender_relayhosts = sender_relayhost_maps
@@ -87,9 +97,10 @@ class Resolver:
     def from_config(cls, config, observer=None) -> Resolver:
         maps = {name: _maps_of(config, name, observer) for name in (
             "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps")}
+        alias_domains = VirtualAliasDomains(config.get("virtual_alias_domains"), observer)
         return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps["transport_maps"],
                    maps["sender_dependent_relayhost_maps"], maps["sender_dependent_default_transport_maps"],
-                   observer)
+                   observer, alias_domains or None)
 
     async def resolve(self, address: str, sender: str = "") -> Route:
         domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
@@ -98,6 +109,13 @@ class Resolver:
             route = self._local_class(domain)
             if observer is not None:
                 self._tell_local(address, domain)
+        elif await self._in_alias_domain(domain):
+            if observer is not None:
+                observer.step("address_class", f"address class: virtual alias (domain {domain} matches "
+                              f"virtual_alias_domains) with no alias for {address}: "
+                              f"error:{self._unknown_alias.nexthop}", address_class="virtual alias",
+                              reason=f"domain {domain} matches virtual_alias_domains")
+            return self._unknown_alias
         else:
             route = await self._remote_class(domain, sender)
         if self._maps is None:
@@ -130,6 +148,14 @@ class Resolver:
         if self._local.nexthop or not domain or self._local.transport in ("error", "discard", "retry"):
             return self._local
         return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
+
+    async def _in_alias_domain(self, domain: str) -> bool:
+        if self._alias_domains is None:
+            return False
+        try:
+            return await self._alias_domains.matches(domain)
+        except LookupDeferred as problem:
+            raise RoutingError(f"virtual_alias_domains lookup of {domain} failed: {problem}") from None
 
     async def _remote_class(self, domain: str, sender: str) -> Route:
         """relay_transport or default_transport (or the sender's), and the next hop in

@@ -28,43 +28,10 @@ from collections.abc import Callable
 
 from mailferry import refusals
 from mailferry.config.config import Config
-from mailferry.config.localdomains import address_domain_matcher
+from mailferry.config.localdomains import LookupDeferred, VirtualAliasDomains, address_domain_matcher
 from mailferry.refusals import Refusal
-from mailferry.syntax import split_list
-from mailferry.tables import Maps, Table, open_maps, open_table
+from mailferry.tables import Maps, open_maps
 from mailferry.tables.addresses import lookup_address
-
-
-class LookupDeferred(Exception):
-    pass
-
-
-class VirtualAliasDomains:
-    def __init__(self, value: str, observer=None):
-        self._entries: list[tuple[bool, str | Table]] = []
-        for item in split_list(value):
-            negated = item.startswith("!")
-            item = item[1:] if negated else item
-            entry: str | Table = open_table(item, observer=observer) if ":" in item else item.lower().rstrip(".")
-            self._entries.append((negated, entry))
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
-    async def matches(self, domain: str) -> bool:
-        """Raises LookupDeferred when a table fails for now."""
-        domain = domain.lower().rstrip(".")
-        for negated, entry in self._entries:
-            if isinstance(entry, str):
-                hit = domain.endswith(entry) if entry.startswith(".") else domain == entry
-            else:
-                result = await entry.lookup(domain)
-                if result.tempfail:
-                    raise LookupDeferred(result.reason)
-                hit = result.found
-            if hit:
-                return not negated
-        return False
 
 
 class RecipientMaps:

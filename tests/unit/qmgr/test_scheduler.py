@@ -223,6 +223,20 @@ def test_every_recipient_gets_its_own_line_and_the_message_is_removed_once():
     assert h.store.messages() == []
 
 
+def test_a_rewritten_recipient_is_logged_with_its_original_as_orig_to():
+    """Postfix: `to=<final>, orig_to=<original>, relay=...`; cleanup keeps the original as ORCPT."""
+    rewritten = NewMessage(sender=SENDER, content=CONTENT, client=ClientInfo(), origin="smtp", recipients=[
+        Recipient("bob@example.com", orcpt="rfc822;Sales@virtual.example"),
+        Recipient("carol@example.com", orcpt="rfc822;carol@example.com"),   # not rewritten
+        Recipient("dave@example.com", orcpt="x-foo;sales@virtual.example"),  # not an address type
+        Recipient("erin@example.com")])
+    h, [queue_id] = single_pass(rewritten)
+    lines = [text for program, text in h.log.lines if program == "discard"]
+    assert lines[0].startswith(f"{queue_id}: to=<bob@example.com>, orig_to=<Sales@virtual.example>, relay=none, ")
+    assert [line.split(", relay=")[0] for line in lines[1:]] == [
+        f"{queue_id}: to=<carol@example.com>", f"{queue_id}: to=<dave@example.com>", f"{queue_id}: to=<erin@example.com>"]
+
+
 def test_an_error_route_with_a_status_code_bounces_with_that_code():
     h, [queue_id] = single_pass(message("bob@bad.example"))
     [(program, line)] = h.log.deliveries()

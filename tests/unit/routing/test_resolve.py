@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from mailferry.config.localdomains import VirtualAliasDomains
 from mailferry.routing.resolve import Resolver, Route, RoutingError, RoutingSettings, parse_transport
 from mailferry.tables import open_maps
 
@@ -37,6 +38,13 @@ def resolver_for(transport_maps: str = "", **settings) -> Resolver:
               "relayhost": "[smtp.gmail.com]:587", **settings}
     maps = open_maps(transport_maps) if transport_maps else None
     return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS, maps)
+
+
+def alias_domain_resolver(domains: str, transport_maps: str = "", **settings) -> Resolver:
+    values = {"default_transport": "smtp", "relayhost": "[smtp.gmail.com]:587", **settings}
+    return Resolver(RoutingSettings(**values), lambda domain: domain.lower() in LOCAL_DOMAINS,
+                    open_maps(transport_maps) if transport_maps else None,
+                    virtual_alias_domains=VirtualAliasDomains(domains))
 
 
 def resolve(resolver: Resolver, address: str) -> Route:
@@ -115,10 +123,13 @@ def test_transport_maps_wildcard_catches_the_rest():
     assert resolve(resolver, "a@example.org") == Route("relay", "example.org")
 
 
-def test_a_failing_transport_table_defers(unreachable_ldap):
-    resolver = resolver_for(unreachable_ldap)
-    with pytest.raises(RoutingError, match="transport_maps lookup of a@example.org failed"):
-        resolve(resolver, "a@example.org")
+@pytest.mark.parametrize("make, address, problem", [
+    (resolver_for, "a@example.org", "transport_maps lookup of a@example.org failed"),
+    (alias_domain_resolver, "a@x.example", "virtual_alias_domains lookup of x.example failed"),
+])
+def test_a_failing_routing_table_defers(unreachable_ldap, make, address, problem):
+    with pytest.raises(RoutingError, match=problem):
+        resolve(make(unreachable_ldap), address)
 
 
 def resolve_from(resolver: Resolver, address: str, sender: str) -> Route:
@@ -175,3 +186,36 @@ def test_the_domain_is_what_follows_the_last_at_sign():
     resolver = Resolver(RoutingSettings(local_transport="discard:"), is_local)
     assert resolve(resolver, '"a@b"@example.com') == Route("discard", "")
     assert asked == ["example.com"]
+
+
+def test_an_address_left_in_a_virtual_alias_domain_bounces_as_user_unknown():
+    """Cleanup expanded what the alias table knows: what is still in the domain has no alias."""
+    resolver = alias_domain_resolver("!no.sub.example, virtual.example, .sub.example")  # first match decides
+    unknown = Route("error", "User unknown in virtual alias table")
+    assert resolve(resolver, "nobody@virtual.example") == unknown
+    assert resolve(resolver, "nobody@VIRTUAL.example.") == unknown
+    assert resolve(resolver, "x@a.sub.example") == unknown
+    assert resolve(resolver, "x@no.sub.example") == Route("smtp", "[smtp.gmail.com]:587")
+    assert resolve(resolver, "x@other.example") == Route("smtp", "[smtp.gmail.com]:587")
+
+
+def test_a_local_domain_is_local_even_when_also_a_virtual_alias_domain():
+    resolver = alias_domain_resolver("example.com", local_transport="lmtp:unix:/run/lmtp")
+    assert resolve(resolver, "bob@example.com") == Route("lmtp", "unix:/run/lmtp")
+
+
+def test_transport_maps_do_not_override_the_user_unknown_route():
+    resolver = alias_domain_resolver("virtual.example", "inline:{ virtual.example=smtp:[hop.example], *=relay: }")
+    assert resolve(resolver, "x@virtual.example") == Route("error", "User unknown in virtual alias table")
+    assert resolve(resolver, "x@other.example") == Route("relay", "other.example")
+
+
+def test_the_table_name_is_shown_only_with_show_user_unknown_table_name():
+    resolver = alias_domain_resolver("virtual.example", show_user_unknown_table_name=False)
+    assert resolve(resolver, "x@virtual.example") == Route("error", "User unknown")
+
+
+def test_virtual_alias_domains_from_a_table():
+    resolver = alias_domain_resolver("inline:{ virtual.example=anything }")
+    assert resolve(resolver, "x@virtual.example") == Route("error", "User unknown in virtual alias table")
+    assert resolve(resolver, "x@other.example") == Route("smtp", "[smtp.gmail.com]:587")

@@ -284,3 +284,35 @@ def test_special_attributes_are_followed_as_base_searches_up_to_the_recursion_li
     with pytest.raises(QueryFailed, match="recursion limit"):
         collect(directory, [("g", {"member": [b"uid=one"]})])
     assert asked == [("uid=one", 0, "objectclass=*")]
+
+
+# --- failover order (Directory.lookup), with scripted servers ---------------------------------
+
+
+def test_servers_out_of_rotation_go_last_and_are_still_tried_when_all_are_out(tmp_path):
+    """A failed server rests OUT_OF_ROTATION seconds behind the others; when every server rests,
+    all are tried anyway (Postfix-like), so mail flows as soon as one returns."""
+    from mailferry.tables.ldap.client import ServerFailed
+    directory = directory_for(tmp_path, "server_host = ldap://one.test/ ldap://two.test/\n")
+    down: set[str] = {"ldap://one.test/", "ldap://two.test/"}
+    tried: list[str] = []
+
+    def lookup_on(server, key):
+        tried.append(server.url)
+        if server.url in down:
+            raise ServerFailed("Can't contact LDAP server")
+        server.resting_until = 0.0
+        return found(f"{key} via {server.url}")
+
+    directory._lookup_on = lookup_on
+    assert directory.lookup("a@example.com").tempfail
+    assert tried == ["ldap://one.test/", "ldap://two.test/"]
+    down.clear()                          # both return, well within their 30 s of rest
+    tried.clear()
+    assert directory.lookup("a@example.com") == found("a@example.com via ldap://one.test/")
+    assert tried == ["ldap://one.test/"]
+    down.add("ldap://one.test/")          # one fails again: two answers, and goes first from now on
+    tried.clear()
+    assert directory.lookup("b@example.com") == found("b@example.com via ldap://two.test/")
+    assert directory.lookup("c@example.com") == found("c@example.com via ldap://two.test/")
+    assert tried == ["ldap://one.test/", "ldap://two.test/", "ldap://two.test/"]
