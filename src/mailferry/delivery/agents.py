@@ -20,6 +20,7 @@ from mailferry.delivery.generic import GenericMaps
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import DeliveryJob, SmtpClient
+from mailferry.delivery.spawn import Spawner
 from mailferry.delivery.tls import client_context, preload_trust, trust_store_description
 from mailferry.delivery.tls_policies import TlsPolicyTable
 from mailferry.maillog import Log
@@ -27,6 +28,9 @@ from mailferry.message import DeliveryResult
 from mailferry.tables import Maps, TableError, open_maps
 
 CLIENT_COMMANDS = ("smtp", "lmtp")
+# master.cf commands whose agent runs here, beside the SMTP/LMTP client: each is made by
+# Transports._make_agent. (discard, error and retry answer at once: see immediate().)
+LOCAL_AGENT_COMMANDS: tuple[str, ...] = ()
 
 
 class DeliveryAgent(Protocol):
@@ -41,9 +45,12 @@ class DeliveryAgent(Protocol):
 
 class Transports:
     def __init__(self, config: Config, master: MasterCf | None, log: Log, dns: Resolver,
-                 tables: dict[str, Maps] | None = None):
-        """`tables`: password tables opened at start, while still root (see open_client_tables)."""
+                 tables: dict[str, Maps] | None = None, spawner: Spawner | None = None):
+        """`tables`: password tables opened at start, while still root (see open_client_tables).
+        `spawner`: runs a pipe command or stores into a mailbox with a user's rights
+        (master/spawner.py); None where no agent needs one."""
         self.config = config
+        self.spawner = spawner
         self._tables = tables if tables is not None else {}
         self.master = master
         self.log = log
@@ -69,16 +76,27 @@ class Transports:
             # error(8) run as `retry` (the stock master.cf line) defers, as in Postfix
             retry = transport == "retry" or command == "retry"
             return (outcome.retry_transport if retry else outcome.error_transport)(nexthop)
-        if command in CLIENT_COMMANDS:
+        if command in CLIENT_COMMANDS or command in LOCAL_AGENT_COMMANDS:
             return self._client_problem(transport)
         return outcome.deferred("4.3.0", f"mail transport unavailable: {self._why_unavailable(transport, command)}")
 
     def client(self, transport: str) -> DeliveryAgent:
-        """The SMTP/LMTP client of a transport (made on first use, kept for its connection cache)."""
+        """The agent of a transport (made on first use, kept: the SMTP client for its connection cache)."""
         client = self._clients.get(transport)
         if client is None:
-            client = self._make_client(transport)
+            if self.command_of(transport) in LOCAL_AGENT_COMMANDS:
+                client = self._make_agent(transport)
+                self._clients[transport] = client
+            else:
+                client = self._make_client(transport)
         return client
+
+    def _make_agent(self, transport: str) -> DeliveryAgent:
+        """pipe, local or virtual, with main.cf as its master.cf service sees it."""
+        service = self._service(transport)
+        if self.spawner is None:
+            raise ValueError("no spawner to run deliveries with a user's rights")
+        raise ValueError(f"mailferry has no {service.command} delivery agent yet (master.cf service {transport})")
 
     def _client_problem(self, transport: str) -> DeliveryResult | None:
         if transport in self._unavailable:

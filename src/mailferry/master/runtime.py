@@ -34,9 +34,10 @@ STOP_DELIVERY_GRACE = 5.0   # seconds deliveries in progress get to finish at st
 class Runtime:
     def __init__(self, config: Config, master: MasterCf, sockets, tls_contexts, log: Log, owner,
                  worker_notify_fd: int | None = None, workers_read_fd: int | None = None,
-                 client_tables: dict | None = None):
+                 client_tables: dict | None = None, spawner=None):
         """`worker_notify_fd` makes this an smtpd worker that reports commits there;
-        `workers_read_fd` is where the master hears its workers' reports."""
+        `workers_read_fd` is where the master hears its workers' reports. `spawner`
+        (delivery.spawn.Spawner): runs deliveries with a user's rights."""
         self.config = config
         self.master = master
         self.sockets = sockets
@@ -52,6 +53,7 @@ class Runtime:
         self.pickup: PickupService | None = None
         self.control = None
         self.client_tables = client_tables or {}
+        self.spawner = spawner
 
     @property
     def is_worker(self) -> bool:
@@ -66,7 +68,7 @@ class Runtime:
                                                   self._tell_master if self.is_worker else self._wake_qmgr)
         if not self.is_worker:
             self.scheduler = Scheduler.from_config(self.config, self.master, self.store, self.committer,
-                                                   self.cleanup, self.log, self.client_tables)
+                                                   self.cleanup, self.log, self.client_tables, self.spawner)
             self.pickup = PickupService.from_config(self.config, self.master, self.cleanup, self.log)
         await self._start_smtpd(self.config, self.master)
         if self.scheduler is None or self.pickup is None:

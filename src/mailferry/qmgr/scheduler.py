@@ -48,6 +48,7 @@ from mailferry.delivery import outcome
 from mailferry.delivery.agents import Transports, reopen_client_tables
 from mailferry.delivery.dns import NexthopResolver
 from mailferry.delivery.smtp import DeliveryJob
+from mailferry.delivery.spawn import Spawner
 from mailferry.maillog import Log
 from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, PENDING, DeliveryResult,
                                NewMessage, QueuedMessage, Recipient)
@@ -158,19 +159,21 @@ class SchedulerSettings:
         return self.bounce_queue_lifetime if sender == "" else self.maximal_queue_lifetime
 
 
-def delivery_agents(config: Config, master: MasterCf | None, log: Log, client_tables: dict) -> Transports:
+def delivery_agents(config: Config, master: MasterCf | None, log: Log, client_tables: dict,
+                    spawner: Spawner | None = None) -> Transports:
     """The delivery agents of one configuration. `client_tables`: the SMTP clients'
-    password tables, opened while still root (delivery/agents.py)."""
+    password tables, opened while still root (delivery/agents.py). `spawner`: runs
+    deliveries with a user's rights (master/spawner.py)."""
     protocols = tuple(config.list("inet_protocols")) or ("all",)
     # The SMTP client applies smtp_mx_address_limit itself, per transport.
     dns = NexthopResolver.from_environment(inet_protocols=protocols, mx_address_limit=0)
-    return Transports(config, master, log, dns, client_tables)
+    return Transports(config, master, log, dns, client_tables, spawner)
 
 
 class Scheduler:
     def __init__(self, store: Store, committer: Committer, cleanup: NoticeIntake, resolver: RouteResolver,
                  transports: Agents, log: Log, settings: SchedulerSettings | None = None,
-                 client_tables: dict | None = None):
+                 client_tables: dict | None = None, spawner: Spawner | None = None):
         """`client_tables`: the SMTP clients' password tables, opened while still root;
         reload() reads them again to build the new agents."""
         self.store = store
@@ -188,14 +191,16 @@ class Scheduler:
         # finished message makes room, and wakes the loop.
         self._starved = False
         self._client_tables = client_tables or {}
+        self._spawner = spawner
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, store: Store, committer: Committer,
-                    cleanup: NoticeIntake, log: Log, client_tables: dict | None = None) -> Scheduler:
+                    cleanup: NoticeIntake, log: Log, client_tables: dict | None = None,
+                    spawner: Spawner | None = None) -> Scheduler:
         tables = client_tables or {}
         return cls(store, committer, cleanup, Resolver.from_config(config),
-                   delivery_agents(config, master, log, tables), log, SchedulerSettings.from_config(config),
-                   tables)
+                   delivery_agents(config, master, log, tables, spawner), log,
+                   SchedulerSettings.from_config(config), tables, spawner)
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """New routes, agents and settings for the next messages taken; deliveries in
@@ -203,7 +208,7 @@ class Scheduler:
         self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log)
         old = self.transports
         self.resolver = Resolver.from_config(config)
-        self.transports = delivery_agents(config, master, self.log, self._client_tables)
+        self.transports = delivery_agents(config, master, self.log, self._client_tables, self._spawner)
         self.settings = SchedulerSettings.from_config(config)
         old.close()   # idle cached sessions
 
