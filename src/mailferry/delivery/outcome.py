@@ -10,6 +10,8 @@ pflogsumm and an administrator's habits keep working.
 
 from __future__ import annotations
 
+import errno
+
 from mailferry.message import BOUNCED, DEFERRED, SENT, DeliveryResult
 from mailferry.protocol.smtp_client import ServerReply
 
@@ -134,3 +136,47 @@ def _class(dsn: str, wanted: str) -> str:
     if _is_status(dsn):
         return dsn if dsn[0] == wanted else wanted + dsn[1:]
     return f"{wanted}.0.0"
+
+
+# --- virtual(8): hosted mailboxes (delivery/virtual.py); the texts are Postfix's src/virtual/*.c
+
+VIRTUAL = "virtual"
+# The OS errors that mean the mailbox is full (Postfix's mbox_dsn: 5.2.2); any other write error waits.
+_MAILBOX_FULL_ERRNOS = (errno.EDQUOT, errno.EFBIG)
+
+
+def virtual_unknown_user(address: str) -> DeliveryResult:
+    """No virtual_mailbox_maps entry for the address, nor for its @domain."""
+    return bounced("5.1.1", f'unknown user: "{address.lower()}"', VIRTUAL)
+
+
+def virtual_configuration_error() -> DeliveryResult:
+    """A table that failed, or gave a bad path, uid or gid: the administrator fixes it, the mail
+    waits (the detail is in the log's warning, as in Postfix)."""
+    return deferred("4.3.5", "mail system configuration error", VIRTUAL)
+
+
+def virtual_mailbox_full(path: str, maildir: bool) -> DeliveryResult:
+    """virtual_mailbox_limit exceeded: the mailbox will not shrink by itself, so it bounces."""
+    what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
+    return bounced("5.2.2", f"{what}: error writing message: File too large", VIRTUAL)
+
+
+def virtual_spawner_failed(problem: BaseException) -> DeliveryResult:
+    return deferred("4.3.0", f"cannot reach the delivery spawner: {problem}", VIRTUAL)
+
+
+def virtual_stored(result, path: str, maildir: bool) -> DeliveryResult:
+    """The spawner's answer (a delivery.spawn.MailboxResult): stored, full (bounce 5.2.2), or any
+    other trouble, which waits (4.2.0), as Postfix's virtual does for a mailbox the administrator controls."""
+    if result.stored:
+        return sent("2.0.0", "delivered to maildir" if maildir else "delivered to mailbox", VIRTUAL)
+    if result.too_big or result.errno in _MAILBOX_FULL_ERRNOS:
+        if result.error:
+            what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
+            return bounced("5.2.2", f"{what}: {result.error}", VIRTUAL)
+        return virtual_mailbox_full(path, maildir)
+    detail = result.error or "unknown error"
+    if maildir:
+        return deferred("4.2.0", f"maildir delivery failed: {detail}", VIRTUAL)
+    return deferred("4.2.0", f"delivery failed to mailbox {path}: {detail}", VIRTUAL)
