@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.config.localdomains import LookupDeferred, VirtualAliasDomains, local_domain_matcher
+from mailferry.config.localdomains import VirtualAliasDomains, local_domain_matcher
+from mailferry.routing.classes import LOCAL, RELAY, VIRTUAL_ALIAS, VIRTUAL_MAILBOX, AddressClasses, ClassLookupFailed
 from mailferry.tables import open_maps
-from mailferry.tables.match_lists import DomainList
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +84,15 @@ class Resolver:
         for `mailferry trace`) is told each decision and why; None in the daemon."""
         self._observer = observer
         self._settings = settings
-        self._alias_domains = virtual_alias_domains
-        self._mailbox_domains = virtual_mailbox_domains
+        self._classes = AddressClasses(is_local_domain, virtual_alias_domains, virtual_mailbox_domains,
+                                       settings.relay_domains)
         self._virtual = parse_transport(settings.virtual_transport)
         self._unknown_alias = Route("error", "User unknown in virtual alias table"
                                     if settings.show_user_unknown_table_name else "User unknown")
-        self._is_local = is_local_domain
         self._maps = transport_maps
         self._sender_relayhosts = sender_relayhost_maps
         self._sender_transports = sender_transport_maps
         self._delimiters = settings.recipient_delimiter
-        self._relay_domains = DomainList(settings.relay_domains)
         self._local = _local_route(settings)
         self._relay = parse_transport(settings.relay_transport)
         self._default = parse_transport(settings.default_transport)
@@ -114,18 +112,22 @@ class Resolver:
     async def resolve(self, address: str, sender: str = "") -> Route:
         domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
         observer = self._observer
-        if not domain or self._is_local(domain):
+        try:
+            address_class = await self._classes.of(domain)
+        except ClassLookupFailed as problem:
+            raise RoutingError(str(problem)) from None
+        if address_class == LOCAL:
             route = self._local_class(domain)
             if observer is not None:
                 self._tell_local(address, domain)
-        elif await self._in_domain_list(self._alias_domains, "virtual_alias_domains", domain):
+        elif address_class == VIRTUAL_ALIAS:
             if observer is not None:
                 observer.step("address_class", f"address class: virtual alias (domain {domain} matches "
                               f"virtual_alias_domains) with no alias for {address}: "
                               f"error:{self._unknown_alias.nexthop}", address_class="virtual alias",
                               reason=f"domain {domain} matches virtual_alias_domains")
             return self._unknown_alias
-        elif await self._in_domain_list(self._mailbox_domains, "virtual_mailbox_domains", domain):
+        elif address_class == VIRTUAL_MAILBOX:
             route = Route(self._virtual.transport, self._virtual.nexthop or domain)
             if observer is not None:
                 observer.step("address_class", f"address class: virtual mailbox (domain {domain} matches "
@@ -133,7 +135,7 @@ class Resolver:
                               f"{self._settings.virtual_transport.strip()}", address_class="virtual mailbox",
                               reason=f"domain {domain} matches virtual_mailbox_domains")
         else:
-            route = await self._remote_class(domain, sender)
+            route = await self._remote_class(domain, sender, address_class == RELAY)
         if self._maps is None:
             return route
         found = await self._transport_entry(address, domain)
@@ -165,20 +167,10 @@ class Resolver:
             return self._local
         return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
 
-    @staticmethod
-    async def _in_domain_list(domains: VirtualAliasDomains | None, parameter: str, domain: str) -> bool:
-        if domains is None:
-            return False
-        try:
-            return await domains.matches(domain)
-        except LookupDeferred as problem:
-            raise RoutingError(f"{parameter} lookup of {domain} failed: {problem}") from None
-
-    async def _remote_class(self, domain: str, sender: str) -> Route:
+    async def _remote_class(self, domain: str, sender: str, relay: bool) -> Route:
         """relay_transport or default_transport (or the sender's), and the next hop in
         Postfix's precedence: the transport's own, the sender's relayhost, relayhost, the domain."""
         observer = self._observer
-        relay = self._relay_domains.matches(domain)
         transport = self._relay if relay else self._default
         if observer is not None:
             if relay:
