@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from mailferry.config.config import load
+from mailferry.config.mastercf import read_master_cf
+from mailferry.delivery.agents import open_client_tables, reopen_client_tables
 from mailferry.delivery.spawn import CommandRequest, MailboxRequest, RunAs
 from mailferry.master.spawner import (COMMAND, PASSWORD_TABLES, RequestError, SpawnerClient, command_header,
                                       mailbox_header, parse_command, parse_mailbox, parse_run_as, start_spawner)
@@ -320,3 +323,66 @@ def test_password_tables_are_the_configurations_own_read_with_roots_rights(tmp_p
         assert run(maps.lookup("[SMTP.example.test]:587")).value == "user:secret"
     finally:
         process.stop()
+
+
+def _root_only_relay_config(tmp_path):
+    secrets = tmp_path / "sasl_passwd"
+    secrets.write_text("[smtp.example.test]:587 user:old\n")
+    os.chmod(secrets, 0o600)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "main.cf").write_text(f"smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = texthash:{secrets}\n")
+    (config / "master.cf").write_text("smtp unix - - n - - smtp\n")
+    return config, secrets
+
+
+def _as_nobody(function):
+    """Run `function` in a child that has become nobody (mail_owner's rights); its result comes back as JSON."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+            os.write(write_end, json.dumps(function()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = json.loads(reader.read() or b"null")
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.parametrize("spawner_alive", [True, False])
+def test_reload_takes_a_root_only_table_from_the_spawner_or_keeps_the_old_copy(tmp_path, spawner_alive):
+    config_dir, secrets = _root_only_relay_config(tmp_path)
+    config, master = load(str(config_dir)), read_master_cf(str(config_dir / "master.cf"))
+    spec = f"texthash:{secrets}"
+    at_start = open_client_tables(config, master, ListLog())      # as root, as prepare() does
+    process = start_spawner(str(config_dir))
+    client = SpawnerClient(process.control)
+    secrets.write_text("[smtp.example.test]:587 user:new\n")
+    if not spawner_alive:
+        process.stop()
+
+    def reload_as_mail_owner():
+        log = ListLog()
+        run(client.refresh_password_tables(log))
+        tables = reopen_client_tables(at_start, config, master, log, client)
+        return run(tables[spec].lookup("[smtp.example.test]:587")).value, log.warnings()
+    try:
+        value, warnings = _as_nobody(reload_as_mail_owner)
+    finally:
+        process.stop()
+    if spawner_alive:
+        assert (value, warnings) == ("user:new", [])
+    else:
+        assert value == "user:old"
+        assert warnings[0].startswith("warning: reload: cannot re-read the password tables: the privileged "
+                                      "spawner is not available")
+        assert warnings[1].startswith(f"warning: reload: cannot re-read {spec} as mail_owner")
