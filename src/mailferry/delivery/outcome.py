@@ -156,27 +156,18 @@ def virtual_configuration_error() -> DeliveryResult:
     return deferred("4.3.5", "mail system configuration error", VIRTUAL)
 
 
-def virtual_mailbox_full(path: str, maildir: bool) -> DeliveryResult:
-    """virtual_mailbox_limit exceeded: the mailbox will not shrink by itself, so it bounces."""
-    what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
-    return bounced("5.2.2", f"{what}: error writing message: File too large", VIRTUAL)
-
-
 def virtual_spawner_failed(problem: BaseException) -> DeliveryResult:
     return deferred("4.3.0", f"cannot reach the delivery spawner: {problem}", VIRTUAL)
 
 
 def virtual_stored(result, path: str, maildir: bool) -> DeliveryResult:
-    """The spawner's answer (a delivery.spawn.MailboxResult): stored, full (bounce 5.2.2), or any
-    other trouble, which waits (4.2.0), as Postfix's virtual does for a mailbox the administrator controls."""
+    """The spawner's answer (a delivery.spawn.MailboxResult): stored; full, over virtual_mailbox_limit
+    or the disk quota (bounce 5.2.2); or any other trouble, which waits (4.2.0), as Postfix's virtual
+    does for a mailbox whose place the administrator controls."""
     if result.stored:
         return sent("2.0.0", "delivered to maildir" if maildir else "delivered to mailbox", VIRTUAL)
+    what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
+    detail = f"{what}: {result.error or 'unknown error'}"
     if result.too_big or result.errno in _MAILBOX_FULL_ERRNOS:
-        if result.error:
-            what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
-            return bounced("5.2.2", f"{what}: {result.error}", VIRTUAL)
-        return virtual_mailbox_full(path, maildir)
-    detail = result.error or "unknown error"
-    if maildir:
-        return deferred("4.2.0", f"maildir delivery failed: {detail}", VIRTUAL)
-    return deferred("4.2.0", f"delivery failed to mailbox {path}: {detail}", VIRTUAL)
+        return bounced("5.2.2", detail, VIRTUAL)
+    return deferred("4.2.0", detail, VIRTUAL)

@@ -41,6 +41,9 @@ class VirtualSettings:
     mailbox_limit: int = 51200000
     mailbox_lock: tuple[str, ...] = ("fcntl", "dotlock")
     recipient_delimiter: str = ""
+    lock_attempts: int = 20          # deliver_lock_attempts
+    lock_delay: float = 1.0          # deliver_lock_delay
+    stale_lock_time: float = 500.0
 
     @classmethod
     def from_config(cls, config: Config) -> VirtualSettings:
@@ -48,7 +51,10 @@ class VirtualSettings:
                        minimum_uid=config.integer("virtual_minimum_uid"),
                        mailbox_limit=config.size("virtual_mailbox_limit"),
                        mailbox_lock=tuple(config.list("virtual_mailbox_lock")),
-                       recipient_delimiter=config.get("recipient_delimiter"))
+                       recipient_delimiter=config.get("recipient_delimiter"),
+                       lock_attempts=config.integer("deliver_lock_attempts"),
+                       lock_delay=float(config.time("deliver_lock_delay")),
+                       stale_lock_time=float(config.time("stale_lock_time")))
         settings.check(config.size("message_size_limit"))
         return settings
 
@@ -209,12 +215,12 @@ class VirtualAgent:
         if isinstance(mailbox, DeliveryResult):
             return mailbox
         content = delivery_headers(job.message.sender, recipient) + body
-        limit = self.settings.mailbox_limit
-        if mailbox.is_maildir and limit and len(content) > limit:
-            return outcome.virtual_mailbox_full(mailbox.path, True)
+        # virtual_mailbox_limit caps an mbox file and each Maildir file: the spawner checks it
         request = MailboxRequest(RunAs(uid=mailbox.uid, gid=mailbox.gid), mailbox.path, content,
                                  sender=job.message.sender, arrival_time=job.message.arrival_time,
-                                 size_limit=0 if mailbox.is_maildir else limit, locks=self.settings.mailbox_lock)
+                                 size_limit=self.settings.mailbox_limit, locks=self.settings.mailbox_lock,
+                                 lock_attempts=self.settings.lock_attempts, lock_delay=self.settings.lock_delay,
+                                 stale_lock_time=self.settings.stale_lock_time)
         try:
             result = await self.spawner.store_in_mailbox(request)
         except OSError as problem:     # the spawner itself is gone: the mail waits

@@ -165,7 +165,7 @@ def test_the_agent_asks_the_spawner_to_store_as_the_mapped_ids_with_lf_content()
     assert first.path == "/var/vmail/a.test/alice/"
     assert first.content == (b"Return-Path: <sender@x.test>\nX-Original-To: alice@a.test\n"
                              b"Delivered-To: alice@a.test\nSubject: hi\n\nbody\n")
-    assert (first.size_limit, second.size_limit) == (0, 51200000)   # the mbox file is capped, in the spawner
+    assert (first.size_limit, second.size_limit) == (51200000, 51200000)   # checked by the spawner
     assert (second.run_as, second.sender, second.arrival_time, second.locks) == (
         RunAs(uid=5001, gid=5000), "sender@x.test", 1000.0, ("fcntl",))
 
@@ -188,10 +188,3 @@ def test_a_full_mailbox_bounces_5_2_2_other_trouble_waits():
     result = asyncio.run(agent(RecordingSpawner(denied)).deliver(job("alice@a.test")))[0]
     assert (result.status, result.dsn, result.reason) == (
         DEFERRED, "4.2.0", "maildir delivery failed: create maildir file x: Permission denied")
-
-
-def test_a_maildir_file_over_virtual_mailbox_limit_bounces_without_being_written():
-    spawner = RecordingSpawner()
-    result = asyncio.run(agent(spawner, limit=100).deliver(job("alice@a.test", content=b"x" * 200)))[0]
-    assert (result.status, result.dsn) == (BOUNCED, "5.2.2")
-    assert spawner.requests == []
