@@ -13,12 +13,14 @@ uid and gid; unknown virtual and local users are refused at RCPT.
 from __future__ import annotations
 
 import os
+import shutil
 import smtplib
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import world_readable_tempdir
+from tests.integration.test_rewriting import rcpt_reply
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +62,7 @@ def hosted(daemon_factory):
     daemon.start()
     yield daemon, base
     for path in (tables, base):
-        _remove(path)
-
-
-def _remove(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def send(daemon, recipients: list[str], body: str = "Hello from the test.\n", subject: str = "virtual") -> None:
@@ -73,14 +70,6 @@ def send(daemon, recipients: list[str], body: str = "Hello from the test.\n", su
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
         refused = client.sendmail("sender@example.org", recipients, message)
     assert refused == {}
-
-
-def rcpt_reply(daemon, recipient: str) -> tuple[int, str]:
-    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
-        client.ehlo("client.example.org")
-        client.mail("sender@example.org")
-        code, text = client.rcpt(recipient)
-        return code, text.decode()
 
 
 def maildir_files(maildir: Path) -> list[Path]:
