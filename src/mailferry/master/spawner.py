@@ -32,10 +32,10 @@ Commands are run as pipe(8) and local(8) run them: argv executed directly
 (no shell), exactly the environment given, standard input fed from the
 request (a command that exits without reading it is not an error), stdout
 and stderr captured together up to output_limit, in a process group of
-their own that is killed with SIGKILL after time_limit. The working
-directory is the one asked for; where the user cannot enter it (a home
-directory on an unmounted disk) the command runs in "/", as Postfix's
-local(8) does rather than fail the delivery.
+their own that is killed with SIGKILL after time_limit, in the working
+directory asked for. A directory the user cannot enter, or a program that
+cannot be executed, is a temporary error (`error`, temporary=True), as
+Postfix's pipe_command exits EX_TEMPFAIL for both: the mail waits.
 
 Not started as root (the quickstart), the spawner runs everything as the
 user that started mailferry, and refuses a request naming another account:
@@ -59,6 +59,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import time
@@ -262,11 +263,12 @@ def resolve_account(run_as: RunAs) -> Account:
     return account
 
 
-def become(run_as: RunAs) -> Account:
-    """Switch this (child) process to the account for good, or raise RequestError."""
+def become(run_as: RunAs, account: Account | None = None) -> Account:
+    """Switch this (child) process to the account for good, or raise RequestError.
+    `account`: already resolved (and maybe given the spool's group, see spool_access)."""
     if os.getuid() != 0:
         return _check_current_user(run_as)
-    account = resolve_account(run_as)
+    account = account or resolve_account(run_as)
     try:
         if run_as.user:
             os.initgroups(account.name, account.gid)
@@ -306,13 +308,58 @@ def _check_current_user(run_as: RunAs) -> Account:
     return Account(me.pw_name, me.pw_uid, os.getgid())
 
 
+# ---- the mail spool directory (local(8) without home_mailbox)
+
+def spool_access(request: MailboxRequest, config_dir: str) -> Account | None:
+    """Postfix's local(8) rights for `mail_spool_directory/user`, as root, before becoming the user.
+
+    A world-writable spool: the user's own rights. A group-writable one (Debian's
+    /var/mail, root:mail 2775): the user with the spool's group. Otherwise root
+    creates the missing mailbox (mode 0600) and gives it to the user, as Postfix
+    does. Only for exactly `<mail_spool_directory of our own main.cf>/<that user>`:
+    the daemon cannot have a file made anywhere else. None: nothing special."""
+    if os.getuid() != 0 or not request.run_as.user:
+        return None
+    account = resolve_account(request.run_as)
+    directory, name = os.path.split(request.path)
+    if name != account.name:
+        return None
+    try:
+        spool = load(config_dir).get("mail_spool_directory").rstrip("/")
+    except Exception:      # noqa: BLE001 - an unreadable main.cf leaves the plain rules
+        return None
+    if not spool or os.path.realpath(directory) != os.path.realpath(spool):
+        return None
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    if info.st_mode & stat.S_IWOTH:
+        return None
+    if info.st_mode & stat.S_IWGRP:
+        return Account(account.name, account.uid, info.st_gid)
+    try:
+        fd = os.open(request.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return None
+    try:
+        os.fchown(fd, account.uid, account.gid)
+    finally:
+        os.close(fd)
+    return None
+
+
 # ---- running a command (in the child, as the account)
 
 def run_command(request: CommandRequest) -> CommandResult:
-    cwd = request.cwd if os.path.isdir(request.cwd) and os.access(request.cwd, os.X_OK) else "/"
+    try:
+        os.chdir(request.cwd)
+    except OSError as exc:
+        return CommandResult(None, error=f'cannot change directory to "{request.cwd}" for uid={os.getuid()} '
+                                         f'gid={os.getgid()}: {exc.strerror}')
     try:
         process = subprocess.Popen(list(request.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, cwd=cwd, env=dict(request.env),
+                                   stderr=subprocess.STDOUT, env=dict(request.env),
                                    process_group=0, close_fds=True)
     except OSError as exc:
         return CommandResult(None, error=f"execvp {request.argv[0]}: {exc.strerror or exc}")
@@ -448,7 +495,7 @@ def serve_request(sock: socket.socket, config_dir: str) -> None:
             answer, output = _result_header(run_command(request))
         elif kind == MAILBOX:
             request = parse_mailbox(header, body)
-            become(request.run_as)
+            become(request.run_as, spool_access(request, config_dir))
             answer, output = _result_header(mailbox.store(request))
         elif kind == PASSWORD_TABLES:
             answer, output = {"tables": read_password_tables(config_dir)}, b""
