@@ -243,12 +243,7 @@ def resolve_account(run_as: RunAs) -> Account:
             entry = pwd.getpwnam(run_as.user)
         except KeyError:
             raise RequestError(f"unknown user: {run_as.user}", temporary=False) from None
-        gid = entry.pw_gid
-        if run_as.group:
-            try:
-                gid = grp.getgrnam(run_as.group).gr_gid
-            except KeyError:
-                raise RequestError(f"unknown group: {run_as.group}", temporary=False) from None
+        gid = _group_id(run_as.group) if run_as.group else entry.pw_gid
         account = Account(entry.pw_name, entry.pw_uid, gid)
     else:
         try:
@@ -261,6 +256,13 @@ def resolve_account(run_as: RunAs) -> Account:
         raise RequestError(f"refusing to deliver as {who}: root privileges (uid 0 or gid 0) are never "
                            "given to a delivery; name an unprivileged account")
     return account
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise RequestError(f"unknown group: {name}", temporary=False) from None
 
 
 def become(run_as: RunAs, account: Account | None = None) -> Account:
@@ -297,12 +299,7 @@ def _check_current_user(run_as: RunAs) -> Account:
     named = run_as.user or (str(run_as.uid) if run_as.uid is not None else "")
     if (run_as.user and run_as.user != me.pw_name) or (run_as.uid is not None and run_as.uid != me.pw_uid):
         raise RequestError(f"mailferry is not running as root: cannot deliver as {named}")
-    gid = run_as.gid
-    if run_as.group:
-        try:
-            gid = grp.getgrnam(run_as.group).gr_gid
-        except KeyError:
-            raise RequestError(f"unknown group: {run_as.group}", temporary=False) from None
+    gid = _group_id(run_as.group) if run_as.group else run_as.gid
     if gid is not None and gid != os.getgid() and gid not in os.getgroups():
         raise RequestError(f"mailferry is not running as root: cannot deliver with group {run_as.group or gid}")
     return Account(me.pw_name, me.pw_uid, os.getgid())

@@ -274,35 +274,20 @@ def test_a_dead_spawner_is_a_temporary_error_and_the_master_logs_it(spawned, cli
 
 def test_not_started_as_root_it_runs_as_that_user_and_refuses_another(tmp_path):
     """A test process that has become nobody starts its own spawner, as the quickstart does."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            process = start_spawner(str(tmp_path))
-            client = SpawnerClient(process.control)
+    def ask_as_nobody():
+        process = start_spawner(str(tmp_path))
+        client = SpawnerClient(process.control)
 
-            async def ask():
-                return [await client.run_command(shell("id -u", run_as=run_as)) for run_as in
-                        (RunAs(user="nobody"), RunAs(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid), RunAs(user="daemon"),
-                         RunAs(uid=1, gid=1))]
-            results = asyncio.run(ask())
-            process.stop()
-            os.write(write_end, json.dumps([[r.output.decode(), r.error] for r in results]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        answers = json.loads(reader.read() or b"null")
-    os.waitpid(pid, 0)
-    assert answers == [[f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
-                       ["", "mailferry is not running as root: cannot deliver as daemon"],
-                       ["", "mailferry is not running as root: cannot deliver as 1"]]
+        async def ask():
+            return [await client.run_command(shell("id -u", run_as=run_as)) for run_as in
+                    (RunAs(user="nobody"), RunAs(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid), RunAs(user="daemon"),
+                     RunAs(uid=1, gid=1))]
+        results = run(ask())
+        process.stop()
+        return [[result.output.decode(), result.error] for result in results]
+    assert _as_nobody(ask_as_nobody) == [[f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
+                                         ["", "mailferry is not running as root: cannot deliver as daemon"],
+                                         ["", "mailferry is not running as root: cannot deliver as 1"]]
 
 
 def test_password_tables_are_the_configurations_own_read_with_roots_rights(tmp_path):
