@@ -500,8 +500,8 @@ def serve_request(sock: socket.socket, config_dir: str) -> None:
             raise RequestError(f"malformed request: unknown kind {kind!r}")
     except RequestError as exc:
         answer, output = {"refused": str(exc), "temporary": exc.temporary}, b""
-    except (OSError, struct.error) as exc:
-        answer, output = {"refused": f"spawner: {exc}", "temporary": True}, b""
+    except Exception as exc:      # noqa: BLE001 - whatever happened, the daemon gets an answer, the mail waits
+        answer, output = {"refused": f"spawner: {type(exc).__name__}: {exc}", "temporary": True}, b""
     sock.settimeout(READ_TIMEOUT)
     sock.sendall(encode_frame(answer, output))
 
@@ -711,9 +711,9 @@ class SpawnerClient:
             await writer.drain()
             return await asyncio.wait_for(read_frame_async(reader), timeout)
         except (OSError, asyncio.IncompleteReadError, RequestError) as exc:
-            raise SpawnerUnavailable(_unavailable(f"no answer: {exc}")) from None
+            raise SpawnerUnavailable(f"no answer from the privileged spawner ({exc})") from None
         except TimeoutError:
-            raise SpawnerUnavailable(_unavailable(f"no answer in {timeout:.0f} s")) from None
+            raise SpawnerUnavailable(f"no answer from the privileged spawner in {timeout:.0f} s") from None
         finally:
             writer.close()
 
