@@ -58,6 +58,10 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "minimal_backoff_time",
     "qmgr_message_active_limit",
     "recipient_delimiter",
+    # pipe(8) (delivery/pipe.py; docs/pipe.md)
+    "command_time_limit",
+    "export_environment",
+    "transport_time_limit",
     # Address rewriting (cleanup/rewrite.py, smtpd/recipient_maps.py, delivery/generic.py; docs/rewriting.md)
     "virtual_alias_maps",
     "virtual_alias_domains",

@@ -37,15 +37,14 @@ Where mailferry differs, on purpose (docs/pipe.md says so too):
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailferry.config.mastercf import PipeSpec, Service
+from mailferry.config.pipe_service import (PER_RECIPIENT_MACROS, MacroError, account_problem, check_argv,
+                                           needs_one_command_per_recipient, parse_word)
 from mailferry.delivery import outcome
 from mailferry.delivery.destinations import Destinations
 from mailferry.delivery.settings import per_transport
@@ -55,92 +54,12 @@ from mailferry.maillog import Log
 from mailferry.message import DeliveryResult, QueuedMessage, Recipient
 from mailferry.protocol.address import quote_local_part
 
-# pipe(8): "a command-line argument that contains ${recipient} expands to as many
-# command-line arguments as there are recipients", and so do these.
-PER_RECIPIENT_MACROS = frozenset({"recipient", "original_recipient", "user", "extension", "mailbox", "domain"})
-MESSAGE_MACROS = frozenset({
-    "sender", "nexthop", "size", "queue_id", "envid", "client_address", "client_hostname",
-    "client_port", "client_protocol", "client_helo", "sasl_method", "sasl_username", "sasl_sender",
-})
-KNOWN_MACROS = PER_RECIPIENT_MACROS | MESSAGE_MACROS
 # pipe_command() resets the command search path to <paths.h>'s _PATH_DEFPATH.
 COMMAND_PATH = "/usr/bin:/bin"
 MAILER_DAEMON = "MAILER-DAEMON"
-# Flags that put one recipient's address in the content: Postfix wants recipient_limit 1 for them.
-SINGLE_RECIPIENT_FLAGS = "DO"
-
-_NAME = re.compile(r"[A-Za-z0-9_]*")
 
 
-class MacroError(ValueError):
-    """An argv= word Postfix's pipe(8) would refuse: an unknown or empty macro name."""
-
-
-# --- argv=: macros -------------------------------------------------------------------------------
-
-def parse_word(word: str) -> list[tuple[bool, str]]:
-    """An argv= word as (is_macro, text) pieces, read as Postfix's mac_parse() reads it."""
-    pieces: list[tuple[bool, str]] = []
-    literal: list[str] = []
-    position = 0
-    while position < len(word):
-        char = word[position]
-        if char != "$":
-            literal.append(char)
-            position += 1
-            continue
-        if word[position + 1:position + 2] == "$":
-            literal.append("$")
-            position += 2
-            continue
-        name, position = _macro_name(word, position + 1)
-        if literal:
-            pieces.append((False, "".join(literal)))
-            literal = []
-        pieces.append((True, name))
-    if literal:
-        pieces.append((False, "".join(literal)))
-    return pieces
-
-
-def _macro_name(word: str, position: int) -> tuple[str, int]:
-    opening = word[position:position + 1]
-    if opening in ("{", "("):
-        closing = "}" if opening == "{" else ")"
-        depth, end = 1, position + 1
-        while depth:
-            if end >= len(word):
-                raise MacroError(f'truncated macro reference: "{word}"')
-            depth += (word[end] == opening) - (word[end] == closing)
-            end += 1
-        name, position = word[position + 1:end - 1], end
-    else:
-        name = _NAME.match(word, position).group()
-        position += len(name)
-    if not name:
-        raise MacroError(f'empty macro name: "{word}"')
-    if name not in KNOWN_MACROS:
-        raise MacroError(f'unknown macro name: "{name}"')
-    return name, position
-
-
-def macros_in(word: str) -> set[str]:
-    return {text for is_macro, text in parse_word(word) if is_macro}
-
-
-def check_argv(argv: Sequence[str]) -> None:
-    """Raise MacroError for the first word pipe(8) would refuse."""
-    for word in argv:
-        parse_word(word)
-
-
-def needs_one_command_per_recipient(argv: Sequence[str], flags: str) -> bool:
-    """True when one command for several recipients would mix them up: per-recipient
-    macros in more than one word (`-m ${extension} ${user}` would become
-    `-m ext1 ext2 user1 user2`), or a header naming the one recipient (flags D, O)."""
-    words = sum(1 for word in argv if macros_in(word) & PER_RECIPIENT_MACROS)
-    return words > 1 or any(flag in flags for flag in SINGLE_RECIPIENT_FLAGS)
-
+# --- argv=: the macros' values (config/pipe_service.py reads the words) ---------------------------
 
 def split_extension(localpart: str, delimiters: str) -> tuple[str, str | None]:
     """(user, extension) per recipient_delimiter, with Postfix's split_addr() exceptions:
@@ -336,48 +255,11 @@ def _per_service(config, service: str, suffix: str, fallback: str) -> str:
 
 
 def pipe_account(spec: PipeSpec, mail_owner: str, setgid_group: str, where: str) -> RunAs:
-    """user=name[:group], checked as pipe(8) checks it: the account and group must exist,
-    and neither may be root, mail_owner or (the group) setgid_group."""
-    try:
-        account = pwd.getpwnam(spec.user)
-    except KeyError:
-        raise ValueError(f"{where}: user={spec.user}: no such account") from None
-    gid = account.pw_gid
-    if spec.group:
-        try:
-            gid = grp.getgrnam(spec.group).gr_gid
-        except KeyError:
-            raise ValueError(f"{where}: user={spec.user}:{spec.group}: no such group") from None
-    if account.pw_uid == 0:
-        raise ValueError(f"{where}: user={spec.user} has root privileges; pipe(8) refuses them: "
-                         "name an unprivileged account")
-    owner = _account(mail_owner)
-    if owner is not None and account.pw_uid == owner.pw_uid:
-        raise ValueError(f"{where}: user={spec.user} is the mail system owner (mail_owner = {mail_owner}); "
-                         "pipe(8) refuses it: name another account")
-    if gid == 0:
-        raise ValueError(f"{where}: user={spec.user}{':' + spec.group if spec.group else ''} has the "
-                         "privileged group id 0; pipe(8) refuses it")
-    if owner is not None and gid == owner.pw_gid:
-        raise ValueError(f"{where}: user= has mail_owner {mail_owner}'s group id {gid}; pipe(8) refuses it")
-    setgid = _group_id(setgid_group)
-    if setgid is not None and gid == setgid:
-        raise ValueError(f"{where}: user= has setgid_group {setgid_group}'s group id {gid}; pipe(8) refuses it")
+    """user=name[:group] as RunAs, or ValueError naming `where` when pipe(8) refuses it."""
+    problem = account_problem(spec.user, spec.group, mail_owner, setgid_group)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
     return RunAs(user=spec.user, group=spec.group or "")
-
-
-def _account(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
-
-
-def _group_id(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
 
 
 def command_environment(export: Sequence[str], environ: dict[str, str],

@@ -14,6 +14,7 @@ import pytest
 
 from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
+from mailferry.config import pipe_service
 from mailferry.config.mastercf import PipeSpec, parse_master_cf
 from mailferry.delivery import outcome, pipe
 from mailferry.delivery.pipe import PipeAgent, PipeSettings
@@ -124,8 +125,8 @@ def test_recipient_delimiter_splits_as_postfix_split_addr(local, delimiters, exp
     ("${user?x}", 'unknown macro name: "user?x"'),   # pipe(8) has no conditional forms
 ])
 def test_words_postfix_refuses(word, problem):
-    with pytest.raises(pipe.MacroError, match=problem.replace("?", r"\?")):
-        pipe.check_argv(["/bin/cmd", word])
+    with pytest.raises(pipe_service.MacroError, match=problem.replace("?", r"\?")):
+        pipe_service.check_argv(["/bin/cmd", word])
 
 
 @pytest.mark.parametrize("argv, flags, single", [
@@ -137,7 +138,7 @@ def test_words_postfix_refuses(word, problem):
     (["/bin/cmd", "${sender}"], "FR", False),
 ])
 def test_when_mailferry_runs_one_command_per_recipient(argv, flags, single):
-    assert pipe.needs_one_command_per_recipient(argv, flags) is single
+    assert pipe_service.needs_one_command_per_recipient(argv, flags) is single
 
 
 # --- the command's standard input -------------------------------------------------------------------
