@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import world_readable_tempdir
+from tests.peers import PeerError
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]
@@ -33,7 +34,7 @@ printf '%s\\0' "$0" "$@" > "$run/argv"
 id -u > "$run/uid"
 env > "$run/env"
 echo $$ > "$run/pid"
-cat > "$run/stdin"
+cat > "$run/stdin.part" && mv "$run/stdin.part" "$run/stdin"
 for last in "$@"; do :; done
 case $(cat "{mode}") in
   75) echo "deliver: Mailbox is locked: user.$last"; exit 75 ;;
@@ -200,3 +201,13 @@ def _state(pid: int) -> str:
     except OSError:
         pass
     return ""
+
+
+def test_the_mail_owner_as_user_stops_the_daemon_naming_the_line(daemon_factory, cyrus):
+    service = f"cyrus unix - n n - - pipe\n  flags=R user=nobody argv={cyrus.program} {ARGV_TAIL}\n"
+    daemon = daemon_factory(extra_services=service)
+    with pytest.raises(PeerError):
+        daemon.start(timeout=20)
+    said = (daemon.directory / "stderr.log").read_text()
+    assert (f"{daemon.config_dir}/master.cf, line 8: service cyrus: user=nobody: the account is the mail "
+            "system owner (mail_owner = nobody)") in said, said
