@@ -211,3 +211,18 @@ def test_the_mail_owner_as_user_stops_the_daemon_naming_the_line(daemon_factory,
     said = (daemon.directory / "stderr.log").read_text()
     assert (f"{daemon.config_dir}/master.cf, line 8: service cyrus: user=nobody: the account is the mail "
             "system owner (mail_owner = nobody)") in said, said
+
+
+def test_mailbox_transport_cyrus_delivers_local_mail(daemon_factory, cyrus):
+    """The seed's routing: mydestination's mail goes to local(8), which hands mailboxes to
+    mailbox_transport = cyrus. (local_recipient_maps is emptied: the test's users are not
+    system accounts, and whether they exist is Cyrus's to say.)"""
+    services = (f"local unix - n n - - local\n"
+                f"cyrus unix - n n - - pipe\n"
+                f"  flags=R user={PIPE_USER} argv={cyrus.program} {ARGV_TAIL}\n")
+    daemon = daemon_factory(extra_services=services, local_transport="local", mailbox_transport="cyrus",
+                            local_recipient_maps="", recipient_delimiter="+").start()
+    send(daemon, ["john.smith+work@example.test"])
+    [run] = cyrus.wait_for_runs(1)
+    assert cyrus.argv(run)[3:] == ["alice@sender.example", "-m", "work", "john.smith"]
+    daemon.wait_for_log("status=sent (delivered via cyrus service)")
