@@ -78,6 +78,10 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "relay_recipient_maps",
     "unknown_relay_recipient_reject_code",
     "show_user_unknown_table_name",
+    # pipe(8) (delivery/pipe.py; docs/pipe.md)
+    "command_time_limit",
+    "export_environment",
+    "transport_time_limit",
     # Address rewriting (cleanup/rewrite.py, smtpd/recipient_maps.py, delivery/generic.py; docs/rewriting.md)
     "virtual_alias_maps",
     "virtual_alias_domains",

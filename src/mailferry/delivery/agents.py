@@ -17,6 +17,7 @@ from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.generic import GenericMaps
+from mailferry.delivery.pipe import PipeAgent, PipeSettings
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import DeliveryJob, SmtpClient
@@ -31,7 +32,7 @@ from mailferry.tables import Maps, TableError, open_maps
 CLIENT_COMMANDS = ("smtp", "lmtp")
 # master.cf commands whose agent runs here, beside the SMTP/LMTP client: each is made by
 # Transports._make_agent. (discard, error and retry answer at once: see immediate().)
-LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("virtual",)
+LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("pipe", "virtual")
 
 
 class DeliveryAgent(Protocol):
@@ -99,6 +100,9 @@ class Transports:
             raise ValueError("no spawner to run deliveries with a user's rights")
         if service.command == "virtual":
             return VirtualAgent.from_config(_service_config(self.config, self.master, service), self.spawner, self.log)
+        if service.command == "pipe":
+            return PipeAgent(PipeSettings.from_config(_service_config(self.config, self.master, service), service,
+                                                      self.master.path), self.spawner, self.log)
         raise ValueError(f"mailferry has no {service.command} delivery agent yet (master.cf service {transport})")
 
     def _client_problem(self, transport: str) -> DeliveryResult | None:

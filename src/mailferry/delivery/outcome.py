@@ -171,3 +171,89 @@ def virtual_stored(result, path: str, maildir: bool) -> DeliveryResult:
     if result.too_big or result.errno in _MAILBOX_FULL_ERRNOS:
         return bounced("5.2.2", detail, VIRTUAL)
     return deferred("4.2.0", detail, VIRTUAL)
+
+
+# --- pipe(8): what a command's end means, as Postfix's pipe_command() and sys_exits.c read it
+
+# <sysexits.h> codes: (status, text); the class decides. Any other non-zero code bounces (5.3.0).
+SYS_EXITS = {
+    64: ("5.3.0", "command line usage error"),    # EX_USAGE
+    65: ("5.6.0", "data format error"),           # EX_DATAERR
+    66: ("5.3.0", "cannot open input"),           # EX_NOINPUT
+    67: ("5.1.1", "user unknown"),                # EX_NOUSER
+    68: ("5.1.2", "host name unknown"),           # EX_NOHOST
+    69: ("5.3.0", "service unavailable"),         # EX_UNAVAILABLE
+    70: ("5.3.0", "internal software error"),     # EX_SOFTWARE
+    71: ("4.3.0", "system resource problem"),     # EX_OSERR
+    72: ("5.3.0", "critical OS file missing"),    # EX_OSFILE
+    73: ("5.2.0", "can't create user output file"),  # EX_CANTCREAT
+    74: ("5.3.0", "input/output error"),          # EX_IOERR
+    75: ("4.3.0", "temporary failure"),           # EX_TEMPFAIL
+    76: ("5.5.0", "remote error in protocol"),    # EX_PROTOCOL
+    77: ("5.7.0", "permission denied"),           # EX_NOPERM
+    78: ("5.3.5", "local configuration error"),   # EX_CONFIG
+}
+
+
+def command_output_text(output: bytes) -> str:
+    """The command's output as Postfix quotes it: tabs and newlines become spaces, other
+    unprintable characters `_`."""
+    text = output.decode("utf-8", "replace").replace("\t", " ").replace("\n", " ")
+    return "".join(char if char.isprintable() else "_" for char in text)
+
+
+def command_failure(result, command: str, relay: str) -> DeliveryResult | None:
+    """A finished command (delivery.spawn.CommandResult) that did not succeed, or None when it
+    exited 0. Exit codes follow <sysexits.h>: 75 and 71 defer, the others bounce; output that
+    starts with an enhanced status code (`4.2.2 mailbox full`) takes precedence. Death by a
+    signal defers, as does a command that ran out of time (Postfix bounces that one: mailferry
+    keeps the mail, since a stuck mail store is the usual cause) or that could not be started
+    (Postfix's child then exits EX_TEMPFAIL)."""
+    output = command_output_text(result.output).rstrip()
+    with_output = f". Command output: {output}" if output else ""
+    if result.error:
+        return deferred("4.3.0", f"cannot run command \"{command}\": {result.error}", relay)
+    if result.timed_out:
+        return deferred("4.3.0", f"Command time limit exceeded: \"{command}\"{with_output}", relay)
+    if result.exit_status is None:
+        return deferred("4.3.0", f"Command died with signal {result.signal}: \"{command}\"{with_output}", relay)
+    if result.exit_status == 0:
+        return None
+    status, _, text = output.partition(" ")
+    if _is_command_status(status):
+        return (deferred if status[0] == "4" else bounced)(status, text.lstrip(), relay)
+    if result.exit_status in SYS_EXITS:
+        dsn, text = SYS_EXITS[result.exit_status]
+        return (deferred if dsn[0] == "4" else bounced)(dsn, f"{text}{with_output}", relay)
+    return bounced("5.3.0", f"Command died with status {result.exit_status}: \"{command}\"{with_output}", relay)
+
+
+def pipe_result(result, command: str, service: str) -> DeliveryResult:
+    """pipe(8): `delivered via SERVICE service`, with the first 100 characters of any output."""
+    failure = command_failure(result, command, service)
+    if failure is not None:
+        return failure
+    output = command_output_text(result.output).rstrip()
+    return sent("2.0.0", f"delivered via {service} service{f' ({output[:100]})' if output else ''}", service)
+
+
+def pipe_too_big(service: str) -> DeliveryResult:
+    """Larger than the service's size= attribute."""
+    return bounced("5.2.3", "message too large", service)
+
+
+def pipe_loop(address: str, service: str) -> DeliveryResult:
+    """Flag D: the message already carries a Delivered-To: for this recipient."""
+    return bounced("5.4.6", f"mail forwarding loop for {address}", service)
+
+
+def pipe_spawner_unavailable(problem: OSError, service: str) -> DeliveryResult:
+    """The privileged spawner did not answer: nothing ran, the mail waits."""
+    return deferred("4.3.0", f"cannot run command: the spawner is unavailable ({problem})", service)
+
+
+def _is_command_status(text: str) -> bool:
+    """Postfix's dsn_valid(): one digit 2, 4 or 5, then two groups of 1-3 digits."""
+    parts = text.split(".")
+    return (_is_status(text) and len(parts[0]) == 1
+            and all(1 <= len(part) <= 3 for part in parts[1:]))
