@@ -195,14 +195,20 @@ def _open_password_maps(settings: ClientSettings) -> Maps:
 
 
 def reopen_client_tables(tables: dict[str, Maps], config: Config, master: MasterCf | None,
-                         log: Log) -> dict[str, Maps]:
+                         log: Log, spawner: Spawner | None = None) -> dict[str, Maps]:
     """At reload, as mail_owner: re-read each password table, so a `postmap`ed change is
-    seen. A table only root can read stays as opened at start, and the log says so."""
+    seen. A table only root can read comes from the spawner, which has just read it again
+    with root's rights (master/spawner.py: its `password_tables`); without one, the copy
+    opened at start stays, and the log says so."""
+    root_copies: dict[str, Maps] = getattr(spawner, "password_tables", None) or {}
     fresh: dict[str, Maps] = {}
-    for spec in {*tables, *_password_table_specs(config, master)}:
+    for spec in {*tables, *password_table_specs(config, master)}:
         try:
             fresh[spec] = open_maps(spec)
         except TableError as problem:
+            if spec in root_copies:
+                fresh[spec] = root_copies[spec]
+                continue
             if spec not in tables:
                 continue      # reported when a transport needs it
             fresh[spec] = tables[spec]
@@ -211,7 +217,7 @@ def reopen_client_tables(tables: dict[str, Maps], config: Config, master: Master
     return fresh
 
 
-def _password_table_specs(config: Config, master: MasterCf | None) -> set[str]:
+def password_table_specs(config: Config, master: MasterCf | None) -> set[str]:
     specs = set()
     for service in (master.services if master is not None else []):
         if service.type == "unix" and service.command in CLIENT_COMMANDS:

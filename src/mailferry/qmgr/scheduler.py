@@ -230,7 +230,7 @@ class Scheduler:
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """New routes, agents and settings for the next messages taken; deliveries in
         progress finish with the agents they have."""
-        self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log)
+        self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log, self._spawner)
         old = self.transports
         self.resolver = Resolver.from_config(config)
         self.transports = delivery_agents(config, master, self.log, self._client_tables, self._spawner,
