@@ -38,8 +38,10 @@ delivered again, as in Postfix.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
+import socket
 import stat
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -51,7 +53,7 @@ from mailferry.delivery.local_settings import LocalSettings, censor, expand_loca
 from mailferry.delivery.smtp import DeliveryJob
 from mailferry.delivery.spawn import CommandRequest, MailboxRequest, RunAs, Spawner
 from mailferry.maillog import Log
-from mailferry.message import DEFERRED, DeliveryResult, NewMessage, Recipient
+from mailferry.message import DEFERRED, DeliveryResult, NewMessage, QueuedMessage, Recipient
 from mailferry.tables import FOUND, TEMPFAIL, TableError, open_table, split_spec
 from mailferry.tables.aliases import AliasTextTable, split_destinations
 from mailferry.tables.base import Table
@@ -559,8 +561,12 @@ class LocalAgent:
     def _mailbox_request(self, expansion: Expansion, run_as: RunAs, path: str, content: bytes,
                          branch: Branch) -> MailboxRequest:
         return MailboxRequest(run_as, path, content, sender=branch.sender,
+                              maildir_name=maildir_name(expansion.job.message, expansion.recipient.address, path),
                               arrival_time=expansion.job.message.arrival_time, size_limit=self.settings.mailbox_size_limit,
-                              locks=self.settings.mailbox_delivery_lock)
+                              locks=self.settings.mailbox_delivery_lock,
+                              lock_attempts=self.settings.deliver_lock_attempts,
+                              lock_delay=self.settings.deliver_lock_delay,
+                              stale_lock_time=self.settings.stale_lock_time)
 
     async def _read_as(self, expansion: Expansion, rights: Rights, path: str, what: str,
                        missing_ok: bool = False) -> str | None:
@@ -654,6 +660,17 @@ def _table_rights(table: Table, accounts: Accounts) -> Rights | None:
     if owner is None:
         raise TableError(f"no account has uid {uid}, the owner of the alias database", path)
     return owner
+
+
+def maildir_name(message: QueuedMessage, recipient: str, path: str) -> str:
+    """The Maildir file name of this message for this recipient in this Maildir; "" for an mbox.
+    The same on every try: a delivery repeated because a crash came before the queue recorded
+    it finds its file already in new/ (delivery/mailbox.py), so the message is there once."""
+    if not path.endswith("/"):
+        return ""
+    digest = hashlib.sha256(f"{recipient.lower()}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+    return f"{int(message.arrival_time)}.Q{message.queue_id}R{digest}.{host}"
 
 
 def _rights(account: pwd.struct_passwd | None) -> Rights | None:

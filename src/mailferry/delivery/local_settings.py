@@ -41,6 +41,9 @@ class LocalSettings:
     prepend_delivered_header: frozenset[str] = frozenset({"command", "file", "forward"})
     owner_request_special: bool = True
     mailbox_delivery_lock: tuple[str, ...] = ("fcntl", "dotlock")
+    deliver_lock_attempts: int = 20
+    deliver_lock_delay: float = 1.0
+    stale_lock_time: float = 500.0
     myorigin: str = "localhost"
     enable_original_recipient: bool = True
 
@@ -67,6 +70,9 @@ class LocalSettings:
             prepend_delivered_header=words("prepend_delivered_header"),
             owner_request_special=config.boolean("owner_request_special"),
             mailbox_delivery_lock=tuple(config.list("mailbox_delivery_lock")),
+            deliver_lock_attempts=config.integer("deliver_lock_attempts"),
+            deliver_lock_delay=float(config.time("deliver_lock_delay")),
+            stale_lock_time=float(config.time("stale_lock_time")),
             myorigin=config.get("myorigin"),
             enable_original_recipient=config.boolean("enable_original_recipient"),
         )

@@ -210,8 +210,11 @@ def local_mailbox_failed(mailbox: str, user: str, result, maildir: bool) -> Deli
     (4.3.0); an mbox's other errors bounce (5.2.0) and a Maildir's wait (4.2.0). mailferry also
     waits on EACCES/EPERM: Postfix would have had root's rights there, so it is a setup to fix."""
     error = result.error or "unknown error"
-    text = (f"maildir delivery failed: {error}" if maildir
-            else f"cannot update mailbox {mailbox} for user {user}. {error}")
+    if error.startswith("cannot update"):
+        text = error         # the mailbox writer's own text (delivery/mailbox.py), already Postfix's
+    else:
+        text = (f"maildir delivery failed: {error}" if maildir
+                else f"cannot update mailbox {mailbox} for user {user}. {error}")
     if result.too_big or result.errno in (_EDQUOT, _EFBIG):
         return bounced("5.2.2", text, LOCAL_RELAY)
     if result.errno in (_EAGAIN, _ESTALE):
