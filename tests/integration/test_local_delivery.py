@@ -163,6 +163,26 @@ def test_mbox_delivery_owned_by_the_user_and_a_full_mailbox_bounces(daemon_facto
     assert mailbox.read_bytes() == first
 
 
+def test_dot_forward_is_read_and_run_as_the_user(daemon_factory, users):
+    account = users["mfuser2"]
+    record = world_readable_tempdir("mailferry-forward-")
+    record.chmod(0o777)
+    forward = Path(account.pw_dir) / ".forward"
+    forward.write_text(f'\\mfuser2, "|id -u > {record}/uid"\n')
+    os.chown(forward, account.pw_uid, account.pw_gid)
+    forward.chmod(0o600)       # readable by its owner only: the spawner reads it as mfuser2
+    daemon = local_daemon(daemon_factory, "a: mfuser1\n")
+    message_id = send(daemon, ["mfuser2@example.test"])
+    [path] = maildir_files(account)
+    assert message_id.encode() in path.read_bytes()
+    daemon.wait_for_log("to=<mfuser2@example.test>, relay=local")
+    deadline = time.monotonic() + 20
+    while not (record / "uid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (record / "uid").read_text().strip() == str(account.pw_uid)
+    shutil.rmtree(record, ignore_errors=True)
+
+
 def test_unknown_local_user_bounces_with_postfix_text(daemon_factory, users):
     # (smtpd's local_recipient_maps check would refuse it at RCPT; here it is off, so local(8) decides.)
     daemon = local_daemon(daemon_factory, "a: mfuser1\n", local_recipient_maps="")

@@ -623,7 +623,14 @@ def refresh_alias_maps(maps: list[AliasMap], warn, accounts: Accounts) -> list[A
 
 def _open_alias_map(spec: str, warn, accounts: Accounts) -> AliasMap:
     type_name, name = split_spec(spec)
-    table: Table = AliasTextTable(name) if type_name == "texthash" else open_table(spec)
+    try:
+        table: Table = AliasTextTable(name) if type_name == "texthash" else open_table(spec)
+    except TableError as problem:
+        if "mailferry postmap" not in problem.message:
+            raise
+        # An alias table is built from aliases(5) syntax: postmap would misread it.
+        raise TableError(f"{problem.message.split('; ')[0]}; build it with: mailferry newaliases {spec}",
+                         problem.file) from None
     for text in getattr(table, "warnings", ()):
         warn(text)
     return AliasMap(spec, table, _table_rights(table, accounts), _signature(table))

@@ -414,3 +414,12 @@ def test_settings_from_postfix_defaults():
     assert settings.alias_maps == ["hash:/etc/aliases", "nis:mail.aliases"]
     assert settings.allow_mail_to_commands == frozenset({"alias", "forward"})
     assert settings.mailbox_size_limit == 51200000 and settings.mail_spool_directory == "/var/mail"
+
+
+def test_unbuilt_alias_table_says_to_run_newaliases(tmp_path):
+    from mailferry.tables import TableError
+    source = tmp_path / "aliases"
+    source.write_text("a: b\n")
+    with pytest.raises(TableError) as raised:
+        open_alias_maps([f"hash:{source}"], print)
+    assert str(raised.value) == (f"{source}.db: no such file; build it with: mailferry newaliases hash:{source}")
