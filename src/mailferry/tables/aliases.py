@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from mailferry.tables.base import TableError
-from mailferry.tables.memory import DictTable
+from mailferry.tables.memory import TexthashTable
 
 Warn = Callable[[int, str], None]
 _BLANKS = " \t\r\n\f\v"
@@ -161,16 +161,7 @@ def _read(path: str) -> str:
         raise TableError(f"cannot open: {exc.strerror}", path) from None
 
 
-class AliasTextTable(DictTable):
+class AliasTextTable(TexthashTable):
     """`texthash:/etc/aliases` in alias_maps: the aliases(5) file read straight into memory."""
 
-    type_name = "texthash"
-
-    def __init__(self, name: str):
-        warnings: list[str] = []
-        entries: dict[str, str] = {}
-        for key, value, _ in read_aliases(name, True, lambda line, text: warnings.append(
-                f"{name}, line {line}: {text}")):
-            entries.setdefault(key, value)
-        super().__init__(name, entries)
-        self.warnings = warnings
+    read = staticmethod(read_aliases)
