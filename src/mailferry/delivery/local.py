@@ -53,7 +53,7 @@ from mailferry.delivery.local_settings import LocalSettings, censor, expand_loca
 from mailferry.delivery.smtp import DeliveryJob
 from mailferry.delivery.spawn import CommandRequest, MailboxRequest, RunAs, Spawner
 from mailferry.maillog import Log
-from mailferry.message import DEFERRED, DeliveryResult, NewMessage, QueuedMessage, Recipient
+from mailferry.message import DeliveryResult, NewMessage, QueuedMessage, Recipient
 from mailferry.tables import FOUND, TEMPFAIL, TableError, open_table, split_spec
 from mailferry.tables.aliases import AliasTextTable, split_destinations
 from mailferry.tables.base import Table
@@ -483,11 +483,9 @@ class LocalAgent:
 
     # --- helpers
 
-    def _add(self, expansion: Expansion, result: DeliveryResult) -> None:
+    @staticmethod
+    def _add(expansion: Expansion, result: DeliveryResult) -> None:
         expansion.results.append(result)
-        if result.status == DEFERRED:
-            self.log.warning(self.transport, f"{expansion.job.message.queue_id}: "
-                                             f"{expansion.recipient.address}: {result.reason}")
 
     @staticmethod
     def _first_time(expansion: Expansion, key: tuple) -> bool:

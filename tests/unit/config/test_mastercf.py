@@ -88,7 +88,7 @@ def test_debian_support_classification(debian):
     assert support[("retry", "unix")] == BUILTIN
     assert support[("postlog", "unix-dgram")] == BUILTIN
     assert support[("rewrite", "unix")] == BUILTIN
-    assert support[("local", "unix")] == UNSUPPORTED
+    assert support[("local", "unix")] == IMPLEMENTED
     assert support[("maildrop", "unix")] == IMPLEMENTED
 
 
@@ -353,7 +353,7 @@ def test_unknown_command_is_an_error():
     assert master.services[0].support == UNSUPPORTED
 
 
-@pytest.mark.parametrize("command", ["local", "virtual", "postscreen", "spawn", "tlsproxy",
+@pytest.mark.parametrize("command", ["virtual", "postscreen", "spawn", "tlsproxy",
                                      "dnsblog", "qmqpd"])
 def test_unsupported_daemon_is_a_warning(command):
     master = parse(f"x unix - n n - - {command}\n")
