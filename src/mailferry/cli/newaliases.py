@@ -7,8 +7,8 @@ hash:, btree:, lmdb: and cdb: tables are built into FILE.db / FILE.lmdb /
 FILE.cdb the way postmap builds its tables (a temporary file renamed into
 place, the source's owner and mode kept: local(8) runs an alias's
 |commands and /files as the owner of the table). A texthash: table is read
-as it is: newaliases checks its syntax and builds nothing. Postfix's
-default alias_database, hash:/etc/aliases, is built only if the file exists.
+as it is: newaliases checks its syntax and builds nothing. A missing
+source is an error, named with its path.
 
 Exit status: 0 built, 1 a table could not be built (each is tried).
 `mailferry-sendmail -bi`, `-I` and a `newaliases` link run this too.
