@@ -191,6 +191,17 @@ def test_unknown_local_user_bounces_with_postfix_text(daemon_factory, users):
     assert 'dsn=5.1.1, status=bounced (unknown user: "nosuchuser")' in log
 
 
+def flush(daemon, timeout: float = 30.0) -> None:
+    """postqueue -f, again until the daemon's control socket answers (it opens just after start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = daemon.command("postqueue", "-f")
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.1)
+
+
 def test_kill9_during_local_delivery_loses_nothing_and_delivers_once(daemon_factory, users):
     """100 messages get their 250 while master.cf has no `local` service (they wait); then the
     service is added, the queue flushed, and the daemon killed (-9) a few deliveries in. After a
@@ -210,13 +221,13 @@ def test_kill9_during_local_delivery_loses_nothing_and_delivers_once(daemon_fact
     daemon.stop()
     daemon.write_config(main_cf, master_cf)
     daemon.start()
-    assert daemon.command("postqueue", "-f").returncode == 0
+    flush(daemon)
     maildir_files(users["mfuser1"], timeout=60, count=3)
     daemon.kill9()
     new = Path(users["mfuser1"].pw_dir) / "Maildir" / "new"
     delivered_before = len(list(new.iterdir()))
     daemon.start()
-    assert daemon.command("postqueue", "-f").returncode == 0
+    flush(daemon)
     maildir_files(users["mfuser1"], timeout=120, count=len(ids))
     deadline = time.monotonic() + 60
     while daemon.queue_summary()[0] and time.monotonic() < deadline:

@@ -73,9 +73,8 @@ def test_debian_master_cf_has_no_errors(debian):
     assert [(s.name, s.type) for s in debian.services] == DEBIAN_SERVICES
 
 
-def test_debian_master_cf_warns_only_about_local_and_virtual(debian):
-    assert [(d.line, d.parameter) for d in warnings(debian)] == [
-        (74, "local/unix"), (75, "virtual/unix")]
+def test_debian_master_cf_warns_only_about_virtual(debian):
+    assert [(d.line, d.parameter) for d in warnings(debian)] == [(75, "virtual/unix")]
     assert all(d.file.endswith("master.cf.debian") for d in debian.diagnostics)
 
 
