@@ -32,10 +32,10 @@ Commands are run as pipe(8) and local(8) run them: argv executed directly
 (no shell), exactly the environment given, standard input fed from the
 request (a command that exits without reading it is not an error), stdout
 and stderr captured together up to output_limit, in a process group of
-their own that is killed with SIGKILL after time_limit. The working
-directory is the one asked for; where the user cannot enter it (a home
-directory on an unmounted disk) the command runs in "/", as Postfix's
-local(8) does rather than fail the delivery.
+their own that is killed with SIGKILL after time_limit, in the working
+directory asked for. A directory the user cannot enter, or a program that
+cannot be executed, is a temporary error (`error`, temporary=True), as
+Postfix's pipe_command exits EX_TEMPFAIL for both: the mail waits.
 
 Not started as root (the quickstart), the spawner runs everything as the
 user that started mailferry, and refuses a request naming another account:
@@ -59,6 +59,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import time
@@ -251,12 +252,7 @@ def resolve_account(run_as: RunAs) -> Account:
             entry = pwd.getpwnam(run_as.user)
         except KeyError:
             raise RequestError(f"unknown user: {run_as.user}", temporary=False) from None
-        gid = entry.pw_gid
-        if run_as.group:
-            try:
-                gid = grp.getgrnam(run_as.group).gr_gid
-            except KeyError:
-                raise RequestError(f"unknown group: {run_as.group}", temporary=False) from None
+        gid = _group_id(run_as.group) if run_as.group else entry.pw_gid
         account = Account(entry.pw_name, entry.pw_uid, gid)
     else:
         try:
@@ -271,11 +267,19 @@ def resolve_account(run_as: RunAs) -> Account:
     return account
 
 
-def become(run_as: RunAs) -> Account:
-    """Switch this (child) process to the account for good, or raise RequestError."""
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise RequestError(f"unknown group: {name}", temporary=False) from None
+
+
+def become(run_as: RunAs, account: Account | None = None) -> Account:
+    """Switch this (child) process to the account for good, or raise RequestError.
+    `account`: already resolved (and maybe given the spool's group, see spool_access)."""
     if os.getuid() != 0:
         return _check_current_user(run_as)
-    account = resolve_account(run_as)
+    account = account or resolve_account(run_as)
     try:
         if run_as.user:
             os.initgroups(account.name, account.gid)
@@ -304,24 +308,64 @@ def _check_current_user(run_as: RunAs) -> Account:
     named = run_as.user or (str(run_as.uid) if run_as.uid is not None else "")
     if (run_as.user and run_as.user != me.pw_name) or (run_as.uid is not None and run_as.uid != me.pw_uid):
         raise RequestError(f"mailferry is not running as root: cannot deliver as {named}")
-    gid = run_as.gid
-    if run_as.group:
-        try:
-            gid = grp.getgrnam(run_as.group).gr_gid
-        except KeyError:
-            raise RequestError(f"unknown group: {run_as.group}", temporary=False) from None
+    gid = _group_id(run_as.group) if run_as.group else run_as.gid
     if gid is not None and gid != os.getgid() and gid not in os.getgroups():
         raise RequestError(f"mailferry is not running as root: cannot deliver with group {run_as.group or gid}")
     return Account(me.pw_name, me.pw_uid, os.getgid())
 
 
+# ---- the mail spool directory (local(8) without home_mailbox)
+
+def spool_access(request: MailboxRequest, config_dir: str) -> Account | None:
+    """Postfix's local(8) rights for `mail_spool_directory/user`, as root, before becoming the user.
+
+    A world-writable spool: the user's own rights. A group-writable one (Debian's
+    /var/mail, root:mail 2775): the user with the spool's group. Otherwise root
+    creates the missing mailbox (mode 0600) and gives it to the user, as Postfix
+    does. Only for exactly `<mail_spool_directory of our own main.cf>/<that user>`:
+    the daemon cannot have a file made anywhere else. None: nothing special."""
+    if os.getuid() != 0 or not request.run_as.user:
+        return None
+    account = resolve_account(request.run_as)
+    directory, name = os.path.split(request.path)
+    if name != account.name:
+        return None
+    try:
+        spool = load(config_dir).get("mail_spool_directory").rstrip("/")
+    except Exception:      # noqa: BLE001 - an unreadable main.cf leaves the plain rules
+        return None
+    if not spool or os.path.realpath(directory) != os.path.realpath(spool):
+        return None
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    if info.st_mode & stat.S_IWOTH:
+        return None
+    if info.st_mode & stat.S_IWGRP:
+        return Account(account.name, account.uid, info.st_gid)
+    try:
+        fd = os.open(request.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return None
+    try:
+        os.fchown(fd, account.uid, account.gid)
+    finally:
+        os.close(fd)
+    return None
+
+
 # ---- running a command (in the child, as the account)
 
 def run_command(request: CommandRequest) -> CommandResult:
-    cwd = request.cwd if os.path.isdir(request.cwd) and os.access(request.cwd, os.X_OK) else "/"
+    try:
+        os.chdir(request.cwd)
+    except OSError as exc:
+        return CommandResult(None, error=f'cannot change directory to "{request.cwd}" for uid={os.getuid()} '
+                                         f'gid={os.getgid()}: {exc.strerror}')
     try:
         process = subprocess.Popen(list(request.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, cwd=cwd, env=dict(request.env),
+                                   stderr=subprocess.STDOUT, env=dict(request.env),
                                    process_group=0, close_fds=True)
     except OSError as exc:
         return CommandResult(None, error=f"execvp {request.argv[0]}: {exc.strerror or exc}")
@@ -457,7 +501,7 @@ def serve_request(sock: socket.socket, config_dir: str) -> None:
             answer, output = _result_header(run_command(request))
         elif kind == MAILBOX:
             request = parse_mailbox(header, body)
-            become(request.run_as)
+            become(request.run_as, spool_access(request, config_dir))
             answer, output = _result_header(mailbox.store(request))
         elif kind == PASSWORD_TABLES:
             answer, output = {"tables": read_password_tables(config_dir)}, b""
@@ -465,8 +509,8 @@ def serve_request(sock: socket.socket, config_dir: str) -> None:
             raise RequestError(f"malformed request: unknown kind {kind!r}")
     except RequestError as exc:
         answer, output = {"refused": str(exc), "temporary": exc.temporary}, b""
-    except (OSError, struct.error) as exc:
-        answer, output = {"refused": f"spawner: {exc}", "temporary": True}, b""
+    except Exception as exc:      # noqa: BLE001 - whatever happened, the daemon gets an answer, the mail waits
+        answer, output = {"refused": f"spawner: {type(exc).__name__}: {exc}", "temporary": True}, b""
     sock.settimeout(READ_TIMEOUT)
     sock.sendall(encode_frame(answer, output))
 
@@ -676,9 +720,9 @@ class SpawnerClient:
             await writer.drain()
             return await asyncio.wait_for(read_frame_async(reader), timeout)
         except (OSError, asyncio.IncompleteReadError, RequestError) as exc:
-            raise SpawnerUnavailable(_unavailable(f"no answer: {exc}")) from None
+            raise SpawnerUnavailable(f"no answer from the privileged spawner ({exc})") from None
         except TimeoutError:
-            raise SpawnerUnavailable(_unavailable(f"no answer in {timeout:.0f} s")) from None
+            raise SpawnerUnavailable(f"no answer from the privileged spawner in {timeout:.0f} s") from None
         finally:
             writer.close()
 

@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import socket
 import tempfile
 import time
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from mailferry.config.config import load
+from mailferry.config.mastercf import read_master_cf
+from mailferry.delivery.agents import open_client_tables, reopen_client_tables
 from mailferry.delivery.spawn import CommandRequest, MailboxRequest, RunAs
 from mailferry.master.spawner import (COMMAND, PASSWORD_TABLES, RequestError, SpawnerClient, command_header,
                                       mailbox_header, parse_command, parse_mailbox, parse_run_as, start_spawner)
@@ -145,18 +149,20 @@ def _gone_within(pid, seconds):
     return False
 
 
-def test_the_command_runs_in_the_directory_asked_or_in_root_when_it_cannot_enter_it(client, reachable):
+def test_the_command_runs_in_the_directory_asked_and_one_it_cannot_enter_waits(client, reachable):
     home = reachable / "home"
     home.mkdir()
     assert run(client.run_command(command(["/bin/pwd"], cwd=str(home)))).output == f"{home}\n".encode()
     os.chmod(home, 0o700)           # root's: nobody cannot enter it
-    assert run(client.run_command(command(["/bin/pwd"], cwd=str(home)))).output == b"/\n"
-    assert run(client.run_command(command(["/bin/pwd"], cwd="/no/such/dir"))).output == b"/\n"
+    result = run(client.run_command(command(["/bin/pwd"], cwd=str(home))))
+    assert (result.exit_status, result.output, result.temporary) == (None, b"", True)
+    assert result.error == (f'cannot change directory to "{home}" for uid={NOBODY.pw_uid} gid={NOBODY.pw_gid}: '
+                            "Permission denied")
 
 
 def test_a_command_that_cannot_be_executed_says_why(client):
     result = run(client.run_command(command(["/no/such/program", "-x"])))
-    assert result.exit_status is None
+    assert (result.exit_status, result.temporary) == (None, True)
     assert result.error == "execvp /no/such/program: No such file or directory"
 
 
@@ -268,35 +274,20 @@ def test_a_dead_spawner_is_a_temporary_error_and_the_master_logs_it(spawned, cli
 
 def test_not_started_as_root_it_runs_as_that_user_and_refuses_another(tmp_path):
     """A test process that has become nobody starts its own spawner, as the quickstart does."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            process = start_spawner(str(tmp_path))
-            client = SpawnerClient(process.control)
+    def ask_as_nobody():
+        process = start_spawner(str(tmp_path))
+        client = SpawnerClient(process.control)
 
-            async def ask():
-                return [await client.run_command(shell("id -u", run_as=run_as)) for run_as in
-                        (RunAs(user="nobody"), RunAs(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid), RunAs(user="daemon"),
-                         RunAs(uid=1, gid=1))]
-            results = asyncio.run(ask())
-            process.stop()
-            os.write(write_end, json.dumps([[r.output.decode(), r.error] for r in results]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        answers = json.loads(reader.read() or b"null")
-    os.waitpid(pid, 0)
-    assert answers == [[f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
-                       ["", "mailferry is not running as root: cannot deliver as daemon"],
-                       ["", "mailferry is not running as root: cannot deliver as 1"]]
+        async def ask():
+            return [await client.run_command(shell("id -u", run_as=run_as)) for run_as in
+                    (RunAs(user="nobody"), RunAs(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid), RunAs(user="daemon"),
+                     RunAs(uid=1, gid=1))]
+        results = run(ask())
+        process.stop()
+        return [[result.output.decode(), result.error] for result in results]
+    assert _as_nobody(ask_as_nobody) == [[f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
+                                         ["", "mailferry is not running as root: cannot deliver as daemon"],
+                                         ["", "mailferry is not running as root: cannot deliver as 1"]]
 
 
 def test_password_tables_are_the_configurations_own_read_with_roots_rights(tmp_path):
@@ -320,3 +311,100 @@ def test_password_tables_are_the_configurations_own_read_with_roots_rights(tmp_p
         assert run(maps.lookup("[SMTP.example.test]:587")).value == "user:secret"
     finally:
         process.stop()
+
+
+def _root_only_relay_config(tmp_path):
+    secrets = tmp_path / "sasl_passwd"
+    secrets.write_text("[smtp.example.test]:587 user:old\n")
+    os.chmod(secrets, 0o600)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "main.cf").write_text(f"smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = texthash:{secrets}\n")
+    (config / "master.cf").write_text("smtp unix - - n - - smtp\n")
+    return config, secrets
+
+
+def _as_nobody(function):
+    """Run `function` in a child that has become nobody (mail_owner's rights); its result comes back as JSON."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+            os.write(write_end, json.dumps(function()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = json.loads(reader.read() or b"null")
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.parametrize("spawner_alive", [True, False])
+def test_reload_takes_a_root_only_table_from_the_spawner_or_keeps_the_old_copy(tmp_path, spawner_alive):
+    config_dir, secrets = _root_only_relay_config(tmp_path)
+    config, master = load(str(config_dir)), read_master_cf(str(config_dir / "master.cf"))
+    spec = f"texthash:{secrets}"
+    at_start = open_client_tables(config, master, ListLog())      # as root, as prepare() does
+    process = start_spawner(str(config_dir))
+    client = SpawnerClient(process.control)
+    secrets.write_text("[smtp.example.test]:587 user:new\n")
+    if not spawner_alive:
+        process.stop()
+
+    def reload_as_mail_owner():
+        log = ListLog()
+        run(client.refresh_password_tables(log))
+        tables = reopen_client_tables(at_start, config, master, log, client)
+        return run(tables[spec].lookup("[smtp.example.test]:587")).value, log.warnings()
+    try:
+        value, warnings = _as_nobody(reload_as_mail_owner)
+    finally:
+        process.stop()
+    if spawner_alive:
+        assert (value, warnings) == ("user:new", [])
+    else:
+        assert value == "user:old"
+        assert warnings[0].startswith("warning: reload: cannot re-read the password tables: the privileged "
+                                      "spawner is not available")
+        assert warnings[1].startswith(f"warning: reload: cannot re-read {spec} as mail_owner")
+
+
+@pytest.mark.parametrize("mode, group, owner_group", [
+    (0o1777, "root", "nogroup"),     # world-writable: the user's own rights
+    (0o2775, "mail", "mail"),        # Debian's /var/mail: the user with the spool's group
+    (0o755, "root", "nogroup"),      # root's alone: root makes the mailbox and gives it to the user
+], ids=["world-writable", "group-writable", "root-only"])
+def test_a_mailbox_in_the_mail_spool_directory_is_made_as_postfix_makes_it(reachable, mode, group, owner_group):
+    spool = reachable / "mail"
+    spool.mkdir()
+    os.chown(spool, 0, grp.getgrnam(group).gr_gid)
+    os.chmod(spool, mode)
+    config = reachable / "config"
+    config.mkdir()
+    (config / "main.cf").write_text(f"mail_spool_directory = {spool}\n")
+    process = start_spawner(str(config))
+    try:
+        client = SpawnerClient(process.control)
+        for text in (b"one\n", b"two\n"):
+            result = run(client.store_in_mailbox(MailboxRequest(RunAs(user="nobody"), f"{spool}/nobody", text)))
+            assert result.stored, result.error
+        # Only <spool>/<that user>: no other name is made with root's rights.
+        other = run(client.store_in_mailbox(MailboxRequest(RunAs(user="nobody"), f"{spool}/daemon", b"x\n")))
+    finally:
+        process.stop()
+    info = (spool / "nobody").stat()
+    assert (info.st_uid, grp.getgrgid(info.st_gid).gr_name, stat.S_IMODE(info.st_mode)) == \
+        (NOBODY.pw_uid, owner_group, 0o600)
+    assert (spool / "nobody").read_bytes().count(b"From MAILER-DAEMON") == 2
+    if mode == 0o1777:
+        assert other.stored and (spool / "daemon").stat().st_uid == NOBODY.pw_uid
+    else:
+        assert not other.stored and "Permission denied" in other.error
+        assert not (spool / "daemon").exists()
