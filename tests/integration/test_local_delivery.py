@@ -183,6 +183,18 @@ def test_dot_forward_is_read_and_run_as_the_user(daemon_factory, users):
     shutil.rmtree(record, ignore_errors=True)
 
 
+def test_spool_mbox_in_a_root_only_spool_is_made_for_the_user(daemon_factory, users):
+    spool = world_readable_tempdir("mailferry-spool-")        # root's, mode 0755, as /var/spool/mail often is
+    daemon = local_daemon(daemon_factory, "a: mfuser2\n", home_mailbox="", mail_spool_directory=str(spool))
+    message_id = send(daemon, ["mfuser2@example.test"])
+    daemon.wait_for_log("status=sent (delivered to mailbox)")
+    mailbox = spool / "mfuser2"
+    status = mailbox.stat()
+    assert (status.st_uid, status.st_mode & 0o777) == (users["mfuser2"].pw_uid, 0o600)
+    assert message_id.encode() in mailbox.read_bytes()
+    shutil.rmtree(spool, ignore_errors=True)
+
+
 def test_unknown_local_user_bounces_with_postfix_text(daemon_factory, users):
     # (smtpd's local_recipient_maps check would refuse it at RCPT; here it is off, so local(8) decides.)
     daemon = local_daemon(daemon_factory, "a: mfuser1\n", local_recipient_maps="")

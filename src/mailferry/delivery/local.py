@@ -37,12 +37,10 @@ delivered again, as in Postfix.
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import os
 import pwd
 import socket
-import stat
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -418,23 +416,14 @@ class LocalAgent:
         self._add(expansion, outcome.local_mailbox_failed(path, account.pw_name, result, maildir))
 
     def _mailbox_path(self, account: pwd.struct_passwd) -> tuple[RunAs, str]:
-        home_mailbox = self.settings.home_mailbox
-        if home_mailbox:
-            return RunAs(user=account.pw_name), os.path.join(account.pw_dir, home_mailbox)
+        """Where the user's mailbox is. For mail_spool_directory/USER the spawner itself gives
+        Postfix's spool rights (the spool's group, or a mailbox made by root): spool_access."""
+        run_as = RunAs(user=account.pw_name)
+        if self.settings.home_mailbox:
+            return run_as, os.path.join(account.pw_dir, self.settings.home_mailbox)
         spool = self.settings.mail_spool_directory
         if spool.endswith("/"):
-            return RunAs(user=account.pw_name), f"{spool}{account.pw_name}/"
-        run_as = RunAs(user=account.pw_name)
-        try:
-            mode = os.stat(spool)
-        except OSError:
-            mode = None
-        if mode is not None and not mode.st_mode & stat.S_IWOTH and mode.st_mode & stat.S_IWGRP:
-            # A group-writable spool (Debian's /var/mail, 2775 root:mail): the user, with the spool's group.
-            try:
-                run_as = RunAs(user=account.pw_name, group=grp.getgrgid(mode.st_gid).gr_name)
-            except KeyError:
-                pass
+            return run_as, f"{spool}{account.pw_name}/"
         return run_as, os.path.join(spool, account.pw_name)
 
     async def _unknown(self, expansion: Expansion, branch: Branch, target: Target) -> None:

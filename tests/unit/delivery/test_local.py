@@ -140,16 +140,6 @@ def test_mbox_under_home_and_spool(world, tmp_path):
     assert world.spawner.mailboxes[-1].path == f"{spool}/bob/"
 
 
-def test_group_writable_spool_is_written_with_its_group(world, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    os.chmod(spool, 0o2775)
-    os.chown(spool, 0, 8)   # Debian's mail group
-    world.deliver(world.agent(home_mailbox="", mail_spool_directory=str(spool)), "bob@host.example")
-    import grp
-    assert world.spawner.mailboxes[-1].run_as == RunAs(user="bob", group=grp.getgrgid(8).gr_name)
-
-
 def test_extension_is_split_off_for_the_mailbox(world):
     [result] = world.deliver(world.agent(), "alice+lists@host.example")
     assert result.status == SENT and world.spawner.mailboxes[0].run_as.user == "alice"
