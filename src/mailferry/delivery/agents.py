@@ -24,6 +24,7 @@ from mailferry.delivery.smtp import DeliveryJob, SmtpClient
 from mailferry.delivery.spawn import Spawner
 from mailferry.delivery.tls import client_context, preload_trust, trust_store_description
 from mailferry.delivery.tls_policies import TlsPolicyTable
+from mailferry.delivery.virtual import VirtualAgent
 from mailferry.maillog import Log
 from mailferry.message import DeliveryResult
 from mailferry.tables import Maps, TableError, open_maps
@@ -31,7 +32,7 @@ from mailferry.tables import Maps, TableError, open_maps
 CLIENT_COMMANDS = ("smtp", "lmtp")
 # master.cf commands whose agent runs here, beside the SMTP/LMTP client: each is made by
 # Transports._make_agent. (discard, error and retry answer at once: see immediate().)
-LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("local",)
+LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("local", "virtual")
 
 
 class DeliveryAgent(Protocol):
@@ -103,6 +104,8 @@ class Transports:
         if service.command == "local":
             return _local_agent(_service_config(self.config, self.master, service), self.spawner, self.log,
                                 self.forwarder, transport)
+        if service.command == "virtual":
+            return VirtualAgent.from_config(_service_config(self.config, self.master, service), self.spawner, self.log)
         raise ValueError(f"mailferry has no {service.command} delivery agent yet (master.cf service {transport})")
 
     def _client_problem(self, transport: str) -> DeliveryResult | None:

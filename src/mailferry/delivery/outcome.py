@@ -10,6 +10,8 @@ pflogsumm and an administrator's habits keep working.
 
 from __future__ import annotations
 
+import errno
+
 from mailferry.message import BOUNCED, DEFERRED, SENT, DeliveryResult
 from mailferry.protocol.smtp_client import ServerReply
 
@@ -150,7 +152,6 @@ _SYSEXITS = {
     75: ("4.3.0", "temporary failure"), 76: ("5.5.0", "remote error in protocol"),
     77: ("5.7.0", "permission denied"), 78: ("5.3.5", "local configuration error"),
 }
-_EDQUOT, _EFBIG, _ENOSPC, _EAGAIN, _ESTALE, _EACCES, _EPERM = 122, 27, 28, 11, 116, 13, 1
 
 
 def local_delivered(reason: str) -> DeliveryResult:
@@ -215,13 +216,13 @@ def local_mailbox_failed(mailbox: str, user: str, result, maildir: bool) -> Deli
     else:
         text = (f"maildir delivery failed: {error}" if maildir
                 else f"cannot update mailbox {mailbox} for user {user}. {error}")
-    if result.too_big or result.errno in (_EDQUOT, _EFBIG):
+    if result.too_big or result.errno in (errno.EDQUOT, errno.EFBIG):
         return bounced("5.2.2", text, LOCAL_RELAY)
-    if result.errno in (_EAGAIN, _ESTALE):
+    if result.errno in (errno.EAGAIN, errno.ESTALE):
         return deferred("4.2.0", text, LOCAL_RELAY)
-    if result.errno == _ENOSPC:
+    if result.errno == errno.ENOSPC:
         return deferred("4.3.0", text, LOCAL_RELAY)
-    if maildir or result.errno in (0, _EACCES, _EPERM):
+    if maildir or result.errno in (0, errno.EACCES, errno.EPERM):
         return deferred("4.2.0", text, LOCAL_RELAY)
     return bounced("5.2.0", text, LOCAL_RELAY)
 
@@ -267,3 +268,38 @@ def local_combined(results: list[DeliveryResult]) -> DeliveryResult:
             return failed[0]
     reasons = list(dict.fromkeys(result.reason for result in results))
     return sent("2.0.0", "; ".join(reasons), LOCAL_RELAY)
+
+
+# --- virtual(8): hosted mailboxes (delivery/virtual.py); the texts are Postfix's src/virtual/*.c
+
+VIRTUAL = "virtual"
+# The OS errors that mean the mailbox is full (Postfix's mbox_dsn: 5.2.2); any other write error waits.
+_MAILBOX_FULL_ERRNOS = (errno.EDQUOT, errno.EFBIG)
+
+
+def virtual_unknown_user(address: str) -> DeliveryResult:
+    """No virtual_mailbox_maps entry for the address, nor for its @domain."""
+    return bounced("5.1.1", f'unknown user: "{address.lower()}"', VIRTUAL)
+
+
+def virtual_configuration_error() -> DeliveryResult:
+    """A table that failed, or gave a bad path, uid or gid: the administrator fixes it, the mail
+    waits (the detail is in the log's warning, as in Postfix)."""
+    return deferred("4.3.5", "mail system configuration error", VIRTUAL)
+
+
+def virtual_spawner_failed(problem: BaseException) -> DeliveryResult:
+    return deferred("4.3.0", f"cannot reach the delivery spawner: {problem}", VIRTUAL)
+
+
+def virtual_stored(result, path: str, maildir: bool) -> DeliveryResult:
+    """The spawner's answer (a delivery.spawn.MailboxResult): stored; full, over virtual_mailbox_limit
+    or the disk quota (bounce 5.2.2); or any other trouble, which waits (4.2.0), as Postfix's virtual
+    does for a mailbox whose place the administrator controls."""
+    if result.stored:
+        return sent("2.0.0", "delivered to maildir" if maildir else "delivered to mailbox", VIRTUAL)
+    what = "maildir delivery failed" if maildir else f"delivery failed to mailbox {path}"
+    detail = f"{what}: {result.error or 'unknown error'}"
+    if result.too_big or result.errno in _MAILBOX_FULL_ERRNOS:
+        return bounced("5.2.2", detail, VIRTUAL)
+    return deferred("4.2.0", detail, VIRTUAL)

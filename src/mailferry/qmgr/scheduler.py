@@ -129,6 +129,7 @@ class SchedulerSettings:
     mail_name: str = "mailferry"
     bounce_size_limit: int = 50000
     double_bounce_recipient: str = "postmaster"
+    myorigin: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> SchedulerSettings:
@@ -146,12 +147,13 @@ class SchedulerSettings:
             mail_name=config.get("mail_name"),
             bounce_size_limit=config.integer("bounce_size_limit"),
             double_bounce_recipient=config.get("2bounce_notice_recipient"),
+            myorigin=config.get("myorigin"),
         )
 
     def bounce_settings(self) -> BounceSettings:
         return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
                               bounce_size_limit=self.bounce_size_limit,
-                              postmaster=self.double_bounce_recipient,
+                              postmaster=self.double_bounce_recipient, myorigin=self.myorigin,
                               maximal_queue_lifetime=self.maximal_queue_lifetime,
                               delay_warning_time=self.delay_warning_time)
 
