@@ -195,6 +195,18 @@ def test_spool_mbox_in_a_root_only_spool_is_made_for_the_user(daemon_factory, us
     shutil.rmtree(spool, ignore_errors=True)
 
 
+def test_unknown_local_user_is_refused_at_rcpt_aliases_and_accounts_pass(daemon_factory, users):
+    """smtpd's local_recipient_maps (default: passwd, then $alias_maps) sees newaliases' table."""
+    from tests.integration.test_rewriting import rcpt_reply
+    # Postfix's default, which the integration tests' base main.cf empties
+    daemon = local_daemon(daemon_factory, "team: mfuser1\n",
+                          local_recipient_maps="proxy:unix:passwd.byname $alias_maps")
+    assert rcpt_reply(daemon, "nosuchuser@example.test") == (
+        550, "5.1.1 <nosuchuser@example.test>: Recipient address rejected: User unknown in local recipient table")
+    assert rcpt_reply(daemon, "team@example.test")[0] == 250
+    assert rcpt_reply(daemon, "mfuser2@example.test")[0] == 250
+
+
 def test_unknown_local_user_bounces_with_postfix_text(daemon_factory, users):
     # (smtpd's local_recipient_maps check would refuse it at RCPT; here it is off, so local(8) decides.)
     daemon = local_daemon(daemon_factory, "a: mfuser1\n", local_recipient_maps="")

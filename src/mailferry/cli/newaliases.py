@@ -16,6 +16,8 @@ Exit status: 0 built, 1 a table could not be built (each is tried).
 
 from __future__ import annotations
 
+import os
+
 from mailferry.cli.options import parse_options
 from mailferry.cli.output import Reporter
 from mailferry.tables import INDEXED_TYPES, TableError, split_spec
@@ -52,6 +54,7 @@ def build_alias_table(spec: str, default_type: str, reporter: Reporter) -> bool:
             reporter.error(f"{spec}: newaliases builds {', '.join(INDEXED_TYPES)} tables (and checks "
                            f"texthash: ones); a {type_name}: table is not built from an aliases file")
             return False
+        _warn_if_replacing_postfix_index(type_name, name, reporter)
         report = build_index(type_name, name, True, reporter.warning, read_alias_entries)
     except TableError as problem:
         reporter.error(str(problem))
@@ -62,3 +65,17 @@ def build_alias_table(spec: str, default_type: str, reporter: Reporter) -> bool:
     if reporter.verbose:
         reporter.info(f"built {report.path}: {report.entries} aliases, {report.duplicates} duplicates ignored")
     return True
+
+
+def _warn_if_replacing_postfix_index(type_name: str, name: str, reporter: Reporter) -> None:
+    """An index Postfix built (Berkeley DB) is replaced: say so, since Postfix cannot read ours."""
+    from mailferry.tables.indexed import IndexedTable, index_path
+    path = index_path(type_name, name)
+    if not os.path.exists(path):
+        return
+    try:
+        IndexedTable(type_name, name).close()
+    except TableError as problem:
+        if "not a mailferry index" in problem.message:
+            reporter.warning(f"{path}: replacing an index mailferry cannot read (built by Postfix's "
+                             "newaliases?); Postfix itself cannot read the new one")

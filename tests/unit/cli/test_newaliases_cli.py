@@ -56,3 +56,13 @@ def test_sendmail_bi_and_I_build_the_alias_database(tmp_path):
                                    capture_output=True, text=True, timeout=60)
         assert completed.returncode == 0, completed.stderr
         assert open_table(f"hash:{tmp_path}/aliases").lookup_now("postmaster").value == "root"
+
+
+def test_replacing_a_foreign_index_is_said(tmp_path, mailferry):
+    (tmp_path / "aliases").write_text("postmaster: root\n")
+    (tmp_path / "aliases.db").write_bytes(b"\0" * 12 + b"\x61\x15\x06\x00" + b"\0" * 4080)   # Berkeley DB hash magic
+    config(tmp_path, f"hash:{tmp_path}/aliases")
+    result = mailferry("newaliases", config_dir=tmp_path)
+    assert result.code == 0
+    assert "replacing an index mailferry cannot read" in result.err
+    assert open_table(f"hash:{tmp_path}/aliases").lookup_now("postmaster").value == "root"
