@@ -46,6 +46,28 @@ class Parameter:
 
 
 IMPLEMENTED_PARAMETERS = frozenset({
+    # local(8) and aliases (delivery/local.py, cli/newaliases.py; docs/local-delivery.md)
+    "alias_maps",
+    "alias_database",
+    "allow_mail_to_commands",
+    "allow_mail_to_files",
+    "command_expansion_filter",
+    "command_time_limit",
+    "default_privs",
+    "deliver_lock_attempts",
+    "deliver_lock_delay",
+    "stale_lock_time",
+    "enable_original_recipient",
+    "export_environment",
+    "forward_path",
+    "home_mailbox",
+    "luser_relay",
+    "mail_spool_directory",
+    "mailbox_command",
+    "mailbox_delivery_lock",
+    "mailbox_size_limit",
+    "owner_request_special",
+    "prepend_delivered_header",
     "2bounce_notice_recipient",
     "bounce_queue_lifetime",
     "bounce_size_limit",

@@ -18,6 +18,7 @@ from mailferry.delivery import outcome
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.generic import GenericMaps
 from mailferry.delivery.pipe import PipeAgent, PipeSettings
+from mailferry.delivery.local import Forwarder, LocalAgent
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import DeliveryJob, SmtpClient
@@ -32,7 +33,7 @@ from mailferry.tables import Maps, TableError, open_maps
 CLIENT_COMMANDS = ("smtp", "lmtp")
 # master.cf commands whose agent runs here, beside the SMTP/LMTP client: each is made by
 # Transports._make_agent. (discard, error and retry answer at once: see immediate().)
-LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("pipe", "virtual")
+LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("local", "pipe", "virtual")
 
 
 class DeliveryAgent(Protocol):
@@ -47,12 +48,15 @@ class DeliveryAgent(Protocol):
 
 class Transports:
     def __init__(self, config: Config, master: MasterCf | None, log: Log, dns: Resolver,
-                 tables: dict[str, Maps] | None = None, spawner: Spawner | None = None):
+                 tables: dict[str, Maps] | None = None, spawner: Spawner | None = None,
+                 forwarder: Forwarder | None = None):
         """`tables`: password tables opened at start, while still root (see open_client_tables).
         `spawner`: runs a pipe command or stores into a mailbox with a user's rights
-        (master/spawner.py); None where no agent needs one."""
+        (master/spawner.py); None where no agent needs one. `forwarder`: queues the copies
+        local(8) forwards (qmgr/scheduler.py CleanupForwarder)."""
         self.config = config
         self.spawner = spawner
+        self.forwarder = forwarder
         self._tables = tables if tables is not None else {}
         self.master = master
         self.log = log
@@ -98,6 +102,9 @@ class Transports:
         service = self._service(transport)
         if self.spawner is None:
             raise ValueError("no spawner to run deliveries with a user's rights")
+        if service.command == "local":
+            return _local_agent(_service_config(self.config, self.master, service), self.spawner, self.log,
+                                self.forwarder, transport)
         if service.command == "virtual":
             return VirtualAgent.from_config(_service_config(self.config, self.master, service), self.spawner, self.log)
         if service.command == "pipe":
@@ -164,6 +171,14 @@ class Transports:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+
+def _local_agent(config: Config, spawner: Spawner, log: Log, forwarder: Forwarder | None,
+                 transport: str) -> LocalAgent:
+    try:
+        return LocalAgent.from_config(config, spawner, log, forwarder, transport)
+    except TableError as problem:
+        raise ValueError(f"alias_maps: {problem}") from None
 
 
 def _service_config(config: Config, master: MasterCf, service: Service) -> Config:

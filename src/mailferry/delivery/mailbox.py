@@ -64,10 +64,16 @@ def store_in_maildir(request: MailboxRequest) -> MailboxResult:
         info = _write_new_file(tmp_path, request.content)
     except OSError as exc:
         return _error(exc, f"create maildir file {tmp_path}")
-    name = f"{seconds}.V{info.st_dev:x}I{info.st_ino:x}M{micros}.{host}"
+    name = request.maildir_name or f"{seconds}.V{info.st_dev:x}I{info.st_ino:x}M{micros}.{host}"
     new_path = os.path.join(directory, "new", name)
     try:
         os.link(tmp_path, new_path)
+        _fsync_directory(os.path.join(directory, "new"))
+    except FileExistsError as exc:
+        if not request.maildir_name:
+            _unlink_quietly(tmp_path)
+            return _error(exc, f"link to {new_path}")
+        # The same delivery, tried again after a crash before the queue recorded it: already there.
         _fsync_directory(os.path.join(directory, "new"))
     except OSError as exc:
         _unlink_quietly(tmp_path)

@@ -138,6 +138,138 @@ def _class(dsn: str, wanted: str) -> str:
     return f"{wanted}.0.0"
 
 
+# --- local(8): delivery/local.py. Postfix's texts from src/local/*.c and src/global/pipe_command.c
+
+LOCAL_RELAY = "local"
+
+# <sysexits.h> codes a command may exit with: (status, text); 4.x.x defers, 5.x.x bounces (sys_exits.c)
+_SYSEXITS = {
+    64: ("5.3.0", "command line usage error"), 65: ("5.6.0", "data format error"),
+    66: ("5.3.0", "cannot open input"), 67: ("5.1.1", "user unknown"), 68: ("5.1.2", "host name unknown"),
+    69: ("5.3.0", "service unavailable"), 70: ("5.3.0", "internal software error"),
+    71: ("4.3.0", "system resource problem"), 72: ("5.3.0", "critical OS file missing"),
+    73: ("5.2.0", "can't create user output file"), 74: ("5.3.0", "input/output error"),
+    75: ("4.3.0", "temporary failure"), 76: ("5.5.0", "remote error in protocol"),
+    77: ("5.7.0", "permission denied"), 78: ("5.3.5", "local configuration error"),
+}
+
+
+def local_delivered(reason: str) -> DeliveryResult:
+    """`delivered to mailbox`, `delivered to maildir`, `delivered to command: CMD`, `delivered to file: PATH`."""
+    return sent("2.0.0", reason, LOCAL_RELAY)
+
+
+def local_forwarded(queue_id: str) -> DeliveryResult:
+    return sent("2.0.0", f"forwarded as {queue_id}", LOCAL_RELAY)
+
+
+def local_forward_failed(problem: str) -> DeliveryResult:
+    """The forwarded copy could not be queued (cleanup refused, disk full): the original waits."""
+    return deferred("4.3.0", f"cannot forward the message: {problem}", LOCAL_RELAY)
+
+
+def local_unknown_user(user: str) -> DeliveryResult:
+    return bounced("5.1.1", f'unknown user: "{user}"', LOCAL_RELAY)
+
+
+def local_null_username(address: str) -> DeliveryResult:
+    return bounced("5.1.3", f'null username in "{address}"', LOCAL_RELAY)
+
+
+def local_forwarding_loop(address: str) -> DeliveryResult:
+    """The message already has `Delivered-To: address`: it went round."""
+    return bounced("5.4.6", f"mail forwarding loop for {address}", LOCAL_RELAY)
+
+
+def local_nesting_limit() -> DeliveryResult:
+    return bounced("5.4.6", "recipient nesting limit exceeded", LOCAL_RELAY)
+
+
+def local_alias_loop(name: str) -> DeliveryResult:
+    return bounced("5.4.6", f"alias database loop for {name}", LOCAL_RELAY)
+
+
+def local_restricted(kind: str) -> DeliveryResult:
+    """allow_mail_to_commands / allow_mail_to_files do not allow this expansion type."""
+    return bounced("5.7.1", f"mail to {kind} is restricted", LOCAL_RELAY)
+
+
+def local_trouble(reason: str, dsn: str = "4.3.0") -> DeliveryResult:
+    """A lookup that failed, an unreadable .forward or :include:, a user database error:
+    local trouble waits, with the text saying what to fix."""
+    return deferred(dsn, reason, LOCAL_RELAY)
+
+
+def local_bad_destination(reason: str) -> DeliveryResult:
+    """An alias, .forward or :include: entry that can never be delivered (a relative file name)."""
+    return bounced("5.3.5", reason, LOCAL_RELAY)
+
+
+def local_mailbox_failed(mailbox: str, user: str, result, maildir: bool) -> DeliveryResult:
+    """`result` is a delivery.spawn.MailboxResult with stored false. Postfix's mbox_dsn(): a full
+    mailbox (mailbox_size_limit, EDQUOT, EFBIG) bounces 5.2.2, EAGAIN waits, a full disk waits
+    (4.3.0); an mbox's other errors bounce (5.2.0) and a Maildir's wait (4.2.0). mailferry also
+    waits on EACCES/EPERM: Postfix would have had root's rights there, so it is a setup to fix."""
+    error = result.error or "unknown error"
+    if error.startswith("cannot update"):
+        text = error         # the mailbox writer's own text (delivery/mailbox.py), already Postfix's
+    else:
+        text = (f"maildir delivery failed: {error}" if maildir
+                else f"cannot update mailbox {mailbox} for user {user}. {error}")
+    if result.too_big or result.errno in (errno.EDQUOT, errno.EFBIG):
+        return bounced("5.2.2", text, LOCAL_RELAY)
+    if result.errno in (errno.EAGAIN, errno.ESTALE):
+        return deferred("4.2.0", text, LOCAL_RELAY)
+    if result.errno == errno.ENOSPC:
+        return deferred("4.3.0", text, LOCAL_RELAY)
+    if maildir or result.errno in (0, errno.EACCES, errno.EPERM):
+        return deferred("4.2.0", text, LOCAL_RELAY)
+    return bounced("5.2.0", text, LOCAL_RELAY)
+
+
+def local_command_result(command: str, result, delivered: str) -> DeliveryResult:
+    """What a `|command` (or mailbox_command) did, by its exit status (pipe_command.c); `result`
+    is a delivery.spawn.CommandResult. Output the command wrote goes into the DSN text."""
+    output = result.output.decode("utf-8", "replace").strip()
+    said = f". Command output: {' '.join(output.split())}" if output else ""
+    if result.exit_status == 0 and not result.timed_out:
+        return local_delivered(delivered)
+    if result.error:
+        reason = f"cannot run command \"{command}\": {result.error}"
+        return (deferred if result.temporary else bounced)("4.3.0", reason, LOCAL_RELAY)
+    if result.timed_out:
+        return bounced("5.3.0", f"Command time limit exceeded: \"{command}\"{said}", LOCAL_RELAY)
+    if result.exit_status is None:
+        return deferred("4.3.0", f"Command died with signal {result.signal}: \"{command}\"{said}", LOCAL_RELAY)
+    status_text = output.split(None, 1)
+    if status_text and _is_status(status_text[0]) and status_text[0][0] in "45":
+        text = status_text[1] if len(status_text) > 1 else "delivery failed"
+        return (deferred if status_text[0][0] == "4" else bounced)(status_text[0], text, LOCAL_RELAY)
+    if result.exit_status in _SYSEXITS:
+        dsn, text = _SYSEXITS[result.exit_status]
+        return (deferred if dsn[0] == "4" else bounced)(dsn, f"{text}{said}", LOCAL_RELAY)
+    return bounced("5.3.0", f"Command died with status {result.exit_status}: \"{command}\"{said}", LOCAL_RELAY)
+
+
+def local_root_mailbox(user: str) -> DeliveryResult:
+    """mailferry never writes as root (master/spawner.py refuses uid 0): mail for root's own
+    mailbox waits until root is aliased to a person, as Postfix's docs advise anyway."""
+    return deferred("4.3.0", f"mailferry does not deliver to the mailbox of {user} (uid 0): alias "
+                             f"{user} to a real user in alias_maps (e.g. `{user}: you`), run "
+                             "`mailferry newaliases`, then `mailferry postqueue -f`", LOCAL_RELAY)
+
+
+def local_combined(results: list[DeliveryResult]) -> DeliveryResult:
+    """One recipient's result when an alias or .forward fanned it out: any part that waits
+    makes it wait (the whole expansion is tried again), else any bounce bounces, else sent."""
+    for status in (DEFERRED, BOUNCED):
+        failed = [result for result in results if result.status == status]
+        if failed:
+            return failed[0]
+    reasons = list(dict.fromkeys(result.reason for result in results))
+    return sent("2.0.0", "; ".join(reasons), LOCAL_RELAY)
+
+
 # --- virtual(8): hosted mailboxes (delivery/virtual.py); the texts are Postfix's src/virtual/*.c
 
 VIRTUAL = "virtual"

@@ -157,7 +157,8 @@ def mailbox_header(request: MailboxRequest) -> dict:
     return {"kind": MAILBOX, "run_as": asdict(request.run_as), "path": request.path, "sender": request.sender,
             "arrival_time": request.arrival_time, "size_limit": request.size_limit,
             "locks": list(request.locks), "lock_attempts": request.lock_attempts,
-            "lock_delay": request.lock_delay, "stale_lock_time": request.stale_lock_time}
+            "lock_delay": request.lock_delay, "stale_lock_time": request.stale_lock_time,
+            "maildir_name": request.maildir_name}
 
 
 def parse_command(header: dict, body: bytes) -> CommandRequest:
@@ -185,7 +186,15 @@ def parse_mailbox(header: dict, body: bytes) -> MailboxRequest:
     return MailboxRequest(parse_run_as(header.get("run_as")), _path(header, "path"), body, sender,
                           _number(header, "arrival_time"), int(_number(header, "size_limit", integer=True)),
                           tuple(locks), int(_number(header, "lock_attempts", integer=True)),
-                          _number(header, "lock_delay"), _number(header, "stale_lock_time"))
+                          _number(header, "lock_delay"), _number(header, "stale_lock_time"),
+                          _maildir_name(header))
+
+
+def _maildir_name(header: dict) -> str:
+    name = header.get("maildir_name", "")
+    if not _is_text(name) or len(name) > 255 or "/" in name or "\0" in name or name.startswith("."):
+        raise RequestError("malformed request: maildir_name must be a plain file name")
+    return name
 
 
 def parse_run_as(value) -> RunAs:
