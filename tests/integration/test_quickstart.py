@@ -1,4 +1,5 @@
-"""The README's first command: mailferry on examples/quickstart, started in the background."""
+"""The README's first command: mailferry on examples/quickstart, started in the background,
+delivers a first message into a Maildir under the quickstart directory."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from tests.integration.conftest import ROOT, free_port, wait_for_port, world_rea
 pytestmark = pytest.mark.integration
 
 
-def test_quickstart_starts_accepts_mail_and_stops():
+def test_quickstart_starts_delivers_to_a_maildir_and_stops():
     directory = world_readable_tempdir("mailferry-quickstart-")
     config_dir = directory / "quickstart"
     shutil.copytree(ROOT / "examples" / "quickstart", config_dir,
-                    ignore=shutil.ignore_patterns("queue", "mailferry.log"))
+                    ignore=shutil.ignore_patterns("queue", "mailferry.log", "mail"))
     port = free_port()
     master_cf = (config_dir / "master.cf").read_text().replace("127.0.0.1:2525", f"127.0.0.1:{port}")
     (config_dir / "master.cf").write_text(master_cf)
@@ -36,16 +37,36 @@ def test_quickstart_starts_accepts_mail_and_stops():
         wait_for_port("127.0.0.1", port)
         assert subprocess.run(command + ["status"], capture_output=True).returncode == 0
         with smtplib.SMTP("127.0.0.1", port) as client:
+            # As the README says: to a local address, here postmaster (aliased to root).
             assert client.sendmail("me@example.test", ["postmaster@mail.example.test"],
-                                   b"Subject: quickstart\r\n\r\nhello\r\n") == {}
-        log = config_dir / "mailferry.log"
-        deadline = time.monotonic() + 20
-        while "(queue active)" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < deadline, "nothing was queued"
+                                   b"Subject: quickstart\r\n\r\nhello from the quickstart\r\n") == {}
+            # A name that is neither a user nor an alias is refused at once.
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail("me@example.test", ["no-such-user-here@mail.example.test"], b"\r\nx\r\n")
+            code, text = refused.value.recipients["no-such-user-here@mail.example.test"]
+            assert code == 550 and b"User unknown in local recipient table" in text
+        log_file = config_dir / "mailferry.log"
+        deadline = time.monotonic() + 30
+        while ": removed" not in (log_file.read_text() if log_file.exists() else ""):
+            assert time.monotonic() < deadline, _log_tail(config_dir)
             time.sleep(0.05)
+        new = config_dir / "mail" / "root" / "new"
+        [stored] = list(new.iterdir())
+        text = stored.read_bytes()
+        assert b"hello from the quickstart" in text and b"\r\n" not in text
+        assert b"Delivered-To: root@mail.example.test" in text
+        assert b"Return-Path: <me@example.test>" in text
+        log = log_file.read_text()
+        assert "to=<root@mail.example.test>, orig_to=<postmaster@mail.example.test>" in log
+        assert "status=sent (delivered to maildir)" in log
         listing = subprocess.run(command + ["mailq"], capture_output=True, text=True).stdout
-        assert "postmaster@mail.example.test" in listing
+        assert "Mail queue is empty" in listing
     finally:
         stopped = subprocess.run(command + ["stop"], capture_output=True, text=True, timeout=90)
         shutil.rmtree(directory, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def _log_tail(config_dir) -> str:
+    log = config_dir / "mailferry.log"
+    return "nothing was delivered; the log ends:\n" + (log.read_text()[-3000:] if log.exists() else "(no log)")
