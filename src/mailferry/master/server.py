@@ -78,6 +78,7 @@ class MailServer:
             # Keys are often readable by root alone: read them before root is given up, as Postfix does.
             self.tls_contexts[key] = _tls_context(service, self.config)
         self._prepare_queue_directory()
+        self._prepare_mail_spool()
         self.log = self._open_log()
         # A directory server that fails is the administrator's business: say so in the mail log.
         log_ldap_warnings_to(lambda text: self.log.warning("cleanup", text))
@@ -136,6 +137,24 @@ class MailServer:
                   if name.startswith("queue.db")]
         give_to(paths, self.owner)
 
+    def _prepare_mail_spool(self) -> None:
+        """A missing mail_spool_directory is made, root's and mode 755 as /var/mail is made by
+        the system, when master.cf runs local(8) and home_mailbox does not send mail home. The
+        spawner makes each user's own mailbox in it (master/spawner.py spool_access)."""
+        if not any(service.command == "local" for service in self.master.services):
+            return
+        if self.config.get("home_mailbox") or self.config.get("mailbox_command"):
+            return
+        spool = self.config.get("mail_spool_directory").rstrip("/")
+        if not spool or os.path.isdir(spool):
+            return
+        try:
+            os.makedirs(spool, 0o755)
+        except OSError as exc:
+            raise StartupError(f"main.cf: mail_spool_directory = {spool}: cannot create it: {exc.strerror}; "
+                               "create it, or set mail_spool_directory to an existing directory") from None
+        os.chmod(spool, 0o755)
+
     # ---- phase 2: the event loop
     async def serve(self) -> None:
         self._stop = asyncio.Event()
@@ -153,6 +172,9 @@ class MailServer:
         if self.background:
             _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
         self.log.line("master", f"daemon started -- version {__version__}, configuration {self.config_dir}")
+        if self.owner is not None and os.geteuid() != 0 and self.spawner_process is not None:
+            self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
+                                    f"rights of {self.owner.name}, whatever account it names")
         self.log.flush()
         try:
             while not self._stop.is_set():

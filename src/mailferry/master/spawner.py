@@ -37,9 +37,10 @@ directory asked for. A directory the user cannot enter, or a program that
 cannot be executed, is a temporary error (`error`, temporary=True), as
 Postfix's pipe_command exits EX_TEMPFAIL for both: the mail waits.
 
-Not started as root (the quickstart), the spawner runs everything as the
-user that started mailferry, and refuses a request naming another account:
-"mailferry is not running as root: cannot deliver as USER".
+Not started as root (the quickstart as an ordinary user), the spawner runs
+every request as the user that started mailferry, whatever account it
+names: there is no one else it could be. The master says so in the log at
+start. Root is still refused by name.
 
 The spawner cannot be restarted once root is given up. If it dies, the
 master says so in the log, and every delivery that needs it defers with
@@ -303,14 +304,14 @@ def _can_become_root() -> bool:
 
 
 def _check_current_user(run_as: RunAs) -> Account:
-    """Not root: only the user mailferry runs as may be named."""
+    """Not root: there is no one else to be. Every request runs as the user mailferry runs as,
+    whatever account it names (a personal instance such as the quickstart: all its mailboxes
+    are that user's); root is still never named. Writing where that user may not write fails
+    as it would for the named account, and the mail waits."""
+    if run_as.user == "root" or run_as.uid == 0 or run_as.gid == 0 or run_as.group == "root":
+        raise RequestError("refusing to deliver as root: root privileges (uid 0 or gid 0) are never "
+                           "given to a delivery; name an unprivileged account")
     me = pwd.getpwuid(os.getuid())
-    named = run_as.user or (str(run_as.uid) if run_as.uid is not None else "")
-    if (run_as.user and run_as.user != me.pw_name) or (run_as.uid is not None and run_as.uid != me.pw_uid):
-        raise RequestError(f"mailferry is not running as root: cannot deliver as {named}")
-    gid = _group_id(run_as.group) if run_as.group else run_as.gid
-    if gid is not None and gid != os.getgid() and gid not in os.getgroups():
-        raise RequestError(f"mailferry is not running as root: cannot deliver with group {run_as.group or gid}")
     return Account(me.pw_name, me.pw_uid, os.getgid())
 
 
@@ -327,7 +328,8 @@ def spool_access(request: MailboxRequest, config_dir: str) -> Account | None:
     if os.getuid() != 0 or not request.run_as.user:
         return None
     account = resolve_account(request.run_as)
-    directory, name = os.path.split(request.path)
+    maildir = request.path.endswith("/")
+    directory, name = os.path.split(request.path.rstrip("/"))
     if name != account.name:
         return None
     try:
@@ -344,6 +346,11 @@ def spool_access(request: MailboxRequest, config_dir: str) -> Account | None:
         return None
     if info.st_mode & stat.S_IWGRP:
         return Account(account.name, account.uid, info.st_gid)
+    if maildir:
+        # mailferry's addition: Postfix makes a spool Maildir with the user's rights only, so a
+        # root-only spool (`mail_spool_directory = /x/`) would fail; root makes the user's own
+        # directory here, exactly as it makes an mbox file, and the user writes the rest.
+        return _make_users_spool_maildir(request.path.rstrip("/"), account)
     try:
         fd = os.open(request.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -352,6 +359,15 @@ def spool_access(request: MailboxRequest, config_dir: str) -> Account | None:
         os.fchown(fd, account.uid, account.gid)
     finally:
         os.close(fd)
+    return None
+
+
+def _make_users_spool_maildir(path: str, account: Account) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return None
+    os.chown(path, account.uid, account.gid, follow_symlinks=False)
     return None
 
 

@@ -272,7 +272,7 @@ def test_a_dead_spawner_is_a_temporary_error_and_the_master_logs_it(spawned, cli
     assert not stored.stored and stored.errno == 11 and "not available" in stored.error
 
 
-def test_not_started_as_root_it_runs_as_that_user_and_refuses_another(tmp_path):
+def test_not_started_as_root_it_runs_everything_as_that_user_but_never_names_root(tmp_path):
     """A test process that has become nobody starts its own spawner, as the quickstart does."""
     def ask_as_nobody():
         process = start_spawner(str(tmp_path))
@@ -281,13 +281,14 @@ def test_not_started_as_root_it_runs_as_that_user_and_refuses_another(tmp_path):
         async def ask():
             return [await client.run_command(shell("id -u", run_as=run_as)) for run_as in
                     (RunAs(user="nobody"), RunAs(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid), RunAs(user="daemon"),
-                     RunAs(uid=1, gid=1))]
+                     RunAs(uid=1, gid=1), RunAs(user="root"))]
         results = run(ask())
         process.stop()
         return [[result.output.decode(), result.error] for result in results]
     assert _as_nobody(ask_as_nobody) == [[f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
-                                         ["", "mailferry is not running as root: cannot deliver as daemon"],
-                                         ["", "mailferry is not running as root: cannot deliver as 1"]]
+                                         [f"{NOBODY.pw_uid}\n", ""], [f"{NOBODY.pw_uid}\n", ""],
+                                         ["", "refusing to deliver as root: root privileges (uid 0 or gid 0) "
+                                              "are never given to a delivery; name an unprivileged account"]]
 
 
 def test_password_tables_are_the_configurations_own_read_with_roots_rights(tmp_path):
@@ -408,3 +409,28 @@ def test_a_mailbox_in_the_mail_spool_directory_is_made_as_postfix_makes_it(reach
     else:
         assert not other.stored and "Permission denied" in other.error
         assert not (spool / "daemon").exists()
+
+
+def test_a_maildir_in_a_root_only_mail_spool_directory_is_made_by_root_and_given_to_the_user(reachable):
+    """`mail_spool_directory = /x/` (a Maildir per user) in a spool only root may write: root makes
+    <spool>/<user>/ and gives it to the user, who writes the rest; no other name is made."""
+    spool = reachable / "mail"
+    spool.mkdir()
+    os.chmod(spool, 0o755)
+    config = reachable / "config"
+    config.mkdir()
+    (config / "main.cf").write_text(f"mail_spool_directory = {spool}/\n")
+    process = start_spawner(str(config))
+    try:
+        client = SpawnerClient(process.control)
+        stored = run(client.store_in_mailbox(MailboxRequest(RunAs(user="nobody"), f"{spool}/nobody/", b"one\n")))
+        other = run(client.store_in_mailbox(MailboxRequest(RunAs(user="nobody"), f"{spool}/daemon/", b"x\n")))
+    finally:
+        process.stop()
+    assert stored.stored, stored.error
+    for sub in ("", "new", "tmp", "cur"):
+        info = (spool / "nobody" / sub).stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o700)
+    [message] = (spool / "nobody" / "new").iterdir()
+    assert message.read_bytes() == b"one\n" and message.stat().st_uid == NOBODY.pw_uid
+    assert not other.stored and "Permission denied" in other.error and not (spool / "daemon").exists()
