@@ -48,7 +48,8 @@ DEFAULT_PRIVATE = True
 DEFAULT_UNPRIV = True
 DEFAULT_CHROOT = False
 
-IMPLEMENTED_COMMANDS = frozenset({"smtpd", "pickup", "smtp", "lmtp", "pipe", "error", "discard", "local"})
+IMPLEMENTED_COMMANDS = frozenset({"smtpd", "pickup", "smtp", "lmtp", "pipe", "error", "discard", "local",
+                                  "virtual"})
 
 # Postfix daemons whose work happens inside mailferry's single process.
 BUILTIN_COMMANDS = frozenset({
@@ -58,8 +59,6 @@ BUILTIN_COMMANDS = frozenset({
 
 # Postfix daemons mailferry does not provide, with what to do instead.
 UNSUPPORTED_COMMANDS = {
-    "virtual": "deliver virtual mailboxes over lmtp or a pipe service instead "
-               "(virtual_transport), or comment out this entry",
     "postscreen": "let smtpd listen on this address directly: change the command to smtpd",
     "tlsproxy": "it only serves postscreen and smtp connection reuse; comment out this entry",
     "dnsblog": "it only serves postscreen; comment out this entry",
