@@ -410,7 +410,7 @@ def test_auth_only_after_tls_when_required():
     s = session(starttls=True, auth_mechanisms=("PLAIN",), auth_requires_tls=True)
     s.feed(b"EHLO c.example\r\nAUTH PLAIN\r\n")
     assert not any("AUTH" in line for line in s.replies()[:-1])
-    assert s.replies()[-1] == "503 5.5.1 Error: authentication not enabled"
+    assert s.replies()[-1] == "504 5.5.4 Encryption required for requested authentication mechanism"
     s.feed(b"STARTTLS\r\n")
     s.conn.tls_started()
     s.feed(b"EHLO c.example\r\n")
