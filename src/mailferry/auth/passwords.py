@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 import bcrypt
@@ -71,7 +72,14 @@ def make(password: str, scheme: str = DEFAULT_SCHEME) -> str:
 
 # --- the schemes ---------------------------------------------------------------------------------
 
+# bcrypt panics (a BaseException from Rust) on a malformed hash: check the shape first.
+_BCRYPT_SHAPE = re.compile(r"\$2[abxy]\$[0-3][0-9]\$[./A-Za-z0-9]{53}")
+
+
 def _verify_bcrypt(secret: bytes, rest: str) -> bool:
+    """bcrypt reads only the first 72 bytes of a password (in Dovecot too)."""
+    if not _BCRYPT_SHAPE.fullmatch(rest):
+        raise HashFormatError("a BLF-CRYPT hash is $2y$NN$ and 53 characters of salt and hash")
     try:
         return bcrypt.checkpw(secret, rest.encode("ascii"))
     except ValueError as error:
