@@ -69,3 +69,42 @@ def queued_contents(daemon) -> list[bytes]:
         return [store.content(message.queue_id) for message in store.messages()]
     finally:
         store.close()
+
+
+# --- LDAP bind: a directory of the same users, their passwords as userPassword ---------------------
+
+STAR_LOGIN, STAR_PASSWORD = "star*", "star password"   # a uid with a literal "*": it matches only itself
+
+
+def auth_ldif() -> str:
+    from tests.peers.slapd import SUFFIX
+    entries = [f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n",
+               f"dn: ou=People,{SUFFIX}\nobjectClass: organizationalUnit\nou: People\n"]
+    for uid, password in [*((user, PASSWORD) for user in USERS), (STAR_LOGIN, STAR_PASSWORD)]:
+        rdn = uid.replace("*", r"\2A")
+        entries.append(f"dn: uid={rdn},ou=People,{SUFFIX}\nobjectClass: account\n"
+                       f"objectClass: simpleSecurityObject\nuid: {uid}\nuserPassword: {password}\n")
+    return "\n".join(entries)
+
+
+def start_auth_slapd():
+    from tests.peers.slapd import Slapd
+    return Slapd(peer_tempdir("mailferry-auth-slapd-"), ldif=auth_ldif()).start()
+
+
+def write_ldap_sasl_cf(directory: Path, slapd) -> Path:
+    """The ldap_table(5) file for smtpd_sasl_type = ldap (readable by the daemon's mail_owner)."""
+    from tests.peers.slapd import SUFFIX
+    path = Path(directory) / "ldap-sasl.cf"
+    path.write_text(f"server_host = {slapd.url}\nsearch_base = ou=People,{SUFFIX}\n"
+                    "query_filter = (uid=%s)\nresult_attribute = uid\nversion = 3\ntimeout = 5\n")
+    path.chmod(0o644)
+    return path
+
+
+def write_password_table(directory: Path, users: dict[str, str]) -> Path:
+    """A texthash table `user {SCHEME}hash` for smtpd_sasl_type = table."""
+    path = Path(directory) / "sasl_users"
+    path.write_text("".join(f"{user} {stored}\n" for user, stored in users.items()))
+    path.chmod(0o644)
+    return path
