@@ -12,20 +12,13 @@ import smtplib
 
 import pytest
 
-from tests.integration.auth_peers import (
-    PASSWORD, REMOTE_RECIPIENT, client, make_certificate, plain, queued_contents, start_dovecot_auth,
-    stop_peer, swaks,
+from tests.integration.auth_peers import (  # noqa: F401 (dovecot_auth is a fixture)
+    PASSWORD, REMOTE_RECIPIENT, client, dovecot_auth, make_certificate, plain, swaks,
 )
+from tests.integration.test_smtpd_security import queued_contents
 from tests.peers import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def dovecot_auth():
-    server = start_dovecot_auth()
-    yield server
-    stop_peer(server)
 
 
 @pytest.fixture(scope="module")
