@@ -124,7 +124,7 @@ def test_starttls_injection_gets_no_reply(mx_tls):
             secure.sendall(b"EHLO outside.example\r\n")
             assert b"250" in secure.recv(4096)
     log = daemon.wait_for_log("TLS connection established")
-    assert re.search(r"Anonymous TLS connection established from localhost\[127\.0\.0\.2\]: TLSv1\.[23] with cipher", log)
+    assert re.search(r"Anonymous TLS connection established from unknown\[127\.0\.0\.2\]: TLSv1\.[23] with cipher", log)
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_open_relay_tricks_are_refused_from_outside(second_listener, recipient):
         client.ehlo("outside.example")
         assert client.mail("spammer@outside.example")[0] == 250
         code, text = client.docmd(f"RCPT TO:{recipient}")
-        assert code >= 500 or code in (450, 451), (code, text)
+        assert code >= 500 or code in (450, 451, 454), (code, text)   # 454: defer_unauth_destination
         assert client.docmd("DATA")[0] == 554  # no valid recipients
     # cleanup logs every message before its 250, and the queue holds nothing
     assert ": message-id=" not in second_listener.log()
@@ -279,7 +279,11 @@ def test_talking_before_the_greeting_is_refused(second_listener):
         for pid in processes:
             os.kill(pid, signal.SIGCONT)
     with raw:
-        replies = raw.makefile("rb").read()
+        try:
+            replies = raw.makefile("rb").read()
+        except Exception:
+            print(second_listener.log())
+            raise
     assert replies.startswith(b"220 ")
     assert b"554 5.5.0 Error: SMTP protocol synchronization" in replies
     log = second_listener.wait_for_log("improper command pipelining after CONNECT")

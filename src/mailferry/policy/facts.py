@@ -34,6 +34,7 @@ class SessionFacts:
     protocol: str = "SMTP"                # SMTP or ESMTP (the policy attribute)
     sender: str | None = None             # None: no MAIL yet; "" the null sender
     recipient: str | None = None          # the recipient being judged
+    recipient_routed: bool = False        # sender-specified routing as the client wrote it (<@hop:u@d>, quoted %!@)
     recipient_count: int = 0              # accepted recipients in this transaction
     queue_id: str = ""
     size: int = 0                         # MAIL SIZE=, then the real size at end of data

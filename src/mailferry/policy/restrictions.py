@@ -520,6 +520,8 @@ async def _mail_access(ev: Evaluation, call: Call, address: str, reply_class: st
 
 
 async def _authorized_destination(ev: Evaluation, recipient: str) -> bool:
+    if ev.facts.recipient_routed and recipient == ev.facts.recipient:
+        return False   # routing the parser saw (a source route, a quoted "a@b"@ours)
     resolved = ev.settings.canonicalizer.resolve(recipient)
     if "@" not in resolved.address:
         return True

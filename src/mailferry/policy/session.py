@@ -108,15 +108,17 @@ class SessionPolicy:
             self.end_transaction()
         return refusal
 
-    async def rcpt(self, recipient: str) -> Refusal | None:
+    async def rcpt(self, recipient: str, routed: bool = False) -> Refusal | None:
         facts = self.facts
         facts.stage = "RCPT"
         facts.recipient = recipient
+        facts.recipient_routed = routed
         return await self.engine.check_recipient(self.session)
 
     def recipient_accepted(self, recipient: str) -> None:
         self.facts.recipient_count += 1
         self.facts.recipient = recipient
+        self.facts.recipient_routed = False
 
     async def data(self) -> Refusal | None:
         self.facts.stage = "DATA"

@@ -147,6 +147,8 @@ class Session(asyncio.Protocol):
         self.mail: events.MailFrom | None = None
         self.tls_description = ""
         self.access_denied: refusals.Refusal | None = None   # client restrictions refused at connect
+        self._greeted = False
+        self._early = b""
         self._busy = False          # a commit or a TLS handshake is under way
         self._stopping = False
         self._closed = False
@@ -170,6 +172,8 @@ class Session(asyncio.Protocol):
         self.service.sessions.add(self)
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
+        # Read now: the event loop may start reading as soon as this returns.
+        self._early = _already_sent(transport)
         known = hosts_file_name(self.address)
         if known is not None or not self.profile.peername_lookup:
             self._identified(known or ClientName(UNKNOWN, NAME_UNKNOWN, UNKNOWN, NAME_UNKNOWN))
@@ -180,7 +184,17 @@ class Session(asyncio.Protocol):
         """Nothing is read or answered until `work` is done (the name lookup, connect restrictions)."""
         self._busy = True
         self.transport.pause_reading()
-        asyncio.ensure_future(work)
+        asyncio.ensure_future(work).add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:
+        """A bug in a session step must show in the log, not hang the client."""
+        if task.cancelled() or task.exception() is None:
+            return
+        problem = task.exception()
+        self.log.warning("smtpd", f"{self.client}: internal error: {type(problem).__name__}: {problem}")
+        if not self._closed:
+            self.transport.write(SHUTDOWN_REPLY)
+            self._close()
 
     async def _look_up_name(self) -> None:
         identity = await client_name(self.profile.dns, self.address)
@@ -217,7 +231,8 @@ class Session(asyncio.Protocol):
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
         instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
         transport = self.transport
-        early = _already_sent(transport)
+        early, self._early = self._early + _already_sent(transport), b""
+        self._greeted = True
         if early:
             self.conn.receive(early)  # spoken before the greeting: the core refuses that
         greeting = self.conn.greeting()
@@ -229,11 +244,16 @@ class Session(asyncio.Protocol):
             self._advance()
 
     def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._early += data   # while the name lookup runs: still before the greeting
+            return
         self._last_input = time.monotonic()
         self.conn.receive(data)
         self._advance()
 
     def eof_received(self) -> bool:
+        if not self._greeted:
+            return False   # gone before the greeting: connection_lost says so
         self.conn.receive(b"")
         self._advance()
         return False
@@ -318,7 +338,7 @@ class Session(asyncio.Protocol):
     # --- core holds what the client pipelined meanwhile.
     def _await_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
         self._busy = True
-        asyncio.ensure_future(self._run_policy(check, then))
+        asyncio.ensure_future(self._run_policy(check, then)).add_done_callback(self._task_done)
 
     async def _run_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
         try:
@@ -367,7 +387,7 @@ class Session(asyncio.Protocol):
         self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        self._await_policy(self.policy.rcpt(event.path.address),
+        self._await_policy(self.policy.rcpt(event.path.address, event.path.is_routed),
                            lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
