@@ -613,8 +613,11 @@ def _reply_matches(values: tuple[str, ...], spec: str) -> bool:
     return any(_address_matches(value, pattern) for value in values)
 
 
+_PATTERN_OCTET = re.compile(r"\[[^\]]*\]|[^.]+")
+
+
 def _address_matches(address: str, pattern: str) -> bool:
-    octets, wanted = address.split("."), pattern.split(".")
+    octets, wanted = address.split("."), _PATTERN_OCTET.findall(pattern)
     if len(octets) != 4 or len(wanted) != 4:
         return False
     for octet, rule in zip(octets, wanted):

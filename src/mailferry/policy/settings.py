@@ -120,7 +120,7 @@ class PolicySettings:
             null_access_key=config.get("smtpd_null_access_lookup_key"),
             unknown_address_tempfail_defers_if_permit=_defers_if_permit(config, "unknown_address_tempfail_action"),
             unknown_helo_tempfail_defers_if_permit=_defers_if_permit(config, "unknown_helo_hostname_tempfail_action"),
-            default_rbl_reply=config.get("default_rbl_reply"),
+            default_rbl_reply=config.raw("default_rbl_reply") or "",   # $rbl_* are expanded per reply
             access_order=AccessOrder("smtpd_access_maps" in parent_styles, config.get("recipient_delimiter")),
             canonicalizer=canonicalizer,
             relay_domains=DomainList(config.get("relay_domains")),

@@ -7,12 +7,16 @@ runs the script's input through policy.session.SessionPolicy (what smtpd
 drives) and compares the whole transcript with the file.
 
 Input lines:
-    main.cf NAME = VALUE        a main.cf line ({tables} is the table directory)
+    main.cf NAME = VALUE        a main.cf line ({tables} is the table directory); it takes effect
+                                at the next `client` line, as a reload does for new sessions
     table NAME ... end          a texthash table file, {tables}/NAME
     dns TYPE NAME VALUE...      a DNS record (A, AAAA, MX, TXT, PTR); `dns TEMPFAIL NAME` fails
                                 every question about NAME for now
     client ADDRESS [NAME [REVERSE [STATUS [REVERSE_STATUS]]]]
                                 a new session (STATUS: ok, unknown, tempfail, forged)
+    policy_server ACTION; ...   a policy server on loopback (main.cf's {policy} is its inet:
+                                endpoint) answering each request with the next action; `-` closes
+                                the connection without an answer. Each request it gets is shown.
     sasl USERNAME [METHOD]      the client logged in; `sasl -` logs it out
     tls                         the session is encrypted
     pipelining                  the client talked ahead where it was not allowed
@@ -89,10 +93,13 @@ class Script:
         self.config_changed = True
         self.out: list[str] = []
         self.tmp_path = tmp_path
+        self.policy_actions: list[str] = []
+        self.policy_endpoint = ""
 
     def build(self) -> Engine:
         if self.config_changed or self.engine is None:
-            text = "\n".join(self.main_cf).replace("{tables}", str(self.tables)) + "\n"
+            text = "\n".join(self.main_cf).replace("{tables}", str(self.tables))
+            text = text.replace("{policy}", self.policy_endpoint) + "\n"
             config = Config(str(self.tmp_path), parse_main_cf(text, str(self.tmp_path / "main.cf")))
             self.config = config
             self.engine = Engine(PolicySettings.from_config(config), self.dns, RecipientMaps.from_config(config))
@@ -128,10 +135,42 @@ class Script:
                     self.dns.failing.add(arguments[1].lower())
                 else:
                     self.dns.add(arguments[0], arguments[1], " ".join(arguments[2:]))
+            elif command == "policy_server":
+                await self.start_policy_server(line.split(None, 1)[1])
             elif command == "client":
                 self.new_client(arguments)
             else:
                 await self.step(command, arguments)
+
+    async def start_policy_server(self, actions: str) -> None:
+        self.policy_actions = [action.strip() for action in actions.split(";")]
+        if self.policy_endpoint:
+            return
+        server = await asyncio.start_server(self.answer_policy, "127.0.0.1", 0)
+        self.policy_endpoint = f"inet:127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self.config_changed = True
+
+    async def answer_policy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        shown = ("request", "protocol_state", "protocol_name", "client_address", "client_name",
+                 "reverse_client_name", "helo_name", "sender", "recipient", "recipient_count", "sasl_username",
+                 "policy_context")
+        try:
+            while True:
+                request = {}
+                while (line := (await reader.readline()).decode().rstrip("\n")):
+                    name, _, value = line.partition("=")
+                    request[name] = value
+                if not request:
+                    return
+                self.out.append("  policy request: " + " ".join(f"{name}={request.get(name, '?')}"
+                                                                  for name in shown))
+                action = self.policy_actions.pop(0) if self.policy_actions else "DUNNO"
+                if action == "-":
+                    return
+                writer.write(f"action={action}\n\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
 
     def new_client(self, arguments: list[str]) -> None:
         engine = self.build()
@@ -208,7 +247,10 @@ def test_golden(path: Path, tmp_path: Path):
     expected = path.read_text()
     script = Script(tmp_path)
     asyncio.run(script.run(expected.splitlines()))
-    actual = "\n".join(script.out) + "\n"
+    actual = "\n".join(script.out).replace(str(script.tables), "{tables}")
+    if script.policy_endpoint:
+        actual = actual.replace(script.policy_endpoint, "{policy}")
+    actual += "\n"
     if os.environ.get("MAILFERRY_UPDATE_GOLDEN") == "1":
         path.write_text(actual)
         expected = actual
