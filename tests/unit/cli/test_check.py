@@ -243,3 +243,11 @@ def test_a_broken_ldap_file_is_an_error_at_its_line(tmp_path, mailferry):
     result = mailferry("check", config_dir=tmp_path)
     assert result.code == 1
     assert f"{tmp_path}/ldap.cf, line 2: bad numerical configuration: size_limit = one" in result.err
+
+
+def test_restriction_class_names_are_not_unused_parameters(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "smtpd_restriction_classes = strict\nstrict = reject_unauth_destination\n"
+                                "nothing = here\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert "unused parameter: strict" not in result.err
+    assert "unused parameter: nothing=here" in result.err
