@@ -264,3 +264,11 @@ def test_smtpd_sasl_settings_mailferry_cannot_use_are_errors(tmp_path, mailferry
 def test_smtpd_sasl_settings_are_not_checked_while_auth_is_off(tmp_path, mailferry):
     write(tmp_path / "main.cf", "smtpd_sasl_type = cyrus\n", 0o644)
     assert "smtpd_sasl_type" not in mailferry("check", config_dir=tmp_path).err
+
+
+def test_restriction_class_names_are_not_unused_parameters(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "smtpd_restriction_classes = strict\nstrict = reject_unauth_destination\n"
+                                "nothing = here\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert "unused parameter: strict" not in result.err
+    assert "unused parameter: nothing=here" in result.err
