@@ -67,6 +67,20 @@ class Dovecot:
     def config(self) -> str:
         raise NotImplementedError
 
+    def password_auth_config(self, passwd: Path, home: str) -> str:
+        """PLAIN and LOGIN against a passwd-file, every user mapped to the unprivileged peer user."""
+        return (f"auth_failure_delay = {self.auth_failure_delay}\n"
+                "auth_mechanisms = plain login\n"
+                f"passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n"
+                f"userdb {{\n  driver = static\n  args = uid={self.uid} gid={self.gid} home={home}\n}}\n")
+
+    def write_passwd(self, fields: dict[str, str]) -> Path:
+        """A passwd-file `user:field` a line, readable by Dovecot's unprivileged auth process."""
+        passwd = self.directory / "passwd"
+        passwd.write_text("".join(f"{user}:{field}\n" for user, field in fields.items()))
+        os.chmod(passwd, 0o644)
+        return passwd
+
     def start(self, timeout: float = 10.0) -> "Dovecot":
         self.config_path.write_text(self.config())
         stderr = open(self.directory / "stderr.log", "ab")
@@ -139,25 +153,14 @@ class SubmissionRelay(Dovecot):
         return f"[{self.host}]:{self.port}"
 
     def config(self) -> str:
-        passwd = self.directory / "passwd"
-        passwd.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
+        passwd = self.write_passwd({user: "{PLAIN}" + password for user, password in self.users.items()})
         home = give_to_peer(self.directory / "home")
         return self.common_config(self.host) + f"""\
 ssl = required
 ssl_cert = <{self.cert_path}
 ssl_key = <{self.key_path}
 disable_plaintext_auth = yes
-auth_failure_delay = {self.auth_failure_delay}
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = {passwd}
-}}
-userdb {{
-  driver = static
-  args = uid={self.uid} gid={self.gid} home={home}/%u
-}}
-mail_location = maildir:~/Maildir
+{self.password_auth_config(passwd, f"{home}/%u")}mail_location = maildir:~/Maildir
 submission_relay_host = {self.sink.host}
 submission_relay_port = {self.sink.port}
 submission_relay_ssl = no
@@ -260,3 +263,45 @@ service lmtp {{
                                      f"{self.log()[-3000:]}")
             time.sleep(0.02)
         return found
+
+
+class AuthServer(Dovecot):
+    """Dovecot's auth service only, for `smtpd_sasl_type = dovecot`: an inet listener on
+    host:port (`smtpd_sasl_path = inet:host:port`) and a UNIX socket `unix_path` (mode 0666, so a
+    daemon that dropped root may use it). `users` maps a login to its passwd-file password field:
+    "{PLAIN}secret", or a hash from `doveadm pw`. auth_failure_delay is Dovecot's own wait before
+    FAIL (its default is 2 s); `disable_plaintext_auth = no` lets PLAIN work without TLS, as
+    many Postfix+Dovecot sites on a trusted network have it.
+    """
+
+    protocols = ""
+
+    def __init__(self, directory: Path, users: dict[str, str], *, host: str = "127.0.0.1", port: int = 0,
+                 auth_failure_delay: str = "0"):
+        super().__init__(directory, "auth.test")
+        self.users = dict(users)
+        self.host = host
+        self.port = port or free_port(host)
+        self.unix_path = self.base_dir / "auth-client"
+        self.auth_failure_delay = auth_failure_delay
+        self.listeners = [(host, self.port)]
+
+    @property
+    def sasl_path(self) -> str:
+        return f"inet:{self.host}:{self.port}"
+
+    def config(self) -> str:
+        passwd = self.write_passwd(self.users)
+        return self.common_config(self.host) + f"""\
+ssl = no
+disable_plaintext_auth = no
+{self.password_auth_config(passwd, "/nonexistent")}service auth {{
+  inet_listener {{
+    address = {self.host}
+    port = {self.port}
+  }}
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
+"""

@@ -68,6 +68,44 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "mailbox_size_limit",
     "owner_request_special",
     "prepend_delivered_header",
+    # The restriction engine (policy/; docs/restrictions.md)
+    "smtpd_client_restrictions",
+    "smtpd_helo_restrictions",
+    "smtpd_sender_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_end_of_data_restrictions",
+    "smtpd_delay_reject",
+    "smtpd_restriction_classes",
+    "smtpd_relay_before_recipient_restrictions",
+    "smtpd_reject_unlisted_sender",
+    "smtpd_null_access_lookup_key",
+    "smtpd_sender_login_maps",
+    "smtpd_sender_login_header_check",
+    "smtpd_peername_lookup",
+    "reject_code",
+    "defer_code",
+    "access_map_reject_code",
+    "access_map_defer_code",
+    "unknown_client_reject_code",
+    "unknown_address_reject_code",
+    "unknown_hostname_reject_code",
+    "invalid_hostname_reject_code",
+    "non_fqdn_reject_code",
+    "maps_rbl_reject_code",
+    "plaintext_reject_code",
+    "multi_recipient_bounce_reject_code",
+    "unknown_address_tempfail_action",
+    "unknown_helo_hostname_tempfail_action",
+    "default_rbl_reply",
+    "rbl_reply_maps",
+    "smtpd_policy_service_timeout",
+    "smtpd_policy_service_max_idle",
+    "smtpd_policy_service_max_ttl",
+    "smtpd_policy_service_request_limit",
+    "smtpd_policy_service_retry_delay",
+    "smtpd_policy_service_try_limit",
+    "smtpd_policy_service_default_action",
+    "smtpd_policy_service_policy_context",
     "2bounce_notice_recipient",
     "bounce_queue_lifetime",
     "bounce_size_limit",
@@ -104,6 +142,21 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "command_time_limit",
     "export_environment",
     "transport_time_limit",
+    # SMTP AUTH, server side (auth/; docs/auth.md)
+    "smtpd_sasl_auth_enable",
+    "smtpd_sasl_type",
+    "smtpd_sasl_path",
+    "smtpd_sasl_security_options",
+    "smtpd_sasl_tls_security_options",
+    "smtpd_tls_auth_only",
+    "broken_sasl_auth_clients",
+    "smtpd_sasl_authenticated_header",
+    "smtpd_sasl_local_domain",
+    "smtpd_sasl_exceptions_networks",
+    "smtpd_sasl_service",
+    "smtpd_client_auth_rate_limit",
+    "smtpd_client_event_limit_exceptions",
+    "anvil_rate_time_unit",
     # Address rewriting (cleanup/rewrite.py, smtpd/recipient_maps.py, delivery/generic.py; docs/rewriting.md)
     "virtual_alias_maps",
     "virtual_alias_domains",
@@ -290,6 +343,14 @@ NO_EFFECT_PARAMETERS = frozenset({
     "tlsproxy_tls_dh512_param_file",
 })
 
+# mailferry's own parameters, which Postfix does not have: same line format as
+# parameters_data.PARAMETERS (name, kind, time unit, default). Each is
+# documented as mailferry's own in docs/.
+MAILFERRY_PARAMETERS = """
+smtpd_sender_login_header_check bool - no
+"""
+MAILFERRY_OWN = frozenset(line.split(" ", 1)[0] for line in MAILFERRY_PARAMETERS.split("\n") if line)
+
 # Defaults that depend on the host or the running process. Their default is
 # None here; config code computes them (see docs/parameters.md for the rules).
 COMPUTED = frozenset({
@@ -350,7 +411,8 @@ def per_transport_parameter(service: str, suffix: str) -> Parameter:
 def _build_table() -> dict[str, Parameter]:
     derived = _stock_per_transport_names()
     table = {}
-    for line in parameters_data.PARAMETERS.strip("\n").split("\n"):
+    lines = parameters_data.PARAMETERS.strip("\n").split("\n") + MAILFERRY_PARAMETERS.strip("\n").split("\n")
+    for line in sorted(lines):
         name, kind, unit, default = _fields(line)
         if name in derived:
             status = _template_status(derived[name])
