@@ -56,6 +56,9 @@ mydomain = example.com
 myorigin = $mydomain
 mydestination = $myhostname, localhost
 mynetworks = 127.0.0.0/8, 192.0.2.0/24
+# Not the machine's passwd and /etc/aliases (Postfix's default): a case that needs a
+# local recipient table sets its own.
+local_recipient_maps =
 """
 STATUSES = {"ok": "ok", "unknown": "unknown", "tempfail": "tempfail", "forged": "forged"}
 
