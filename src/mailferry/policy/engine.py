@@ -449,25 +449,26 @@ async def _discard(ev: Evaluation, table, text, datum, reply_name, reply_class) 
 
 
 async def _redirect(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:
-    if not _in_transaction(ev, table, "REDIRECT"):
-        return DUNNO
-    if "@" not in text:
-        ev.warn(f"access table {table} entry \"{datum}\" requires user@domain target")
-        return DUNNO
-    ev.note("redirect", f"<{reply_name}>: {reply_class} triggers REDIRECT {text}")
-    ev.session.actions.redirect = text
+    if _address_action(ev, table, "REDIRECT", text, datum, reply_name, reply_class):
+        ev.session.actions.redirect = text
     return DUNNO
 
 
 async def _bcc(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:
-    if not _in_transaction(ev, table, "BCC"):
-        return DUNNO
+    if _address_action(ev, table, "BCC", text, datum, reply_name, reply_class):
+        ev.session.actions.bcc.append(text)
+    return DUNNO
+
+
+def _address_action(ev: Evaluation, table, action: str, text, datum, reply_name, reply_class) -> bool:
+    """REDIRECT and BCC: in a transaction, with a user@domain target; logged."""
+    if not _in_transaction(ev, table, action):
+        return False
     if "@" not in text:
         ev.warn(f"access table {table} entry \"{datum}\" requires user@domain target")
-        return DUNNO
-    ev.note("bcc", f"<{reply_name}>: {reply_class} triggers BCC {text}")
-    ev.session.actions.bcc.append(text)
-    return DUNNO
+        return False
+    ev.note(action.lower(), f"<{reply_name}>: {reply_class} triggers {action} {text}")
+    return True
 
 
 async def _filter(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:
