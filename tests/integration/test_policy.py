@@ -9,6 +9,7 @@ policy server is tests/peers/policy_server.py, run by the test.
 from __future__ import annotations
 
 import smtplib
+import socket
 
 import pytest
 
@@ -206,3 +207,25 @@ def test_check_policy_service_decides_through_the_daemon(daemon_factory, policy_
     assert first["client_address"] == "127.0.0.1" and first["client_name"] == "localhost"
     assert first["helo_name"] == "client.example.test" and first["sender"] == "spammer@example.test"
     assert first["recipient"] == "b@example.net" and first["policy_context"] == "integration"
+
+
+# --- smtpd_delay_reject = no: a client refused at connect
+
+def test_a_client_refused_at_connect_gets_the_refusal_then_503(daemon_factory):
+    daemon = daemon_factory(smtpd_delay_reject="no",
+                            smtpd_client_restrictions="check_client_access inline:{ { 127.0.0.2 = REJECT go away } }"
+                            ).start()
+    with socket.create_connection(("127.0.0.1", daemon.port), source_address=OUTSIDE, timeout=20) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline() == b"554 5.7.1 <unknown[127.0.0.2]>: Client host rejected: go away\r\n"
+        raw.sendall(b"EHLO client.example.test\r\n")
+        assert reader.readline() == b"503 5.7.0 Error: access denied for unknown[127.0.0.2]\r\n"
+        raw.sendall(b"MAIL FROM:<a@example.test>\r\n")
+        assert reader.readline() == b"503 5.7.0 Error: access denied for unknown[127.0.0.2]\r\n"
+        raw.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"221 ")
+    log = daemon.wait_for_log("disconnect from unknown[127.0.0.2]")
+    assert ("NOQUEUE: reject: CONNECT from unknown[127.0.0.2]: 554 5.7.1 <unknown[127.0.0.2]>: Client host "
+            "rejected: go away; proto=SMTP") in log
+    # A trusted client is greeted as usual.
+    assert rcpt_reply(daemon.port, "a@example.test", "b@example.test")[0] == 250
