@@ -105,16 +105,25 @@ def server_configuration_error(restriction_name: str) -> Refusal:
     return Refusal(Reply(451, "4.3.5", "Server configuration error"), DEFER, problem, problem)
 
 
-def temporary_lookup_failure(name: str) -> Refusal:
+def temporary_lookup_failure(name: str, warning: str = "") -> Refusal:
     """A table lookup that failed for now (tables.result TEMPFAIL): the
-    client tries again later, never "unknown user"."""
-    return Refusal(Reply(451, "4.3.0", f"<{name}>: Temporary lookup failure"), DEFER, "lookup failure")
+    client tries again later, never "unknown user". `warning`: what failed, for the log."""
+    return Refusal(Reply(451, "4.3.0", f"<{name}>: Temporary lookup failure"), DEFER, "lookup failure", warning)
 
 
 def unknown_virtual_alias(code: int, address: str) -> Refusal:
     """A recipient in a virtual_alias_domains domain that virtual_alias_maps does
     not know (smtpd_check.c check_rcpt_maps, unknown_virtual_alias_reject_code)."""
-    return Refusal(Reply(code, "5.1.1", f"<{address}>: {RECIPIENT} rejected: User unknown in virtual alias table"),
+    return unknown_recipient(code, address, "virtual alias table")
+
+
+def unknown_recipient(code: int, address: str, table: str = "") -> Refusal:
+    """A recipient its address class's table does not know (check_rcpt_maps): `table` is
+    "local recipient table" (unknown_local_recipient_reject_code), "virtual mailbox table"
+    (unknown_virtual_mailbox_reject_code), "relay recipient table"
+    (unknown_relay_recipient_reject_code), or "" with show_user_unknown_table_name = no."""
+    text = f"User unknown in {table}" if table else "User unknown"
+    return Refusal(Reply(code, "5.1.1", f"<{address}>: {RECIPIENT} rejected: {text}"),
                    REJECT if code >= 500 else DEFER, "reject_unlisted_recipient")
 
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "check": ("check", "check main.cf, master.cf and the files they name; exit 1 on errors"),
     "postconf": ("postconf", "show parameters: -n (set in main.cf), -d (defaults), -M (master.cf), NAME..."),
     "postmap": ("postmap", "build an indexed table, or query one with -q KEY; -s dumps it"),
+    "newaliases": ("newaliases", "build the alias_database tables from their aliases(5) files"),
     "sendmail": ("sendmail", "submit a message from standard input (as mailferry-sendmail); -bp lists the queue"),
     "mailq": ("mailq", "list the mail queue, as Postfix's mailq"),
     "postqueue": ("postqueue", "-p list the queue, -j as JSON, -f flush it, -i QUEUE_ID flush one message"),

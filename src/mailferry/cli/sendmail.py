@@ -4,7 +4,7 @@ It reads a message from standard input, writes it into the maildrop
 directory and pokes the daemon; nothing more. So it works while the daemon
 is down (pickup finds the file when it starts), and it exits 0 only once
 the message is on disk. Installed as `mailq` it lists the queue, as
-`newaliases` it says that mailferry has no alias database.
+`newaliases` (or with -bi, -I) it builds the alias database (cli/newaliases.py).
 
 Options, as Postfix's sendmail(1) reads them (POSIX getopt: option
 processing stops at the first recipient, or at `--`):
@@ -30,7 +30,8 @@ processing stops at the first recipient, or at `--`):
   -v            say where the message was dropped (Postfix mails a delivery report;
                 mailferry has none)
   -bs           SMTP on standard input and output; each message goes to maildrop
-  -bd, -bl, -bi, -bv, -I    not supported: each says what to use instead
+  -bi, -I       build the alias database, as `mailferry newaliases`
+  -bd, -bl, -bv not supported: each says what to use instead
   ignored, as Postfix ignores them: -Am -Ac -G -U -c -m -n -x -h N -L LABEL -O OPT
                 -e X -p X -oXVALUE (other than -oi; -o7 -o8 -om -oA...) -XV (VERP) -X LOG
                 -bh -bH
@@ -283,6 +284,9 @@ def _dispatch(request: SendmailRequest, config_dir: str, reporter: Reporter) -> 
         return EX_OK  # Postfix ignores these: there is no host status database
     if mode == "s":
         return _smtp_on_stdin(config_dir, reporter)
+    if mode == "i":
+        from mailferry.cli.newaliases import run as newaliases
+        return EX_OK if newaliases([], config_dir, reporter) == 0 else EX_TEMPFAIL
     reporter.fatal(_UNSUPPORTED_MODES.get(mode, f"unsupported: -b{mode}"))
     return EX_TEMPFAIL
 
@@ -316,7 +320,6 @@ _UNSUPPORTED_MODES = {
     "d": "-bd: start the mail system with `mailferry start`",
     "l": "-bl: start the mail system with `mailferry start` (inet_interfaces = loopback-only "
          "for local connections only)",
-    "i": "newaliases (-bi, -I): mailferry has no local alias database; use virtual_alias_maps",
     "v": "-bv (address verification reports) is not supported by mailferry",
 }
 

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable
 
 from mailferry.config.config import Config, load, master_cf_path
-from mailferry.config.lint import lint_settings, plain_references
+from mailferry.config.lint import lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
 from mailferry.diagnostics import Diagnostic, error, warning
@@ -42,6 +42,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_network_lists(config)
     if master:
         found += _check_pipe_programs(master)
+        found += lint_pipe_services(config, master)
     found += _undefined_references(config)
     # In file and line order, as an operator reads the files; stable within a line.
     found.sort(key=lambda item: (item.file or "", item.line or 0))
@@ -237,6 +238,12 @@ def _check_pipe_programs(master: MasterCf) -> list[Diagnostic]:
         if pipe is None or not pipe.argv:
             continue
         program = pipe.argv[0]
+        if "/" not in program:
+            if not any(os.access(os.path.join(directory, program), os.X_OK) for directory in ("/usr/bin", "/bin")):
+                found.append(error(f"service {service.name}: pipe program {program} is not in /usr/bin or /bin, "
+                                   "the only places a pipe command is looked for (PATH=/usr/bin:/bin); "
+                                   "give its full path in argv=", master.path, service.line, service.name))
+            continue
         if os.access(program, os.X_OK):
             continue
         hint = _lib_twin(program)

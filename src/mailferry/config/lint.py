@@ -1,4 +1,4 @@
-"""Warnings and errors about main.cf settings as a whole.
+"""Warnings and errors about main.cf settings as a whole, and about master.cf pipe services.
 
 - a name Postfix does not know, that nothing refers to: Postfix's
   `unused parameter` warning, with the file and line;
@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable
 
-from mailferry.config import parameters, values
+from mailferry.config import parameters, pipe_service, values
 from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.maincf import Setting, has_inline_comment
+from mailferry.config.mastercf import MasterCf, Service
 from mailferry.diagnostics import Diagnostic, error, warning
 
 _REFERENCE = re.compile(r"\$[{(]?([A-Za-z0-9_]+)")
@@ -118,3 +120,66 @@ def _check_value(config: Config, setting: Setting, parameter: parameters.Paramet
     except ValueError as exc:
         return [error(f"parameter {setting.name}: {exc}", setting.file, setting.line, setting.name)]
     return []
+
+
+# --- master.cf pipe(8) services: what the pipe agent would refuse or do differently from Postfix
+
+def lint_pipe_services(config: Config, master: MasterCf) -> list[Diagnostic]:
+    """Macros pipe(8) does not know, user= accounts it refuses, chroot= (not supported),
+    a missing directory=, and argv= or flags that need one recipient per command."""
+    found: list[Diagnostic] = []
+    for service in master.services:
+        if service.command != "pipe" or service.pipe is None:
+            continue
+        view = config.with_overrides(service.overrides, f"{master.path}, line {service.line}") \
+            if service.overrides else config
+        for severity, text, parameter in _pipe_problems(view, service):
+            found.append(severity(f"service {service.name}: {text}", master.path, service.line,
+                                  parameter or service.name))
+    return found
+
+
+def _pipe_problems(config: Config, service: Service):
+    spec = service.pipe
+    try:
+        pipe_service.check_argv(spec.argv)
+    except pipe_service.MacroError as problem:
+        yield error, f"argv=: {problem}; pipe(8) knows {', '.join(sorted(pipe_service.KNOWN_MACROS))}", None
+        return
+    try:
+        problem = pipe_service.account_problem(spec.user, spec.group, config.get("mail_owner"),
+                                               config.get("setgid_group"))
+    except ConfigValueError:
+        problem = None     # reported with the parameter
+    if problem is not None:
+        # A missing account may come with the software (Cyrus makes `cyrus`): mail waits until then.
+        missing = problem.endswith(("no such account", "no such group"))
+        yield (warning if missing else error), problem + (
+            "; until it exists, mail for this service waits in the queue" if missing else ""), None
+    if spec.chroot:
+        yield error, "mailferry does not support pipe's chroot=; remove it", None
+    if spec.directory and not os.path.isdir(spec.directory):
+        yield warning, f"directory={spec.directory} is not a directory; deliveries will wait until it is", None
+    yield from _recipient_limit_advice(config, service)
+
+
+def _recipient_limit_advice(config: Config, service: Service):
+    spec = service.pipe
+    if not pipe_service.needs_one_command_per_recipient(spec.argv, spec.flags):
+        return
+    name = f"{service.name}_destination_recipient_limit"
+    try:
+        limit = config.integer(name if config.raw(name) is not None else "default_destination_recipient_limit")
+    except ConfigValueError:
+        return
+    if limit == 1:
+        return
+    words = pipe_service.per_recipient_words(spec.argv)
+    if len(words) > 1:
+        why = (f"argv= has per-recipient macros in {len(words)} arguments ({' '.join(words)}), which Postfix "
+               "expands one recipient after another, so that with several recipients they no longer pair up")
+    else:
+        flags = "".join(flag for flag in spec.flags if flag in pipe_service.SINGLE_RECIPIENT_FLAGS)
+        why = f"flags={flags} names the one recipient, and Postfix defers deliveries of several recipients"
+    yield warning, (f"{why}; mailferry runs the command once per recipient. Set {name} = 1 in main.cf "
+                    "to say so (Postfix needs it)"), name

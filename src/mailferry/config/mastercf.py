@@ -48,7 +48,7 @@ DEFAULT_PRIVATE = True
 DEFAULT_UNPRIV = True
 DEFAULT_CHROOT = False
 
-IMPLEMENTED_COMMANDS = frozenset({"smtpd", "pickup", "smtp", "lmtp", "pipe", "error", "discard"})
+IMPLEMENTED_COMMANDS = frozenset({"smtpd", "pickup", "smtp", "lmtp", "pipe", "error", "discard", "local"})
 
 # Postfix daemons whose work happens inside mailferry's single process.
 BUILTIN_COMMANDS = frozenset({
@@ -58,8 +58,6 @@ BUILTIN_COMMANDS = frozenset({
 
 # Postfix daemons mailferry does not provide, with what to do instead.
 UNSUPPORTED_COMMANDS = {
-    "local": "route local mail to lmtp or a pipe service instead "
-             "(mailbox_transport, local_transport), or comment out this entry",
     "virtual": "deliver virtual mailboxes over lmtp or a pipe service instead "
                "(virtual_transport), or comment out this entry",
     "postscreen": "let smtpd listen on this address directly: change the command to smtpd",

@@ -17,12 +17,15 @@ from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.generic import GenericMaps
+from mailferry.delivery.pipe import PipeAgent, PipeSettings
+from mailferry.delivery.local import Forwarder, LocalAgent
 from mailferry.delivery.session import Resolver
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import DeliveryJob, SmtpClient
 from mailferry.delivery.spawn import Spawner
 from mailferry.delivery.tls import client_context, preload_trust, trust_store_description
 from mailferry.delivery.tls_policies import TlsPolicyTable
+from mailferry.delivery.virtual import VirtualAgent
 from mailferry.maillog import Log
 from mailferry.message import DeliveryResult
 from mailferry.tables import Maps, TableError, open_maps
@@ -30,7 +33,7 @@ from mailferry.tables import Maps, TableError, open_maps
 CLIENT_COMMANDS = ("smtp", "lmtp")
 # master.cf commands whose agent runs here, beside the SMTP/LMTP client: each is made by
 # Transports._make_agent. (discard, error and retry answer at once: see immediate().)
-LOCAL_AGENT_COMMANDS: tuple[str, ...] = ()
+LOCAL_AGENT_COMMANDS: tuple[str, ...] = ("local", "pipe", "virtual")
 
 
 class DeliveryAgent(Protocol):
@@ -45,12 +48,15 @@ class DeliveryAgent(Protocol):
 
 class Transports:
     def __init__(self, config: Config, master: MasterCf | None, log: Log, dns: Resolver,
-                 tables: dict[str, Maps] | None = None, spawner: Spawner | None = None):
+                 tables: dict[str, Maps] | None = None, spawner: Spawner | None = None,
+                 forwarder: Forwarder | None = None):
         """`tables`: password tables opened at start, while still root (see open_client_tables).
         `spawner`: runs a pipe command or stores into a mailbox with a user's rights
-        (master/spawner.py); None where no agent needs one."""
+        (master/spawner.py); None where no agent needs one. `forwarder`: queues the copies
+        local(8) forwards (qmgr/scheduler.py CleanupForwarder)."""
         self.config = config
         self.spawner = spawner
+        self.forwarder = forwarder
         self._tables = tables if tables is not None else {}
         self.master = master
         self.log = log
@@ -96,6 +102,14 @@ class Transports:
         service = self._service(transport)
         if self.spawner is None:
             raise ValueError("no spawner to run deliveries with a user's rights")
+        if service.command == "local":
+            return _local_agent(_service_config(self.config, self.master, service), self.spawner, self.log,
+                                self.forwarder, transport)
+        if service.command == "virtual":
+            return VirtualAgent.from_config(_service_config(self.config, self.master, service), self.spawner, self.log)
+        if service.command == "pipe":
+            return PipeAgent(PipeSettings.from_config(_service_config(self.config, self.master, service), service,
+                                                      self.master.path), self.spawner, self.log)
         raise ValueError(f"mailferry has no {service.command} delivery agent yet (master.cf service {transport})")
 
     def _client_problem(self, transport: str) -> DeliveryResult | None:
@@ -159,6 +173,14 @@ class Transports:
         self._clients.clear()
 
 
+def _local_agent(config: Config, spawner: Spawner, log: Log, forwarder: Forwarder | None,
+                 transport: str) -> LocalAgent:
+    try:
+        return LocalAgent.from_config(config, spawner, log, forwarder, transport)
+    except TableError as problem:
+        raise ValueError(f"alias_maps: {problem}") from None
+
+
 def _service_config(config: Config, master: MasterCf, service: Service) -> Config:
     """main.cf as one master.cf service sees it: with its `-o name=value` options."""
     if not service.overrides:
@@ -180,14 +202,20 @@ def _open_password_maps(settings: ClientSettings) -> Maps:
 
 
 def reopen_client_tables(tables: dict[str, Maps], config: Config, master: MasterCf | None,
-                         log: Log) -> dict[str, Maps]:
+                         log: Log, spawner: Spawner | None = None) -> dict[str, Maps]:
     """At reload, as mail_owner: re-read each password table, so a `postmap`ed change is
-    seen. A table only root can read stays as opened at start, and the log says so."""
+    seen. A table only root can read comes from the spawner, which has just read it again
+    with root's rights (master/spawner.py: its `password_tables`); without one, the copy
+    opened at start stays, and the log says so."""
+    root_copies: dict[str, Maps] = getattr(spawner, "password_tables", None) or {}
     fresh: dict[str, Maps] = {}
-    for spec in {*tables, *_password_table_specs(config, master)}:
+    for spec in {*tables, *password_table_specs(config, master)}:
         try:
             fresh[spec] = open_maps(spec)
         except TableError as problem:
+            if spec in root_copies:
+                fresh[spec] = root_copies[spec]
+                continue
             if spec not in tables:
                 continue      # reported when a transport needs it
             fresh[spec] = tables[spec]
@@ -196,7 +224,7 @@ def reopen_client_tables(tables: dict[str, Maps], config: Config, master: Master
     return fresh
 
 
-def _password_table_specs(config: Config, master: MasterCf | None) -> set[str]:
+def password_table_specs(config: Config, master: MasterCf | None) -> set[str]:
     specs = set()
     for service in (master.services if master is not None else []):
         if service.type == "unix" and service.command in CLIENT_COMMANDS:

@@ -78,6 +78,13 @@ class MailboxRequest:
     arrival_time: float = 0.0
     size_limit: int = 0           # mailbox_size_limit/virtual_mailbox_limit for an mbox file's size after; 0 = none
     locks: tuple[str, ...] = ("fcntl", "dotlock")   # mailbox_delivery_lock: flock, fcntl, dotlock
+    lock_attempts: int = 20       # deliver_lock_attempts: tries before a locked mbox defers
+    lock_delay: float = 1.0       # deliver_lock_delay: seconds between tries
+    stale_lock_time: float = 500.0   # stale_lock_time: an older dot-lock file is removed
+    # A Maildir file name the agent makes from the queue ID and the recipient: a retry of the
+    # same delivery (after a crash before the queue recorded it) finds it in new/ and stores
+    # nothing twice. "" lets the writer choose a fresh name.
+    maildir_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

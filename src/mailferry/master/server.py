@@ -30,6 +30,7 @@ from mailferry.master import workers
 from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
 from mailferry.master.runtime import Runtime
+from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import service_view
@@ -58,6 +59,8 @@ class MailServer:
         self.worker_pids: list[int] = []
         self.client_tables: dict = {}
         self.workers_read_fd: int | None = None
+        self.spawner_process: SpawnerProcess | None = None
+        self.spawner: SpawnerClient | None = None
         self._stop = None
         self._reload_requested = False
 
@@ -79,6 +82,9 @@ class MailServer:
         # A directory server that fails is the administrator's business: say so in the mail log.
         log_ldap_warnings_to(lambda text: self.log.warning("cleanup", text))
         _import_everything_the_services_use()
+        # The one part that keeps root (master/spawner.py): forked before any thread exists
+        # and before root is given up; started by anyone else, it runs as that user.
+        self.spawner_process = start_spawner(self.config_dir, keep_stderr=not self.background)
         self.client_tables = open_client_tables(self.config, self.master, self.log)
         drop_to(self.owner)
         self._initialize_queue()
@@ -137,8 +143,11 @@ class MailServer:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        if self.spawner_process is not None:
+            self.spawner = SpawnerClient(self.spawner_process.control)
         self.runtime = Runtime(self.config, self.master, self.sockets, self.tls_contexts, self.log, self.owner,
-                               workers_read_fd=self.workers_read_fd, client_tables=self.client_tables)
+                               workers_read_fd=self.workers_read_fd, client_tables=self.client_tables,
+                               spawner=self.spawner)
         await self.runtime.start()
         write_pid(self.queue_directory)
         if self.background:
@@ -150,6 +159,8 @@ class MailServer:
                 await asyncio.sleep(0.2)
                 self.log.flush()
                 self.worker_pids = workers.reap_exited(self.worker_pids, self.log)
+                if self.spawner_process is not None:
+                    self.spawner_process.check(self.log)
                 if self._reload_requested:
                     self._reload_requested = False
                     await self._reload()
@@ -157,6 +168,8 @@ class MailServer:
             self.log.line("master", "terminating on signal 15")
             workers.signal_workers(self.worker_pids, signal.SIGTERM)
             await self.runtime.stop()
+            if self.spawner_process is not None:
+                self.spawner_process.stop()
             await workers.wait_for_workers(self.worker_pids, 60, self.log)
             remove_pid(self.queue_directory)
             self.log.close()
@@ -165,6 +178,9 @@ class MailServer:
     def run_worker(self, notify_fd: int, index: int) -> int:
         use_process_tag(index)
         self.log.after_fork()
+        if self.spawner_process is not None:
+            self.spawner_process.close_in_worker()     # smtpd never delivers: no way to root
+            self.spawner_process = None
         if self.background:
             _detach_stderr()
         _install_event_loop_policy()
@@ -202,6 +218,8 @@ class MailServer:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
             return
+        if self.spawner is not None:
+            await self.spawner.refresh_password_tables(self.log)   # root-only tables, read by the spawner
         await self.runtime.reload(config, master)
         self.log.reopen()
         if not quiet:

@@ -48,6 +48,7 @@ class BounceSettings:
     mail_name: str = "mailferry"
     bounce_size_limit: int = 50000          # Postfix's bounce_size_limit
     postmaster: str = "postmaster"          # 2bounce_notice_recipient / delay_notice_recipient
+    myorigin: str = ""                      # qualifies a notice recipient without a domain, as cleanup does
     maximal_queue_lifetime: float = 5 * 86400   # seconds, for Will-Retry-Until in delay notices
     delay_warning_time: float = 0.0         # seconds; 0: no delay notices
 
@@ -156,8 +157,17 @@ def _notify_keywords(recipient: Recipient) -> set[str] | None:
     return {word.strip().upper() for word in recipient.notify.split(",")}
 
 
+def qualified(address: str, myorigin: str) -> str:
+    """`postmaster` → `postmaster@$myorigin`, as Postfix's cleanup qualifies every address of a
+    local notice (append_at_myorigin): an unqualified one would have no route but local."""
+    if not address or "@" in address or not myorigin:
+        return address
+    return f"{address}@{myorigin}"
+
+
 def _notice(kind: _Kind, message: QueuedMessage, content: bytes, recipients: list[Recipient],
             settings: BounceSettings, now: float, to: str) -> NewMessage:
+    to = qualified(to, settings.myorigin)
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
     message_id = f"{stamp}.{message.queue_id}{kind.id_tag}@{settings.myhostname}"
     boundary = f"{message.queue_id}.{int(now)}/{settings.myhostname}"

@@ -47,6 +47,7 @@ from mailferry.config.mastercf import MasterCf
 from mailferry.delivery import outcome
 from mailferry.delivery.agents import Transports, reopen_client_tables
 from mailferry.delivery.dns import NexthopResolver
+from mailferry.delivery.local import ForwardError
 from mailferry.delivery.smtp import DeliveryJob
 from mailferry.delivery.spawn import Spawner
 from mailferry.maillog import Log
@@ -128,6 +129,7 @@ class SchedulerSettings:
     mail_name: str = "mailferry"
     bounce_size_limit: int = 50000
     double_bounce_recipient: str = "postmaster"
+    myorigin: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> SchedulerSettings:
@@ -145,12 +147,13 @@ class SchedulerSettings:
             mail_name=config.get("mail_name"),
             bounce_size_limit=config.integer("bounce_size_limit"),
             double_bounce_recipient=config.get("2bounce_notice_recipient"),
+            myorigin=config.get("myorigin"),
         )
 
     def bounce_settings(self) -> BounceSettings:
         return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
                               bounce_size_limit=self.bounce_size_limit,
-                              postmaster=self.double_bounce_recipient,
+                              postmaster=self.double_bounce_recipient, myorigin=self.myorigin,
                               maximal_queue_lifetime=self.maximal_queue_lifetime,
                               delay_warning_time=self.delay_warning_time)
 
@@ -159,23 +162,43 @@ class SchedulerSettings:
         return self.bounce_queue_lifetime if sender == "" else self.maximal_queue_lifetime
 
 
+class CleanupForwarder:
+    """How local(8) forwards (delivery/local.py Forwarder): the copy enters the queue through
+    cleanup, as every new message does, and qmgr is woken for it. The original's delivery is
+    recorded after this returns: a crash in between forwards it again (at least once)."""
+
+    def __init__(self, cleanup: NoticeIntake, wake: Callable[[], None] = lambda: None):
+        self.cleanup = cleanup
+        self.wake = wake     # the scheduler's, once it exists
+
+    async def forward(self, message: NewMessage) -> str:
+        message.arrival_time = message.arrival_time or time.time()
+        queued = await self.cleanup.enqueue_notices([message], lambda inserted: inserted)
+        if not isinstance(queued, list) or not queued:
+            raise ForwardError(str(queued) if queued else "the queue did not take the copy")
+        self.wake()
+        return queued[0]
+
+
 def delivery_agents(config: Config, master: MasterCf | None, log: Log, client_tables: dict,
-                    spawner: Spawner | None = None) -> Transports:
+                    spawner: Spawner | None = None, forwarder: CleanupForwarder | None = None) -> Transports:
     """The delivery agents of one configuration. `client_tables`: the SMTP clients'
     password tables, opened while still root (delivery/agents.py). `spawner`: runs
     deliveries with a user's rights (master/spawner.py)."""
     protocols = tuple(config.list("inet_protocols")) or ("all",)
     # The SMTP client applies smtp_mx_address_limit itself, per transport.
     dns = NexthopResolver.from_environment(inet_protocols=protocols, mx_address_limit=0)
-    return Transports(config, master, log, dns, client_tables, spawner)
+    return Transports(config, master, log, dns, client_tables, spawner, forwarder)
 
 
 class Scheduler:
     def __init__(self, store: Store, committer: Committer, cleanup: NoticeIntake, resolver: RouteResolver,
                  transports: Agents, log: Log, settings: SchedulerSettings | None = None,
-                 client_tables: dict | None = None, spawner: Spawner | None = None):
+                 client_tables: dict | None = None, spawner: Spawner | None = None,
+                 forwarder: CleanupForwarder | None = None):
         """`client_tables`: the SMTP clients' password tables, opened while still root;
-        reload() reads them again to build the new agents."""
+        reload() reads them again to build the new agents. `forwarder`: the one the
+        agents were given (local(8) forwarding), woken by this scheduler."""
         self.store = store
         self.committer = committer
         self.cleanup = cleanup
@@ -192,23 +215,28 @@ class Scheduler:
         self._starved = False
         self._client_tables = client_tables or {}
         self._spawner = spawner
+        self._forwarder = forwarder
+        if forwarder is not None:
+            forwarder.wake = self.wake
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, store: Store, committer: Committer,
                     cleanup: NoticeIntake, log: Log, client_tables: dict | None = None,
                     spawner: Spawner | None = None) -> Scheduler:
         tables = client_tables or {}
+        forwarder = CleanupForwarder(cleanup)
         return cls(store, committer, cleanup, Resolver.from_config(config),
-                   delivery_agents(config, master, log, tables, spawner), log,
-                   SchedulerSettings.from_config(config), tables, spawner)
+                   delivery_agents(config, master, log, tables, spawner, forwarder), log,
+                   SchedulerSettings.from_config(config), tables, spawner, forwarder)
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """New routes, agents and settings for the next messages taken; deliveries in
         progress finish with the agents they have."""
-        self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log)
+        self._client_tables = reopen_client_tables(self._client_tables, config, master, self.log, self._spawner)
         old = self.transports
         self.resolver = Resolver.from_config(config)
-        self.transports = delivery_agents(config, master, self.log, self._client_tables, self._spawner)
+        self.transports = delivery_agents(config, master, self.log, self._client_tables, self._spawner,
+                                          self._forwarder)
         self.settings = SchedulerSettings.from_config(config)
         old.close()   # idle cached sessions
 

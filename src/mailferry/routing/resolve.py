@@ -8,6 +8,8 @@ The order is Postfix's:
    address, so it bounces: `error:User unknown in virtual alias table` (the
    table's name only with show_user_unknown_table_name); transport_maps
    cannot override this, as in Postfix's resolve.c;
+2b. a domain in `virtual_mailbox_domains`: `virtual_transport` (virtual(8)),
+   the next hop the recipient domain unless the transport names one;
 3. a domain in `relay_domains`: `relay_transport`;
 4. anything else: `default_transport`, or the sender's entry in
    `sender_dependent_default_transport_maps`.
@@ -25,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.config.localdomains import LookupDeferred, VirtualAliasDomains, local_domain_matcher
+from mailferry.config.localdomains import VirtualAliasDomains, local_domain_matcher
+from mailferry.routing.classes import LOCAL, RELAY, VIRTUAL_ALIAS, VIRTUAL_MAILBOX, AddressClasses, ClassLookupFailed
 from mailferry.tables import open_maps
-from mailferry.tables.match_lists import DomainList
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class RoutingSettings:
     local_transport: str = "local:$myhostname"
     mailbox_transport: str = ""
     relay_transport: str = "relay"
+    virtual_transport: str = "virtual"
     default_transport: str = "smtp"
     relayhost: str = ""
     relay_domains: str = ""
@@ -62,6 +65,7 @@ class RoutingSettings:
         return cls(local_transport=config.get("local_transport"),
                    mailbox_transport=config.get("mailbox_transport"),
                    relay_transport=config.get("relay_transport"),
+                   virtual_transport=config.get("virtual_transport"),
                    default_transport=config.get("default_transport"),
                    relayhost=config.get("relayhost"),
                    relay_domains=config.get("relay_domains"),
@@ -72,22 +76,23 @@ class RoutingSettings:
 class Resolver:
     def __init__(self, settings: RoutingSettings, is_local_domain: Callable[[str], bool],
                  transport_maps=None, sender_relayhost_maps=None, sender_transport_maps=None, observer=None,
-                 virtual_alias_domains: VirtualAliasDomains | None = None):
+                 virtual_alias_domains: VirtualAliasDomains | None = None,
+                 virtual_mailbox_domains: VirtualAliasDomains | None = None):
         """The maps are tables.Maps, or None when their parameter is empty:
         transport_maps, sender_dependent_relayhost_maps and
         sender_dependent_default_transport_maps. `observer` (tables/trace.py,
         for `mailferry trace`) is told each decision and why; None in the daemon."""
         self._observer = observer
         self._settings = settings
-        self._alias_domains = virtual_alias_domains
+        self._classes = AddressClasses(is_local_domain, virtual_alias_domains, virtual_mailbox_domains,
+                                       settings.relay_domains)
+        self._virtual = parse_transport(settings.virtual_transport)
         self._unknown_alias = Route("error", "User unknown in virtual alias table"
                                     if settings.show_user_unknown_table_name else "User unknown")
-        self._is_local = is_local_domain
         self._maps = transport_maps
         self._sender_relayhosts = sender_relayhost_maps
         self._sender_transports = sender_transport_maps
         self._delimiters = settings.recipient_delimiter
-        self._relay_domains = DomainList(settings.relay_domains)
         self._local = _local_route(settings)
         self._relay = parse_transport(settings.relay_transport)
         self._default = parse_transport(settings.default_transport)
@@ -98,26 +103,39 @@ class Resolver:
         maps = {name: _maps_of(config, name, observer) for name in (
             "transport_maps", "sender_dependent_relayhost_maps", "sender_dependent_default_transport_maps")}
         alias_domains = VirtualAliasDomains(config.get("virtual_alias_domains"), observer)
+        # virtual_mailbox_domains is a list of the same kind (names, !names, type:table entries)
+        mailbox_domains = VirtualAliasDomains(config.get("virtual_mailbox_domains"), observer)
         return cls(RoutingSettings.from_config(config), local_domain_matcher(config), maps["transport_maps"],
                    maps["sender_dependent_relayhost_maps"], maps["sender_dependent_default_transport_maps"],
-                   observer, alias_domains or None)
+                   observer, alias_domains or None, mailbox_domains or None)
 
     async def resolve(self, address: str, sender: str = "") -> Route:
         domain = address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
         observer = self._observer
-        if not domain or self._is_local(domain):
+        try:
+            address_class = await self._classes.of(domain)
+        except ClassLookupFailed as problem:
+            raise RoutingError(str(problem)) from None
+        if address_class == LOCAL:
             route = self._local_class(domain)
             if observer is not None:
                 self._tell_local(address, domain)
-        elif await self._in_alias_domain(domain):
+        elif address_class == VIRTUAL_ALIAS:
             if observer is not None:
                 observer.step("address_class", f"address class: virtual alias (domain {domain} matches "
                               f"virtual_alias_domains) with no alias for {address}: "
                               f"error:{self._unknown_alias.nexthop}", address_class="virtual alias",
                               reason=f"domain {domain} matches virtual_alias_domains")
             return self._unknown_alias
+        elif address_class == VIRTUAL_MAILBOX:
+            route = Route(self._virtual.transport, self._virtual.nexthop or domain)
+            if observer is not None:
+                observer.step("address_class", f"address class: virtual mailbox (domain {domain} matches "
+                              f"virtual_mailbox_domains); virtual_transport = "
+                              f"{self._settings.virtual_transport.strip()}", address_class="virtual mailbox",
+                              reason=f"domain {domain} matches virtual_mailbox_domains")
         else:
-            route = await self._remote_class(domain, sender)
+            route = await self._remote_class(domain, sender, address_class == RELAY)
         if self._maps is None:
             return route
         found = await self._transport_entry(address, domain)
@@ -149,19 +167,10 @@ class Resolver:
             return self._local
         return Route(self._local.transport, domain)   # `local_transport = smtp`: the domain is the hop
 
-    async def _in_alias_domain(self, domain: str) -> bool:
-        if self._alias_domains is None:
-            return False
-        try:
-            return await self._alias_domains.matches(domain)
-        except LookupDeferred as problem:
-            raise RoutingError(f"virtual_alias_domains lookup of {domain} failed: {problem}") from None
-
-    async def _remote_class(self, domain: str, sender: str) -> Route:
+    async def _remote_class(self, domain: str, sender: str, relay: bool) -> Route:
         """relay_transport or default_transport (or the sender's), and the next hop in
         Postfix's precedence: the transport's own, the sender's relayhost, relayhost, the domain."""
         observer = self._observer
-        relay = self._relay_domains.matches(domain)
         transport = self._relay if relay else self._default
         if observer is not None:
             if relay:
@@ -169,10 +178,11 @@ class Resolver:
                               f" relay_transport = {self._settings.relay_transport.strip()}",
                               address_class="relay", reason=f"domain {domain} matches relay_domains")
             else:
-                observer.step("address_class", f"address class: default (domain {domain} is neither in"
-                              f" mydestination nor in relay_domains); default_transport ="
+                observer.step("address_class", f"address class: default (domain {domain} is in none of"
+                              " mydestination, virtual_mailbox_domains, relay_domains); default_transport ="
                               f" {self._settings.default_transport.strip()}", address_class="default",
-                              reason=f"domain {domain} is neither in mydestination nor in relay_domains")
+                              reason=f"domain {domain} is in none of mydestination, virtual_mailbox_domains,"
+                                     " relay_domains")
         if not relay and self._sender_transports is not None:
             found = await _sender_entry(self._sender_transports, sender, "sender_dependent_default_transport_maps")
             if found:

@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 INDEXED_TYPES = ("hash", "btree", "lmdb", "cdb")
-SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap")
+SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap", "unix", "nis", "proxy")
 
 
 def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
@@ -38,6 +38,10 @@ def open_table(spec: str, default_type: str = "hash", observer=None) -> Table:
 
 def _open_table(spec: str, default_type: str) -> Table:
     type_name, name = split_spec(spec, default_type)
+    if type_name == "proxy":
+        # Postfix's proxymap opens a table on a client's behalf (for a chroot, or to share one
+        # connection); mailferry's services open their tables themselves: the table is the same.
+        return _open_table(name, default_type)
     # Each type's module is imported when a table of that type is opened, so that
     # `postmap -q KEY hash:FILE` does not pay at start-up for regexp's compiler or
     # another type's reader. The daemon imports them all before dropping root.
@@ -56,6 +60,9 @@ def _open_table(spec: str, default_type: str) -> Table:
     if type_name == "regexp":
         from mailferry.tables.regexp import RegexpTable
         return RegexpTable(name)
+    if type_name in ("unix", "nis"):
+        from mailferry.tables.unix import NisTable, UnixTable
+        return UnixTable(name) if type_name == "unix" else NisTable(name)
     if type_name == "ldap":
         from mailferry.tables.ldap import LdapTable
         return LdapTable(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lmdb
@@ -18,6 +18,8 @@ from mailferry.tables.base import TableError
 from mailferry.tables.indexed import index_path
 from mailferry.tables.source import read_entries
 
+# (source path, fold keys, warn(line, text) or None) → (key, value, line) of each entry
+Reader = Callable[[str, bool, Callable[[int, str], None] | None], Iterator[tuple[bytes, bytes, int]]]
 _MIN_MAP_SIZE = 64 << 20
 # LMDB's compiled-in key limit (mdb_env_get_maxkeysize), checked before writing.
 _MAX_KEY_BYTES = 511
@@ -31,8 +33,10 @@ class BuildReport:
 
 
 def build_index(type_name: str, source: str, fold: bool = True,
-                warn: Callable[[str], None] | None = None) -> BuildReport:
+                warn: Callable[[str], None] | None = None, reader: Reader = read_entries) -> BuildReport:
     """Build `source` into its index atomically; `warn` hears about bad lines and duplicates.
+    `reader` parses the source: postmap's format, or aliases(5) for newaliases
+    (tables/aliases.py read_alias_entries).
 
     As in Postfix, the first of duplicate keys wins; unlike Postfix, the
     warning names both line numbers.
@@ -41,7 +45,7 @@ def build_index(type_name: str, source: str, fold: bool = True,
     values: dict[bytes, bytes] = {}
     duplicates: list[tuple[bytes, int]] = []
     longest = 0
-    for key, value, line in read_entries(source, fold, lambda line, text: warn(f"{source}, line {line}: {text}")):
+    for key, value, line in reader(source, fold, lambda line, text: warn(f"{source}, line {line}: {text}")):
         if key in values:
             duplicates.append((key, line))
             continue
@@ -51,18 +55,18 @@ def build_index(type_name: str, source: str, fold: bool = True,
     if longest > _MAX_KEY_BYTES:
         raise TableError(f"a key is longer than {_MAX_KEY_BYTES} bytes, the most an index can hold", source)
     if duplicates:
-        _warn_duplicates(source, fold, duplicates, warn)
+        _warn_duplicates(source, fold, duplicates, warn, reader)
     target = index_path(type_name, source)
     _write_atomically(target, source, values)
     return BuildReport(target, len(values), len(duplicates))
 
 
 def _warn_duplicates(source: str, fold: bool, duplicates: list[tuple[bytes, int]],
-                     warn: Callable[[str], None]) -> None:
+                     warn: Callable[[str], None], reader: Reader) -> None:
     """Name the line each duplicate repeats. A second pass, paid only when there are duplicates."""
     wanted = {key for key, _ in duplicates}
     first_line: dict[bytes, int] = {}
-    for key, _, line in read_entries(source, fold):
+    for key, _, line in reader(source, fold, None):
         if key in wanted and key not in first_line:
             first_line[key] = line
     for key, line in duplicates:

@@ -30,11 +30,13 @@ class TexthashTable(DictTable):
     """A postmap source file read straight into memory, with no index (texthash:)."""
 
     type_name = "texthash"
+    # (path, fold, warn) → (key, value, line) of each entry; tables/aliases.py reads aliases(5) instead
+    read = staticmethod(read_source)
 
     def __init__(self, name: str):
         warnings: list[str] = []
         entries: dict[str, str] = {}
-        for key, value, _ in read_source(name, True, lambda line, message: warnings.append(
+        for key, value, _ in self.read(name, True, lambda line, message: warnings.append(
                 f"{name}, line {line}: {message}")):
             entries.setdefault(key, value)
         super().__init__(name, entries)

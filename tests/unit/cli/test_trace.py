@@ -27,6 +27,7 @@ myhostname = mail1.internal
 mydomain = internal
 mydestination = $myhostname
 mynetworks = 127.0.0.0/8
+local_recipient_maps =
 """
 
 

@@ -73,9 +73,8 @@ def test_debian_master_cf_has_no_errors(debian):
     assert [(s.name, s.type) for s in debian.services] == DEBIAN_SERVICES
 
 
-def test_debian_master_cf_warns_only_about_local_and_virtual(debian):
-    assert [(d.line, d.parameter) for d in warnings(debian)] == [
-        (74, "local/unix"), (75, "virtual/unix")]
+def test_debian_master_cf_warns_only_about_virtual(debian):
+    assert [(d.line, d.parameter) for d in warnings(debian)] == [(75, "virtual/unix")]
     assert all(d.file.endswith("master.cf.debian") for d in debian.diagnostics)
 
 
@@ -88,7 +87,7 @@ def test_debian_support_classification(debian):
     assert support[("retry", "unix")] == BUILTIN
     assert support[("postlog", "unix-dgram")] == BUILTIN
     assert support[("rewrite", "unix")] == BUILTIN
-    assert support[("local", "unix")] == UNSUPPORTED
+    assert support[("local", "unix")] == IMPLEMENTED
     assert support[("maildrop", "unix")] == IMPLEMENTED
 
 
@@ -353,7 +352,7 @@ def test_unknown_command_is_an_error():
     assert master.services[0].support == UNSUPPORTED
 
 
-@pytest.mark.parametrize("command", ["local", "virtual", "postscreen", "spawn", "tlsproxy",
+@pytest.mark.parametrize("command", ["virtual", "postscreen", "spawn", "tlsproxy",
                                      "dnsblog", "qmqpd"])
 def test_unsupported_daemon_is_a_warning(command):
     master = parse(f"x unix - n n - - {command}\n")

@@ -385,6 +385,28 @@ def test_the_postmaster_copy_defaults_to_postmaster():
     assert [recipient.address for recipient in copy.recipients] == ["postmaster"]
 
 
+def test_a_notice_to_postmaster_is_addressed_postmaster_at_myorigin():
+    settings = BounceSettings(myhostname="mx.example.net", myorigin="example.net")
+    copy = postmaster_copy(queued(sender=""), CONTENT, [bob()], settings, NOW)
+    assert [recipient.address for recipient in copy.recipients] == ["postmaster@example.net"]
+    assert parse(copy.content)["To"] == "postmaster@example.net"
+    qualified_already = BounceSettings(myhostname="mx.example.net", myorigin="example.net",
+                                       postmaster="hostmaster@elsewhere.example")
+    copy = postmaster_copy(queued(sender=""), CONTENT, [bob()], qualified_already, NOW)
+    assert [recipient.address for recipient in copy.recipients] == ["hostmaster@elsewhere.example"]
+
+
+def test_the_scheduler_qualifies_2bounce_notice_recipient_with_myorigin(tmp_path):
+    from mailferry.config.config import Config
+    from mailferry.config.maincf import parse_main_cf
+    from mailferry.qmgr.scheduler import SchedulerSettings
+    text = "myhostname = mx.example.net\nmydomain = example.net\nmyorigin = $mydomain\n"
+    config = Config(str(tmp_path), parse_main_cf(text, str(tmp_path / "main.cf")))
+    settings = SchedulerSettings.from_config(config).bounce_settings()
+    copy = postmaster_copy(queued(sender=""), CONTENT, [bob()], settings, NOW)
+    assert [recipient.address for recipient in copy.recipients] == ["postmaster@example.net"]
+
+
 # --- the wire form ------------------------------------------------------------------
 
 LONG_REASON = ("host mx.example.com[192.0.2.7] said: 552-5.2.2 The email account that you tried to reach is "
