@@ -53,7 +53,11 @@ _RECURSION_LIMIT = 100
 
 
 class UnlistedCheck(Protocol):
-    """reject_unlisted_recipient's table checks (smtpd/recipient_maps.py): None when `address` may pass."""
+    """reject_unlisted_recipient's table checks (smtpd/recipient_maps.py): None when `address` may pass.
+    `enabled`: whether smtpd_reject_unlisted_recipient has anything to check (explicit
+    reject_unlisted_recipient/sender restrictions check regardless)."""
+
+    enabled: bool
 
     async def check(self, address: str) -> Refusal | None: ...
 
@@ -131,7 +135,7 @@ class Engine:
                 break
         status = evaluation.finish_pending(status)
         if (self.settings.reject_unlisted_recipient and status != REJECT and not session.recipient_unlisted_checked
-                and not session.actions.discard):
+                and not session.actions.discard and getattr(self.unlisted, "enabled", True)):
             status = await evaluation.guarded(lambda: restrictions.unlisted_address(evaluation, recipient,
                                                                                    refusals.RECIPIENT))
         return evaluation.refusal(status)

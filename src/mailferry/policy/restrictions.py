@@ -443,6 +443,8 @@ async def unlisted_address(ev: Evaluation, address: str, reply_class: str) -> in
     refusal = await ev.engine.unlisted.check(address)
     if refusal is None:
         return DUNNO
+    if refusal.warning:
+        ev.warn(refusal.warning)
     reply = refusal.reply
     text, dsn = reply.text, reply.enhanced
     if reply_class == refusals.SENDER:

@@ -56,6 +56,7 @@ mydomain = example.com
 myorigin = $mydomain
 mydestination = $myhostname, localhost
 mynetworks = 127.0.0.0/8, 192.0.2.0/24
+local_recipient_maps =
 """
 STATUSES = {"ok": "ok", "unknown": "unknown", "tempfail": "tempfail", "forged": "forged"}
 

@@ -14,6 +14,7 @@ from mailferry.smtpd.service import ServiceProfile
 MAIN_CF = """\
 myhostname = mx.example.test
 mydestination = example.test
+local_recipient_maps =
 mynetworks = 192.0.2.0/24
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 relay_domains_reject_code = 550
