@@ -75,6 +75,9 @@ class Engine:
     # --- The stages
 
     async def check_client(self, session: PolicySession) -> Refusal | None:
+        if not self.settings.lists["smtpd_client_restrictions"]:
+            session.defer_if_permit_client = False   # nothing to evaluate (the common case): no Evaluation
+            return None
         evaluation = self._start(session, Pending())
         status = await evaluation.run(self.settings.lists["smtpd_client_restrictions"],
                                       session.facts.client, refusals.CLIENT, "check_client_access")
@@ -85,6 +88,9 @@ class Engine:
     async def check_helo(self, session: PolicySession) -> Refusal | None:
         helo = session.facts.helo_name
         if helo is None:
+            return None
+        if not self.settings.lists["smtpd_helo_restrictions"]:
+            session.defer_if_permit_helo = session.defer_if_permit_client
             return None
         pending = session.defer_if_permit
         pending.active = session.defer_if_permit_client
@@ -97,6 +103,9 @@ class Engine:
     async def check_sender(self, session: PolicySession) -> Refusal | None:
         sender = session.facts.sender
         if sender is None:
+            return None
+        if not self.settings.lists["smtpd_sender_restrictions"] and not self.settings.reject_unlisted_sender:
+            session.defer_if_permit_sender = session.defer_if_permit_client or session.defer_if_permit_helo
             return None
         pending = session.defer_if_permit
         pending.active = session.defer_if_permit_client or session.defer_if_permit_helo
