@@ -517,6 +517,9 @@ class Session(asyncio.Protocol):
             self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = cipher[1], cipher[0], cipher[2]
         self.log.line("smtpd", f"Anonymous TLS connection established from {self.client}: {self.tls_description}")
         self.conn.tls_started()
+        # What was learned in plaintext is forgotten (RFC 3207 4.2), by the restrictions too:
+        # a login before STARTTLS must not permit anything after it.
+        self.policy.tls_started()
         self._busy = False
         self._advance()
 

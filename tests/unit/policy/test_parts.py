@@ -151,3 +151,13 @@ def test_a_silent_policy_server_times_out():
             client.close()
             server.close()
     run(scenario())
+
+
+def test_starttls_forgets_the_helo_name_and_the_login():
+    from mailferry.policy.session import SessionPolicy
+    from mailferry.policy.facts import SessionFacts
+    policy = SessionPolicy(engine=None, facts=SessionFacts("192.0.2.1", helo_name="client.example",
+                                                           sasl_method="PLAIN", sasl_username="alice"))
+    policy.tls_started()
+    assert policy.facts.helo_name is None
+    assert (policy.facts.sasl_method, policy.facts.sasl_username) == ("", "")
