@@ -78,6 +78,7 @@ hold@example.net HOLD kept for review
 discard@example.net DISCARD
 redirect@example.net REDIRECT archive@example.net
 prepend@example.net PREPEND X-Policy-Tag: tagged by the access table
+bcc@example.net BCC archive@example.net
 """
 
 
@@ -137,6 +138,32 @@ def test_access_map_prepend_adds_a_header_above_received(access_daemon):
     access_daemon.wait_for_log("message-id=")
     [(_, content)] = queued(access_daemon)
     assert content.startswith(b"X-Policy-Tag: tagged by the access table\r\nReceived: from client.example.test")
+
+
+def test_access_map_bcc_adds_a_recipient_that_gets_no_notices(access_daemon):
+    send(access_daemon.port, "bcc@example.net")
+    access_daemon.wait_for_log("message-id=")
+    [(message, _)] = queued(access_daemon)
+    assert [(r.address, r.notify) for r in message.recipients] == [("bcc@example.net", None),
+                                                                     ("archive@example.net", "NEVER")]
+
+
+def test_the_header_from_login_check_refuses_an_owned_from_without_login(daemon_factory):
+    daemon = daemon_factory(mydomain="example.com", myorigin="$mydomain", mydestination="",
+                            smtpd_sasl_auth_enable="yes", smtpd_sender_login_header_check="yes",
+                            smtpd_sender_login_maps=table("logins", SEED_LOGIN_TABLE)).start()
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=20) as client:
+        client.ehlo("client.example.test")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("nobody@elsewhere.example", ["friend@elsewhere.example"],
+                            b"From: User One <user1@example.com>\r\nSubject: spoof\r\n\r\nbody\r\n")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            553, b"5.7.1 <user1@example.com>: Header From: address rejected: not logged in")
+        # A From: nobody owns passes.
+        assert client.sendmail("nobody@elsewhere.example", ["friend@elsewhere.example"],
+                               b"From: <nobody@elsewhere.example>\r\nSubject: fine\r\n\r\nbody\r\n") == {}
+    log = daemon.wait_for_log("END-OF-MESSAGE")
+    assert ": reject: END-OF-MESSAGE from localhost[127.0.0.1]: 553 5.7.1 <user1@example.com>: Header From:" in log
 
 
 # --- DNS: the client name, and DNS lists, from a dnsmasq the test runs
