@@ -9,6 +9,7 @@ policy server is tests/peers/policy_server.py, run by the test.
 from __future__ import annotations
 
 import smtplib
+import socket
 
 import pytest
 
@@ -78,6 +79,7 @@ hold@example.net HOLD kept for review
 discard@example.net DISCARD
 redirect@example.net REDIRECT archive@example.net
 prepend@example.net PREPEND X-Policy-Tag: tagged by the access table
+bcc@example.net BCC archive@example.net
 """
 
 
@@ -137,6 +139,32 @@ def test_access_map_prepend_adds_a_header_above_received(access_daemon):
     access_daemon.wait_for_log("message-id=")
     [(_, content)] = queued(access_daemon)
     assert content.startswith(b"X-Policy-Tag: tagged by the access table\r\nReceived: from client.example.test")
+
+
+def test_access_map_bcc_adds_a_recipient_that_gets_no_notices(access_daemon):
+    send(access_daemon.port, "bcc@example.net")
+    access_daemon.wait_for_log("message-id=")
+    [(message, _)] = queued(access_daemon)
+    assert [(r.address, r.notify) for r in message.recipients] == [("bcc@example.net", None),
+                                                                     ("archive@example.net", "NEVER")]
+
+
+def test_the_header_from_login_check_refuses_an_owned_from_without_login(daemon_factory):
+    daemon = daemon_factory(mydomain="example.com", myorigin="$mydomain", mydestination="",
+                            smtpd_sasl_auth_enable="yes", smtpd_sender_login_header_check="yes",
+                            smtpd_sender_login_maps=table("logins", SEED_LOGIN_TABLE)).start()
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=20) as client:
+        client.ehlo("client.example.test")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("nobody@elsewhere.example", ["friend@elsewhere.example"],
+                            b"From: User One <user1@example.com>\r\nSubject: spoof\r\n\r\nbody\r\n")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            553, b"5.7.1 <user1@example.com>: Header From: address rejected: not logged in")
+        # A From: nobody owns passes.
+        assert client.sendmail("nobody@elsewhere.example", ["friend@elsewhere.example"],
+                               b"From: <nobody@elsewhere.example>\r\nSubject: fine\r\n\r\nbody\r\n") == {}
+    log = daemon.wait_for_log("END-OF-MESSAGE")
+    assert ": reject: END-OF-MESSAGE from localhost[127.0.0.1]: 553 5.7.1 <user1@example.com>: Header From:" in log
 
 
 # --- DNS: the client name, and DNS lists, from a dnsmasq the test runs
@@ -207,3 +235,25 @@ def test_check_policy_service_decides_through_the_daemon(daemon_factory, policy_
     assert first["client_address"] == "127.0.0.1" and first["client_name"] == "localhost"
     assert first["helo_name"] == "client.example.test" and first["sender"] == "spammer@example.test"
     assert first["recipient"] == "b@example.net" and first["policy_context"] == "integration"
+
+
+# --- smtpd_delay_reject = no: a client refused at connect
+
+def test_a_client_refused_at_connect_gets_the_refusal_then_503(daemon_factory):
+    daemon = daemon_factory(smtpd_delay_reject="no",
+                            smtpd_client_restrictions="check_client_access inline:{ { 127.0.0.2 = REJECT go away } }"
+                            ).start()
+    with socket.create_connection(("127.0.0.1", daemon.port), source_address=OUTSIDE, timeout=20) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline() == b"554 5.7.1 <unknown[127.0.0.2]>: Client host rejected: go away\r\n"
+        raw.sendall(b"EHLO client.example.test\r\n")
+        assert reader.readline() == b"503 5.7.0 Error: access denied for unknown[127.0.0.2]\r\n"
+        raw.sendall(b"MAIL FROM:<a@example.test>\r\n")
+        assert reader.readline() == b"503 5.7.0 Error: access denied for unknown[127.0.0.2]\r\n"
+        raw.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"221 ")
+    log = daemon.wait_for_log("disconnect from unknown[127.0.0.2]")
+    assert ("NOQUEUE: reject: CONNECT from unknown[127.0.0.2]: 554 5.7.1 <unknown[127.0.0.2]>: Client host "
+            "rejected: go away; proto=SMTP") in log
+    # A trusted client is greeted as usual.
+    assert rcpt_reply(daemon.port, "a@example.test", "b@example.test")[0] == 250

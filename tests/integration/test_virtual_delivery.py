@@ -131,5 +131,6 @@ def test_unknown_local_recipient_reject_code_sets_the_code(daemon_factory):
     daemon = daemon_factory(local_recipient_maps="unix:passwd.byname",
                             unknown_local_recipient_reject_code="450").start()
     code, text = rcpt_reply(daemon, "nosuchuser@example.test")
+    # The status class follows the code, as Postfix's smtpd_check_reject makes it: 450 4.1.1.
     assert (code, text) == (
-        450, "5.1.1 <nosuchuser@example.test>: Recipient address rejected: User unknown in local recipient table")
+        450, "4.1.1 <nosuchuser@example.test>: Recipient address rejected: User unknown in local recipient table")

@@ -27,8 +27,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
     {"auth"},                       # SMTP AUTH, server side (xsasl)
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
-    {"policy"},                     # the restriction engine (smtpd_check); reads the daemon's DNS servers
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager
+    {"policy"},                     # the restriction engine (smtpd_check), below smtpd which runs it
     {"smtpd", "local"},             # receiving services
     {"master"},                     # the daemon's life
     {"cli", "__main__"},            # the commands

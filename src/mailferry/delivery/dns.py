@@ -138,6 +138,24 @@ def _name_error(name: str, rdtype: dns.rdatatype.RdataType, reason: str) -> str:
             f"type={dns.rdatatype.to_text(rdtype)}: {reason}")
 
 
+def make_resolver(nameservers: list[tuple[str, int]] | None, timeout: float) -> dns.asyncresolver.Resolver:
+    """dnspython's resolver for `nameservers` (None: /etc/resolv.conf), caching, no search list.
+    The SMTP client's and the restrictions' (policy/dns.py) questions both go through one of these."""
+    if nameservers is None:
+        try:
+            resolver = dns.asyncresolver.Resolver()  # /etc/resolv.conf
+        except dns.resolver.NoResolverConfiguration:
+            nameservers = _LIBC_DEFAULT_NAMESERVERS
+    if nameservers is not None:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers]
+    resolver.cache = dns.resolver.LRUCache()
+    resolver.use_search_by_default = False
+    resolver.lifetime = timeout
+    resolver.timeout = min(timeout, _PER_SERVER_TIMEOUT)
+    return resolver
+
+
 class NexthopResolver:
     """Turns a next hop (a domain, or a host) into the addresses the SMTP client connects to."""
 
@@ -152,7 +170,7 @@ class NexthopResolver:
         self._defer_if_no_mx_address_found = defer_if_no_mx_address_found
         self._randomize = randomize_addresses
         self._disabled = nameservers == []
-        self._resolver = None if self._disabled else self._make_resolver(nameservers, timeout)
+        self._resolver = None if self._disabled else make_resolver(nameservers, timeout)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **options: Any) -> "NexthopResolver":
@@ -162,22 +180,6 @@ class NexthopResolver:
         if text.strip().lower() == "none":
             return cls([], **options)
         return cls(parse_nameservers(text) or None, **options)
-
-    @staticmethod
-    def _make_resolver(nameservers: list[tuple[str, int]] | None, timeout: float) -> dns.asyncresolver.Resolver:
-        if nameservers is None:
-            try:
-                resolver = dns.asyncresolver.Resolver()  # /etc/resolv.conf
-            except dns.resolver.NoResolverConfiguration:
-                nameservers = _LIBC_DEFAULT_NAMESERVERS
-        if nameservers is not None:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers]
-        resolver.cache = dns.resolver.LRUCache()
-        resolver.use_search_by_default = False
-        resolver.lifetime = timeout
-        resolver.timeout = min(timeout, _PER_SERVER_TIMEOUT)
-        return resolver
 
     async def targets(self, host: str, port: int, use_mx: bool) -> list[Target]:
         literal = _ip_literal(host)

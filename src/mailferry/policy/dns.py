@@ -19,20 +19,16 @@ from typing import Protocol
 import dns.asyncresolver
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from mailferry.delivery.dns import NAMESERVERS_VARIABLE, parse_nameservers
+from mailferry.delivery.dns import NAMESERVERS_VARIABLE, make_resolver, parse_nameservers
 
 FOUND = "found"
 NOT_FOUND = "not-found"
 TEMPFAIL = "tempfail"
 NULL_MX = "null-mx"
-
-_PER_SERVER_TIMEOUT = 2.0
-
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -55,7 +51,7 @@ class DnsClient:
     def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float = 10.0):
         """`nameservers`: None for /etc/resolv.conf, [] for DNS turned off."""
         self._disabled = nameservers == []
-        self._resolver = None if self._disabled else _make_resolver(nameservers, timeout)
+        self._resolver = None if self._disabled else make_resolver(nameservers, timeout)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, timeout: float = 10.0) -> DnsClient:
@@ -92,22 +88,6 @@ def _record_text(record) -> str:
     if record.rdtype == dns.rdatatype.PTR:
         return record.target.to_text(omit_final_dot=True)
     return record.to_text()
-
-
-def _make_resolver(nameservers: list[tuple[str, int]] | None, timeout: float) -> dns.asyncresolver.Resolver:
-    if nameservers is None:
-        try:
-            resolver = dns.asyncresolver.Resolver()
-        except dns.resolver.NoResolverConfiguration:
-            nameservers = [("127.0.0.1", 53)]
-    if nameservers is not None:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers]
-    resolver.cache = dns.resolver.LRUCache()
-    resolver.use_search_by_default = False
-    resolver.lifetime = timeout
-    resolver.timeout = min(timeout, _PER_SERVER_TIMEOUT)
-    return resolver
 
 
 # --- The questions, as Postfix asks them

@@ -53,7 +53,11 @@ _RECURSION_LIMIT = 100
 
 
 class UnlistedCheck(Protocol):
-    """reject_unlisted_recipient's table checks (smtpd/recipient_maps.py): None when `address` may pass."""
+    """reject_unlisted_recipient's table checks (smtpd/recipient_maps.py): None when `address` may pass.
+    `enabled`: whether smtpd_reject_unlisted_recipient has anything to check (explicit
+    reject_unlisted_recipient/sender restrictions check regardless)."""
+
+    enabled: bool
 
     async def check(self, address: str) -> Refusal | None: ...
 
@@ -71,6 +75,9 @@ class Engine:
     # --- The stages
 
     async def check_client(self, session: PolicySession) -> Refusal | None:
+        if not self.settings.lists["smtpd_client_restrictions"]:
+            session.defer_if_permit_client = False   # nothing to evaluate (the common case): no Evaluation
+            return None
         evaluation = self._start(session, Pending())
         status = await evaluation.run(self.settings.lists["smtpd_client_restrictions"],
                                       session.facts.client, refusals.CLIENT, "check_client_access")
@@ -81,6 +88,9 @@ class Engine:
     async def check_helo(self, session: PolicySession) -> Refusal | None:
         helo = session.facts.helo_name
         if helo is None:
+            return None
+        if not self.settings.lists["smtpd_helo_restrictions"]:
+            session.defer_if_permit_helo = session.defer_if_permit_client
             return None
         pending = session.defer_if_permit
         pending.active = session.defer_if_permit_client
@@ -93,6 +103,9 @@ class Engine:
     async def check_sender(self, session: PolicySession) -> Refusal | None:
         sender = session.facts.sender
         if sender is None:
+            return None
+        if not self.settings.lists["smtpd_sender_restrictions"] and not self.settings.reject_unlisted_sender:
+            session.defer_if_permit_sender = session.defer_if_permit_client or session.defer_if_permit_helo
             return None
         pending = session.defer_if_permit
         pending.active = session.defer_if_permit_client or session.defer_if_permit_helo
@@ -131,7 +144,7 @@ class Engine:
                 break
         status = evaluation.finish_pending(status)
         if (self.settings.reject_unlisted_recipient and status != REJECT and not session.recipient_unlisted_checked
-                and not session.actions.discard):
+                and not session.actions.discard and getattr(self.unlisted, "enabled", True)):
             status = await evaluation.guarded(lambda: restrictions.unlisted_address(evaluation, recipient,
                                                                                    refusals.RECIPIENT))
         return evaluation.refusal(status)
@@ -449,25 +462,26 @@ async def _discard(ev: Evaluation, table, text, datum, reply_name, reply_class) 
 
 
 async def _redirect(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:
-    if not _in_transaction(ev, table, "REDIRECT"):
-        return DUNNO
-    if "@" not in text:
-        ev.warn(f"access table {table} entry \"{datum}\" requires user@domain target")
-        return DUNNO
-    ev.note("redirect", f"<{reply_name}>: {reply_class} triggers REDIRECT {text}")
-    ev.session.actions.redirect = text
+    if _address_action(ev, table, "REDIRECT", text, datum, reply_name, reply_class):
+        ev.session.actions.redirect = text
     return DUNNO
 
 
 async def _bcc(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:
-    if not _in_transaction(ev, table, "BCC"):
-        return DUNNO
+    if _address_action(ev, table, "BCC", text, datum, reply_name, reply_class):
+        ev.session.actions.bcc.append(text)
+    return DUNNO
+
+
+def _address_action(ev: Evaluation, table, action: str, text, datum, reply_name, reply_class) -> bool:
+    """REDIRECT and BCC: in a transaction, with a user@domain target; logged."""
+    if not _in_transaction(ev, table, action):
+        return False
     if "@" not in text:
         ev.warn(f"access table {table} entry \"{datum}\" requires user@domain target")
-        return DUNNO
-    ev.note("bcc", f"<{reply_name}>: {reply_class} triggers BCC {text}")
-    ev.session.actions.bcc.append(text)
-    return DUNNO
+        return False
+    ev.note(action.lower(), f"<{reply_name}>: {reply_class} triggers {action} {text}")
+    return True
 
 
 async def _filter(ev: Evaluation, table, text, datum, reply_name, reply_class) -> int:

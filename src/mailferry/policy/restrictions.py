@@ -217,12 +217,20 @@ async def check_helo_access(ev: Evaluation, call: Call) -> int:
     return await ev.table_result(call.argument, match.value, helo, helo, refusals.HELO, call.default_access)
 
 
-async def reject_invalid_helo_hostname(ev: Evaluation, call: Call) -> int:
-    helo = ev.facts.helo_name
-    if not helo:
-        return DUNNO
-    if helo.startswith("["):
-        return _invalid_hostaddr(ev, helo)
+def _on_helo_name(step):
+    """reject_invalid/non_fqdn/unknown_helo_hostname: nothing without HELO; an address
+    literal ([192.0.2.1]) is checked as an address; a name with `step(ev, helo)`."""
+    async def restriction(ev: Evaluation, call: Call) -> int:
+        helo = ev.facts.helo_name
+        if not helo:
+            return DUNNO
+        if helo.startswith("["):
+            return _invalid_hostaddr(ev, helo)
+        return await step(ev, helo)
+    return restriction
+
+
+async def _invalid_helo(ev: Evaluation, helo: str) -> int:
     name = helo.rstrip(".")
     if not is_valid_hostname(name) and not is_valid_hostaddr(name):
         return ev.reject(POLICY, ev.codes.invalid_hostname_reject, "5.5.2",
@@ -230,24 +238,14 @@ async def reject_invalid_helo_hostname(ev: Evaluation, call: Call) -> int:
     return DUNNO
 
 
-async def reject_non_fqdn_helo_hostname(ev: Evaluation, call: Call) -> int:
-    helo = ev.facts.helo_name
-    if not helo:
-        return DUNNO
-    if helo.startswith("["):
-        return _invalid_hostaddr(ev, helo)
+async def _non_fqdn_helo(ev: Evaluation, helo: str) -> int:
     if not is_fqdn(helo.rstrip(".")):
         return ev.reject(POLICY, ev.codes.non_fqdn_reject, "5.5.2",
                          refusals.rejected_text(helo, refusals.HELO, "need fully-qualified hostname"))
     return DUNNO
 
 
-async def reject_unknown_helo_hostname(ev: Evaluation, call: Call) -> int:
-    helo = ev.facts.helo_name
-    if not helo:
-        return DUNNO
-    if helo.startswith("["):
-        return _invalid_hostaddr(ev, helo)
+async def _unknown_helo(ev: Evaluation, helo: str) -> int:
     answer = await dns.known_hostname(ev.dns, helo.rstrip("."))
     if answer.found:
         return DUNNO
@@ -255,6 +253,11 @@ async def reject_unknown_helo_hostname(ev: Evaluation, call: Call) -> int:
     if answer.status == dns.TEMPFAIL:
         return ev.defer_if_permit(ev.settings.unknown_helo_tempfail_defers_if_permit, POLICY, 450, "4.7.1", text)
     return ev.reject(POLICY, ev.codes.unknown_hostname_reject, "4.7.1", text)
+
+
+reject_invalid_helo_hostname = _on_helo_name(_invalid_helo)
+reject_non_fqdn_helo_hostname = _on_helo_name(_non_fqdn_helo)
+reject_unknown_helo_hostname = _on_helo_name(_unknown_helo)
 
 
 async def reject_rhsbl_helo(ev: Evaluation, call: Call) -> int:
@@ -287,34 +290,6 @@ async def check_sender_access(ev: Evaluation, call: Call) -> int:
         return await ev.table_result(call.argument, match.value, sender, sender, refusals.SENDER,
                                      call.default_access)
     return await _mail_access(ev, call, sender, refusals.SENDER)
-
-
-async def reject_unknown_sender_domain(ev: Evaluation, call: Call) -> int:
-    sender = ev.facts.sender
-    if not sender:
-        return DUNNO
-    return await _unknown_address(ev, sender, refusals.SENDER)
-
-
-async def reject_non_fqdn_sender(ev: Evaluation, call: Call) -> int:
-    sender = ev.facts.sender
-    if not sender:
-        return DUNNO
-    return _non_fqdn_address(ev, sender, refusals.SENDER)
-
-
-async def reject_rhsbl_sender(ev: Evaluation, call: Call) -> int:
-    sender = ev.facts.sender
-    if not sender:
-        return DUNNO
-    return await _rhsbl(ev, call, sender, refusals.SENDER)
-
-
-async def reject_unlisted_sender(ev: Evaluation, call: Call) -> int:
-    sender = ev.facts.sender
-    if not sender:
-        return DUNNO
-    return await unlisted_address(ev, sender, refusals.SENDER)
 
 
 async def reject_authenticated_sender_login_mismatch(ev: Evaluation, call: Call) -> int:
@@ -441,34 +416,6 @@ async def _unauth_destination(ev: Evaluation, code: int, dsn: str) -> int:
     return ev.reject(POLICY, code, dsn, refusals.relay_denied_text(recipient))
 
 
-async def reject_unknown_recipient_domain(ev: Evaluation, call: Call) -> int:
-    recipient = ev.facts.recipient
-    if not recipient:
-        return DUNNO
-    return await _unknown_address(ev, recipient, refusals.RECIPIENT)
-
-
-async def reject_non_fqdn_recipient(ev: Evaluation, call: Call) -> int:
-    recipient = ev.facts.recipient
-    if not recipient:
-        return DUNNO
-    return _non_fqdn_address(ev, recipient, refusals.RECIPIENT)
-
-
-async def reject_rhsbl_recipient(ev: Evaluation, call: Call) -> int:
-    recipient = ev.facts.recipient
-    if not recipient:
-        return DUNNO
-    return await _rhsbl(ev, call, recipient, refusals.RECIPIENT)
-
-
-async def reject_unlisted_recipient(ev: Evaluation, call: Call) -> int:
-    recipient = ev.facts.recipient
-    if not recipient:
-        return DUNNO
-    return await unlisted_address(ev, recipient, refusals.RECIPIENT)
-
-
 async def reject_multi_recipient_bounce(ev: Evaluation, call: Call) -> int:
     facts = ev.facts
     if facts.sender == "" and facts.recipient_count > (0 if facts.stage == "RCPT" else 1):
@@ -496,6 +443,8 @@ async def unlisted_address(ev: Evaluation, address: str, reply_class: str) -> in
     refusal = await ev.engine.unlisted.check(address)
     if refusal is None:
         return DUNNO
+    if refusal.warning:
+        ev.warn(refusal.warning)
     reply = refusal.reply
     text, dsn = reply.text, reply.enhanced
     if reply_class == refusals.SENDER:
@@ -707,6 +656,40 @@ async def check_policy_service(ev: Evaluation, call: Call) -> int:
         action = client.settings.default_action
     return await ev.table_result(call.argument, action, "policy query", call.reply_name, call.reply_class,
                                  call.default_access)
+
+
+# --- Restrictions on the sender or the recipient address, when there is one
+
+def _on_address(reply_class: str, step):
+    """A restriction that judges the sender (or the recipient) with `step(ev, call, address, reply_class)`."""
+    async def restriction(ev: Evaluation, call: Call) -> int:
+        address = ev.facts.sender if reply_class == refusals.SENDER else ev.facts.recipient
+        if not address:
+            return DUNNO
+        return await step(ev, call, address, reply_class)
+    return restriction
+
+
+async def _unknown_address_step(ev: Evaluation, call: Call, address: str, reply_class: str) -> int:
+    return await _unknown_address(ev, address, reply_class)
+
+
+async def _non_fqdn_step(ev: Evaluation, call: Call, address: str, reply_class: str) -> int:
+    return _non_fqdn_address(ev, address, reply_class)
+
+
+async def _unlisted_step(ev: Evaluation, call: Call, address: str, reply_class: str) -> int:
+    return await unlisted_address(ev, address, reply_class)
+
+
+reject_unknown_sender_domain = _on_address(refusals.SENDER, _unknown_address_step)
+reject_non_fqdn_sender = _on_address(refusals.SENDER, _non_fqdn_step)
+reject_rhsbl_sender = _on_address(refusals.SENDER, _rhsbl)
+reject_unlisted_sender = _on_address(refusals.SENDER, _unlisted_step)
+reject_unknown_recipient_domain = _on_address(refusals.RECIPIENT, _unknown_address_step)
+reject_non_fqdn_recipient = _on_address(refusals.RECIPIENT, _non_fqdn_step)
+reject_rhsbl_recipient = _on_address(refusals.RECIPIENT, _rhsbl)
+reject_unlisted_recipient = _on_address(refusals.RECIPIENT, _unlisted_step)
 
 
 HANDLERS = {

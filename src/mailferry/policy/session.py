@@ -132,6 +132,13 @@ class SessionPolicy:
             return None
         return await self.engine.check_end_of_data(self.session, header_from_addresses(content))
 
+    def tls_started(self) -> None:
+        """STARTTLS: the client says HELO again and logs in again (RFC 3207 4.2)."""
+        facts = self.facts
+        facts.helo_name = None
+        facts.sasl_method = facts.sasl_username = facts.sasl_sender = ""
+        self.end_transaction()
+
     def end_transaction(self) -> None:
         self.facts.end_transaction()
         self.session.reset_transaction()

@@ -464,7 +464,7 @@ class Session(asyncio.Protocol):
             tail += f" from=<{facts.sender}>"
         if facts.recipient is not None:
             tail += f" to=<{facts.recipient}>"
-        tail += f" proto={facts.protocol}" if facts.helo_name is not None else ""
+        tail += f" proto={facts.protocol}"
         if facts.helo_name is not None:
             tail += f" helo=<{facts.helo_name}>"
         for note in notes:
@@ -560,10 +560,16 @@ class Session(asyncio.Protocol):
             self._close()
             return
         self.transport = transport
-        self.tls_description = describe(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls_description = describe(ssl_object)
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        if cipher:   # for reject_plaintext_session and the policy servers' encryption_* attributes
+            self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = cipher[1], cipher[0], cipher[2]
         self.log.line("smtpd", f"Anonymous TLS connection established from {self.client}: {self.tls_description}")
         self.conn.tls_started()
-        self.facts.sasl_method = self.facts.sasl_username = ""   # as the core forgets what was said in plaintext
+        # What was learned in plaintext is forgotten (RFC 3207 4.2), by the restrictions too:
+        # a login before STARTTLS must not permit anything after it.
+        self.policy.tls_started()
         self._busy = False
         self._advance()
 

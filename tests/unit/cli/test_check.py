@@ -272,3 +272,15 @@ def test_restriction_class_names_are_not_unused_parameters(tmp_path, mailferry):
     result = mailferry("check", config_dir=tmp_path)
     assert "unused parameter: strict" not in result.err
     assert "unused parameter: nothing=here" in result.err
+
+
+def test_an_unknown_restriction_is_an_error_with_its_line(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "myhostname = mx.example.com\nsmtpd_restriction_classes = strict\n"
+                                "strict = reject_unauth_destination\n"
+                                "smtpd_recipient_restrictions = permit_mynetwork, strict, check_sender_access\n",
+          0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert (f"error: {tmp_path}/main.cf, line 4: parameter smtpd_recipient_restrictions: unknown smtpd "
+            "restriction \"permit_mynetwork\"") in result.err
+    assert "restriction check_sender_access needs an argument" in result.err
+    assert "restriction \"strict\"" not in result.err   # a class is a restriction name

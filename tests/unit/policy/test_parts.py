@@ -115,7 +115,8 @@ def test_dnsbl_reply_filters():
 def test_the_rbl_reply_template():
     variables = {"rbl_code": "554", "rbl_class": "Client host", "rbl_what": "192.0.2.1",
                  "rbl_domain": "zen.example", "rbl_reason": ""}
-    template = "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using $rbl_domain${rbl_reason?; $rbl_reason}"
+    template = ("$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using $rbl_domain"
+                "${rbl_reason?; $rbl_reason}")
     assert expand_template(template, variables) == \
         "554 Service unavailable; Client host [192.0.2.1] blocked using zen.example"
     assert expand_template(template, {**variables, "rbl_reason": "why"}).endswith("zen.example; why")
@@ -150,3 +151,13 @@ def test_a_silent_policy_server_times_out():
             client.close()
             server.close()
     run(scenario())
+
+
+def test_starttls_forgets_the_helo_name_and_the_login():
+    from mailferry.policy.session import SessionPolicy
+    from mailferry.policy.facts import SessionFacts
+    policy = SessionPolicy(engine=None, facts=SessionFacts("192.0.2.1", helo_name="client.example",
+                                                           sasl_method="PLAIN", sasl_username="alice"))
+    policy.tls_started()
+    assert policy.facts.helo_name is None
+    assert (policy.facts.sasl_method, policy.facts.sasl_username) == ("", "")
