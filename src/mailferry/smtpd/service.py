@@ -30,7 +30,7 @@ from mailferry import refusals
 from mailferry.config.config import Config
 from mailferry.config.localdomains import local_domain_matcher
 from mailferry.config.mastercf import Service
-from mailferry.maillog import Log
+from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
@@ -42,7 +42,7 @@ from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.recipient_maps import RecipientMaps
 from mailferry.smtpd.relay import ClientFacts, RelayPolicy
 from mailferry.smtpd.settings import server_settings
-from mailferry.smtpd.tls import TLSSetupError, server_context, tls_level
+from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
@@ -61,6 +61,7 @@ class ServiceProfile:
 
     tls_context: ssl.SSLContext | None
     tls_level: str
+    tls: TlsSettings
     settings: ServerSettings
     timeout: int                    # smtpd_timeout, seconds
     mynetworks: NetworkList
@@ -72,7 +73,7 @@ class ServiceProfile:
         relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
                             local_domain_matcher(config), config.get("relay_domains"),
                             refusals.RestrictionCodes.from_config(config))
-        return cls(tls_context=tls_context, tls_level=tls_level(config),
+        return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=server_settings(config, starttls=tls_context is not None),
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    relay=relay, recipient_maps=RecipientMaps.from_config(config))
@@ -88,22 +89,30 @@ class SmtpdService:
                  cleanup: Cleanup, log: Log, new_queue_id: Callable[[], str]):
         self.service = service
         self.cleanup = cleanup
-        self.log = log
+        view = service_view(config, service)
+        self._main_log = log
+        self.log = for_service(log, view.get("syslog_name"))
         self.new_queue_id = new_queue_id
-        self.profile = ServiceProfile.from_config(service_view(config, service), tls_context)
+        self.profile = ServiceProfile.from_config(view, tls_context)
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[Session] = set()
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        # smtpd_tls_wrappermode: the loop does the handshake before a Session hears of the
+        # connection. (Starting it from connection_made loses the race with the ClientHello:
+        # uvloop starts reading only after connection_made returns, undoing a pause_reading.)
+        implicit = self.profile.tls_context if self.profile.tls.wrappermode else None
         for listener in sockets:
-            server = await loop.create_server(lambda: Session(self, self.profile), sock=listener)
+            server = await loop.create_server(lambda: Session(self, self.profile), sock=listener, ssl=implicit,
+                                              ssl_handshake_timeout=self.profile.timeout if implicit else None)
             self.servers.append(server)
 
     def reload(self, config: Config, service: Service | None) -> None:
         if service is not None:
             self.service = service
         view = service_view(config, self.service)
+        self.log = for_service(self._main_log, view.get("syslog_name"))
         try:
             tls_context = server_context(view)
         except TLSSetupError as exc:
@@ -157,6 +166,9 @@ class Session(asyncio.Protocol):
         self.log.line("smtpd", f"connect from {self.client}")
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
+        if self.profile.tls.wrappermode:
+            self._implicit_tls_started()
+            return
         early = _already_sent(transport)
         if early:
             self.conn.receive(early)  # spoken before the greeting: the core refuses that
@@ -334,6 +346,24 @@ class Session(asyncio.Protocol):
         self._busy = True
         asyncio.ensure_future(self._handshake())
 
+    def _implicit_tls_started(self) -> None:
+        """smtpd_tls_wrappermode (port 465): the handshake is done, the greeting comes now."""
+        if self.profile.tls_context is None:
+            # Postfix's words: without a certificate there is nothing to speak TLS with.
+            self.log.warning("smtpd", f"Wrapper-mode request dropped from {self.client} for service "
+                                      f"{self.service.service.name}. TLS context initialization failed. "
+                                      "For details see earlier warnings in your logs.")
+            self._close()
+            return
+        self._tls_established(self.transport.get_extra_info("ssl_object"))
+        self.conn.tls_active = True
+        self.transport.write(self.conn.greeting())
+
+    def _tls_established(self, ssl_object) -> None:
+        self.tls_description = describe(ssl_object)
+        for line in established_lines(self.client, ssl_object, self.profile.tls):
+            self.log.line("smtpd", line)
+
     async def _handshake(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -347,8 +377,7 @@ class Session(asyncio.Protocol):
             self._close()
             return
         self.transport = transport
-        self.tls_description = describe(transport.get_extra_info("ssl_object"))
-        self.log.line("smtpd", f"Anonymous TLS connection established from {self.client}: {self.tls_description}")
+        self._tls_established(transport.get_extra_info("ssl_object"))
         self.conn.tls_started()
         self._busy = False
         self._advance()
