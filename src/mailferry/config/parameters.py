@@ -264,6 +264,12 @@ NO_EFFECT_PARAMETERS = frozenset({
     # Berkeley DB tuning; mailferry's indexed tables are LMDB.
     "berkeley_db_create_buffer_size",
     "berkeley_db_read_buffer_size",
+    # Python's ssl keeps TLS sessions in memory and cannot set a group list; check says so
+    # with a warning of its own (config/tlscheck.py, docs/tls.md).
+    "smtpd_tls_session_cache_database",
+    "smtp_tls_session_cache_database",
+    "lmtp_tls_session_cache_database",
+    "tls_eecdh_auto_curves",
     # Postfix 3.6 and later ignore these too.
     "smtpd_tls_dh512_param_file",
     "tlsproxy_tls_dh512_param_file",
