@@ -232,6 +232,19 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "smtpd_tls_CApath",
     "smtpd_tls_ask_ccert",
     "tls_server_sni_maps",
+    # Client-side TLS (delivery/tls.py, delivery/settings.py)
+    "smtp_tls_ciphers",
+    "smtp_tls_mandatory_ciphers",
+    "smtp_tls_exclude_ciphers",
+    "smtp_tls_mandatory_exclude_ciphers",
+    "smtp_tls_loglevel",
+    "smtp_tls_note_starttls_offer",
+    "lmtp_tls_ciphers",
+    "lmtp_tls_mandatory_ciphers",
+    "lmtp_tls_exclude_ciphers",
+    "lmtp_tls_mandatory_exclude_ciphers",
+    "lmtp_tls_loglevel",
+    "lmtp_tls_note_starttls_offer",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({

@@ -31,7 +31,7 @@ from mailferry.config.config import Config, ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.tlsinfo import describe
 from mailferry.tlsparams import LIST_SEPARATORS as _LIST_SEPARATORS
-from mailferry.tlsparams import protocol_bounds, set_versions
+from mailferry.tlsparams import CIPHERLIST_PARAMETERS, cipher_string, protocol_bounds, set_ciphers, set_versions
 
 LEVELS = ("none", "may", "encrypt", "verify", "secure")
 UNSUPPORTED_LEVELS = {
@@ -52,6 +52,7 @@ class TlsPolicy:
     protocols: str = ""  # Postfix syntax: ">=TLSv1.2", "!SSLv2, !SSLv3", ...
     cert_file: str = ""
     key_file: str = ""
+    ciphers: str = ""  # the OpenSSL cipher string for TLS <= 1.2, from the grade and exclusions
     # Which parameter family the values came from, for error messages: "smtp" or "lmtp".
     parameter_prefix: str = "smtp"
 
@@ -71,6 +72,7 @@ class TlsPolicy:
             except ValueError as exc:
                 raise ConfigValueError(config.where(protocols_parameter), str(exc)) from None
         cert_file = config.get(client_parameter(prefix, "smtp_tls_cert_file")).strip()
+        ciphers = _cipher_string(config, prefix, level) if level != "none" else ""
         return cls(
             level=level,
             ca_file=config.get(client_parameter(prefix, "smtp_tls_CAfile")).strip(),
@@ -80,6 +82,7 @@ class TlsPolicy:
             protocols=protocols,
             cert_file=cert_file,
             key_file=(config.get(client_parameter(prefix, "smtp_tls_key_file")).strip() or cert_file) if cert_file else "",
+            ciphers=ciphers,
             parameter_prefix=prefix,
         )
 
@@ -115,6 +118,21 @@ def _level(config: Config, prefix: str) -> str:
     return level
 
 
+def _cipher_string(config: Config, prefix: str, level: str) -> str:
+    """smtp_tls_ciphers at `may`, else smtp_tls_mandatory_ciphers, less the exclusions (the
+    mandatory ones too above `may`), as Postfix's smtp(8) builds its cipher list."""
+    mandatory = level != "may"
+    grade = client_parameter(prefix, "smtp_tls_mandatory_ciphers" if mandatory else "smtp_tls_ciphers")
+    exclusions = config.list(client_parameter(prefix, "smtp_tls_exclude_ciphers"))
+    if mandatory:
+        exclusions += config.list(client_parameter(prefix, "smtp_tls_mandatory_exclude_ciphers"))
+    try:
+        return cipher_string(config.get(grade), exclusions,
+                             {name: config.get(parameter) for name, parameter in CIPHERLIST_PARAMETERS.items()})
+    except ValueError as exc:
+        raise ConfigValueError(config.where(grade), str(exc)) from None
+
+
 def _obsolete_level(config: Config, prefix: str) -> str:
     if config.boolean(client_parameter(prefix, "smtp_enforce_tls")):
         return "verify" if config.boolean(client_parameter(prefix, "smtp_tls_enforce_peername")) else "encrypt"
@@ -145,6 +163,12 @@ def client_context(policy: TlsPolicy) -> ssl.SSLContext:
     else:
         context.verify_mode = ssl.CERT_NONE
     _set_versions(context, policy)
+    if policy.ciphers:
+        grade = policy.parameter("ciphers" if policy.level == "may" else "mandatory_ciphers")
+        try:
+            set_ciphers(context, policy.ciphers)
+        except ValueError as exc:
+            raise ValueError(f"{grade}: {exc}") from None
     if policy.cert_file:
         _load_client_certificate(context, policy)
     return context

@@ -85,12 +85,16 @@ def _new_context(config: Config) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     protocols = "smtpd_tls_mandatory_protocols" if mandatory else "smtpd_tls_protocols"
     _apply(config, protocols, lambda value: set_versions(context, value))
+    exclusions = _exclusions(config, mandatory)
     _apply(config, "smtpd_tls_mandatory_ciphers" if mandatory else "smtpd_tls_ciphers",
-           lambda grade: set_ciphers(context, cipher_string(grade, _exclusions(config, mandatory),
-                                                            _cipherlists(config))))
+           lambda grade: set_ciphers(context, cipher_string(grade, exclusions, _cipherlists(config))),
+           hint="; check the exclusions in smtpd_tls_exclude_ciphers" if exclusions else "")
     _apply(config, "tls_ssl_options", lambda value: _add_options(context, ssl_options(value)))
+    # Python's server contexts prefer their own order; Postfix's default is the client's.
     if config.boolean("tls_preempt_cipherlist"):
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     _apply(config, "smtpd_tls_eecdh_grade", lambda grade: _set_curve(context, eecdh_curve(
         grade, config.get("tls_eecdh_strong_curve"), config.get("tls_eecdh_ultra_curve"))))
     dh_file = config.get("smtpd_tls_dh1024_param_file").strip()
@@ -104,13 +108,13 @@ def _new_context(config: Config) -> ssl.SSLContext:
     return context
 
 
-def _apply(config: Config, name: str, action) -> None:
+def _apply(config: Config, name: str, action, hint: str = "") -> None:
     value = config.get(name)
     try:
         action(value)
     except (ValueError, OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise TLSSetupError(f"{config.where(name)}{value!r}: {reason}") from None
+        raise TLSSetupError(f"{config.where(name)}{value!r}: {reason}{hint}") from None
 
 
 def _exclusions(config: Config, mandatory: bool) -> list[str]:
