@@ -149,3 +149,22 @@ STARTTLS_REQUIRED = Refusal(Reply(530, "5.7.0", "Must issue a STARTTLS command f
 # STARTTLS was offered, but there is no certificate to start it with.
 TLS_UNAVAILABLE = Refusal(Reply(454, "4.7.0", "TLS not available due to local problem"), DEFER)
 TLS_UNAVAILABLE_ON_STDIN = Refusal(Reply(454, "4.7.0", "TLS not available on standard input"), DEFER)
+
+
+# --- SMTP AUTH (auth/, Postfix's smtpd_sasl_glue.c and smtpd.c texts)
+
+def auth_failed(reason: str) -> Refusal:
+    """Wrong password, unknown user, a malformed response: counted as an error, so a
+    client that keeps guessing meets smtpd_error_sleep_time and then the hard limit."""
+    return Refusal(Reply(535, "5.7.8", f"Error: authentication failed: {reason}"), REJECT, reason)
+
+
+def auth_unavailable(reason: str) -> Refusal:
+    """The backend could not answer (Dovecot or the directory down): try again, never a 535."""
+    return Refusal(Reply(454, "4.7.0", f"Temporary authentication failure: {reason}"), DEFER, reason)
+
+
+def auth_rate_exceeded(address: str, rate: int, service: str) -> Refusal:
+    """smtpd_client_auth_rate_limit: too many AUTH commands in anvil_rate_time_unit."""
+    return Refusal(Reply(450, "4.7.1", f"Error: too many AUTH commands from {address}"), DEFER,
+                   f"AUTH command rate limit exceeded: {rate}")

@@ -260,3 +260,57 @@ service lmtp {{
                                      f"{self.log()[-3000:]}")
             time.sleep(0.02)
         return found
+
+
+class AuthServer(Dovecot):
+    """Dovecot's auth service only, for `smtpd_sasl_type = dovecot`: an inet listener on
+    host:port (`smtpd_sasl_path = inet:host:port`) and a UNIX socket `unix_path` (mode 0666, so a
+    daemon that dropped root may use it). `users` maps a login to its passwd-file password field:
+    "{PLAIN}secret", or a hash from `doveadm pw`. auth_failure_delay is Dovecot's own wait before
+    FAIL (its default is 2 s); `disable_plaintext_auth = no` lets PLAIN work without TLS, as
+    many Postfix+Dovecot sites on a trusted network have it.
+    """
+
+    protocols = ""
+
+    def __init__(self, directory: Path, users: dict[str, str], *, host: str = "127.0.0.1", port: int = 0,
+                 auth_failure_delay: str = "0"):
+        super().__init__(directory, "auth.test")
+        self.users = dict(users)
+        self.host = host
+        self.port = port or free_port(host)
+        self.unix_path = self.base_dir / "auth-client"
+        self.auth_failure_delay = auth_failure_delay
+        self.listeners = [(host, self.port)]
+
+    @property
+    def sasl_path(self) -> str:
+        return f"inet:{self.host}:{self.port}"
+
+    def config(self) -> str:
+        passwd = self.directory / "passwd"
+        passwd.write_text("".join(f"{user}:{password}\n" for user, password in self.users.items()))
+        os.chmod(passwd, 0o644)
+        return self.common_config(self.host) + f"""\
+ssl = no
+disable_plaintext_auth = no
+auth_failure_delay = {self.auth_failure_delay}
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+userdb {{
+  driver = static
+  args = uid={self.uid} gid={self.gid} home=/nonexistent
+}}
+service auth {{
+  inet_listener {{
+    address = {self.host}
+    port = {self.port}
+  }}
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
+"""

@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"config"},                     # main.cf, master.cf, the parameter table, check
     {"queue"},                      # storage only
     {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
+    {"auth"},                       # SMTP AUTH, server side (xsasl)
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager
     {"smtpd", "local"},             # receiving services

@@ -36,6 +36,7 @@ class CleanupSettings:
     myorigin: str
     append_at_myorigin: bool = True
     tls_received_header: bool = False
+    sasl_authenticated_header: bool = False     # smtpd_sasl_authenticated_header
     mail_name: str = "mailferry"
 
     @classmethod
@@ -43,6 +44,7 @@ class CleanupSettings:
         return cls(myhostname=config.get("myhostname"), myorigin=config.get("myorigin"),
                    append_at_myorigin=config.boolean("append_at_myorigin"),
                    tls_received_header=config.boolean("smtpd_tls_received_header"),
+                   sasl_authenticated_header=config.boolean("smtpd_sasl_authenticated_header"),
                    mail_name=config.get("mail_name"))
 
 
@@ -135,6 +137,8 @@ def _received(message: NewMessage, queue_id: str, settings: CleanupSettings, now
         return f"Received: by {settings.myhostname} ({settings.mail_name}{uid})\r\n\tid {queue_id}; {date}\r\n"
     helo = client.helo or client.name
     tls = f"\r\n\t(using {client.tls})" if client.tls and settings.tls_received_header else ""
+    if client.sasl_username and settings.sasl_authenticated_header:
+        tls += f"\r\n\t(Authenticated sender: {_comment_text(client.sasl_username)})"
     if len(message.recipients) == 1:
         tail = f"\r\n\tfor <{message.recipients[0].address}>; {date}"
     else:
@@ -142,6 +146,12 @@ def _received(message: NewMessage, queue_id: str, settings: CleanupSettings, now
     return (f"Received: from {helo} ({client.name} [{client.address}]){tls}\r\n"
             f"\tby {settings.myhostname} ({settings.mail_name}) with {client.protocol} id {queue_id}"
             f"{tail}\r\n")
+
+
+def _comment_text(text: str) -> str:
+    """As Postfix's comment_sanitize(): nothing that could end the comment or the line."""
+    cleaned = "".join(char if char.isprintable() and char not in "()\\" else "?" for char in text)
+    return cleaned
 
 
 def _from_header(sender: str, full_name: str) -> str:

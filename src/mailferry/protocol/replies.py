@@ -128,6 +128,8 @@ TRANSACTION_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progre
 TLS_ALREADY_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
 AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Error: authentication not enabled")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+# smtpd_tls_auth_only and no TLS yet (RFC 4954 4, Postfix's text).
+AUTH_NEEDS_ENCRYPTION = Reply(504, "5.5.4", "Encryption required for requested authentication mechanism")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 
 # --- Unknown and unavailable commands ------------------------------------------------------------

@@ -138,8 +138,12 @@ class ServerSettings:
     smtputf8: bool = True
     chunking: bool = True
     starttls: bool = False                    # offer STARTTLS (smtpd_tls_security_level may/encrypt)
-    auth_mechanisms: tuple[str, ...] = ()     # offered SASL mechanisms; () = AUTH not enabled
+    auth_mechanisms: tuple[str, ...] = ()     # SASL mechanisms offered in plaintext (smtpd_sasl_security_options)
+    # ... and after STARTTLS (smtpd_sasl_tls_security_options); None: the same as in plaintext.
+    # AUTH is enabled when either is non-empty.
+    auth_mechanisms_tls: tuple[str, ...] | None = None
     auth_requires_tls: bool = False           # smtpd_tls_auth_only
+    auth_broken_clients: bool = False         # broken_sasl_auth_clients: also say "AUTH=..."
 
     def __post_init__(self) -> None:
         if self.bare_newline not in _BARE_NEWLINE_VALUES:
@@ -256,6 +260,7 @@ class ServerConnection:
         self.esmtp = False
         self.tls_active = False
         self.authenticated = False
+        self.auth_advertised = True   # False: EHLO does not list AUTH (smtpd_sasl_exceptions_networks)
         self._pipelining_offered = False
         self.error_count = 0
         self._junk_count = 0
@@ -443,6 +448,10 @@ class ServerConnection:
     def pipelining_offered(self) -> bool:
         return self._pipelining_offered
 
+    def auth_mechanisms_now(self) -> tuple[str, ...]:
+        """The SASL mechanisms that may be used now (they differ before and after STARTTLS)."""
+        return self._auth_mechanisms_offered()
+
     def ehlo_keywords(self) -> list[str]:
         """The extensions an EHLO reply would list now, in Postfix's order."""
         settings = self.settings
@@ -456,8 +465,10 @@ class ServerConnection:
             keywords.append("VRFY")
         if settings.starttls and not self.tls_active:
             keywords.append("STARTTLS")
-        if mechanisms := self._auth_mechanisms_offered():
+        if self.auth_advertised and (mechanisms := self._auth_mechanisms_offered()):
             keywords.append("AUTH " + " ".join(mechanisms))
+            if settings.auth_broken_clients:
+                keywords.append("AUTH=" + " ".join(mechanisms))
         if settings.enhanced_status_codes:
             keywords.append("ENHANCEDSTATUSCODES")
         if settings.eightbitmime:
@@ -849,8 +860,11 @@ class ServerConnection:
             self._mode = _TLS_HANDSHAKE
 
     def _handle_auth(self, argument: str) -> Reply | Decision:
-        if not self._auth_mechanisms_offered():
+        settings = self.settings
+        if not (settings.auth_mechanisms or settings.auth_mechanisms_tls):
             return replies.AUTH_NOT_ENABLED
+        if settings.auth_requires_tls and not self.tls_active:
+            return replies.AUTH_NEEDS_ENCRYPTION
         if not argument:
             return replies.AUTH_SYNTAX
         if self.authenticated:
@@ -890,9 +904,12 @@ class ServerConnection:
         return event
 
     def _auth_mechanisms_offered(self) -> tuple[str, ...]:
-        if self.settings.auth_requires_tls and not self.tls_active:
+        settings = self.settings
+        if self.tls_active and settings.auth_mechanisms_tls is not None:
+            return settings.auth_mechanisms_tls
+        if settings.auth_requires_tls and not self.tls_active:
             return ()
-        return self.settings.auth_mechanisms
+        return settings.auth_mechanisms
 
     def _reset_transaction(self) -> None:
         self.phase = IDLE

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from mailferry import refusals
+from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
 from mailferry.config.config import Config
 from mailferry.config.localdomains import local_domain_matcher
 from mailferry.config.mastercf import Service
@@ -67,16 +68,19 @@ class ServiceProfile:
     mynetworks: NetworkList
     relay: RelayPolicy
     recipient_maps: RecipientMaps
+    auth: SaslServer | None = None  # smtpd_sasl_auth_enable
 
     @classmethod
-    def from_config(cls, config: Config, tls_context: ssl.SSLContext | None) -> ServiceProfile:
+    def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
+                    service_name: str = "smtp") -> ServiceProfile:
         relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
                             local_domain_matcher(config), config.get("relay_domains"),
                             refusals.RestrictionCodes.from_config(config))
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=server_settings(config, starttls=tls_context is not None),
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
-                   relay=relay, recipient_maps=RecipientMaps.from_config(config))
+                   relay=relay, recipient_maps=RecipientMaps.from_config(config),
+                   auth=SaslServer.from_config(config, service_name))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -93,7 +97,7 @@ class SmtpdService:
         self._main_log = log
         self.log = for_service(log, view.get("syslog_name"))
         self.new_queue_id = new_queue_id
-        self.profile = ServiceProfile.from_config(view, tls_context)
+        self.profile = ServiceProfile.from_config(view, tls_context, service.name)
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[Session] = set()
 
@@ -120,7 +124,7 @@ class SmtpdService:
             self.log.warning("smtpd", f"reload: {exc}; keeping the TLS certificate loaded at start")
             tls_context = self.profile.tls_context
         try:
-            self.profile = ServiceProfile.from_config(view, tls_context)
+            self.profile = ServiceProfile.from_config(view, tls_context, self.service.name)
         except TableError as problem:
             self.log.warning("smtpd", f"reload: {problem}; keeping the configuration loaded before")
 
@@ -148,6 +152,9 @@ class Session(asyncio.Protocol):
         self.recipients: list[Recipient] = []
         self.mail: events.MailFrom | None = None
         self.tls_description = ""
+        self.auth: AuthSession | None = None
+        self.sasl_method = ""
+        self.sasl_username = ""
         self._busy = False          # a commit or a TLS handshake is under way
         self._stopping = False
         self._closed = False
@@ -162,6 +169,10 @@ class Session(asyncio.Protocol):
         self.address, self.name = _client_identity(peer[0])
         self.client = f"{self.name}[{self.address}]"
         self.in_mynetworks = self.profile.mynetworks.matches(self.address)
+        if self.profile.auth is not None:
+            local = (transport.get_extra_info("sockname") or ("",))[0]
+            self.auth = self.profile.auth.session(self.address, self.client, _client_identity(local)[0])
+            self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
         self.log.line("smtpd", f"connect from {self.client}")
         self._last_input = time.monotonic()
@@ -245,8 +256,14 @@ class Session(asyncio.Protocol):
             asyncio.ensure_future(self._message(event))
         elif isinstance(event, events.StartTLSRequested):
             self._start_tls()
-        elif isinstance(event, (events.AuthRequested, events.AuthResponse)):
-            conn.refuse(replies.AUTH_NOT_ENABLED)
+        elif isinstance(event, events.AuthRequested):
+            if self.auth is None:
+                conn.refuse(replies.AUTH_NOT_ENABLED)
+            else:
+                self._auth_step(self.auth.begin(event.mechanism, event.initial_response,
+                                                conn.auth_mechanisms_now(), conn.tls_active))
+        elif isinstance(event, events.AuthResponse):
+            self._auth_step(self.auth.respond(event.response))
         elif isinstance(event, events.ProtocolViolation):
             detail = f": {event.detail}" if event.detail else ""
             self.log.line("smtpd", f"{event.reason} after {event.after} from {self.client}{detail}")
@@ -255,6 +272,34 @@ class Session(asyncio.Protocol):
             self._closed = True
             self._finish()
             self.transport.close()
+
+    def _auth_step(self, step) -> None:
+        if isinstance(step, Refused):
+            self._auth_refused(step)
+        elif isinstance(step, Challenge):
+            self.conn.auth_challenge(step.text)
+        else:
+            self._busy = True   # the backend may take a while: hold what the client pipelined
+            asyncio.ensure_future(self._auth_verified(step))
+
+    async def _auth_verified(self, verification) -> None:
+        try:
+            outcome = await verification.run()
+        finally:
+            self._busy = False
+        if self._closed:
+            return
+        if isinstance(outcome, Accepted):
+            self.sasl_method, self.sasl_username = outcome.method, outcome.username
+            self.conn.accept()
+        else:
+            self._auth_refused(outcome)
+        self._advance()
+
+    def _auth_refused(self, refused: Refused) -> None:
+        if refused.warning:
+            self.log.warning("smtpd", refused.warning)
+        self.conn.refuse(refused.refusal.reply)
 
     def _mail_from(self, event: events.MailFrom) -> None:
         if self.profile.tls_level == "encrypt" and not self.conn.tls_active:
@@ -267,7 +312,7 @@ class Session(asyncio.Protocol):
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
         address = event.path.address
-        facts = ClientFacts(self.address, self.in_mynetworks)
+        facts = ClientFacts(self.address, self.in_mynetworks, self.sasl_username)
         refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
         if refusal is None and self.profile.recipient_maps.enabled:
             # Table lookups may wait (LDAP): the core holds what the client pipelined meanwhile.
@@ -296,7 +341,7 @@ class Session(asyncio.Protocol):
         if not self.queue_id:
             # Postfix opens the queue file at the first accepted recipient (smtpd_delay_open_until_valid_rcpt).
             self.queue_id = self.service.new_queue_id()
-            self.log.line("smtpd", f"{self.queue_id}: client={self.client}")
+            self.log.line("smtpd", f"{self.queue_id}: client={self.client}{self._sasl_log_fields()}")
         self.recipients.append(Recipient(address, orcpt=event.params.orcpt, notify=event.params.notify))
         self.conn.accept()
 
@@ -312,7 +357,7 @@ class Session(asyncio.Protocol):
         message = NewMessage(
             sender=mail.path.address, recipients=self.recipients, content=event.content,
             client=ClientInfo(self.name, self.address, self.port, self.conn.helo_name or "",
-                              self._protocol(), self.tls_description),
+                              self._protocol(), self.tls_description, self.sasl_username),
             origin="smtp", dsn_ret=mail.params.ret, dsn_envid=mail.params.envid,
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time())
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
@@ -333,9 +378,16 @@ class Session(asyncio.Protocol):
         self._advance()
 
     def _protocol(self) -> str:
+        """RFC 3848's names, as Postfix writes them in Received:: ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
         if not self.conn.esmtp:
             return "SMTP"
-        return "ESMTPS" if self.conn.tls_active else "ESMTP"
+        return "ESMTP" + ("S" if self.conn.tls_active else "") + ("A" if self.sasl_username else "")
+
+    def _sasl_log_fields(self) -> str:
+        """Postfix's `, sasl_method=PLAIN, sasl_username=user1` on the client= line."""
+        if not self.sasl_username:
+            return ""
+        return f", sasl_method={self.sasl_method}, sasl_username={self.sasl_username}"
 
     def _start_tls(self) -> None:
         if self.profile.tls_context is None:
@@ -379,6 +431,7 @@ class Session(asyncio.Protocol):
         self.transport = transport
         self._tls_established(transport.get_extra_info("ssl_object"))
         self.conn.tls_started()
+        self.sasl_method = self.sasl_username = ""   # as the core forgets everything said in plaintext
         self._busy = False
         self._advance()
 

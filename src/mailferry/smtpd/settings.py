@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mailferry.auth.server import ehlo_settings
 from mailferry.config.config import Config
 from mailferry.protocol.smtp_server import NORMALIZE, REJECT, ServerSettings
 
@@ -30,6 +31,7 @@ def server_settings(config: Config, starttls: bool) -> ServerSettings:
         helo_required=config.boolean("smtpd_helo_required"),
         strict_envelopes=config.boolean("strict_rfc821_envelopes"),
         **offered,
+        **ehlo_settings(config),
     )
 
 

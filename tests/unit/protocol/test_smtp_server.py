@@ -410,7 +410,7 @@ def test_auth_only_after_tls_when_required():
     s = session(starttls=True, auth_mechanisms=("PLAIN",), auth_requires_tls=True)
     s.feed(b"EHLO c.example\r\nAUTH PLAIN\r\n")
     assert not any("AUTH" in line for line in s.replies()[:-1])
-    assert s.replies()[-1] == "503 5.5.1 Error: authentication not enabled"
+    assert s.replies()[-1] == "504 5.5.4 Encryption required for requested authentication mechanism"
     s.feed(b"STARTTLS\r\n")
     s.conn.tls_started()
     s.feed(b"EHLO c.example\r\n")
@@ -418,6 +418,34 @@ def test_auth_only_after_tls_when_required():
 
 
 # --- AUTH ---------------------------------------------------------------------------------------
+
+def test_auth_mechanisms_differ_before_and_after_tls():
+    # smtpd_sasl_security_options = noplaintext, smtpd_sasl_tls_security_options = noanonymous
+    s = session(starttls=True, auth_mechanisms=(), auth_mechanisms_tls=("PLAIN", "LOGIN"))
+    s.feed(b"EHLO c.example\r\n")
+    assert not any("AUTH" in line for line in s.replies())
+    assert s.conn.auth_mechanisms_now() == ()
+    s.feed(b"STARTTLS\r\n")
+    s.conn.tls_started()
+    s.feed(b"EHLO c.example\r\n")
+    assert "250-AUTH PLAIN LOGIN" in s.replies()
+    assert s.conn.auth_mechanisms_now() == ("PLAIN", "LOGIN")
+
+
+def test_broken_sasl_auth_clients_adds_the_old_auth_equals_line():
+    s = session(auth_mechanisms=("PLAIN", "LOGIN"), auth_broken_clients=True)
+    s.feed(b"EHLO c.example\r\n")
+    assert ["250-AUTH PLAIN LOGIN", "250-AUTH=PLAIN LOGIN"] == [line for line in s.replies() if "AUTH" in line]
+
+
+def test_auth_hidden_from_one_client_still_works_for_it():
+    # smtpd_sasl_exceptions_networks: not advertised, but AUTH is not refused (as in Postfix).
+    s = session(auth_mechanisms=("PLAIN",))
+    s.conn.auth_advertised = False
+    s.feed(b"EHLO c.example\r\nAUTH PLAIN AHUAcA==\r\n")
+    assert not any("AUTH" in line for line in s.replies()[:-1])
+    assert s.of_type(AuthRequested) == [AuthRequested("PLAIN", "AHUAcA==")]
+
 
 def test_auth_exchange_through_the_machine():
     conn = connect(auth_mechanisms=("LOGIN", "PLAIN"))

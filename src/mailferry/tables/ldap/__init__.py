@@ -106,6 +106,17 @@ class LdapTable(Table):
             self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="ldap")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, key)
 
+    async def bind_as_entry(self, key: str, password: str) -> LookupResult:
+        """smtpd_sasl_type = ldap: bind as the entry found for `key` (client.Directory.bind_as_entry).
+        Never cached: a password is checked by the directory every time."""
+        key = key.lower()
+        if self._skipped(key):
+            return MISSING
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="ldap")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.directory.bind_as_entry, key, password)
+
     def _answer_without_search(self, key: str) -> LookupResult | None:
         return MISSING if self._skipped(key) else self._cached(key)
 

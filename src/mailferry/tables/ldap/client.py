@@ -102,13 +102,30 @@ class Directory:
     # --- failover -------------------------------------------------------------------------
 
     def lookup(self, key: str) -> LookupResult:
+        return self._failover(lambda server: self._lookup_on(server, key))
+
+    def bind_as_entry(self, key: str, password: str) -> LookupResult:
+        """Find the one entry query_filter finds for `key` and bind as its DN with `password`
+        (smtpd_sasl_type = ldap): found(dn) when the directory accepts the password, not found
+        for no entry, several entries or a wrong password, a temporary failure when no server
+        answers. An empty password never binds (it would be an unauthenticated bind)."""
+        if not password:
+            return MISSING
+        found_dn = self._failover(lambda server: self._on_server(
+            server, lambda connection: self._only_dn(connection, key)))
+        if not found_dn.found:
+            return found_dn
+        return self._failover(lambda server: self._on_server(
+            server, lambda connection: self._bind_check(connection, found_dn.value, password), fresh=True))
+
+    def _failover(self, attempt: Callable[[Server], LookupResult]) -> LookupResult:
         now = time.monotonic()
         order = ([server for server in self.servers if server.resting_until <= now]
                  + [server for server in self.servers if server.resting_until > now])
         tried = []
         for server in order:
             try:
-                return self._lookup_on(server, key)
+                return attempt(server)
             except ServerFailed as failure:
                 server.resting_until = time.monotonic() + OUT_OF_ROTATION
                 self.warn(f"dict_ldap_lookup: {self.name}: server {server.url} failed: {failure}; "
@@ -120,20 +137,32 @@ class Directory:
         return tempfail(f"{self.name}: no LDAP server answered: tried {', '.join(tried) or 'none'}")
 
     def _lookup_on(self, server: Server, key: str) -> LookupResult:
+        return self._on_server(server, lambda connection: self._evaluate(connection, key))
+
+    def _on_server(self, server: Server, evaluate: Callable[[LDAPObject], LookupResult],
+                   fresh: bool = False) -> LookupResult:
+        if fresh:
+            # A connection of its own (a user's bind changes who it is): never back to the pool.
+            connection = self._connect(server)
+            try:
+                return self._lookup_with(server, connection, evaluate, keep=False)
+            finally:
+                _unbind(connection)
         reused = server.take()
         if reused is not None:
             try:
-                return self._lookup_with(server, reused, key)
+                return self._lookup_with(server, reused, evaluate)
             except ServerFailed as failure:
                 if not failure.connection_lost:
                     raise
                 # The server closed a kept connection (it restarted, or an idle timeout): as
                 # Postfix, reconnect once before calling the server failed.
-        return self._lookup_with(server, self._connect(server), key)
+        return self._lookup_with(server, self._connect(server), evaluate)
 
-    def _lookup_with(self, server: Server, connection: LDAPObject, key: str) -> LookupResult:
+    def _lookup_with(self, server: Server, connection: LDAPObject,
+                     evaluate: Callable[[LDAPObject], LookupResult], keep: bool = True) -> LookupResult:
         try:
-            result = self._evaluate(connection, key)
+            result = evaluate(connection)
         except (ServerFailed, *_SERVER_ERRORS) as error:
             _unbind(connection)
             server.drop_all()  # its siblings went to the same dead, restarted or hung server
@@ -141,12 +170,14 @@ class Directory:
                 raise
             raise ServerFailed(_error_text(error), connection_lost=isinstance(error, ldap.SERVER_DOWN)) from None
         except QueryFailed:
-            server.give_back(connection)
+            if keep:
+                server.give_back(connection)
             raise
         except ldap.LDAPError as error:
             _unbind(connection)  # as Postfix: set up afresh next time
             raise QueryFailed(f"search error: {_error_text(error)}") from None
-        server.give_back(connection)
+        if keep:
+            server.give_back(connection)
         server.resting_until = 0.0
         return result
 
@@ -243,6 +274,27 @@ class Directory:
         values: list[str] = []
         self._collect(connection, entries, key, values, depth=1)
         return found(",".join(values)) if values else MISSING
+
+    def _only_dn(self, connection: LDAPObject, key: str) -> LookupResult:
+        """The DN of the one entry query_filter finds for `key` (its %s escaped, so a `*` or
+        `)(uid=*` in a login name matches only itself)."""
+        templates = self.config.templates
+        try:
+            entries = self._search(connection, templates.base(key), self.config.scope, templates.query(key),
+                                   ["1.1"])
+        except ldap.NO_SUCH_OBJECT:
+            return MISSING
+        except ldap.SIZELIMIT_EXCEEDED:
+            return MISSING  # more than one entry: whose password would it be?
+        dns = [dn for dn, _ in entries if dn]
+        return found(dns[0]) if len(dns) == 1 else MISSING
+
+    def _bind_check(self, connection: LDAPObject, dn: str, password: str) -> LookupResult:
+        try:
+            self._wait(connection, connection.simple_bind(dn, password))
+        except (ldap.INVALID_CREDENTIALS, ldap.INAPPROPRIATE_AUTH, ldap.UNWILLING_TO_PERFORM):
+            return MISSING
+        return found(dn)
 
     def _collect(self, connection: LDAPObject, entries, key: str, values: list[str], depth: int) -> None:
         config = self.config

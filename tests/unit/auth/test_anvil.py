@@ -1,0 +1,13 @@
+from mailferry.auth.anvil import RateCounter
+
+
+def test_counts_per_client_and_service_within_a_window():
+    now = [100.0]
+    counter = RateCounter(clock=lambda: now[0])
+    assert [counter.count("smtp", "192.0.2.1", 60) for _ in range(3)] == [1, 2, 3]
+    assert counter.count("smtp", "192.0.2.2", 60) == 1
+    assert counter.count("submission", "192.0.2.1", 60) == 1
+    now[0] += 59.9
+    assert counter.count("smtp", "192.0.2.1", 60) == 4
+    now[0] += 0.2          # the window that began at 100 s is over
+    assert counter.count("smtp", "192.0.2.1", 60) == 1
