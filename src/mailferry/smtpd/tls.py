@@ -104,6 +104,10 @@ def _new_context(config: Config) -> ssl.SSLContext:
         # Postfix: a zero timeout turns session caching off, tickets included.
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
+    else:
+        # One TLS 1.3 ticket per full handshake, as Postfix issues (OpenSSL's default is two):
+        # an MTA client keeps one session a destination at most.
+        context.num_tickets = 1
     _load_client_trust(context, config)
     return context
 
