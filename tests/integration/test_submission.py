@@ -15,9 +15,10 @@ import subprocess
 
 import pytest
 
-from tests.integration.auth_peers import PASSWORD, REMOTE_RECIPIENT, plain, start_dovecot_auth, stop_peer
+from tests.integration.auth_peers import PASSWORD, REMOTE_RECIPIENT, plain
 from tests.integration.conftest import Daemon, base_main_cf, free_port, smtpd_master_cf, world_readable_tempdir
 from tests.integration.test_smtpd_security import queued_contents
+from tests.integration.test_submission_auth import dovecot_auth  # noqa: F401  (the module's Dovecot)
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]
@@ -45,13 +46,6 @@ def submission_services(ports: dict[str, int]) -> str:
             f"127.0.0.1:{ports['encrypt_only']} inet n - n - - smtpd\n"
             "  -o smtpd_tls_security_level=encrypt\n"
             "  -o smtpd_sasl_auth_enable=yes\n")
-
-
-@pytest.fixture(scope="module")
-def dovecot_auth():
-    server = start_dovecot_auth()
-    yield server
-    stop_peer(server)
 
 
 @pytest.fixture(scope="module")
