@@ -66,6 +66,13 @@ class NewMessage:
     # FROM and puts the ID in Received:), so the store keeps it rather than
     # making one; empty means "store, assign one".
     queue_id: str = ""
+    # What smtpd's restrictions asked of the message (access(5) actions, policy
+    # servers); cleanup honours them.
+    hold: bool = False            # HOLD: into the hold queue, not delivered until released
+    discard: bool = False         # DISCARD: accepted, then dropped
+    redirect: str = ""            # REDIRECT: this one recipient replaces all others
+    content_filter: str = ""      # FILTER transport:destination (not routed yet: cleanup warns)
+    prepend: list[str] = field(default_factory=list)   # PREPEND: header lines, above Received:
 
 
 @dataclass(slots=True)

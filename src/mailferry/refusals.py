@@ -35,9 +35,13 @@ DEFER_IF_PERMIT = "defer_if_permit"
 
 # Postfix's reply_class: which part of the session a restriction judged.
 CLIENT = "Client host"
+REVERSE_CLIENT = "Unverified Client host"
+SASL_USER = "SASL login name"
 HELO = "Helo command"
 SENDER = "Sender address"
 RECIPIENT = "Recipient address"
+DATA_COMMAND = "Data command"
+END_OF_DATA = "End-of-data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,121 @@ def maildrop_write_error(error: OSError) -> Refusal:
     """`sendmail -bs` could not write its maildrop file."""
     return Refusal(Reply(451, "4.3.0", f"Error: cannot write the message: {error.strerror}"), DEFER,
                    f"cannot write the message: {error.strerror}")
+
+
+# --- The restriction engine's replies (policy/), with Postfix's smtpd_check.c texts.
+# The engine decides which applies and when; the words and codes are here.
+
+ACCESS_DENIED = "Access denied"
+SERVICE_UNAVAILABLE = "Service unavailable"
+SERVER_CONFIGURATION_ERROR = Reply(451, "4.3.5", "Server configuration error")
+GENERIC_SERVICE_UNAVAILABLE = Reply(450, "4.7.1", "Service unavailable")
+
+
+def rejected_text(name: str, reply_class: str, detail: str) -> str:
+    """"<name>: Recipient address rejected: detail", Postfix's usual form."""
+    return f"<{name}>: {reply_class} rejected: {detail}"
+
+
+def relay_denied_text(address: str) -> str:
+    return f"<{address}>: Relay access denied"
+
+
+def unknown_client_text(address: str) -> str:
+    """reject_unknown_client_hostname (4.7.25, RFC 7372)."""
+    return f"Client host rejected: cannot find your hostname, [{address}]"
+
+
+def unknown_reverse_client_text(address: str) -> str:
+    """reject_unknown_reverse_client_hostname (4.7.1)."""
+    return f"Client host rejected: cannot find your reverse hostname, [{address}]"
+
+
+def not_owned_text(sender: str, login: str) -> str:
+    """reject_*sender_login_mismatch for a logged-in client (553 5.7.1)."""
+    return f"<{sender}>: {SENDER} rejected: not owned by user {login}"
+
+
+def not_logged_in_text(sender: str) -> str:
+    """reject_*sender_login_mismatch for a client that did not log in (553 5.7.1)."""
+    return f"<{sender}>: {SENDER} rejected: not logged in"
+
+
+def header_not_owned_text(address: str, login: str) -> str:
+    """smtpd_sender_login_header_check (mailferry's own): the header From: is not the login's."""
+    return f"<{address}>: Header From: address rejected: not owned by user {login}"
+
+
+def header_not_logged_in_text(address: str) -> str:
+    return f"<{address}>: Header From: address rejected: not logged in"
+
+
+PLAINTEXT_TEXT = "Session encryption is required"
+# A table error (TableError) while a restriction ran: as Postfix's reject_server_error.
+SERVER_CONFIGURATION_REFUSAL = Refusal(SERVER_CONFIGURATION_ERROR, DEFER, "server configuration error")
+
+
+def access_denied_for(client: str) -> Refusal:
+    """Every command after client restrictions refused the connection (smtpd_delay_reject = no)."""
+    return Refusal(Reply(503, "5.7.0", f"Error: access denied for {client}"), REJECT, "access denied")
+
+NULL_MX_TEXT = "Domain {domain} does not accept mail (nullMX)"
+
+# Codes of the texts above that Postfix fixes rather than reads from main.cf.
+SENDER_LOGIN_MISMATCH = (553, "5.7.1")
+IMPROPER_PIPELINING = (503, "5.5.0")
+MULTI_RECIPIENT_BOUNCE_DSN = "5.5.3"
+
+# smtpd_dsn_fix: an address-specific status (X.1.Y) is made the judged
+# address's (sender or recipient); other classes get X.0.0.
+_DSN_MAP = {"1": ("4.1.8", "4.1.1"), "2": ("4.1.8", "4.1.2"), "3": ("4.1.7", "4.1.3"), "4": ("4.1.8", "4.1.4"),
+            "5": ("4.1.0", "4.1.5"), "6": ("4.1.8", "4.1.6"), "7": ("4.1.7", "4.1.3"), "8": ("4.1.8", "4.1.2")}
+
+
+def dsn_fix(status: str, reply_class: str) -> str:
+    if len(status) < 5 or not status[0].isdigit() or status[1:4] != ".1.":
+        return status
+    sender_dsn, recipient_dsn = _DSN_MAP.get(status[4:], ("4.1.0", "4.1.0"))
+    if reply_class == SENDER:
+        fixed = sender_dsn
+    elif reply_class == RECIPIENT:
+        fixed = recipient_dsn
+    else:
+        fixed = "4.0.0"
+    return status[0] + fixed[1:]
+
+
+def split_dsn(text: str, default: str) -> tuple[str, str]:
+    """Postfix's dsn_split: "5.7.1 go away" → ("5.7.1", "go away"); no status → (default, text)."""
+    first, _, rest = text.partition(" ")
+    if is_valid_dsn(first):
+        return first, rest.lstrip()
+    return default, text
+
+
+def is_valid_dsn(status: str) -> bool:
+    parts = status.split(".")
+    return (len(parts) == 3 and parts[0] in ("2", "4", "5") and all(part.isdigit() for part in parts[1:])
+            and len(parts[1]) <= 3 and len(parts[2]) <= 3)
+
+
+def policy_refusal(code: int, dsn: str, text: str, log_reason: str = "", soft_bounce: bool = False) -> Refusal:
+    """What smtpd_check_reject sends: a bad code or status becomes "450 4.7.1
+    Service unavailable" (with a warning), soft_bounce turns 5xx into 4xx, the
+    status class follows the code, and the text is cut to fit one 512-octet line."""
+    warning = ""
+    if not 400 <= code <= 599:
+        warning = f"SMTP reply code configuration error: {code} {dsn} {text}"
+    elif not is_valid_dsn(dsn):
+        warning = f"DSN detail code configuration error: {code} {dsn} {text}"
+    if warning:
+        reply = GENERIC_SERVICE_UNAVAILABLE
+    else:
+        if soft_bounce and code >= 500:
+            code -= 100
+        printable = "".join(char if char.isprintable() else " " for char in text)
+        reply = Reply(code, f"{str(code)[0]}{dsn[1:]}", printable[:500])
+    return Refusal(reply, REJECT if reply.code >= 500 else DEFER, log_reason, warning)
 
 
 # --- Session-level refusals of the application (the core answers the rest itself)

@@ -4,13 +4,14 @@ certificate for STARTTLS, and clients bound to an outside address."""
 from __future__ import annotations
 
 import base64
+
+import pytest
 import shutil
 import smtplib
 import ssl
 import subprocess
 from pathlib import Path
 
-from mailferry.queue import SqliteQueueStore
 from tests.peers import peer_tempdir, require_tool
 from tests.peers.dovecot import AuthServer
 from tests.peers.tls import make_ca
@@ -30,6 +31,21 @@ def start_dovecot_auth(users: dict[str, str] | None = None, **options) -> AuthSe
 def stop_peer(peer) -> None:
     peer.stop()
     shutil.rmtree(peer.directory, ignore_errors=True)
+
+
+# Fixtures for the test modules that import them: one Dovecot auth server and one slapd a module.
+@pytest.fixture(scope="module")
+def dovecot_auth():
+    server = start_dovecot_auth()
+    yield server
+    stop_peer(server)
+
+
+@pytest.fixture(scope="module")
+def auth_slapd():
+    server = start_auth_slapd()
+    yield server
+    server.stop()
 
 
 def make_certificate() -> tuple[Path, Path, Path]:
@@ -61,14 +77,6 @@ def swaks(port: int, source: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([require_tool("swaks"), "--server", f"127.0.0.1:{port}", "--local-interface", source,
                            "--timeout", "30", "--helo", "client.example", *args],
                           capture_output=True, text=True, timeout=120)
-
-
-def queued_contents(daemon) -> list[bytes]:
-    store = SqliteQueueStore(daemon.queue_directory / "queue.db")
-    try:
-        return [store.content(message.queue_id) for message in store.messages()]
-    finally:
-        store.close()
 
 
 # --- LDAP bind: a directory of the same users, their passwords as userPassword ---------------------

@@ -11,8 +11,9 @@ from mailferry.auth.dovecot import DovecotBackend
 from mailferry.auth.ldap_bind import LdapBindBackend
 from mailferry.auth.mechanisms import Credentials
 from mailferry.auth.verdict import FAIL, OK, TEMPFAIL, ClientContext
-from tests.integration.auth_peers import (
-    PASSWORD, STAR_LOGIN, STAR_PASSWORD, start_auth_slapd, start_dovecot_auth, stop_peer, write_ldap_sasl_cf,
+from tests.integration.auth_peers import (  # noqa: F401 (dovecot_auth, auth_slapd are fixtures)
+    PASSWORD, STAR_LOGIN, STAR_PASSWORD, auth_slapd, dovecot_auth, start_auth_slapd, start_dovecot_auth, stop_peer,
+    write_ldap_sasl_cf,
 )
 from tests.peers import free_port, peer_tempdir
 
@@ -20,20 +21,6 @@ pytestmark = pytest.mark.integration
 
 # Dovecot penalises failures per remote IP (auth_penalty): each test that fails uses its own.
 CLIENT = ClientContext("127.0.0.20", "127.0.0.1", False)
-
-
-@pytest.fixture(scope="module")
-def dovecot_auth():
-    server = start_dovecot_auth()
-    yield server
-    stop_peer(server)
-
-
-@pytest.fixture(scope="module")
-def slapd():
-    server = start_auth_slapd()
-    yield server
-    server.stop()
 
 
 def verify(backend, user, password, client=CLIENT, authzid=""):
@@ -105,9 +92,9 @@ def test_dovecot_never_sees_a_tab_in_a_login_name(dovecot_auth):
 # --- LDAP bind -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def ldap_backend(slapd):
+def ldap_backend(auth_slapd):
     directory = peer_tempdir("mailferry-ldap-sasl-")
-    backend = LdapBindBackend(str(write_ldap_sasl_cf(directory, slapd)), "", 0.0)
+    backend = LdapBindBackend(str(write_ldap_sasl_cf(directory, auth_slapd)), "", 0.0)
     yield backend
     backend.close()
 
@@ -150,9 +137,9 @@ def test_ldap_bind_with_the_directory_down_is_a_temporary_failure():
         server.stop()
 
 
-def test_ldap_bind_local_domain_is_appended_to_bare_names(slapd):
+def test_ldap_bind_local_domain_is_appended_to_bare_names(auth_slapd):
     directory = peer_tempdir("mailferry-ldap-sasl-")
-    path = write_ldap_sasl_cf(directory, slapd)
+    path = write_ldap_sasl_cf(directory, auth_slapd)
     path.write_text(path.read_text().replace("(uid=%s)", "(uid=%u)"))
     backend = LdapBindBackend(str(path), "example.com", 0.0)
     try:

@@ -45,7 +45,9 @@ def submission_services(ports: dict[str, int]) -> str:
             "  -o milter_macro_daemon_name=ORIGINATING\n"
             f"127.0.0.1:{ports['encrypt_only']} inet n - n - - smtpd\n"
             "  -o smtpd_tls_security_level=encrypt\n"
-            "  -o smtpd_sasl_auth_enable=yes\n")
+            "  -o smtpd_sasl_auth_enable=yes\n"
+            f"127.0.0.1:{ports['plaintext_refused']} inet n - n - - smtpd\n"
+            "  -o smtpd_recipient_restrictions=reject_plaintext_session,permit\n")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def submission_daemon(submission_certificate, dovecot_auth):
     cert, key = submission_certificate
     directory = world_readable_tempdir("mailferry-submission-")
     port = free_port()
-    ports = {name: free_port() for name in ("submission", "submissions", "encrypt_only")}
+    ports = {name: free_port() for name in ("submission", "submissions", "encrypt_only", "plaintext_refused")}
     main_cf = base_main_cf(directory, smtpd_tls_cert_file=str(cert), smtpd_tls_key_file=str(key),
                            smtpd_tls_security_level="may", smtpd_tls_loglevel="1",
                            smtpd_sasl_type="dovecot", smtpd_sasl_path=dovecot_auth.sasl_path,
@@ -106,8 +108,8 @@ def test_smtplib_submits_over_587_with_starttls_and_auth(submission_daemon, peer
     assert refused == {}
     log = submission_daemon.wait_for_log("sasl_username=user1")
     assert re.search(r"postfix/submission/smtpd\[\d+\]: Anonymous TLS connection established from "
-                     r"localhost\[127\.0\.0\.2\]: TLSv1\.3 with cipher", log), log[-2000:]
-    assert re.search(r"postfix/submission/smtpd\[\d+\]: \w+: client=localhost\[127\.0\.0\.2\], "
+                     r"\S+\[127\.0\.0\.2\]: TLSv1\.3 with cipher", log), log[-2000:]
+    assert re.search(r"postfix/submission/smtpd\[\d+\]: \w+: client=\S+\[127\.0\.0\.2\], "
                      r"sasl_method=(PLAIN|LOGIN), sasl_username=user1", log), log[-2000:]
 
 
@@ -124,7 +126,7 @@ def test_smtplib_submits_over_465_with_implicit_tls_and_auth(submission_daemon, 
     assert refused == {}
     log = submission_daemon.wait_for_log("sasl_username=user3")
     assert re.search(r"postfix/submissions/smtpd\[\d+\]: Anonymous TLS connection established from "
-                     r"localhost\[127\.0\.0\.2\]: TLSv1\.3 with cipher", log), log[-2000:]
+                     r"\S+\[127\.0\.0\.2\]: TLSv1\.3 with cipher", log), log[-2000:]
     [content] = [item for item in queued_contents(submission_daemon) if b"Subject: over 465" in item]
     assert b" with ESMTPSA id " in content
 
@@ -162,3 +164,18 @@ def test_swaks_submits_with_auth_plain(submission_daemon, peer_ca, service, flag
     assert "<~  235 2.7.0 Authentication successful" in completed.stdout, completed.stdout
     assert re.search(r"<~  250 2\.0\.0 Ok: queued as \w+", completed.stdout), completed.stdout
     submission_daemon.wait_for_log(f"to=<swaks-{service}@remote.example>")
+
+
+def test_the_restrictions_see_the_tls_session(submission_daemon, peer_ca):
+    """reject_plaintext_session reads what the handshake set (the protocol, as Postfix's
+    encryption_protocol attribute)."""
+    port = submission_daemon.ports["plaintext_refused"]
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.test")
+        assert client.rcpt("b@example.test")[0] == 450
+        client.rset()
+        client.starttls(context=trusting(peer_ca))
+        client.ehlo("client.example")
+        client.mail("a@example.test")
+        assert client.rcpt("b@example.test")[0] == 250

@@ -12,20 +12,13 @@ import smtplib
 
 import pytest
 
-from tests.integration.auth_peers import (
-    PASSWORD, REMOTE_RECIPIENT, client, make_certificate, plain, queued_contents, start_dovecot_auth,
-    stop_peer, swaks,
+from tests.integration.auth_peers import (  # noqa: F401 (dovecot_auth is a fixture)
+    PASSWORD, REMOTE_RECIPIENT, client, dovecot_auth, make_certificate, plain, swaks,
 )
+from tests.integration.test_smtpd_security import queued_contents
 from tests.peers import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def dovecot_auth():
-    server = start_dovecot_auth()
-    yield server
-    stop_peer(server)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def test_auth_plain_with_dovecot_lets_smtplib_relay(mx):
         assert (code, reply) == (235, b"2.7.0 Authentication successful")
         smtp.sendmail("user1@example.com", [REMOTE_RECIPIENT], b"Subject: hi\r\n\r\nbody\r\n")
     log = mx.wait_for_log("sasl_username=user1")
-    assert re.search(r"[0-9A-F]+: client=localhost\[127\.0\.0\.2\], sasl_method=PLAIN, sasl_username=user1\n", log)
+    assert re.search(r"[0-9A-F]+: client=unknown\[127\.0\.0\.2\], sasl_method=PLAIN, sasl_username=user1\n", log)
     assert PASSWORD not in log
     [content] = queued_contents(mx)
     assert b") with ESMTPA id " in content
@@ -83,7 +76,7 @@ def test_without_auth_an_outside_client_cannot_relay(mx):
         smtp.mail("user1@example.com")
         code, reply = smtp.rcpt(REMOTE_RECIPIENT)
     # smtpd_relay_restrictions' default ends in defer_unauth_destination.
-    assert code == 450 and b"Relay access denied" in reply
+    assert code == 454 and b"Relay access denied" in reply
 
 
 def test_wrong_password_is_535_and_logged_without_the_password(mx):
@@ -92,9 +85,9 @@ def test_wrong_password_is_535_and_logged_without_the_password(mx):
         assert code == 535 and reply.startswith(b"5.7.8 Error: authentication failed:")
         smtp.mail("user1@example.com")
         code, reply = smtp.rcpt(REMOTE_RECIPIENT)
-        assert code == 450 and b"Relay access denied" in reply   # still not authenticated
+        assert code == 454 and b"Relay access denied" in reply   # still not authenticated
     log = mx.wait_for_log("SASL PLAIN authentication failed")
-    assert "warning: localhost[127.0.0.3]: SASL PLAIN authentication failed: " in log
+    assert "warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: " in log
     assert "sasl_username=user1" in log
     assert "wrong-guess" not in log
 
@@ -176,3 +169,91 @@ def test_auth_is_refused_when_not_enabled(daemon_factory):
         assert not smtp.has_extn("auth")
         assert smtp.docmd("AUTH", "PLAIN " + plain("user1", PASSWORD)) == (
             503, b"5.5.1 Error: authentication not enabled")
+
+
+# --- the built-in backends through the daemon -----------------------------------------------------
+
+def test_table_backend_with_doveadm_hashes(daemon_factory):
+    from tests.integration.auth_peers import write_password_table
+    from tests.peers import peer_tempdir
+    import subprocess
+    hashes = {user: subprocess.run(["doveadm", "pw", "-s", scheme, "-p", PASSWORD], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+              for user, scheme in (("user1", "ARGON2ID"), ("user2", "BLF-CRYPT"), ("user3", "SHA512-CRYPT"))}
+    table = write_password_table(peer_tempdir("mailferry-sasl-table-"), hashes)
+    mx = daemon_factory(**submission_settings(f"texthash:{table}", smtpd_sasl_type="table")).start()
+    for user in ("user1", "user2", "user3"):
+        with client(mx.port, "127.0.0.2") as smtp:
+            smtp.login(user, PASSWORD)
+            smtp.sendmail(f"{user}@example.com", [REMOTE_RECIPIENT], b"Subject: t\r\n\r\nbody\r\n")
+        mx.wait_for_log(f"sasl_method=PLAIN, sasl_username={user}")
+    with client(mx.port, "127.0.0.6") as smtp:
+        code, reply = smtp.docmd("AUTH", "PLAIN " + plain("user1", "wrong"))
+        assert (code, reply) == (535, b"5.7.8 Error: authentication failed: authentication failure")
+        code, reply = smtp.docmd("AUTH", "PLAIN " + plain("user4", PASSWORD))   # not in the table
+        assert code == 535
+
+
+def test_ldap_bind_backend_through_the_daemon(daemon_factory):
+    from tests.integration.auth_peers import start_auth_slapd, write_ldap_sasl_cf
+    from tests.peers import peer_tempdir
+    slapd = start_auth_slapd()
+    try:
+        cf = write_ldap_sasl_cf(peer_tempdir("mailferry-ldap-sasl-"), slapd)
+        mx = daemon_factory(**submission_settings(str(cf), smtpd_sasl_type="ldap")).start()
+        with client(mx.port, "127.0.0.2") as smtp:
+            assert smtp.docmd("AUTH", "PLAIN " + plain("*", PASSWORD))[0] == 535
+            assert smtp.docmd("AUTH", "PLAIN " + plain(")(uid=*", PASSWORD))[0] == 535
+            smtp.login("user3", PASSWORD)
+            smtp.sendmail("user3@example.com", [REMOTE_RECIPIENT], b"Subject: t\r\n\r\nbody\r\n")
+        mx.wait_for_log("sasl_method=PLAIN, sasl_username=user3")
+        slapd.stop()
+        with client(mx.port, "127.0.0.2") as smtp:
+            code, reply = smtp.docmd("AUTH", "PLAIN " + plain("user4", PASSWORD))
+        assert code == 454 and reply.startswith(b"4.7.0 Temporary authentication failure")
+    finally:
+        slapd.stop()
+
+
+# --- guessing passwords ---------------------------------------------------------------------------
+
+def test_a_burst_of_auth_commands_is_throttled_per_client(daemon_factory):
+    from tests.integration.auth_peers import write_password_table
+    from tests.peers import peer_tempdir
+    from mailferry.auth.passwords import make
+    table = write_password_table(peer_tempdir("mailferry-sasl-table-"), {"user1": make(PASSWORD, "SHA512-CRYPT")})
+    mx = daemon_factory(**submission_settings(f"texthash:{table}", smtpd_sasl_type="table",
+                                              smtpd_client_auth_rate_limit="3", smtpd_error_sleep_time="0",
+                                              smtpd_soft_error_limit="100", smtpd_hard_error_limit="100")).start()
+    with client(mx.port, "127.0.0.7") as smtp:
+        codes = [smtp.docmd("AUTH", "PLAIN " + plain("user1", f"guess{n}"))[0] for n in range(3)]
+        assert codes == [535, 535, 535]
+        code, reply = smtp.docmd("AUTH", "PLAIN " + plain("user1", PASSWORD))
+        assert (code, reply) == (450, b"4.7.1 Error: too many AUTH commands from 127.0.0.7")
+    with client(mx.port, "127.0.0.7") as smtp:    # a new session: the count is per client, not per session
+        assert smtp.docmd("AUTH", "PLAIN " + plain("user1", PASSWORD))[0] == 450
+    with client(mx.port, "127.0.0.8") as smtp:    # another client is not held up
+        assert smtp.docmd("AUTH", "PLAIN " + plain("user1", PASSWORD))[0] == 235
+    log = mx.wait_for_log("AUTH command rate limit exceeded")
+    assert "warning: AUTH command rate limit exceeded: 4 from unknown[127.0.0.7] for service 127.0.0.1:" in log
+
+
+def test_wrong_passwords_count_toward_the_error_limits(daemon_factory):
+    # smtpd_soft_error_limit: replies slow down by smtpd_error_sleep_time; the hard limit hangs up.
+    # (The table backend: Dovecot's own auth_penalty would add up to 15 s a failure here.)
+    from tests.integration.auth_peers import write_password_table
+    from tests.peers import peer_tempdir
+    from mailferry.auth.passwords import make
+    table = write_password_table(peer_tempdir("mailferry-sasl-table-"), {"user1": make(PASSWORD, "BLF-CRYPT")})
+    mx = daemon_factory(**submission_settings(f"texthash:{table}", smtpd_sasl_type="table",
+                                              smtpd_soft_error_limit="1", smtpd_error_sleep_time="1s",
+                                              smtpd_hard_error_limit="3")).start()
+    with client(mx.port, "127.0.0.9") as smtp:
+        assert smtp.docmd("AUTH", "PLAIN " + plain("user1", "guess1"))[0] == 535
+        assert smtp.docmd("AUTH", "PLAIN " + plain("user1", "guess2"))[0] == 535
+        code, reply = smtp.docmd("AUTH", "PLAIN " + plain("user1", "guess3"))
+        assert code == 535
+        code, reply = smtp.noop()   # already said, right after the third 535
+        assert code == 421 and reply.endswith(b"Error: too many errors")
+    log = mx.wait_for_log("too many errors after AUTH from unknown[127.0.0.9]")
+    assert "auth=0/3" in log

@@ -59,6 +59,11 @@ def free_dns_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
     raise AssertionError(f"no port free for both UDP and TCP on {host}")
 
 
+def _reverse_name(address: str) -> str:
+    import ipaddress
+    return ipaddress.ip_address(address).reverse_pointer
+
+
 def _as_list(addresses: Addresses) -> list[str]:
     return [addresses] if isinstance(addresses, str) else list(addresses)
 
@@ -107,6 +112,9 @@ class DnsServer:
     mx       {"example.test": [(10, "mx1.example.test"), (20, "mx2.example.test")]}
     a, aaaa  {"mx1.example.test": "127.0.0.3"}, or a list of addresses for several records
     null_mx  names whose only MX is the RFC 7505 null MX ("0 .")
+    ptr      {"127.0.0.2": "client.example.test"}: reverse records (add "in-addr.arpa" to `zones`
+             so that other addresses are NXDOMAIN rather than REFUSED)
+    txt      {"2.0.0.127.dnsbl.test": "listed"}: TXT records (DNSBL reasons)
     servfail names (and their subdomains) that get SERVFAIL; see the module docstring
     unanswered  names (and their subdomains) that get no answer at all
     """
@@ -114,6 +122,7 @@ class DnsServer:
     def __init__(self, directory: Path, *, mx: Mapping[str, Iterable[tuple[int, str]]] | None = None,
                  a: Mapping[str, Addresses] | None = None, aaaa: Mapping[str, Addresses] | None = None,
                  null_mx: Iterable[str] = (), servfail: Iterable[str] = (), unanswered: Iterable[str] = (),
+                 ptr: Mapping[str, str] | None = None, txt: Mapping[str, str] | None = None,
                  zones: Iterable[str] = ("test",), host: str = "127.0.0.1", port: int = 0,
                  local_ttl: int = 60):
         self.directory = Path(directory)
@@ -121,6 +130,8 @@ class DnsServer:
         self.a = {name: _as_list(addresses) for name, addresses in (a or {}).items()}
         self.aaaa = {name: _as_list(addresses) for name, addresses in (aaaa or {}).items()}
         self.null_mx = tuple(null_mx)
+        self.ptr = dict(ptr or {})
+        self.txt = dict(txt or {})
         self.servfail = tuple(servfail)
         self.unanswered = tuple(unanswered)
         self.zones = tuple(zones)
@@ -156,6 +167,8 @@ class DnsServer:
             for name, addresses in records.items():
                 lines += [f"host-record={name},{address}" for address in addresses]
         lines += [f"dns-rr={name},15,{NULL_MX_RDATA}" for name in self.null_mx]
+        lines += [f"ptr-record={_reverse_name(address)},{name}" for address, name in self.ptr.items()]
+        lines += [f'txt-record={name},"{text}"' for name, text in self.txt.items()]
         lines += [f"server=/{name}/{self.host}#{self.closed_port}" for name in self.unanswered]
         if self.upstream is not None:
             lines += ["dnssec", f"trust-anchor={ROOT_TRUST_ANCHOR}", "dnssec-check-unsigned",

@@ -67,6 +67,20 @@ class Dovecot:
     def config(self) -> str:
         raise NotImplementedError
 
+    def password_auth_config(self, passwd: Path, home: str) -> str:
+        """PLAIN and LOGIN against a passwd-file, every user mapped to the unprivileged peer user."""
+        return (f"auth_failure_delay = {self.auth_failure_delay}\n"
+                "auth_mechanisms = plain login\n"
+                f"passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n"
+                f"userdb {{\n  driver = static\n  args = uid={self.uid} gid={self.gid} home={home}\n}}\n")
+
+    def write_passwd(self, fields: dict[str, str]) -> Path:
+        """A passwd-file `user:field` a line, readable by Dovecot's unprivileged auth process."""
+        passwd = self.directory / "passwd"
+        passwd.write_text("".join(f"{user}:{field}\n" for user, field in fields.items()))
+        os.chmod(passwd, 0o644)
+        return passwd
+
     def start(self, timeout: float = 10.0) -> "Dovecot":
         self.config_path.write_text(self.config())
         stderr = open(self.directory / "stderr.log", "ab")
@@ -139,25 +153,14 @@ class SubmissionRelay(Dovecot):
         return f"[{self.host}]:{self.port}"
 
     def config(self) -> str:
-        passwd = self.directory / "passwd"
-        passwd.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
+        passwd = self.write_passwd({user: "{PLAIN}" + password for user, password in self.users.items()})
         home = give_to_peer(self.directory / "home")
         return self.common_config(self.host) + f"""\
 ssl = required
 ssl_cert = <{self.cert_path}
 ssl_key = <{self.key_path}
 disable_plaintext_auth = yes
-auth_failure_delay = {self.auth_failure_delay}
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = {passwd}
-}}
-userdb {{
-  driver = static
-  args = uid={self.uid} gid={self.gid} home={home}/%u
-}}
-mail_location = maildir:~/Maildir
+{self.password_auth_config(passwd, f"{home}/%u")}mail_location = maildir:~/Maildir
 submission_relay_host = {self.sink.host}
 submission_relay_port = {self.sink.port}
 submission_relay_ssl = no
@@ -288,23 +291,11 @@ class AuthServer(Dovecot):
         return f"inet:{self.host}:{self.port}"
 
     def config(self) -> str:
-        passwd = self.directory / "passwd"
-        passwd.write_text("".join(f"{user}:{password}\n" for user, password in self.users.items()))
-        os.chmod(passwd, 0o644)
+        passwd = self.write_passwd(self.users)
         return self.common_config(self.host) + f"""\
 ssl = no
 disable_plaintext_auth = no
-auth_failure_delay = {self.auth_failure_delay}
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = {passwd}
-}}
-userdb {{
-  driver = static
-  args = uid={self.uid} gid={self.gid} home=/nonexistent
-}}
-service auth {{
+{self.password_auth_config(passwd, "/nonexistent")}service auth {{
   inet_listener {{
     address = {self.host}
     port = {self.port}

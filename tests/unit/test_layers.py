@@ -27,6 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
     {"auth"},                       # SMTP AUTH, server side (xsasl)
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
+    {"policy"},                     # the restriction engine (smtpd_check); reads the daemon's DNS servers
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager
     {"smtpd", "local"},             # receiving services
     {"master"},                     # the daemon's life

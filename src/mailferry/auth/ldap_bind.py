@@ -20,13 +20,12 @@ DN with the client's password. No entry, several, or a wrong password: 535. No s
 
 from __future__ import annotations
 
-from mailferry.auth.mechanisms import Credentials
-from mailferry.auth.table import AUTHZID_DIFFERS, FAILURE, login_name
-from mailferry.auth.verdict import FAIL, OK, TEMPFAIL, ClientContext, Verdict
+from mailferry.auth.table import BuiltInBackend, unsuccessful
+from mailferry.auth.verdict import OK, Verdict
 from mailferry.tables.ldap import LdapTable
 
 
-class LdapBindBackend:
+class LdapBindBackend(BuiltInBackend):
     name = "ldap"
 
     def __init__(self, sasl_path: str, local_domain: str, failure_delay: float, warn=lambda text: None):
@@ -34,19 +33,13 @@ class LdapBindBackend:
         if not path.startswith("/"):
             raise ValueError(f"smtpd_sasl_type = ldap needs smtpd_sasl_path = /path/of/an/ldap_table.cf, "
                              f"not {sasl_path!r}")
+        super().__init__(local_domain, failure_delay)
         self.table = LdapTable(path, warn)
-        self.local_domain = local_domain
-        self.failure_delay = failure_delay
 
-    async def verify(self, credentials: Credentials, client: ClientContext) -> Verdict:
-        user = login_name(credentials, self.local_domain)
-        if user is None:
-            return Verdict(FAIL, reason=AUTHZID_DIFFERS)
-        result = await self.table.bind_as_entry(user, credentials.password)
-        if result.tempfail:
-            return Verdict(TEMPFAIL, reason=result.reason or "the directory did not answer")
-        if not result.found:
-            return Verdict(FAIL, reason=FAILURE)
+    async def check(self, user: str, password: str) -> Verdict:
+        result = await self.table.bind_as_entry(user, password)
+        if (verdict := unsuccessful(result, self.table.path)) is not None:
+            return verdict
         return Verdict(OK, username=user.lower())
 
     def close(self) -> None:

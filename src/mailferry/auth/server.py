@@ -24,10 +24,10 @@ from mailferry.auth import anvil
 from mailferry.auth.mechanisms import MECHANISMS, PLAINTEXT_MECHANISMS, Challenge, Credentials, Exchange, Malformed
 from mailferry.auth.verdict import OK, TEMPFAIL, Backend, ClientContext, Verdict
 from mailferry.config.config import Config, ConfigValueError
+from mailferry.config.inspect import SASL_SECURITY_OPTIONS
 from mailferry.tables.match_lists import NetworkList
 
-SECURITY_OPTIONS = frozenset({"noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth",
-                              "forward_secrecy"})
+SECURITY_OPTIONS = frozenset(SASL_SECURITY_OPTIONS)
 # What each option removes from PLAIN and LOGIN: both send the password as it is, resist no
 # active attack or dictionary, and authenticate neither the server nor with forward secrecy.
 _EXCLUDES_PLAINTEXT = frozenset({"noplaintext", "noactive", "mutual_auth", "forward_secrecy"})

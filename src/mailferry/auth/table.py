@@ -20,36 +20,58 @@ from mailferry.auth.mechanisms import Credentials
 from mailferry.auth.verdict import FAIL, OK, TEMPFAIL, ClientContext, Verdict
 from mailferry.tables import open_table
 from mailferry.tables.base import Table
+from mailferry.tables.result import LookupResult
 
 FAILURE = "authentication failure"
 AUTHZID_DIFFERS = "authorization identity differs from the login name"
 
 
-class TableBackend:
+class BuiltInBackend:
+    """What the table and LDAP backends share: the login name, and a lookup's outcome as a verdict."""
+
+    name = ""
+
+    def __init__(self, local_domain: str, failure_delay: float):
+        self.local_domain = local_domain
+        self.failure_delay = failure_delay
+
+    async def verify(self, credentials: Credentials, client: ClientContext) -> Verdict:
+        user = login_name(credentials, self.local_domain)
+        if user is None:
+            return Verdict(FAIL, reason=AUTHZID_DIFFERS)
+        return await self.check(user, credentials.password)
+
+    async def check(self, user: str, password: str) -> Verdict:
+        raise NotImplementedError
+
+
+def unsuccessful(result: LookupResult, source: str) -> Verdict | None:
+    """The verdict for a lookup that did not find the user, or None when it did."""
+    if result.tempfail:
+        return Verdict(TEMPFAIL, reason=f"{source}: {result.reason or 'lookup failed'}")
+    if not result.found:
+        return Verdict(FAIL, reason=FAILURE)
+    return None
+
+
+class TableBackend(BuiltInBackend):
     name = "table"
 
     def __init__(self, table_spec: str, local_domain: str, failure_delay: float,
                  warn=lambda text: None):
         if not table_spec:
             raise ValueError("smtpd_sasl_type = table needs smtpd_sasl_path = type:/path/of/the/users/table")
+        super().__init__(local_domain, failure_delay)
         self.table: Table = open_table(table_spec)
-        self.local_domain = local_domain
-        self.failure_delay = failure_delay
         self.warn = warn
 
-    async def verify(self, credentials: Credentials, client: ClientContext) -> Verdict:
-        user = login_name(credentials, self.local_domain)
-        if user is None:
-            return Verdict(FAIL, reason=AUTHZID_DIFFERS)
+    async def check(self, user: str, password: str) -> Verdict:
         result = await self.table.lookup(user)
-        if result.tempfail:
-            return Verdict(TEMPFAIL, reason=f"{self.table.spec}: {result.reason or 'lookup failed'}")
-        if not result.found:
-            return Verdict(FAIL, reason=FAILURE)
+        if (verdict := unsuccessful(result, self.table.spec)) is not None:
+            return verdict
         stored = result.value.strip()
         try:
-            matches = await asyncio.get_running_loop().run_in_executor(
-                None, passwords.verify, credentials.password, stored)
+            matches = await asyncio.get_running_loop().run_in_executor(None, passwords.verify, password, stored)
         except passwords.HashFormatError as error:
             self.warn(f"{self.table.spec}: the password of {user!r}: {error}")
             return Verdict(TEMPFAIL, reason="Authentication backend error")

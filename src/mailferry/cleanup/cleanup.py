@@ -64,7 +64,8 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
         recipient.address = qualify(recipient.address, settings)
     fields = _header_fields(message.content)
     present = {name for name, _ in fields}
-    added = [_received(message, queue_id, settings, now)]
+    added = [f"{header}\r\n" for header in message.prepend]   # PREPEND goes above Received:, as in Postfix
+    added.append(_received(message, queue_id, settings, now))
     if add_missing_headers:
         if b"message-id" not in present:
             message.message_id = f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{queue_id}@{settings.myhostname}>"

@@ -28,7 +28,7 @@ from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
-from mailferry.message import NewMessage
+from mailferry.message import NewMessage, Recipient
 from mailferry.queue import QueueError, new_queue_id
 from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
@@ -78,9 +78,26 @@ class CleanupService:
         message.queue_id = queue_id
         await self._rewrite(message, add_headers)
         self._log_message_id(message)
+        if not self._restriction_actions(message):
+            return queue_id
         queued = await self.committer.submit(message)
         self.on_queued()
         return queued
+
+    def _restriction_actions(self, message: NewMessage) -> bool:
+        """smtpd's REDIRECT, DISCARD and FILTER (HOLD is the queue's: it stores the
+        message on hold). False when the message is not to be queued (DISCARD)."""
+        if message.redirect:
+            first = message.recipients[0] if message.recipients else Recipient(message.redirect)
+            message.recipients = [Recipient(message.redirect, orcpt=first.orcpt, notify=first.notify)]
+        if message.discard:
+            self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
+                                     f" from=<{message.sender}>")
+            return False
+        if message.content_filter:
+            self.log.warning("cleanup", f"{message.queue_id}: FILTER {message.content_filter} is not supported"
+                                        " yet (docs/restrictions.md): the message is delivered without it")
+        return True
 
     async def enqueue_notices(self, notices: Sequence[NewMessage],
                               then: Callable[[list[str] | QueueError], T]) -> T:

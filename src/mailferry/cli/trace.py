@@ -74,13 +74,15 @@ async def trace_address(config, address: str, sender: str, client: str, do_mx: b
     """Follow `address`, telling `trace` each step. Returns "routed", "refused" or "deferred"."""
     from mailferry.cleanup.cleanup import CleanupSettings, qualify
     from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
-    from mailferry.config.localdomains import local_domain_matcher
     from mailferry.message import NewMessage, Recipient
     from mailferry.protocol.address import RECIPIENT, AddressError, parse_path
-    from mailferry.refusals import RestrictionCodes
+    from mailferry.policy.dns import DnsClient
+    from mailferry.policy.engine import Engine
+    from mailferry.policy.facts import SessionFacts
+    from mailferry.policy.session import SessionPolicy
+    from mailferry.policy.settings import PolicySettings
     from mailferry.routing.resolve import Resolver, RoutingError
     from mailferry.smtpd.recipient_maps import RecipientMaps
-    from mailferry.smtpd.relay import ClientFacts, RelayPolicy
     from mailferry.tables.match_lists import NetworkList
 
     trace.step("start", f"trace {address}" + (f" from sender {sender}" if sender else " (null sender <>)"),
@@ -92,10 +94,11 @@ async def trace_address(config, address: str, sender: str, client: str, do_mx: b
         path = parse_path(f"<{address}>", allow_smtputf8=True, role=RECIPIENT)
     except AddressError as problem:
         return _refused(trace, "smtpd", problem.reply)
-    relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
-                        local_domain_matcher(config), config.get("relay_domains"),
-                        RestrictionCodes.from_config(config))
-    refusal = relay.check_recipient(ClientFacts(client, in_mynetworks), path.address, path.is_routed)
+    # The restrictions as smtpd runs them at RCPT (the recipient tables come next, as their own step).
+    policy = SessionPolicy(Engine(PolicySettings.from_config(config), DnsClient.from_environment()),
+                           SessionFacts(client, in_mynetworks=in_mynetworks))
+    policy.record_mail(sender)
+    refusal = await policy.rcpt(path.address)
     if refusal is not None:
         return _refused(trace, "smtpd_relay_restrictions/smtpd_recipient_restrictions", refusal.reply)
     trace.step("relay", "smtpd_relay_restrictions and smtpd_recipient_restrictions: permitted")

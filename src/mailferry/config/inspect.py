@@ -43,6 +43,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_smtpd_tls_has_certificate(config)
     found += check_tls(config, master)
     found += _check_sasl_passwords_are_used(config)
+    found += _check_smtpd_sasl(config)
     found += _check_network_lists(config)
     if master:
         found += _check_pipe_programs(master, _transports_named(config))
@@ -214,6 +215,44 @@ def _check_sasl_passwords_are_used(config: Config) -> list[Diagnostic]:
                 f"parameter {maps} is set but {enable} = no, so the passwords are never sent; "
                 f"add \"{enable} = yes\" (a smarthost such as smtp.gmail.com refuses mail without AUTH)",
                 setting.file, setting.line, maps))
+    return found
+
+
+# smtpd_sasl_type values mailferry has (auth/): Dovecot's, and mailferry's own two.
+SMTPD_SASL_TYPES = ("dovecot", "table", "ldap")
+SASL_SECURITY_OPTIONS = ("noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth", "forward_secrecy")
+
+
+def _check_smtpd_sasl(config: Config) -> list[Diagnostic]:
+    """With smtpd_sasl_auth_enable = yes in main.cf: a SASL type mailferry has, a path for it,
+    and security options it knows. Postfix would find out at the first AUTH; mailferry at start."""
+    try:
+        if not config.boolean("smtpd_sasl_auth_enable"):
+            return []
+        sasl_type = config.get("smtpd_sasl_type").strip().lower()
+        path = config.get("smtpd_sasl_path").strip()
+    except ValueError:
+        return []
+    found = []
+
+    def problem(name: str, text: str) -> None:
+        setting = config.settings.get(name)
+        found.append(error(f"parameter {name}: {text}", setting.file if setting else None,
+                           setting.line if setting else None, name))
+
+    if sasl_type not in SMTPD_SASL_TYPES:
+        problem("smtpd_sasl_type", f"{sasl_type!r} is not a SASL type mailferry has: use dovecot (Dovecot's "
+                "auth socket), table (mailferry's password table) or ldap (bind to a directory); "
+                "Cyrus SASL is not supported")
+    elif sasl_type == "table" and ":" not in path:
+        problem("smtpd_sasl_path", f"smtpd_sasl_type = table needs a table, e.g. texthash:/etc/mailferry/sasl_users, "
+                f"not {path!r}")
+    elif sasl_type == "ldap" and not os.path.isfile(path.removeprefix("ldap:")):
+        problem("smtpd_sasl_path", f"smtpd_sasl_type = ldap needs an ldap_table(5) file; {path!r} is not one")
+    for name in ("smtpd_sasl_security_options", "smtpd_sasl_tls_security_options"):
+        unknown = [option for option in config.list(name) if option.lower() not in SASL_SECURITY_OPTIONS]
+        if unknown:
+            problem(name, f"unknown SASL security option {unknown[0]!r}; known: {', '.join(SASL_SECURITY_OPTIONS)}")
     return found
 
 

@@ -42,6 +42,8 @@ def lint_settings(config: Config, service_commands: dict[str, str] | None = None
     """`service_commands` maps each master.cf service name to its command (smtp, pipe...)."""
     settings = config.settings.values()
     used = referenced_names([setting.value for setting in settings] + list(override_values))
+    # smtpd_restriction_classes names parameters of the site's own: each is a restriction list.
+    used.update(config.list("smtpd_restriction_classes"))
     services = service_commands or {}
     diagnostics: list[Diagnostic] = []
     for setting in settings:

@@ -46,6 +46,44 @@ class Parameter:
 
 
 IMPLEMENTED_PARAMETERS = frozenset({
+    # The restriction engine (policy/; docs/restrictions.md)
+    "smtpd_client_restrictions",
+    "smtpd_helo_restrictions",
+    "smtpd_sender_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_end_of_data_restrictions",
+    "smtpd_delay_reject",
+    "smtpd_restriction_classes",
+    "smtpd_relay_before_recipient_restrictions",
+    "smtpd_reject_unlisted_sender",
+    "smtpd_null_access_lookup_key",
+    "smtpd_sender_login_maps",
+    "smtpd_sender_login_header_check",
+    "smtpd_peername_lookup",
+    "reject_code",
+    "defer_code",
+    "access_map_reject_code",
+    "access_map_defer_code",
+    "unknown_client_reject_code",
+    "unknown_address_reject_code",
+    "unknown_hostname_reject_code",
+    "invalid_hostname_reject_code",
+    "non_fqdn_reject_code",
+    "maps_rbl_reject_code",
+    "plaintext_reject_code",
+    "multi_recipient_bounce_reject_code",
+    "unknown_address_tempfail_action",
+    "unknown_helo_hostname_tempfail_action",
+    "default_rbl_reply",
+    "rbl_reply_maps",
+    "smtpd_policy_service_timeout",
+    "smtpd_policy_service_max_idle",
+    "smtpd_policy_service_max_ttl",
+    "smtpd_policy_service_request_limit",
+    "smtpd_policy_service_retry_delay",
+    "smtpd_policy_service_try_limit",
+    "smtpd_policy_service_default_action",
+    "smtpd_policy_service_policy_context",
     "2bounce_notice_recipient",
     "bounce_queue_lifetime",
     "bounce_size_limit",
@@ -303,6 +341,14 @@ NO_EFFECT_PARAMETERS = frozenset({
     "tlsproxy_tls_dh512_param_file",
 })
 
+# mailferry's own parameters, which Postfix does not have: same line format as
+# parameters_data.PARAMETERS (name, kind, time unit, default). Each is
+# documented as mailferry's own in docs/.
+MAILFERRY_PARAMETERS = """
+smtpd_sender_login_header_check bool - no
+"""
+MAILFERRY_OWN = frozenset(line.split(" ", 1)[0] for line in MAILFERRY_PARAMETERS.split("\n") if line)
+
 # Defaults that depend on the host or the running process. Their default is
 # None here; config code computes them (see docs/parameters.md for the rules).
 COMPUTED = frozenset({
@@ -363,7 +409,8 @@ def per_transport_parameter(service: str, suffix: str) -> Parameter:
 def _build_table() -> dict[str, Parameter]:
     derived = _stock_per_transport_names()
     table = {}
-    for line in parameters_data.PARAMETERS.strip("\n").split("\n"):
+    lines = parameters_data.PARAMETERS.strip("\n").split("\n") + MAILFERRY_PARAMETERS.strip("\n").split("\n")
+    for line in sorted(lines):
         name, kind, unit, default = _fields(line)
         if name in derived:
             status = _template_status(derived[name])

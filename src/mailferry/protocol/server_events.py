@@ -6,6 +6,8 @@ Events that need a decision (the core waits, PAUSED, until it gets one):
     Hello(name, extended)            accept() writes the HELO/EHLO reply with the extensions
     MailFrom(path, params)           accept() -> 250 2.1.0 Ok
     RcptTo(path, params)             accept() -> 250 2.1.5 Ok
+    DataRequested()                  accept() -> 354 and the message is read (only with
+                                     ServerSettings.data_decision: smtpd_data_restrictions)
     MessageReceived(content, via)    accept_message(queue_id), or reject(...)
     StartTLSRequested()              accept() -> 220; then the handshake; then tls_started()
     AuthRequested(mechanism, initial_response)
@@ -60,6 +62,11 @@ class RcptTo:
 
 
 @dataclass(frozen=True, slots=True)
+class DataRequested:
+    """DATA, before the 354: the application may refuse it (smtpd_data_restrictions)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageReceived:
     """The whole message, CR LF line ends, no dot-stuffing."""
 
@@ -110,6 +117,8 @@ class ProtocolViolation:
     closing: bool = False
 
 
-Decision = Hello | MailFrom | RcptTo | MessageReceived | StartTLSRequested | AuthRequested | AuthResponse
+Decision = (Hello | MailFrom | RcptTo | DataRequested | MessageReceived | StartTLSRequested | AuthRequested
+            | AuthResponse)
 Event = Decision | AuthAborted | Quit | ConnectionLost | ProtocolViolation
-DECISIONS = (Hello, MailFrom, RcptTo, MessageReceived, StartTLSRequested, AuthRequested, AuthResponse)
+DECISIONS = (Hello, MailFrom, RcptTo, DataRequested, MessageReceived, StartTLSRequested, AuthRequested,
+             AuthResponse)

@@ -94,7 +94,8 @@ from mailferry.protocol.message_readers import (
 from mailferry.protocol.replies import Reply, ReplyError
 from mailferry.protocol.server_events import (
     BDAT, CLOSED, DATA, DECISIONS, NEED_DATA, PAUSED, AuthAborted, AuthRequested, AuthResponse,
-    ConnectionLost, Decision, Event, Hello, MailFrom, MessageReceived, ProtocolViolation, Quit, RcptTo,
+    ConnectionLost, DataRequested, Decision, Event, Hello, MailFrom, MessageReceived, ProtocolViolation, Quit,
+    RcptTo,
     StartTLSRequested, Marker,
 )
 
@@ -144,6 +145,7 @@ class ServerSettings:
     auth_mechanisms_tls: tuple[str, ...] | None = None
     auth_requires_tls: bool = False           # smtpd_tls_auth_only
     auth_broken_clients: bool = False         # broken_sasl_auth_clients: also say "AUTH=..."
+    data_decision: bool = False               # ask the application before 354 (smtpd_data_restrictions)
 
     def __post_init__(self) -> None:
         if self.bare_newline not in _BARE_NEWLINE_VALUES:
@@ -364,6 +366,8 @@ class ServerConnection:
             self._message_answered(Reply(250, "2.0.0", text))
         elif isinstance(event, StartTLSRequested):
             self._starttls_accepted(text)
+        elif isinstance(event, DataRequested):
+            self._start_data()
         else:
             self.authenticated = True
             self._mode = _COMMAND
@@ -778,15 +782,20 @@ class ServerConnection:
                           role=RECIPIENT, strict=self.settings.strict_envelopes)
         return RcptTo(path, params)
 
-    def _handle_data(self, argument: str) -> Reply | None:
+    def _handle_data(self, argument: str) -> Reply | Decision | None:
         if refusal := SEQUENCE_ERRORS["DATA"].get(self.phase):
             return refusal
         if argument:
             return replies.DATA_SYNTAX
+        if self.settings.data_decision:
+            return DataRequested()
+        self._start_data()
+        return None
+
+    def _start_data(self) -> None:
         self._write(replies.START_MAIL_INPUT, final=False)
         self._mode = _DATA
         self._data.start(self._buffer)
-        return None
 
     def _handle_bdat(self, argument: str) -> Reply | None:
         if not self.settings.chunking:

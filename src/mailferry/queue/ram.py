@@ -202,7 +202,8 @@ class RamQueueStore(QueueStore):
 def _queued_from_new(queue_id: str, message: NewMessage, now: float) -> QueuedMessage:
     recipients = [Recipient(r.address, r.orcpt, r.notify, r.status, r.dsn, r.reason)
                   for r in message.recipients]
-    return QueuedMessage(queue_id, ACTIVE, message.sender, recipients, len(message.content),
+    queue = HOLD if message.hold else ACTIVE
+    return QueuedMessage(queue_id, queue, message.sender, recipients, len(message.content),
                          message.arrival_time or now, now, 0, message.message_id,
                          replace(message.client), message.origin, message.dsn_ret,
                          message.dsn_envid, message.body_type, message.smtputf8)

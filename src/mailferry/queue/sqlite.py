@@ -567,7 +567,8 @@ def _rows_for(ids: list[str], messages: Sequence[NewMessage],
         client = message.client
         content = message.content
         message_rows.append((
-            queue_id, ACTIVE, message.sender, message.arrival_time or now, now, 0, len(content),
+            queue_id, HOLD if message.hold else ACTIVE, message.sender, message.arrival_time or now, now, 0,
+            len(content),
             message.message_id, client.name, client.address, client.port, client.helo,
             client.protocol, client.tls, client.sasl_username, client.uid, message.origin,
             message.dsn_ret,

@@ -2,8 +2,9 @@
 
 Each session is an asyncio Protocol driving a protocol.ServerConnection:
 bytes go in as they arrive, and the decisions the core asks for are made
-here: relay control for RCPT, TLS for STARTTLS, and for a received message
-the hand-off to cleanup, whose answer (the queue ID) is what the client
+here: the restrictions (policy/, Postfix's smtpd_check) at connect, HELO,
+MAIL, RCPT, DATA and end of data, TLS for STARTTLS, and for a received
+message the hand-off to cleanup, whose answer (the queue ID) is what the client
 hears. Nothing is answered 250 before the queue's commit returned; a queue
 failure is a 4xx. While a message is being committed the core holds
 everything the client pipelined behind it.
@@ -22,14 +23,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Protocol
 
 from mailferry import refusals
 from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
 from mailferry.config.config import Config
-from mailferry.config.localdomains import local_domain_matcher
 from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
@@ -41,7 +41,12 @@ from mailferry.queue.store import QueueError
 from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
 from mailferry.smtpd.recipient_maps import RecipientMaps
-from mailferry.smtpd.relay import ClientFacts, RelayPolicy
+from mailferry.policy.client_name import ClientName, client_name, hosts_file_name
+from mailferry.policy.dns import DnsClient
+from mailferry.policy.engine import Engine
+from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
+from mailferry.policy.session import SessionPolicy
+from mailferry.policy.settings import PolicySettings
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -66,20 +71,23 @@ class ServiceProfile:
     settings: ServerSettings
     timeout: int                    # smtpd_timeout, seconds
     mynetworks: NetworkList
-    relay: RelayPolicy
-    recipient_maps: RecipientMaps
+    policy: Engine                  # the restrictions (policy/)
+    dns: DnsClient
+    peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
                     service_name: str = "smtp") -> ServiceProfile:
-        relay = RelayPolicy(config.get("smtpd_relay_restrictions"), config.get("smtpd_recipient_restrictions"),
-                            local_domain_matcher(config), config.get("relay_domains"),
-                            refusals.RestrictionCodes.from_config(config))
+        dns = DnsClient.from_environment()
+        policy = Engine(PolicySettings.from_config(config), dns, RecipientMaps.from_config(config))
+        settings = server_settings(config, starttls=tls_context is not None)
+        if policy.needs_data_stage:
+            settings = replace(settings, data_decision=True)
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
-                   settings=server_settings(config, starttls=tls_context is not None),
+                   settings=settings,
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
-                   relay=relay, recipient_maps=RecipientMaps.from_config(config),
+                   policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name))
 
 
@@ -152,9 +160,10 @@ class Session(asyncio.Protocol):
         self.recipients: list[Recipient] = []
         self.mail: events.MailFrom | None = None
         self.tls_description = ""
-        self.auth: AuthSession | None = None
-        self.sasl_method = ""
-        self.sasl_username = ""
+        self.access_denied: refusals.Refusal | None = None   # client restrictions refused at connect
+        self.auth: AuthSession | None = None    # made at the first AUTH (auth/)
+        self._greeted = False
+        self._early = b""
         self._busy = False          # a commit or a TLS handshake is under way
         self._stopping = False
         self._closed = False
@@ -165,34 +174,111 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("unknown", 0)
+        server = transport.get_extra_info("sockname") or ("", 0)
         self.port = peer[1]
-        self.address, self.name = _client_identity(peer[0])
+        self.address = _client_address(peer[0])
+        self.name = UNKNOWN
         self.client = f"{self.name}[{self.address}]"
         self.in_mynetworks = self.profile.mynetworks.matches(self.address)
+        # What the restrictions read; the auth helper sets sasl_method/sasl_username here after AUTH.
+        self.facts = SessionFacts(self.address, self.port, server_address=_client_address(str(server[0])),
+                                  server_port=server[1] if len(server) > 1 else 0, in_mynetworks=self.in_mynetworks)
+        self.policy = SessionPolicy(self.profile.policy, self.facts)
         if self.profile.auth is not None:
-            local = (transport.get_extra_info("sockname") or ("",))[0]
-            self.auth = self.profile.auth.session(self.address, self.client, _client_identity(local)[0])
             self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
-        self.log.line("smtpd", f"connect from {self.client}")
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
-        if self.profile.tls.wrappermode:
-            self._implicit_tls_started()
+        if self.profile.tls.wrappermode and self.profile.tls_context is None:
+            self._drop_wrapper_mode()
             return
-        early = _already_sent(transport)
+        # Read now: the event loop may start reading as soon as this returns.
+        self._early = self._read_early(transport)
+        known = hosts_file_name(self.address)
+        if known is not None or not self.profile.peername_lookup:
+            self._identified(known or ClientName(UNKNOWN, NAME_UNKNOWN, UNKNOWN, NAME_UNKNOWN))
+            return
+        self._await_before_greeting(self._look_up_name())
+
+    def _await_before_greeting(self, work) -> None:
+        """Nothing is read or answered until `work` is done (the name lookup, connect restrictions)."""
+        self._busy = True
+        self.transport.pause_reading()
+        asyncio.ensure_future(work).add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:
+        """A bug in a session step must show in the log, not hang the client."""
+        if task.cancelled() or task.exception() is None:
+            return
+        problem = task.exception()
+        self.log.warning("smtpd", f"{self.client}: internal error: {type(problem).__name__}: {problem}")
+        if not self._closed:
+            self.transport.write(SHUTDOWN_REPLY)
+            self._close()
+
+    async def _look_up_name(self) -> None:
+        identity = await client_name(self.profile.dns, self.address)
+        if identity.warning:
+            self.log.warning("smtpd", identity.warning)
+        self._busy = False
+        if self._closed:
+            return
+        self.transport.resume_reading()
+        self._identified(identity)
+
+    def _identified(self, identity: ClientName) -> None:
+        facts = self.facts
+        facts.client_name, facts.client_name_status = identity.name, identity.name_status
+        facts.reverse_client_name, facts.reverse_name_status = identity.reverse_name, identity.reverse_status
+        self.name = identity.name
+        self.client = f"{self.name}[{self.address}]"
+        self.log.line("smtpd", f"connect from {self.client}")
+        if self.policy.checks_connect:
+            self._await_before_greeting(self._check_connect())
+            return
+        self._greet(None)
+
+    async def _check_connect(self) -> None:
+        refusal = await self.policy.connect()
+        self._busy = False
+        if self._closed:
+            return
+        self.transport.resume_reading()
+        self._log_policy_notes()
+        self._greet(refusal)
+
+    def _greet(self, refusal: refusals.Refusal | None) -> None:
+        """The banner; with smtpd_delay_reject = no and a client refused, the refusal
+        instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
+        transport = self.transport
+        early, self._early = self._early + self._read_early(transport), b""
+        self._greeted = True
+        if self.profile.tls.wrappermode:
+            # smtpd_tls_wrappermode (port 465): the loop finished the handshake before
+            # connection_made; TLS is on before the greeting.
+            self._tls_established(transport.get_extra_info("ssl_object"))
+            self.conn.tls_active = True
         if early:
             self.conn.receive(early)  # spoken before the greeting: the core refuses that
-        transport.write(self.conn.greeting())
+        greeting = self.conn.greeting()
+        if refusal is not None:
+            self.access_denied = refusal
+            greeting = refusal.reply.to_bytes()
+        transport.write(greeting)
         if early:
             self._advance()
 
     def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._early += data   # while the name lookup runs: still before the greeting
+            return
         self._last_input = time.monotonic()
         self.conn.receive(data)
         self._advance()
 
     def eof_received(self) -> bool:
+        if not self._greeted:
+            return False   # gone before the greeting: connection_lost says so
         self.conn.receive(b"")
         self._advance()
         return False
@@ -245,26 +331,33 @@ class Session(asyncio.Protocol):
 
     def _handle(self, event: events.Event) -> None:
         conn = self.conn
-        if isinstance(event, events.Hello):
-            conn.accept()
+        if self.access_denied is not None and isinstance(event, events.DECISIONS):
+            conn.refuse(refusals.access_denied_for(self.client).reply)
+        elif isinstance(event, events.Hello):
+            self._hello(event)
         elif isinstance(event, events.MailFrom):
             self._mail_from(event)
         elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
+        elif isinstance(event, events.DataRequested):
+            self._await_policy(self.policy.data(), self._data_decided)
         elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
         elif isinstance(event, events.StartTLSRequested):
             self._start_tls()
         elif isinstance(event, events.AuthRequested):
-            if self.auth is None:
+            if self.profile.auth is None:
                 conn.refuse(replies.AUTH_NOT_ENABLED)
             else:
+                self.auth = self.profile.auth.session(self.address, self.client, self.facts.server_address)
                 self._auth_step(self.auth.begin(event.mechanism, event.initial_response,
                                                 conn.auth_mechanisms_now(), conn.tls_active))
         elif isinstance(event, events.AuthResponse):
             self._auth_step(self.auth.respond(event.response))
         elif isinstance(event, events.ProtocolViolation):
+            if event.reason == "improper command pipelining":
+                self.facts.improper_pipelining = True   # reject_unauth_pipelining reads it
             detail = f": {event.detail}" if event.detail else ""
             self.log.line("smtpd", f"{event.reason} after {event.after} from {self.client}{detail}")
         elif isinstance(event, events.ConnectionLost):
@@ -273,6 +366,39 @@ class Session(asyncio.Protocol):
             self._finish()
             self.transport.close()
 
+    # --- The restrictions: each step that needs an evaluation waits for it, and the
+    # --- core holds what the client pipelined meanwhile.
+    def _await_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
+        self._busy = True
+        asyncio.ensure_future(self._run_policy(check, then)).add_done_callback(self._task_done)
+
+    async def _run_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
+        try:
+            refusal = await check
+        except TableError as problem:
+            self.log.warning("smtpd", f"{problem}")
+            refusal = refusals.SERVER_CONFIGURATION_REFUSAL
+        finally:
+            self._busy = False
+        if self._closed:
+            return
+        self._log_policy_notes()
+        then(refusal)
+        self._advance()
+
+    def _hello(self, event: events.Hello) -> None:
+        if not self.policy.checks_helo:
+            self.policy.record_helo(event.name, event.extended)
+            self.conn.accept()
+            return
+        self._await_policy(self.policy.helo(event.name, event.extended), self._accept_or_refuse)
+
+    def _accept_or_refuse(self, refusal: refusals.Refusal | None) -> None:
+        if refusal is None:
+            self.conn.accept()
+        else:
+            self.conn.refuse(refusal.reply)
+
     def _auth_step(self, step) -> None:
         if isinstance(step, Refused):
             self._auth_refused(step)
@@ -280,7 +406,7 @@ class Session(asyncio.Protocol):
             self.conn.auth_challenge(step.text)
         else:
             self._busy = True   # the backend may take a while: hold what the client pipelined
-            asyncio.ensure_future(self._auth_verified(step))
+            asyncio.ensure_future(self._auth_verified(step)).add_done_callback(self._task_done)
 
     async def _auth_verified(self, verification) -> None:
         try:
@@ -290,7 +416,8 @@ class Session(asyncio.Protocol):
         if self._closed:
             return
         if isinstance(outcome, Accepted):
-            self.sasl_method, self.sasl_username = outcome.method, outcome.username
+            # What the restrictions read (permit_sasl_authenticated, the sender login checks).
+            self.facts.sasl_method, self.facts.sasl_username = outcome.method, outcome.username
             self.conn.accept()
         else:
             self._auth_refused(outcome)
@@ -308,59 +435,83 @@ class Session(asyncio.Protocol):
         self.mail = event
         self.recipients = []
         self.queue_id = ""
-        self.conn.accept()
+        sender, size = event.path.address, event.params.size or 0
+        if not self.policy.checks_mail:
+            self.policy.record_mail(sender, size)
+            self.conn.accept()
+            return
+        self._await_policy(self.policy.mail(sender, size), self._sender_decided)
+
+    def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
+        if refusal is not None:
+            self.mail = None
+        self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        address = event.path.address
-        facts = ClientFacts(self.address, self.in_mynetworks, self.sasl_username)
-        refusal = self.profile.relay.check_recipient(facts, address, event.path.is_routed)
-        if refusal is None and self.profile.recipient_maps.enabled:
-            # Table lookups may wait (LDAP): the core holds what the client pipelined meanwhile.
-            self._busy = True
-            asyncio.ensure_future(self._check_recipient_maps(event))
-            return
-        self._decide_recipient(event, refusal)
-
-    async def _check_recipient_maps(self, event: events.RcptTo) -> None:
-        try:
-            refusal = await self.profile.recipient_maps.check(event.path.address)
-        finally:
-            self._busy = False
-        if not self._closed:
-            self._decide_recipient(event, refusal)
-            self._advance()
+        self._await_policy(self.policy.rcpt(event.path.address, event.path.is_routed),
+                           lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
         address = event.path.address
         if refusal is not None:
-            self._log_reject(event, refusal.reply)
-            if refusal.warning:
-                self.log.warning("smtpd", refusal.warning)
             self.conn.refuse(refusal.reply)
             return
         if not self.queue_id:
             # Postfix opens the queue file at the first accepted recipient (smtpd_delay_open_until_valid_rcpt).
             self.queue_id = self.service.new_queue_id()
+            self.facts.queue_id = self.queue_id
             self.log.line("smtpd", f"{self.queue_id}: client={self.client}{self._sasl_log_fields()}")
         self.recipients.append(Recipient(address, orcpt=event.params.orcpt, notify=event.params.notify))
+        self.policy.recipient_accepted(address)
         self.conn.accept()
 
-    def _log_reject(self, event: events.RcptTo, reply: replies.Reply) -> None:
-        sender = self.mail.path.address if self.mail else ""
-        self.log.line("smtpd", (
-            f"NOQUEUE: reject: RCPT from {self.client}: {reply}; "
-            f"from=<{sender}> to=<{event.path.address}> proto={'ESMTP' if self.conn.esmtp else 'SMTP'} "
-            f"helo=<{self.conn.helo_name or ''}>"))
+    def _data_decided(self, refusal: refusals.Refusal | None) -> None:
+        self._accept_or_refuse(refusal)
+
+    def _log_policy_notes(self) -> None:
+        """What the restrictions asked the log to say, in Postfix's log_whatsup form."""
+        notes, warnings = self.policy.session.take_notes()
+        for text in warnings:
+            self.log.warning("smtpd", text)
+        if not notes:
+            return
+        facts = self.facts
+        where = facts.stage
+        tail = ""
+        if facts.sender is not None:
+            tail += f" from=<{facts.sender}>"
+        if facts.recipient is not None:
+            tail += f" to=<{facts.recipient}>"
+        tail += f" proto={facts.protocol}" if facts.helo_name is not None else ""
+        if facts.helo_name is not None:
+            tail += f" helo=<{facts.helo_name}>"
+        for note in notes:
+            self.log.line("smtpd", f"{self.queue_id or 'NOQUEUE'}: {note.whatsup}: {where} from {self.client}: "
+                                   f"{note.text};{tail}")
 
     async def _message(self, event: events.MessageReceived) -> None:
         mail = self.mail
+        if self.policy.checks_end_of_data or (event.via == events.BDAT and self.policy.checks_data):
+            refusal = await self._end_of_data_refusal(event)
+            if refusal is not None:
+                self.queue_id, self.recipients = "", []
+                self.policy.end_transaction()
+                self.conn.refuse(refusal.reply)
+                self._busy = False
+                self._advance()
+                return
+        actions = self.policy.session.actions
+        recipients = self.recipients + [Recipient(address, notify="NEVER") for address in actions.bcc]
         message = NewMessage(
-            sender=mail.path.address, recipients=self.recipients, content=event.content,
+            sender=mail.path.address, recipients=recipients, content=event.content,
             client=ClientInfo(self.name, self.address, self.port, self.conn.helo_name or "",
-                              self._protocol(), self.tls_description, self.sasl_username),
+                              self._protocol(), self.tls_description, self.facts.sasl_username),
             origin="smtp", dsn_ret=mail.params.ret, dsn_envid=mail.params.envid,
-            body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time())
+            body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
+            hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
+            content_filter=actions.filter, prepend=list(actions.prepend))
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
+        self.policy.end_transaction()
         try:
             await self.service.cleanup.enqueue(message, queue_id)
         except RewriteDeferred as problem:
@@ -377,17 +528,33 @@ class Session(asyncio.Protocol):
             self._busy = False
         self._advance()
 
+    async def _end_of_data_refusal(self, event: events.MessageReceived) -> refusals.Refusal | None:
+        """smtpd_end_of_data_restrictions (and, for BDAT, the data restrictions that
+        DATA met before its 354: the core reads the chunks before asking)."""
+        try:
+            refusal = None
+            if event.via == events.BDAT and self.policy.checks_data:
+                refusal = await self.policy.data()
+                self._log_policy_notes()
+            if refusal is None:
+                refusal = await self.policy.end_of_data(event.content)
+                self._log_policy_notes()
+        except TableError as problem:
+            self.log.warning("smtpd", f"{problem}")
+            refusal = refusals.SERVER_CONFIGURATION_REFUSAL
+        return refusal
+
     def _protocol(self) -> str:
         """RFC 3848's names, as Postfix writes them in Received:: ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
         if not self.conn.esmtp:
             return "SMTP"
-        return "ESMTP" + ("S" if self.conn.tls_active else "") + ("A" if self.sasl_username else "")
+        return "ESMTP" + ("S" if self.conn.tls_active else "") + ("A" if self.facts.sasl_username else "")
 
     def _sasl_log_fields(self) -> str:
         """Postfix's `, sasl_method=PLAIN, sasl_username=user1` on the client= line."""
-        if not self.sasl_username:
+        if not self.facts.sasl_username:
             return ""
-        return f", sasl_method={self.sasl_method}, sasl_username={self.sasl_username}"
+        return f", sasl_method={self.facts.sasl_method}, sasl_username={self.facts.sasl_username}"
 
     def _start_tls(self) -> None:
         if self.profile.tls_context is None:
@@ -398,21 +565,23 @@ class Session(asyncio.Protocol):
         self._busy = True
         asyncio.ensure_future(self._handshake())
 
-    def _implicit_tls_started(self) -> None:
-        """smtpd_tls_wrappermode (port 465): the handshake is done, the greeting comes now."""
-        if self.profile.tls_context is None:
-            # Postfix's words: without a certificate there is nothing to speak TLS with.
-            self.log.warning("smtpd", f"Wrapper-mode request dropped from {self.client} for service "
-                                      f"{self.service.service.name}. TLS context initialization failed. "
-                                      "For details see earlier warnings in your logs.")
-            self._close()
-            return
-        self._tls_established(self.transport.get_extra_info("ssl_object"))
-        self.conn.tls_active = True
-        self.transport.write(self.conn.greeting())
+    def _drop_wrapper_mode(self) -> None:
+        """Postfix's words: without a certificate, port 465 has nothing to speak TLS with."""
+        self.log.warning("smtpd", f"Wrapper-mode request dropped from {self.client} for service "
+                                  f"{self.service.service.name}. TLS context initialization failed. "
+                                  "For details see earlier warnings in your logs.")
+        self._close()
+
+    def _read_early(self, transport: asyncio.Transport) -> bytes:
+        """Bytes sent before the greeting; under implicit TLS the socket's bytes are TLS
+        records, not the client's words, so nothing is read behind the TLS layer's back."""
+        return b"" if self.profile.tls.wrappermode else _already_sent(transport)
 
     def _tls_established(self, ssl_object) -> None:
         self.tls_description = describe(ssl_object)
+        # What the restrictions and the policy service read (encryption_protocol=...).
+        name, _, bits = ssl_object.cipher()
+        self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = ssl_object.version(), name, bits
         for line in established_lines(self.client, ssl_object, self.profile.tls):
             self.log.line("smtpd", line)
 
@@ -431,7 +600,7 @@ class Session(asyncio.Protocol):
         self.transport = transport
         self._tls_established(transport.get_extra_info("ssl_object"))
         self.conn.tls_started()
-        self.sasl_method = self.sasl_username = ""   # as the core forgets everything said in plaintext
+        self.facts.sasl_method = self.facts.sasl_username = ""   # as the core forgets what was said in plaintext
         self._busy = False
         self._advance()
 
@@ -490,14 +659,13 @@ def _already_sent(transport: asyncio.Transport) -> bytes:
 
 
 @lru_cache(maxsize=1024)
-def _client_identity(address: str) -> tuple[str, str]:
-    """(address, name): `::ffff:127.0.0.1` is shown as `127.0.0.1`, as Postfix shows IPv4
-    clients on a dual-stack socket; loopback clients are `localhost`, others `unknown`
-    until the DNS resolver lands. Cached: parsing an address costs more than the lookup."""
+def _client_address(address: str) -> str:
+    """`::ffff:127.0.0.1` is shown as `127.0.0.1`, as Postfix shows IPv4 clients on a
+    dual-stack socket. Cached: parsing an address costs more than the lookup."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return address, "unknown"
+        return address
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return str(ip), "localhost" if ip.is_loopback else "unknown"
+    return str(ip)

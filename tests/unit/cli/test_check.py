@@ -244,3 +244,32 @@ def test_a_broken_ldap_file_is_an_error_at_its_line(tmp_path, mailferry):
     result = mailferry("check", config_dir=tmp_path)
     assert result.code == 1
     assert f"{tmp_path}/ldap.cf, line 2: bad numerical configuration: size_limit = one" in result.err
+
+
+@pytest.mark.parametrize("settings, complaint", [
+    ("smtpd_sasl_type = cyrus\n", "line 2: parameter smtpd_sasl_type: 'cyrus' is not a SASL type mailferry has"),
+    ("smtpd_sasl_type = table\nsmtpd_sasl_path = smtpd\n",
+     "line 3: parameter smtpd_sasl_path: smtpd_sasl_type = table needs a table"),
+    ("smtpd_sasl_type = ldap\nsmtpd_sasl_path = /nonexistent/ldap.cf\n",
+     "line 3: parameter smtpd_sasl_path: smtpd_sasl_type = ldap needs an ldap_table(5) file"),
+    ("smtpd_sasl_type = dovecot\nsmtpd_sasl_security_options = noplain\n",
+     "line 3: parameter smtpd_sasl_security_options: unknown SASL security option 'noplain'"),
+])
+def test_smtpd_sasl_settings_mailferry_cannot_use_are_errors(tmp_path, mailferry, settings, complaint):
+    write(tmp_path / "main.cf", "smtpd_sasl_auth_enable = yes\n" + settings, 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert result.code == 1
+    assert complaint in result.err
+
+
+def test_smtpd_sasl_settings_are_not_checked_while_auth_is_off(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "smtpd_sasl_type = cyrus\n", 0o644)
+    assert "smtpd_sasl_type" not in mailferry("check", config_dir=tmp_path).err
+
+
+def test_restriction_class_names_are_not_unused_parameters(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "smtpd_restriction_classes = strict\nstrict = reject_unauth_destination\n"
+                                "nothing = here\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert "unused parameter: strict" not in result.err
+    assert "unused parameter: nothing=here" in result.err

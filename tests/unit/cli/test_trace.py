@@ -206,7 +206,7 @@ def test_an_outside_client_is_refused_relaying(tmp_path):
     config = configure(tmp_path, "")
     outcome, events = run_trace(config, "a@elsewhere.example", client="192.0.2.1")
     assert outcome == "deferred"   # Postfix's default smtpd_relay_restrictions end in defer_unauth_destination
-    assert steps(events, "refused")[0]["reply"] == "450 4.7.1 <a@elsewhere.example>: Relay access denied"
+    assert steps(events, "refused")[0]["reply"] == "454 4.7.1 <a@elsewhere.example>: Relay access denied"
     assert steps(events, "client")[0]["in_mynetworks"] is False
     _, events = run_trace(config, "a@mail1.internal", client="192.0.2.1")
     assert steps(events, "route")[0]["address"] == "a@mail1.internal"

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
-from mailferry.smtpd.relay import ClientFacts
+import asyncio
+
+from mailferry.policy.facts import SessionFacts
+from mailferry.policy.session import SessionPolicy
 from mailferry.smtpd.service import ServiceProfile
 
 MAIN_CF = """\
@@ -25,11 +28,14 @@ def profile(tmp_path, text: str = MAIN_CF, tls_context=None) -> ServiceProfile:
 
 
 def test_relay_control_comes_from_main_cf_with_its_reject_code(tmp_path):
-    relay = profile(tmp_path).relay
-    stranger = ClientFacts("203.0.113.9", in_mynetworks=False)
-    refusal = relay.check_recipient(stranger, "carol@remote.example", routed=False)
-    assert refusal.reply.to_bytes() == b"550 5.7.1 <carol@remote.example>: Relay access denied\r\n"
-    assert relay.check_recipient(stranger, "bob@example.test", routed=False) is None
+    engine = profile(tmp_path).policy
+
+    def rcpt(address):
+        policy = SessionPolicy(engine, SessionFacts("203.0.113.9", in_mynetworks=False))
+        policy.record_mail("a@remote.example")
+        return asyncio.run(policy.rcpt(address))
+    assert rcpt("carol@remote.example").reply.to_bytes() == b"550 5.7.1 <carol@remote.example>: Relay access denied\r\n"
+    assert rcpt("bob@example.test") is None
 
 
 def test_the_session_settings_come_from_main_cf(tmp_path):

@@ -1,0 +1,89 @@
+"""An address as Postfix's resolve(8) canonicalizes it, for the restrictions.
+
+Postfix looks an address up in access maps and smtpd_sender_login_maps only
+after trivial-rewrite resolved it: while the domain is ours (mydestination,
+or an address literal of inet_interfaces/proxy_interfaces), it is stripped
+and what is left is rewritten again, so `user%example.com@ours` becomes
+`user@example.com` (allow_percent_hack), `host!user@ours` becomes
+`user@host` (swap_bangpath), and a bare local part gets its domain back.
+That is what keeps `victim%domain@ours` from dodging a sender-login check.
+
+An address whose local part still holds `@`, `!` or `%` after that is
+"routed" (RESOLVE_FLAG_ROUTED): never an authorized destination for relay
+control, and never OK from a recipient access map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    address: str      # user@domain, canonical; the domain case as given
+    routed: bool      # sender-specified routing is left in the local part
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    @property
+    def local_part(self) -> str:
+        return self.address.rpartition("@")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Canonicalizer:
+    """`is_local(domain)`: resolve_local (mydestination and our address literals)."""
+
+    is_local: Callable[[str], bool]
+    myhostname: str
+    myorigin: str
+    percent_hack: bool = True
+    swap_bangpath: bool = True
+
+    def resolve(self, address: str) -> Resolved:
+        current = address
+        saved_domain = ""
+        for _ in range(len(address) + 100):
+            current = _strip_trailing_dot(current)
+            local, at, domain = current.rpartition("@")
+            if at:
+                if domain and not self.is_local(domain.lower()):
+                    break
+                current, saved_domain = local, domain or saved_domain
+            if "@" in current or (self.swap_bangpath and "!" in current) or (self.percent_hack and "%" in current):
+                current = self._rewrite(current)
+                continue
+            if not current:
+                current = "postmaster"
+                continue
+            if not saved_domain:
+                current = f"{current}@{self.myhostname}"
+                continue
+            current = f"{current}@{saved_domain}"
+            break
+        local = current.rpartition("@")[0]
+        routed = "@" in local or (self.swap_bangpath and "!" in local) or (self.percent_hack and "%" in local)
+        return Resolved(current, routed)
+
+    def _rewrite(self, local: str) -> str:
+        """rewrite_tree in the local context, for what is left of an address
+        after a domain of ours was stripped: `a!b` → `b@a`, `a%b` → `a@b`, then
+        @$myorigin when no domain is left."""
+        if "@" not in local and self.swap_bangpath and "!" in local:
+            host, _, user = local.partition("!")
+            return f"{user}@{host}"
+        if "@" not in local and self.percent_hack and "%" in local:
+            user, _, host = local.rpartition("%")
+            return f"{user}@{host}"
+        if "@" in local:
+            return local
+        return f"{local}@{self.myorigin}"
+
+
+def _strip_trailing_dot(address: str) -> str:
+    if address.endswith(".") and "@" in address and not address.endswith("@."):
+        return address[:-1]
+    return address
