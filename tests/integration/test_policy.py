@@ -48,7 +48,8 @@ def rcpt_reply(port: int, sender: str, recipient: str, source=None, helo="client
 @pytest.fixture
 def login_daemon(daemon_factory):
     daemon = daemon_factory(mydomain="example.com", myorigin="$mydomain", mydestination="",
-                            smtpd_sasl_auth_enable="yes",
+                            smtpd_sasl_auth_enable="yes", smtpd_sasl_type="dovecot",
+                            smtpd_sasl_path="inet:127.0.0.1:9",   # never asked: nobody logs in here
                             smtpd_sender_login_maps=table("logins", SEED_LOGIN_TABLE),
                             smtpd_recipient_restrictions="reject_sender_login_mismatch, permit")
     return daemon.start()

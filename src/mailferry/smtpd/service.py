@@ -29,7 +29,7 @@ from typing import Protocol
 
 from mailferry import refusals
 from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
-from mailferry.config.config import Config
+from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
@@ -133,7 +133,7 @@ class SmtpdService:
             tls_context = self.profile.tls_context
         try:
             self.profile = ServiceProfile.from_config(view, tls_context, self.service.name)
-        except TableError as problem:
+        except (TableError, ConfigValueError) as problem:
             self.log.warning("smtpd", f"reload: {problem}; keeping the configuration loaded before")
 
     async def stop(self) -> None:
