@@ -64,18 +64,22 @@ class MailLog:
             self._fd = fd
 
     def line(self, program: str, text: str) -> None:
+        self.line_as(self.syslog_name, program, text)
+
+    def line_as(self, syslog_name: str, program: str, text: str) -> None:
+        """A line under another syslog_name: a master.cf service's `-o syslog_name=...`."""
         if self.to_syslog:
-            self._syslog(program, text)
+            self._syslog(syslog_name, program, text)
             return
         now = int(time.time())
         if now != self._second:
             self._second = now
             stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
             self._prefix = f"{stamp[:4]}{int(stamp[4:6]):>2}{stamp[6:]} {self.hostname} "
-        self._pending.append(f"{self._prefix}{self.syslog_name}/{program}[{self.pid}]: {text}\n")
+        self._pending.append(f"{self._prefix}{syslog_name}/{program}[{self.pid}]: {text}\n")
 
-    def _syslog(self, program: str, text: str) -> None:
-        ident = f"{self.syslog_name}/{program}"
+    def _syslog(self, syslog_name: str, program: str, text: str) -> None:
+        ident = f"{syslog_name}/{program}"
         if ident != self._syslog_ident:
             syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)
             self._syslog_ident = ident
@@ -109,3 +113,26 @@ class MailLog:
         self.flush()
         if self.path:
             os.close(self._fd)
+
+
+class ServiceLog:
+    """The log as one master.cf service writes it: under the service's own syslog_name
+    (`-o syslog_name=postfix/submission` gives `postfix/submission/smtpd[pid]`)."""
+
+    def __init__(self, log: MailLog, syslog_name: str):
+        self.log = log
+        self.syslog_name = syslog_name
+
+    def line(self, program: str, text: str) -> None:
+        self.log.line_as(self.syslog_name, program, text)
+
+    def warning(self, program: str, text: str) -> None:
+        self.line(program, f"warning: {text}")
+        self.log.flush()
+
+
+def for_service(log: Log, syslog_name: str) -> Log:
+    """`log` itself unless the service logs under a syslog_name of its own."""
+    if isinstance(log, MailLog) and syslog_name and syslog_name != log.syslog_name:
+        return ServiceLog(log, syslog_name)
+    return log

@@ -60,6 +60,7 @@ def seed_relay_config(directory: Path, relay, ca_file: Path, level: str = "may",
         "smtp_tls_eckey_file": "",
         "smtp_tls_security_level": level,
         "smtp_tls_CAfile": str(ca_file),
+        "smtp_tls_loglevel": "1",  # "... TLS connection established to ...", as Postfix logs it at 1
         "smtpd_tls_received_header": "yes",
         "tls_random_source": "dev:/dev/urandom",
         "default_transport": "smtp",

@@ -62,16 +62,77 @@ SMUGGLING_ENDINGS = {
 }
 
 
+def submission_listeners(submission_port: int, submissions_port: int) -> str:
+    """Port 587's and port 465's services as Postfix's stock master.cf makes them."""
+    return (f"127.0.0.1:{submission_port} inet n - n - - smtpd\n"
+            "  -o smtpd_tls_security_level=encrypt\n  -o smtpd_tls_auth_only=yes\n"
+            f"127.0.0.1:{submissions_port} inet n - n - - smtpd\n"
+            "  -o smtpd_tls_wrappermode=yes\n")
+
+
+@pytest.fixture
+def mx_tls(daemon_factory, tmp_path):
+    """STARTTLS offered on the smtp port, required on a submission port (587's role), implicit
+    on a submissions port (465's role). Mail stays queued (no route out), so it can be read."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    ports = {"submission": free_port(), "submissions": free_port()}
+    daemon = daemon_factory(submission_listeners(ports["submission"], ports["submissions"]),
+                            smtpd_tls_security_level="may", smtpd_tls_cert_file=str(cert),
+                            smtpd_tls_key_file=str(key), smtpd_tls_received_header="yes",
+                            smtpd_tls_loglevel="1", default_transport="smtp", local_transport="smtp")
+    daemon.ports = {"smtp": daemon.port, **ports}
+    return daemon.start()
+
+
+def insecure_client() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def outside_session(daemon, service: str):
+    """(socket, reader) of an outside client that has been greeted on `service`, under TLS for
+    submission (after EHLO and STARTTLS) and submissions (from the first byte)."""
+    raw = socket.create_connection(("127.0.0.1", daemon.ports[service]), source_address=OUTSIDE, timeout=10)
+    if service == "submissions":
+        raw = insecure_client().wrap_socket(raw, server_hostname="mx.example.test")
+    reader = raw.makefile("rb")
+    assert reader.readline().startswith(b"220")
+    if service == "submission":
+        raw.sendall(b"EHLO outside.example\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\n")
+        assert reader.readline().startswith(b"220 2.0.0")
+        raw = insecure_client().wrap_socket(raw, server_hostname="mx.example.test")
+        reader = raw.makefile("rb")
+    return raw, reader
+
+
+@pytest.fixture(params=["smtp", "submission", "submissions"])
+def smuggling_target(request, daemon_factory):
+    """(daemon, service): the plain MX, and the same attacks over 587's STARTTLS and 465's TLS."""
+    if request.param == "smtp":
+        daemon = request.getfixturevalue("mx")
+        daemon.ports = {"smtp": daemon.port}
+        return daemon, "smtp"
+    return request.getfixturevalue("mx_tls"), request.param
+
+
 @pytest.mark.parametrize("name", sorted(SMUGGLING_ENDINGS))
-def test_smuggled_end_of_data_stays_inside_one_message(mx, name):
+def test_smuggled_end_of_data_stays_inside_one_message(smuggling_target, name):
+    mx, service = smuggling_target
     ending = SMUGGLING_ENDINGS[name]
     # What a vulnerable server would take for a second transaction: it ends at the one real
     # terminator, so a server fooled by `ending` answers 250 twice before QUIT's 221.
     smuggled = (b"MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
                 b"Subject: smuggled\r\n\r\nforged")
-    with socket.create_connection(("127.0.0.1", mx.port), source_address=OUTSIDE, timeout=10) as raw:
-        reader = raw.makefile("rb")
-        assert reader.readline().startswith(b"220")
+    raw, reader = outside_session(mx, service)
+    with raw:
         raw.sendall(b"EHLO outside.example\r\n")
         while not reader.readline().startswith(b"250 "):
             pass
@@ -96,9 +157,10 @@ def test_smuggled_end_of_data_stays_inside_one_message(mx, name):
     assert mx.log().count("(queue active)") == 1
 
 
-def test_starttls_injection_gets_no_reply(mx_tls):
+@pytest.mark.parametrize("service", ["smtp", "submission"])
+def test_starttls_injection_gets_no_reply(mx_tls, service):
     daemon = mx_tls
-    with socket.create_connection(("127.0.0.1", daemon.port), source_address=OUTSIDE, timeout=10) as raw:
+    with socket.create_connection(("127.0.0.1", daemon.ports[service]), source_address=OUTSIDE, timeout=10) as raw:
         reader = raw.makefile("rb")
         assert reader.readline().startswith(b"220")
         raw.sendall(b"EHLO outside.example\r\n")
@@ -125,19 +187,6 @@ def test_starttls_injection_gets_no_reply(mx_tls):
             assert b"250" in secure.recv(4096)
     log = daemon.wait_for_log("TLS connection established")
     assert re.search(r"Anonymous TLS connection established from unknown\[127\.0\.0\.2\]: TLSv1\.[23] with cipher", log)
-
-
-@pytest.fixture
-def mx_tls(daemon_factory, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=mx.example.test", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    # Mail stays queued (no route out), so its Received: header can be read.
-    daemon = daemon_factory(smtpd_tls_security_level="may", smtpd_tls_cert_file=str(cert),
-                            smtpd_tls_key_file=str(key), smtpd_tls_received_header="yes",
-                            default_transport="smtp", local_transport="smtp")
-    return daemon.start()
 
 
 def tls13_client() -> ssl.SSLContext:

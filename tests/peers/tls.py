@@ -40,10 +40,11 @@ class CA:
     key_path: Path
 
     def issue(self, hostname: str, directory: Path | str, *,
-              ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
+              ips: tuple[str, ...] = ("127.0.0.1",), purpose: str = "serverAuth") -> tuple[Path, Path]:
         """A server certificate for `hostname` signed by this CA: (cert_path, key_path), PEM files.
 
-        subjectAltName is DNS:hostname plus IP:ip for each of `ips`.
+        subjectAltName is DNS:hostname plus IP:ip for each of `ips`; `purpose` is the extended key
+        usage (clientAuth for a client certificate).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ class CA:
             f"subjectAltName = DNS:{hostname}{''.join(f', IP:{ip}' for ip in ips)}\n"
             "basicConstraints = critical, CA:FALSE\n"
             "keyUsage = critical, digitalSignature, keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
+            f"extendedKeyUsage = {purpose}\n"
             # Python 3.13's default context sets VERIFY_X509_STRICT, which wants both key identifiers.
             "subjectKeyIdentifier = hash\n"
             "authorityKeyIdentifier = keyid:always\n")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from mailferry.maillog import MailLog
+from mailferry.maillog import MailLog, for_service
 
 PFLOGSUMM_TIMESTAMP = re.compile(r"^(...) {1,2}(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) \S+ (.+)$")
 PFLOGSUMM_PROGRAM = re.compile(r"^(?:postfix|mailferry)(?:/(?:smtps|submission))?/([^\[:]*).*?: ([^:\s]+)")
@@ -75,6 +75,22 @@ def test_syslog_name_is_the_program_prefix(clock, log_path):
     log.line("smtp", "text")
     log.close()
     assert f" mx1 postfix-out/smtp[{os.getpid()}]: text" in lines_of(log_path)[0]
+
+
+def test_a_service_logs_under_its_own_syslog_name(clock, log_path):
+    """master.cf's `-o syslog_name=postfix/submission`: that service's lines, pflogsumm-readable."""
+    log = MailLog(str(log_path), hostname="mx1")
+    assert for_service(log, "mailferry") is log and for_service(log, "") is log
+    submission = for_service(log, "postfix/submission")
+    submission.line("smtpd", "connect from unknown[192.0.2.1]")
+    submission.warning("smtpd", "careful")
+    log.line("smtpd", "main")
+    log.close()
+    pid = os.getpid()
+    assert [line.split(" mx1 ")[1] for line in lines_of(log_path)] == [
+        f"postfix/submission/smtpd[{pid}]: connect from unknown[192.0.2.1]",
+        f"postfix/submission/smtpd[{pid}]: warning: careful", f"mailferry/smtpd[{pid}]: main"]
+    assert PFLOGSUMM_PROGRAM.match(lines_of(log_path)[0].split(" mx1 ")[1])[1] == "smtpd"
 
 
 def test_warning_and_error_prefixes(clock, log_path):

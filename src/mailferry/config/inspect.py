@@ -12,9 +12,10 @@ import stat
 from collections.abc import Callable
 
 from mailferry.config.config import Config, load, master_cf_path
-from mailferry.config.lint import lint_pipe_services, lint_settings, plain_references
+from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
+from mailferry.config.tlscheck import check_tls
 from mailferry.diagnostics import Diagnostic, error, warning
 from mailferry.syntax import split_list
 from mailferry.tables import Table, TableError, open_table
@@ -35,14 +36,17 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     commands = {service.name: service.command for service in services}
     overrides = [value for service in services for value in service.overrides.values()]
     found += lint_settings(config, commands, overrides)
+    if master:
+        found += lint_overrides(config, services, master.path, commands)
     found += _check_tables(config)
     found += _check_tls_files(config)
     found += _check_smtpd_tls_has_certificate(config)
+    found += check_tls(config, master)
     found += _check_sasl_passwords_are_used(config)
     found += _check_smtpd_sasl(config)
     found += _check_network_lists(config)
     if master:
-        found += _check_pipe_programs(master)
+        found += _check_pipe_programs(master, _transports_named(config))
         found += lint_pipe_services(config, master)
     found += _undefined_references(config)
     # In file and line order, as an operator reads the files; stable within a line.
@@ -270,26 +274,50 @@ def _tls_file_problem(name: str, path: str) -> str | None:
     return None
 
 
-def _check_pipe_programs(master: MasterCf) -> list[Diagnostic]:
+def _transports_named(config: Config) -> set[str]:
+    """The services main.cf's *_transport settings and content_filter route mail to
+    (`maildrop`, `lmtp:unix:...` -> lmtp), defaults included."""
+    names = {name for name in config.settings if name.endswith("_transport") or name == "content_filter"}
+    names |= {"default_transport", "local_transport", "relay_transport", "virtual_transport"}
+    used = set()
+    for name in names:
+        try:
+            value = config.get(name)
+        except ValueError:
+            continue
+        for item in value.replace(",", " ").split():
+            used.add(item.split(":", 1)[0])
+    return used
+
+
+def _check_pipe_programs(master: MasterCf, routed_to: set[str]) -> list[Diagnostic]:
+    """A missing program is an error for a service mail is routed to; for one nothing names
+    (the pipe services of Debian's stock master.cf) a warning: Postfix loads them as well."""
     found: list[Diagnostic] = []
     for service in master.services:
         pipe = getattr(service, "pipe", None)
         if pipe is None or not pipe.argv:
             continue
         program = pipe.argv[0]
+        severity, unused = error, ""
+        if service.name not in routed_to:
+            severity = warning
+            unused = ("; no *_transport setting in main.cf routes mail to this service yet (if "
+                      "transport_maps does, that mail waits in the queue)")
         if "/" not in program:
             if not any(os.access(os.path.join(directory, program), os.X_OK) for directory in ("/usr/bin", "/bin")):
-                found.append(error(f"service {service.name}: pipe program {program} is not in /usr/bin or /bin, "
-                                   "the only places a pipe command is looked for (PATH=/usr/bin:/bin); "
-                                   "give its full path in argv=", master.path, service.line, service.name))
+                found.append(severity(f"service {service.name}: pipe program {program} is not in /usr/bin or /bin, "
+                                      "the only places a pipe command is looked for (PATH=/usr/bin:/bin); "
+                                      f"give its full path in argv={unused}", master.path, service.line,
+                                      service.name))
             continue
         if os.access(program, os.X_OK):
             continue
         hint = _lib_twin(program)
         advice = f"; {hint} exists: use that path" if hint else "; install it or fix argv="
-        found.append(error(f"service {service.name}: pipe program {program} "
-                           f"{'is not executable' if os.path.exists(program) else 'does not exist'}{advice}",
-                           master.path, service.line, service.name))
+        found.append(severity(f"service {service.name}: pipe program {program} "
+                              f"{'is not executable' if os.path.exists(program) else 'does not exist'}{advice}"
+                              f"{unused}", master.path, service.line, service.name))
     return found
 
 

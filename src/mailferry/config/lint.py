@@ -1,4 +1,4 @@
-"""Warnings and errors about main.cf settings as a whole, and about master.cf pipe services.
+"""Warnings and errors about main.cf settings as a whole, master.cf's -o overrides, and master.cf pipe services.
 
 - a name Postfix does not know, that nothing refers to: Postfix's
   `unused parameter` warning, with the file and line;
@@ -183,3 +183,54 @@ def _recipient_limit_advice(config: Config, service: Service):
         why = f"flags={flags} names the one recipient, and Postfix defers deliveries of several recipients"
     yield warning, (f"{why}; mailferry runs the command once per recipient. Set {name} = 1 in main.cf "
                     "to say so (Postfix needs it)"), name
+
+
+# --- master.cf `-o name=value` overrides
+
+def lint_overrides(config: Config, services: Iterable[Service], path: str,
+                   service_commands: dict[str, str] | None = None) -> list[Diagnostic]:
+    """What lint_settings says of main.cf, for each service's -o overrides: names Postfix
+    does not know, parameters mailferry does not implement, values that do not parse, and
+    `$name` references to parameters set nowhere (Postfix expands those to nothing)."""
+    found: list[Diagnostic] = []
+    for service in services:
+        if not service.overrides:
+            continue
+        view = config.with_overrides(service.overrides, f"{path}, line {service.line}")
+        for name, value in service.overrides.items():
+            found += _lint_override(view, service, name, value, path, service_commands or {})
+    return found
+
+
+def _lint_override(view: Config, service: Service, name: str, value: str, path: str,
+                   services: dict[str, str]) -> list[Diagnostic]:
+    where = f"service {service.name}: -o {name}={value}"
+    parameter = parameters.lookup(name) or _per_transport(name, services)
+    found = [warning(f"{where} refers to ${missing}, which is not set in main.cf and has no default; "
+                     "it expands to nothing, as in Postfix. Define it in main.cf (e.g. the "
+                     "mua_*_restrictions of Postfix's stock master.cf) or remove the reference",
+                     path, service.line, name)
+             for missing in sorted(plain_references(value)) if view.raw(missing) is None]
+    if parameter is None:
+        return found + [warning(f"{where}: unused parameter (not a Postfix parameter{_suggestion(name)})",
+                                path, service.line, name)]
+    switched_off = not value.strip() and not _expanded_default(view, parameter)
+    if parameter.status == parameters.NOT_YET and not switched_off:
+        found.append(warning(f"{where}: parameter {name} is known but not implemented yet in mailferry; "
+                             "the setting has no effect for this service (see docs/parameters.md)",
+                             path, service.line, name))
+    found += _check_override_value(view, name, parameter, path, service.line)
+    return found
+
+
+def _check_override_value(view: Config, name: str, parameter: parameters.Parameter, path: str,
+                          line: int) -> list[Diagnostic]:
+    parse = {"time": lambda text: values.parse_time(text, parameter.time_unit or "s"),
+             "size": values.parse_size, "int": values.parse_int, "bool": values.parse_bool}.get(parameter.kind)
+    try:
+        text = view.get(name)
+        if parse is not None and text != "":
+            parse(text)
+    except ValueError as exc:
+        return [error(f"parameter {name}: {getattr(exc, 'reason', exc)}", path, line, name)]
+    return []

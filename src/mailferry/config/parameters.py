@@ -306,6 +306,44 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "smtputf8_enable",
     "strict_rfc821_envelopes",
     "syslog_name",
+    # Server-side TLS, the submission/submissions services (smtpd/tls.py, tlsparams.py; docs/tls.md)
+    "smtpd_tls_wrappermode",
+    "smtpd_tls_loglevel",
+    "smtpd_tls_protocols",
+    "smtpd_tls_mandatory_protocols",
+    "smtpd_tls_ciphers",
+    "smtpd_tls_mandatory_ciphers",
+    "smtpd_tls_exclude_ciphers",
+    "smtpd_tls_mandatory_exclude_ciphers",
+    "tls_high_cipherlist",
+    "tls_medium_cipherlist",
+    "tls_low_cipherlist",
+    "tls_export_cipherlist",
+    "tls_null_cipherlist",
+    "tls_preempt_cipherlist",
+    "tls_ssl_options",
+    "smtpd_tls_dh1024_param_file",
+    "smtpd_tls_eecdh_grade",
+    "tls_eecdh_strong_curve",
+    "tls_eecdh_ultra_curve",
+    "smtpd_tls_session_cache_timeout",
+    "smtpd_tls_CAfile",
+    "smtpd_tls_CApath",
+    "smtpd_tls_ask_ccert",
+    "tls_server_sni_maps",
+    # Client-side TLS (delivery/tls.py, delivery/settings.py)
+    "smtp_tls_ciphers",
+    "smtp_tls_mandatory_ciphers",
+    "smtp_tls_exclude_ciphers",
+    "smtp_tls_mandatory_exclude_ciphers",
+    "smtp_tls_loglevel",
+    "smtp_tls_note_starttls_offer",
+    "lmtp_tls_ciphers",
+    "lmtp_tls_mandatory_ciphers",
+    "lmtp_tls_exclude_ciphers",
+    "lmtp_tls_mandatory_exclude_ciphers",
+    "lmtp_tls_loglevel",
+    "lmtp_tls_note_starttls_offer",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -338,6 +376,12 @@ NO_EFFECT_PARAMETERS = frozenset({
     # Berkeley DB tuning; mailferry's indexed tables are LMDB.
     "berkeley_db_create_buffer_size",
     "berkeley_db_read_buffer_size",
+    # Python's ssl keeps TLS sessions in memory and cannot set a group list; check says so
+    # with a warning of its own (config/tlscheck.py, docs/tls.md).
+    "smtpd_tls_session_cache_database",
+    "smtp_tls_session_cache_database",
+    "lmtp_tls_session_cache_database",
+    "tls_eecdh_auto_curves",
     # Postfix 3.6 and later ignore these too.
     "smtpd_tls_dh512_param_file",
     "tlsproxy_tls_dh512_param_file",

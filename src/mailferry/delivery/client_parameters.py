@@ -44,6 +44,12 @@ LMTP_TWINS = {
     "smtp_enforce_tls": "lmtp_enforce_tls",
     "smtp_tls_enforce_peername": "lmtp_tls_enforce_peername",
     "smtp_generic_maps": "lmtp_generic_maps",
+    "smtp_tls_ciphers": "lmtp_tls_ciphers",
+    "smtp_tls_mandatory_ciphers": "lmtp_tls_mandatory_ciphers",
+    "smtp_tls_exclude_ciphers": "lmtp_tls_exclude_ciphers",
+    "smtp_tls_mandatory_exclude_ciphers": "lmtp_tls_mandatory_exclude_ciphers",
+    "smtp_tls_loglevel": "lmtp_tls_loglevel",
+    "smtp_tls_note_starttls_offer": "lmtp_tls_note_starttls_offer",
 }
 
 

@@ -108,6 +108,8 @@ class SessionSetup:
             await self._hello(connection)
             if policy.offers_tls and not hop.unix:
                 await self._start_tls(connection, hop, policy)
+            elif self.settings.note_starttls_offer and connection.extensions.starttls:
+                self.log.line(self.program, f"Host offered STARTTLS: [{connection.host}]")
             if self.settings.sasl_enable:
                 await self._authenticate(connection, hop, sender)
         except ConnectionLost as lost:
@@ -200,8 +202,9 @@ class SessionSetup:
                                                    connection.relay))
             trust = "Verified"
         connection.tls = trust
-        self.log.line(self.program, tls.established_line(
-            trust, connection.host, connection.address, connection.port, ssl_object))
+        if self.settings.tls_loglevel >= 1:
+            self.log.line(self.program, tls.established_line(
+                trust, connection.host, connection.address, connection.port, ssl_object))
         await self._hello(connection)
 
     async def _authenticate(self, connection: Connection, hop: Hop, sender: str) -> None:

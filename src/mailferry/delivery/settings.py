@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailferry.config.config import ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.tls import TlsPolicy
+from mailferry.tlsparams import log_level
 
 DEFAULT_LIMITS = {
     "destination_concurrency_limit": "default_destination_concurrency_limit",
@@ -44,6 +46,8 @@ class ClientSettings:
     mx_address_limit: int
     skip_5xx_greeting: bool
     tls_policy_maps: str = ""
+    tls_loglevel: int = 0            # smtp_tls_loglevel: 1 logs "... TLS connection established to ..."
+    note_starttls_offer: bool = False  # smtp_tls_note_starttls_offer
 
     @property
     def prefix(self) -> str:
@@ -81,6 +85,8 @@ class ClientSettings:
             mx_address_limit=value("smtp_mx_address_limit", "integer"),
             skip_5xx_greeting=value("smtp_skip_5xx_greeting", "boolean"),
             tls_policy_maps=value("smtp_tls_policy_maps"),
+            tls_loglevel=_tls_log_level(config, client_parameter(prefix, "smtp_tls_loglevel")),
+            note_starttls_offer=value("smtp_tls_note_starttls_offer", "boolean"),
         )
 
 
@@ -92,3 +98,10 @@ def per_transport(config, transport: str, suffix: str) -> int:
     else:
         value = config.integer(DEFAULT_LIMITS[suffix])
     return value if value > 0 else 1_000_000
+
+
+def _tls_log_level(config, name: str) -> int:
+    try:
+        return log_level(config.get(name))
+    except ValueError as exc:
+        raise ConfigValueError(config.where(name), str(exc)) from None

@@ -24,14 +24,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-import re
 import ssl
-import warnings
 from dataclasses import dataclass
 
 from mailferry.config.config import Config, ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.tlsinfo import describe
+from mailferry.tlsparams import LIST_SEPARATORS as _LIST_SEPARATORS
+from mailferry.tlsparams import CIPHERLIST_PARAMETERS, cipher_string, protocol_bounds, set_ciphers, set_versions
 
 LEVELS = ("none", "may", "encrypt", "verify", "secure")
 UNSUPPORTED_LEVELS = {
@@ -40,9 +40,6 @@ UNSUPPORTED_LEVELS = {
     "fingerprint": "certificate fingerprint matching is not implemented",
 }
 TRUST_LEVELS = ("Verified", "Trusted", "Untrusted", "Anonymous")
-
-# Postfix's separators for match lists and protocol lists: whitespace, commas, colons.
-_LIST_SEPARATORS = re.compile(r"[\s,:]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +52,7 @@ class TlsPolicy:
     protocols: str = ""  # Postfix syntax: ">=TLSv1.2", "!SSLv2, !SSLv3", ...
     cert_file: str = ""
     key_file: str = ""
+    ciphers: str = ""  # the OpenSSL cipher string for TLS <= 1.2, from the grade and exclusions
     # Which parameter family the values came from, for error messages: "smtp" or "lmtp".
     parameter_prefix: str = "smtp"
 
@@ -74,6 +72,7 @@ class TlsPolicy:
             except ValueError as exc:
                 raise ConfigValueError(config.where(protocols_parameter), str(exc)) from None
         cert_file = config.get(client_parameter(prefix, "smtp_tls_cert_file")).strip()
+        ciphers = _cipher_string(config, prefix, level) if level != "none" else ""
         return cls(
             level=level,
             ca_file=config.get(client_parameter(prefix, "smtp_tls_CAfile")).strip(),
@@ -83,6 +82,7 @@ class TlsPolicy:
             protocols=protocols,
             cert_file=cert_file,
             key_file=(config.get(client_parameter(prefix, "smtp_tls_key_file")).strip() or cert_file) if cert_file else "",
+            ciphers=ciphers,
             parameter_prefix=prefix,
         )
 
@@ -118,6 +118,21 @@ def _level(config: Config, prefix: str) -> str:
     return level
 
 
+def _cipher_string(config: Config, prefix: str, level: str) -> str:
+    """smtp_tls_ciphers at `may`, else smtp_tls_mandatory_ciphers, less the exclusions (the
+    mandatory ones too above `may`), as Postfix's smtp(8) builds its cipher list."""
+    mandatory = level != "may"
+    grade = client_parameter(prefix, "smtp_tls_mandatory_ciphers" if mandatory else "smtp_tls_ciphers")
+    exclusions = config.list(client_parameter(prefix, "smtp_tls_exclude_ciphers"))
+    if mandatory:
+        exclusions += config.list(client_parameter(prefix, "smtp_tls_mandatory_exclude_ciphers"))
+    try:
+        return cipher_string(config.get(grade), exclusions,
+                             {name: config.get(parameter) for name, parameter in CIPHERLIST_PARAMETERS.items()})
+    except ValueError as exc:
+        raise ConfigValueError(config.where(grade), str(exc)) from None
+
+
 def _obsolete_level(config: Config, prefix: str) -> str:
     if config.boolean(client_parameter(prefix, "smtp_enforce_tls")):
         return "verify" if config.boolean(client_parameter(prefix, "smtp_tls_enforce_peername")) else "encrypt"
@@ -131,83 +146,6 @@ def _match(config: Config, parameter: str, level: str) -> tuple[str, ...]:
             f"empty: at level {level} a certificate name must match something; "
             "use hostname, nexthop, dot-nexthop or domain names"))
     return items
-
-
-# --- protocol versions -----------------------------------------------------------------
-
-# Postfix's protocol names in order, with their wire numbers; SSLv2 has no TLSVersion.
-_PROTOCOLS = (
-    ("SSLv2", 0x0002, ssl.TLSVersion.MINIMUM_SUPPORTED),
-    ("SSLv3", 0x0300, ssl.TLSVersion.SSLv3),
-    ("TLSv1", 0x0301, ssl.TLSVersion.TLSv1),
-    ("TLSv1.1", 0x0302, ssl.TLSVersion.TLSv1_1),
-    ("TLSv1.2", 0x0303, ssl.TLSVersion.TLSv1_2),
-    ("TLSv1.3", 0x0304, ssl.TLSVersion.TLSv1_3),
-)
-_BY_NAME = {name.lower(): index for index, (name, _, _) in enumerate(_PROTOCOLS)}
-_BY_NUMBER = {number: index for index, (_, number, _) in enumerate(_PROTOCOLS)}
-_HEX = re.compile(r"(?:0x)?([0-9a-f]{1,4})", re.IGNORECASE)
-_NAMES = ", ".join(name for name, _, _ in _PROTOCOLS)
-
-
-def protocol_bounds(text: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
-    """(minimum, maximum) TLS version from a Postfix protocol list.
-
-    Accepts ">=version" / "<=version" (names or hex such as 0x0303) and the older
-    inclusion/exclusion lists ("!SSLv2, !SSLv3"). As with OpenSSL, an excluded version
-    above the lowest enabled one also disables every version above it. An empty list
-    allows everything this OpenSSL can do. Raises ValueError for the operator.
-    """
-    lower, upper = 0, len(_PROTOCOLS) - 1
-    upper_given = False
-    included: set[int] = set()
-    excluded: set[int] = set()
-    for item in (item for item in _LIST_SEPARATORS.split(text) if item):
-        if item.startswith(">="):
-            lower = max(lower, _bound(item[2:], item, is_upper=False))
-        elif item.startswith("<="):
-            index = _bound(item[2:], item, is_upper=True)
-            if index is not None:
-                upper, upper_given = min(upper, index), True
-        elif item.startswith("!"):
-            excluded.add(_named(item[1:], item))
-        else:
-            included.add(_named(item, item))
-    enabled = [index for index in range(lower, upper + 1)
-               if (not included or index in included) and index not in excluded]
-    if not enabled:
-        raise ValueError(f"{text!r} leaves no TLS protocol version enabled")
-    low = high = enabled[0]
-    while high + 1 in enabled:
-        high += 1
-    newest = len(_PROTOCOLS) - 1
-    minimum = _PROTOCOLS[low][2]
-    open_ended = high == newest and not upper_given and not included
-    maximum = ssl.TLSVersion.MAXIMUM_SUPPORTED if open_ended else _PROTOCOLS[high][2]
-    return minimum, maximum
-
-
-def _named(name: str, item: str) -> int:
-    index = _BY_NAME.get(name.lower())
-    if index is None:
-        raise ValueError(f"unknown TLS protocol {item!r}: use {_NAMES}")
-    return index
-
-
-def _bound(version: str, item: str, *, is_upper: bool) -> int | None:
-    """Index of a bound; None for an upper bound above every version known here (no limit)."""
-    index = _BY_NAME.get(version.lower())
-    if index is not None:
-        return index
-    hex_match = _HEX.fullmatch(version)
-    if hex_match is None:
-        raise ValueError(f"unknown TLS protocol version in {item!r}: use {_NAMES}, or a number such as 0x0303")
-    number = int(hex_match.group(1), 16)
-    if number in _BY_NUMBER:
-        return _BY_NUMBER[number]
-    if is_upper and number > _PROTOCOLS[-1][1]:
-        return None
-    raise ValueError(f"TLS protocol version {item!r} is unknown to this OpenSSL")
 
 
 # --- the SSLContext ----------------------------------------------------------------------
@@ -225,6 +163,12 @@ def client_context(policy: TlsPolicy) -> ssl.SSLContext:
     else:
         context.verify_mode = ssl.CERT_NONE
     _set_versions(context, policy)
+    if policy.ciphers:
+        grade = policy.parameter("ciphers" if policy.level == "may" else "mandatory_ciphers")
+        try:
+            set_ciphers(context, policy.ciphers)
+        except ValueError as exc:
+            raise ValueError(f"{grade}: {exc}") from None
     if policy.cert_file:
         _load_client_certificate(context, policy)
     return context
@@ -267,15 +211,9 @@ def preload_trust(policy: TlsPolicy) -> None:
 def _set_versions(context: ssl.SSLContext, policy: TlsPolicy) -> None:
     parameter = policy.parameter("protocols" if policy.level == "may" else "mandatory_protocols")
     try:
-        minimum, maximum = protocol_bounds(policy.protocols)
+        set_versions(context, policy.protocols)
     except ValueError as exc:
         raise ValueError(f"{parameter} = {policy.protocols}: {exc}") from None
-    # The operator asked for these versions (Postfix's default is ">=TLSv1"); the stdlib's
-    # deprecation warning for TLS 1.0/1.1 would only repeat that choice on every start.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = minimum
-        context.maximum_version = maximum
 
 
 def _load_client_certificate(context: ssl.SSLContext, policy: TlsPolicy) -> None:

@@ -31,7 +31,7 @@ from mailferry import refusals
 from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
 from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
-from mailferry.maillog import Log
+from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
@@ -48,7 +48,7 @@ from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
 from mailferry.policy.settings import PolicySettings
 from mailferry.smtpd.settings import server_settings
-from mailferry.smtpd.tls import TLSSetupError, server_context, tls_level
+from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
@@ -67,6 +67,7 @@ class ServiceProfile:
 
     tls_context: ssl.SSLContext | None
     tls_level: str
+    tls: TlsSettings
     settings: ServerSettings
     timeout: int                    # smtpd_timeout, seconds
     mynetworks: NetworkList
@@ -83,7 +84,8 @@ class ServiceProfile:
         settings = server_settings(config, starttls=tls_context is not None)
         if policy.needs_data_stage:
             settings = replace(settings, data_decision=True)
-        return cls(tls_context=tls_context, tls_level=tls_level(config), settings=settings,
+        return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
+                   settings=settings,
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name))
@@ -99,22 +101,30 @@ class SmtpdService:
                  cleanup: Cleanup, log: Log, new_queue_id: Callable[[], str]):
         self.service = service
         self.cleanup = cleanup
-        self.log = log
+        view = service_view(config, service)
+        self._main_log = log
+        self.log = for_service(log, view.get("syslog_name"))
         self.new_queue_id = new_queue_id
-        self.profile = ServiceProfile.from_config(service_view(config, service), tls_context, service.name)
+        self.profile = ServiceProfile.from_config(view, tls_context, service.name)
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[Session] = set()
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        # smtpd_tls_wrappermode: the loop does the handshake before a Session hears of the
+        # connection. (Starting it from connection_made loses the race with the ClientHello:
+        # uvloop starts reading only after connection_made returns, undoing a pause_reading.)
+        implicit = self.profile.tls_context if self.profile.tls.wrappermode else None
         for listener in sockets:
-            server = await loop.create_server(lambda: Session(self, self.profile), sock=listener)
+            server = await loop.create_server(lambda: Session(self, self.profile), sock=listener, ssl=implicit,
+                                              ssl_handshake_timeout=self.profile.timeout if implicit else None)
             self.servers.append(server)
 
     def reload(self, config: Config, service: Service | None) -> None:
         if service is not None:
             self.service = service
         view = service_view(config, self.service)
+        self.log = for_service(self._main_log, view.get("syslog_name"))
         try:
             tls_context = server_context(view)
         except TLSSetupError as exc:
@@ -179,8 +189,11 @@ class Session(asyncio.Protocol):
         self.service.sessions.add(self)
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
+        if self.profile.tls.wrappermode and self.profile.tls_context is None:
+            self._drop_wrapper_mode()
+            return
         # Read now: the event loop may start reading as soon as this returns.
-        self._early = _already_sent(transport)
+        self._early = self._read_early(transport)
         known = hosts_file_name(self.address)
         if known is not None or not self.profile.peername_lookup:
             self._identified(known or ClientName(UNKNOWN, NAME_UNKNOWN, UNKNOWN, NAME_UNKNOWN))
@@ -238,8 +251,13 @@ class Session(asyncio.Protocol):
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
         instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
         transport = self.transport
-        early, self._early = self._early + _already_sent(transport), b""
+        early, self._early = self._early + self._read_early(transport), b""
         self._greeted = True
+        if self.profile.tls.wrappermode:
+            # smtpd_tls_wrappermode (port 465): the loop finished the handshake before
+            # connection_made; TLS is on before the greeting.
+            self._tls_established(transport.get_extra_info("ssl_object"))
+            self.conn.tls_active = True
         if early:
             self.conn.receive(early)  # spoken before the greeting: the core refuses that
         greeting = self.conn.greeting()
@@ -547,6 +565,26 @@ class Session(asyncio.Protocol):
         self._busy = True
         asyncio.ensure_future(self._handshake())
 
+    def _drop_wrapper_mode(self) -> None:
+        """Postfix's words: without a certificate, port 465 has nothing to speak TLS with."""
+        self.log.warning("smtpd", f"Wrapper-mode request dropped from {self.client} for service "
+                                  f"{self.service.service.name}. TLS context initialization failed. "
+                                  "For details see earlier warnings in your logs.")
+        self._close()
+
+    def _read_early(self, transport: asyncio.Transport) -> bytes:
+        """Bytes sent before the greeting; under implicit TLS the socket's bytes are TLS
+        records, not the client's words, so nothing is read behind the TLS layer's back."""
+        return b"" if self.profile.tls.wrappermode else _already_sent(transport)
+
+    def _tls_established(self, ssl_object) -> None:
+        self.tls_description = describe(ssl_object)
+        # What the restrictions and the policy service read (encryption_protocol=...).
+        name, _, bits = ssl_object.cipher()
+        self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = ssl_object.version(), name, bits
+        for line in established_lines(self.client, ssl_object, self.profile.tls):
+            self.log.line("smtpd", line)
+
     async def _handshake(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -560,12 +598,7 @@ class Session(asyncio.Protocol):
             self._close()
             return
         self.transport = transport
-        ssl_object = transport.get_extra_info("ssl_object")
-        self.tls_description = describe(ssl_object)
-        cipher = ssl_object.cipher() if ssl_object is not None else None
-        if cipher:   # for reject_plaintext_session and the policy servers' encryption_* attributes
-            self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = cipher[1], cipher[0], cipher[2]
-        self.log.line("smtpd", f"Anonymous TLS connection established from {self.client}: {self.tls_description}")
+        self._tls_established(transport.get_extra_info("ssl_object"))
         self.conn.tls_started()
         # What was learned in plaintext is forgotten (RFC 3207 4.2), by the restrictions too:
         # a login before STARTTLS must not permit anything after it.

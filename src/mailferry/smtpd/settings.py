@@ -5,6 +5,7 @@ from __future__ import annotations
 from mailferry.auth.server import ehlo_settings
 from mailferry.config.config import Config
 from mailferry.protocol.smtp_server import NORMALIZE, REJECT, ServerSettings
+from mailferry.smtpd.tls import tls_level
 
 
 def server_settings(config: Config, starttls: bool) -> ServerSettings:
@@ -31,7 +32,7 @@ def server_settings(config: Config, starttls: bool) -> ServerSettings:
         helo_required=config.boolean("smtpd_helo_required"),
         strict_envelopes=config.boolean("strict_rfc821_envelopes"),
         **offered,
-        **ehlo_settings(config),
+        **_auth_settings(config),
     )
 
 
@@ -46,3 +47,12 @@ def _kept_keywords(discarded: list[str]) -> dict[str, bool]:
     return {_KEYWORD_SWITCHES[name]: False for name in (item.lower() for item in discarded)
             if name in _KEYWORD_SWITCHES}
 
+
+
+def _auth_settings(config: Config) -> dict:
+    """As in Postfix's smtpd.c, required TLS (encrypt, or wrapper mode on 465) implies
+    smtpd_tls_auth_only: the stock submission entries rely on it."""
+    settings = ehlo_settings(config)
+    if settings and tls_level(config) == "encrypt":
+        settings["auth_requires_tls"] = True
+    return settings

@@ -455,3 +455,22 @@ def test_the_concurrency_limit_is_per_next_hop():
             return results
 
     assert statuses(run(scenario())) == [SENT, SENT]
+
+
+# --- smtp_tls_note_starttls_offer: at level none, say which hosts could have done TLS
+
+@pytest.mark.parametrize("note", [True, False])
+def test_a_starttls_offer_is_noted_only_when_asked(note):
+    ehlo = "250-peer.test\r\n250-PIPELINING\r\n250 STARTTLS"
+
+    async def scenario():
+        async with ScriptedPeer({"EHLO": ehlo}) as peer:
+            client = make_client(note_starttls_offer=note)
+            results = await client.deliver(make_job(peer.nexthop))
+            client.close()
+            return results, client.log.lines, peer
+
+    results, lines, peer = run(scenario())
+    assert statuses(results) == [SENT]
+    assert "STARTTLS" not in peer.sessions[0].verbs()   # level none: offered, not used
+    assert ("Host offered STARTTLS: [mx.test]" in lines) is note

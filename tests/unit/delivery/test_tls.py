@@ -39,7 +39,9 @@ def test_seed_relay_settings(tmp_path):
         "smtp_tls_eckey_file =\n"
         "smtp_tls_security_level = may\n"
         "smtp_tls_CAfile = /etc/postfix/cacert.pem\n"))
-    assert policy == TlsPolicy(level="may", ca_file="/etc/postfix/cacert.pem", protocols=">=TLSv1")
+    # Postfix's default grade, medium, is tls_medium_cipherlist.
+    assert policy == TlsPolicy(level="may", ca_file="/etc/postfix/cacert.pem", protocols=">=TLSv1",
+                               ciphers="aNULL:-aNULL:HIGH:MEDIUM:+RC4:@STRENGTH")
     assert policy.offers_tls and not policy.requires_tls and not policy.verifies
     assert policy.cert_file == "" and policy.key_file == ""  # no client certificate by default
 
@@ -457,3 +459,27 @@ def test_may_handshake_does_not_check_the_certificate(pki, server):
 def test_client_and_server_share_one_describe():
     assert tls.describe is describe
     assert smtpd_service.describe is describe
+
+
+# --- cipher grades and exclusions (smtp_tls_ciphers at may, the mandatory ones above it)
+
+def test_the_cipher_grade_follows_the_level(tmp_path):
+    may = policy_from(tmp_path, "smtp_tls_security_level = may\nsmtp_tls_ciphers = high\n"
+                                "smtp_tls_exclude_ciphers = AES256\nsmtp_tls_mandatory_exclude_ciphers = CAMELLIA\n")
+    assert may.ciphers == "aNULL:-aNULL:HIGH:@STRENGTH:!AES256"
+    encrypt = policy_from(tmp_path, "smtp_tls_security_level = encrypt\nsmtp_tls_mandatory_ciphers = high\n"
+                                    "smtp_tls_exclude_ciphers = AES256\nsmtp_tls_mandatory_exclude_ciphers = CAMELLIA\n")
+    assert encrypt.ciphers == "aNULL:-aNULL:HIGH:@STRENGTH:!AES256:!CAMELLIA"
+    context = client_context(encrypt)
+    names = {cipher["name"] for cipher in context.get_ciphers() if cipher["protocol"] == "TLSv1.2"}
+    assert names and not any("AES256" in name or "CAMELLIA" in name for name in names)
+
+
+def test_lmtp_reads_its_own_cipher_parameters(tmp_path):
+    policy = policy_from(tmp_path, "lmtp_tls_security_level = may\nlmtp_tls_ciphers = high\n", prefix="lmtp")
+    assert policy.ciphers == "aNULL:-aNULL:HIGH:@STRENGTH"
+
+
+def test_an_unknown_grade_names_the_parameter(tmp_path):
+    with pytest.raises(ValueError, match=r"smtp_tls_ciphers: unknown cipher grade 'best'"):
+        policy_from(tmp_path, "smtp_tls_security_level = may\nsmtp_tls_ciphers = best\n")
