@@ -151,7 +151,9 @@ def test_access_map_bcc_adds_a_recipient_that_gets_no_notices(access_daemon):
 
 def test_the_header_from_login_check_refuses_an_owned_from_without_login(daemon_factory):
     daemon = daemon_factory(mydomain="example.com", myorigin="$mydomain", mydestination="",
-                            smtpd_sasl_auth_enable="yes", smtpd_sender_login_header_check="yes",
+                            smtpd_sasl_auth_enable="yes", smtpd_sasl_type="dovecot",
+                            smtpd_sasl_path="inet:127.0.0.1:9",   # never asked: nobody logs in here
+                            smtpd_sender_login_header_check="yes",
                             smtpd_sender_login_maps=table("logins", SEED_LOGIN_TABLE)).start()
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=20) as client:
         client.ehlo("client.example.test")
