@@ -71,7 +71,10 @@ class NewMessage:
     hold: bool = False            # HOLD: into the hold queue, not delivered until released
     discard: bool = False         # DISCARD: accepted, then dropped
     redirect: str = ""            # REDIRECT: this one recipient replaces all others
-    content_filter: str = ""      # FILTER transport:destination (not routed yet: cleanup warns)
+    # content_filter: transport:destination the whole message goes to before delivery (a content
+    # filter that re-injects it). smtpd and pickup set it from their content_filter parameter, a
+    # FILTER action replaces it; bounces and other notices have none.
+    content_filter: str = ""
     prepend: list[str] = field(default_factory=list)   # PREPEND: header lines, above Received:
 
 
@@ -96,6 +99,7 @@ class QueuedMessage:
     body_type: str | None = None
     smtputf8: bool = False
     delay_warned: bool = False    # a delay notice went out (delay_warning_time)
+    content_filter: str = ""      # transport:destination every pending recipient goes to (NewMessage's)
 
 
 @dataclass(slots=True)

@@ -206,7 +206,8 @@ def _queued_from_new(queue_id: str, message: NewMessage, now: float) -> QueuedMe
     return QueuedMessage(queue_id, queue, message.sender, recipients, len(message.content),
                          message.arrival_time or now, now, 0, message.message_id,
                          replace(message.client), message.origin, message.dsn_ret,
-                         message.dsn_envid, message.body_type, message.smtputf8)
+                         message.dsn_envid, message.body_type, message.smtputf8,
+                         content_filter=message.content_filter)
 
 
 def _copy(message: QueuedMessage) -> QueuedMessage:

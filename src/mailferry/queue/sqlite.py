@@ -37,7 +37,7 @@ from mailferry.message import (
 from mailferry.queue.queue_id import new_queue_ids, skip_past_queue_id
 from mailferry.queue.store import QueueError, QueueFull, QueueStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 10.0          # seconds a writer waits for another (e.g. postsuper -d ALL)
 QUICK_CHECK_MAX_BYTES = 64 << 20   # check at open only while that stays well under a second
 _ID_ATTEMPTS = 5
@@ -68,7 +68,8 @@ _SCHEMA = (
         body_type TEXT,
         smtputf8 INTEGER NOT NULL,
         content BLOB NOT NULL,
-        delay_warned INTEGER NOT NULL DEFAULT 0
+        delay_warned INTEGER NOT NULL DEFAULT 0,
+        content_filter TEXT NOT NULL DEFAULT ''
     )""",
     # The scheduler's question. Partial, so held mail costs it nothing.
     f"CREATE INDEX messages_due ON messages (next_attempt, arrival_time) WHERE queue != '{HOLD}'",
@@ -89,8 +90,9 @@ _SCHEMA = (
 
 _ENVELOPE = ("queue_id, queue, sender, arrival_time, next_attempt, attempts, size, message_id, "
              "client_name, client_address, client_port, client_helo, client_protocol, client_tls, "
-             "client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8, delay_warned")
-_INSERT_MESSAGE = f"INSERT INTO messages ({_ENVELOPE}, content) VALUES ({', '.join('?' * 23)})"
+             "client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8, delay_warned, "
+             "content_filter")
+_INSERT_MESSAGE = f"INSERT INTO messages ({_ENVELOPE}, content) VALUES ({', '.join('?' * 24)})"
 _INSERT_RECIPIENT = ("INSERT INTO recipients (queue_id, position, address, orcpt, notify, status, "
                      "dsn, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _RECIPIENT_COLUMNS = "queue_id, address, orcpt, notify, status, dsn, reason"
@@ -403,9 +405,12 @@ class SqliteQueueStore(QueueStore):
             if version == 0:
                 for statement in _SCHEMA:
                     connection.execute(statement)
-            elif version == 1:
-                # Version 2 remembers whether a delay warning was sent (delay_warning_time).
-                connection.execute("ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0")
+            elif version in (1, 2):
+                if version == 1:
+                    # Version 2 remembers whether a delay warning was sent (delay_warning_time).
+                    connection.execute("ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0")
+                # Version 3 stores the message's content filter (content_filter, FILTER).
+                connection.execute("ALTER TABLE messages ADD COLUMN content_filter TEXT NOT NULL DEFAULT ''")
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise QueueError(f"{self.path}: queue schema version {version}, "
@@ -572,7 +577,7 @@ def _rows_for(ids: list[str], messages: Sequence[NewMessage],
             message.message_id, client.name, client.address, client.port, client.helo,
             client.protocol, client.tls, client.sasl_username, client.uid, message.origin,
             message.dsn_ret,
-            message.dsn_envid, message.body_type, message.smtputf8, 0, content))
+            message.dsn_envid, message.body_type, message.smtputf8, 0, message.content_filter, content))
         recipient_rows += [
             (queue_id, position, recipient.address, recipient.orcpt, recipient.notify,
              recipient.status, recipient.dsn, recipient.reason)
@@ -584,12 +589,12 @@ def _queued_message(row: tuple, recipients: list[Recipient]) -> QueuedMessage:
     (queue_id, queue, sender, arrival_time, next_attempt, attempts, size, message_id,
      client_name, client_address, client_port, client_helo, client_protocol, client_tls,
      client_sasl_username, client_uid, origin, dsn_ret, dsn_envid, body_type, smtputf8,
-     delay_warned) = row
+     delay_warned, content_filter) = row
     client = ClientInfo(client_name, client_address, client_port, client_helo, client_protocol,
                         client_tls, client_sasl_username, client_uid)
     return QueuedMessage(queue_id, queue, sender, recipients, size, arrival_time, next_attempt,
                          attempts, message_id, client, origin, dsn_ret, dsn_envid, body_type,
-                         bool(smtputf8), bool(delay_warned))
+                         bool(smtputf8), bool(delay_warned), content_filter)
 
 
 def _all_recipients(connection: sqlite3.Connection) -> dict[str, list[Recipient]]:

@@ -20,7 +20,8 @@ def sample_message(number: int = 0, recipients: int = 2, size: int = 200, **fiel
                               notify="SUCCESS,FAILURE" if i % 2 else None)
                     for i in range(recipients)],
         content=content, client=client, origin="smtp", message_id=f"<{number}@example.org>",
-        dsn_ret="HDRS", dsn_envid=f"envid{number}", body_type="8BITMIME", smtputf8=bool(number % 2))
+        dsn_ret="HDRS", dsn_envid=f"envid{number}", body_type="8BITMIME", smtputf8=bool(number % 2),
+        content_filter=f"smtp:[127.0.0.{number % 250 + 1}]:10024" if number % 2 else "")
     for name, value in fields.items():
         setattr(message, name, value)
     return message

@@ -144,6 +144,7 @@ def test_a_version_1_queue_is_upgraded_in_place(tmp_path):
     store.close()
     with sqlite3.connect(path) as connection:
         connection.execute("ALTER TABLE messages DROP COLUMN delay_warned")
+        connection.execute("ALTER TABLE messages DROP COLUMN content_filter")
         connection.execute("PRAGMA user_version = 1")
     store = SqliteQueueStore(path)
     try:
@@ -153,6 +154,30 @@ def test_a_version_1_queue_is_upgraded_in_place(tmp_path):
         message.delay_warned = True
         store.update(message)
         assert store.get(ids[0]).delay_warned is True
+    finally:
+        store.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
+
+
+def test_a_version_2_queue_is_upgraded_in_place(tmp_path):
+    """Queues written before content filters existed keep their mail, unfiltered, and gain the column."""
+    path = tmp_path / "queue.db"
+    store = SqliteQueueStore(path)
+    ids = fill(store, 0, 3)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE messages DROP COLUMN content_filter")
+        connection.execute("PRAGMA user_version = 2")
+    store = SqliteQueueStore(path)
+    try:
+        assert sorted(m.queue_id for m in store.messages()) == sorted(ids)
+        assert all(problems_with(store, queue_id) == [] for queue_id in ids)
+        assert {store.get(queue_id).content_filter for queue_id in ids} == {""}
+        [filtered] = store.insert_many([self_checking_message(9, 1, b"x\r\n")])
+        assert store.get(filtered).content_filter == ""
+        [filtered] = store.insert_many([sample_message(1)])
+        assert store.get(filtered).content_filter == "smtp:[127.0.0.2]:10024"
     finally:
         store.close()
     with sqlite3.connect(path) as connection:

@@ -36,7 +36,7 @@ def test_insert_many_returns_ids_in_order_and_stores_every_field(store):
         assert queued.arrival_time <= queued.next_attempt
         assert queued.size == len(message.content)
         for name in ("sender", "recipients", "client", "origin", "message_id", "dsn_ret",
-                     "dsn_envid", "body_type", "smtputf8"):
+                     "dsn_envid", "body_type", "smtputf8", "content_filter"):
             assert getattr(queued, name) == getattr(message, name), name
         assert store.content(queue_id) == message.content
 
