@@ -85,8 +85,9 @@ class CleanupService:
         return queued
 
     def _restriction_actions(self, message: NewMessage) -> bool:
-        """smtpd's REDIRECT, DISCARD and FILTER (HOLD is the queue's: it stores the
-        message on hold). False when the message is not to be queued (DISCARD)."""
+        """smtpd's REDIRECT and DISCARD (HOLD is the queue's: it stores the message on hold;
+        FILTER, like content_filter, is qmgr's: it routes by the stored content_filter).
+        False when the message is not to be queued (DISCARD)."""
         if message.redirect:
             first = message.recipients[0] if message.recipients else Recipient(message.redirect)
             message.recipients = [Recipient(message.redirect, orcpt=first.orcpt, notify=first.notify)]
@@ -94,9 +95,6 @@ class CleanupService:
             self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
                                      f" from=<{message.sender}>")
             return False
-        if message.content_filter:
-            self.log.warning("cleanup", f"{message.queue_id}: FILTER {message.content_filter} is not supported"
-                                        " yet (docs/restrictions.md): the message is delivered without it")
         return True
 
     async def enqueue_notices(self, notices: Sequence[NewMessage],

@@ -30,20 +30,24 @@ class Intake(Protocol):
 
 
 class PickupService:
-    def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP):
+    def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP,
+                 content_filter: str = ""):
         self.queue_directory = queue_directory
         self.cleanup = cleanup
         self.log = log
         self.wakeup = wakeup
+        self.content_filter = content_filter   # content_filter as pickup sees it (main.cf, its -o)
         self._wakeup_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, cleanup: Intake, log: Log) -> PickupService:
-        return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master))
+        return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master),
+                   _content_filter(config, master))
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """The wakeup time of the new master.cf applies from the next wait."""
         self.wakeup = _wakeup_seconds(master)
+        self.content_filter = _content_filter(config, master)
 
     def wake(self) -> None:
         self._wakeup_event.set()
@@ -73,6 +77,7 @@ class PickupService:
             except FileNotFoundError:
                 continue
             queue_id = new_queue_id()
+            submission.message.content_filter = self.content_filter
             self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
             try:
                 await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
@@ -80,6 +85,14 @@ class PickupService:
                 self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
                 return
             await asyncio.to_thread(pickup.remove, path)
+
+
+def _content_filter(config: Config, master: MasterCf | None) -> str:
+    """content_filter for sendmail's mail: main.cf's, or the pickup service's -o content_filter=."""
+    service = master.find("pickup", "unix") if master is not None else None
+    if service is not None:
+        config = config.with_overrides(service.overrides, f"master.cf, line {service.line}")
+    return config.get("content_filter").strip()
 
 
 def _wakeup_seconds(master: MasterCf | None) -> float:

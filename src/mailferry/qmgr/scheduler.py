@@ -56,7 +56,7 @@ from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, PENDING, Deliv
 from mailferry.qmgr import bounce
 from mailferry.qmgr.bounce import DELAY_NOTICE, BounceSettings, Notice
 from mailferry.queue.store import QueueError
-from mailferry.routing.resolve import Resolver, Route, RoutingError
+from mailferry.routing.resolve import Resolver, Route, RoutingError, parse_transport
 
 # After a wake-up, let newly queued mail gather this long, so one queue scan and
 # one commit serve many messages under load (measured with bench/intake).
@@ -130,6 +130,7 @@ class SchedulerSettings:
     bounce_size_limit: int = 50000
     double_bounce_recipient: str = "postmaster"
     myorigin: str = ""
+    default_filter_nexthop: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> SchedulerSettings:
@@ -148,6 +149,7 @@ class SchedulerSettings:
             bounce_size_limit=config.integer("bounce_size_limit"),
             double_bounce_recipient=config.get("2bounce_notice_recipient"),
             myorigin=config.get("myorigin"),
+            default_filter_nexthop=config.get("default_filter_nexthop").strip(),
         )
 
     def bounce_settings(self) -> BounceSettings:
@@ -337,7 +339,8 @@ class Scheduler:
         attempted = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
         for recipient in attempted:
             try:
-                route = await self.resolver.resolve(recipient.address, message.sender)
+                route = (self._filter_route(message.content_filter, recipient.address) if message.content_filter
+                         else await self.resolver.resolve(recipient.address, message.sender))
             except RoutingError as error:
                 immediate.append((recipient, Route("qmgr", ""), outcome.routing_failure(error)))
                 continue
@@ -355,6 +358,15 @@ class Scheduler:
         elif jobs:
             await asyncio.gather(*jobs)
         await self._finish(message, content, attempted)
+
+    def _filter_route(self, content_filter: str, address: str) -> Route:
+        """content_filter or FILTER: every recipient goes to the filter's transport; with no
+        next hop, to default_filter_nexthop, else the recipient's domain (postconf(5))."""
+        route = parse_transport(content_filter)
+        if route.nexthop:
+            return route
+        domain = address.rpartition("@")[2] if "@" in address else self.settings.myhostname
+        return Route(route.transport, self.settings.default_filter_nexthop or domain)
 
     async def _run_job(self, message: QueuedMessage, content: bytes, route: Route,
                        recipients: list[Recipient], activated: float) -> None:

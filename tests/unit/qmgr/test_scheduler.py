@@ -841,3 +841,66 @@ def test_the_log_line_shows_the_message_age():
     h, _ = single_pass(message("bob@example.com", age=42))
     [(_, line)] = h.log.deliveries()
     assert line["delay"] == "42" and line["a"] == "42"
+
+
+# --- content filters (content_filter, the FILTER action)
+
+
+def filtered(content_filter, *recipients):
+    queued = message(*recipients)
+    queued.content_filter = content_filter
+    return queued
+
+
+def test_a_content_filter_takes_every_recipient_whatever_its_route():
+    """Local, bouncing and remote recipients alike go to the filter, in one job."""
+    relay, other = ScriptedAgent(), ScriptedAgent()
+    h, [queue_id] = single_pass(
+        filtered("other:[127.0.0.1]:10024", "a@example.com", "b@bad.example", "c@remote.example"),
+        routing=SCRIPTED, agents={"relay": relay, "other": other})
+    assert other.jobs == [("[127.0.0.1]:10024", ["a@example.com", "b@bad.example", "c@remote.example"])]
+    assert relay.jobs == []
+    assert [program for program, _ in h.log.deliveries()] == ["other"] * 3
+    assert [line["status"] for _, line in h.log.deliveries()] == ["sent"] * 3
+    assert h.store.get(queue_id) is None
+
+
+def test_unfiltered_mail_is_routed_as_usual():
+    relay, other = ScriptedAgent(), ScriptedAgent()
+    single_pass(filtered("", "c@remote.example"), routing=SCRIPTED, agents={"relay": relay, "other": other})
+    assert relay.jobs == [("remote.example", ["c@remote.example"])] and other.jobs == []
+
+
+def test_a_content_filter_without_a_next_hop_uses_the_recipient_domain():
+    """postconf(5) default_filter_nexthop: empty means the domain in the recipient address."""
+    other = ScriptedAgent()
+    single_pass(filtered("other:", "a@one.example", "b@two.example", "c@one.example"),
+                routing=SCRIPTED, agents={"other": other})
+    assert sorted(other.jobs) == [("one.example", ["a@one.example", "c@one.example"]),
+                                  ("two.example", ["b@two.example"])]
+
+
+def test_default_filter_nexthop_replaces_the_recipient_domain():
+    other = ScriptedAgent()
+    settings = SchedulerSettings(minimal_backoff_time=300, maximal_backoff_time=4000,
+                                 default_filter_nexthop="[127.0.0.1]:10026")
+    single_pass(filtered("other:", "a@one.example", "b@two.example"),
+                routing=SCRIPTED, agents={"other": other}, settings=settings)
+    assert other.jobs == [("[127.0.0.1]:10026", ["a@one.example", "b@two.example"])]
+
+
+def test_a_content_filter_on_a_transport_master_cf_lacks_defers():
+    h, [queue_id] = single_pass(filtered("nosuch:[127.0.0.1]:10024", "a@remote.example"), routing=SCRIPTED)
+    [(_, line)] = h.log.deliveries()
+    assert (line["status"], line["dsn"]) == ("deferred", "4.3.0")
+    assert "mail transport unavailable" in line["reason"]
+    assert h.store.get(queue_id).content_filter == "nosuch:[127.0.0.1]:10024"
+
+
+def test_a_filtered_message_that_is_deferred_goes_to_the_filter_again():
+    other = ScriptedAgent(script={"a@remote.example": outcome.deferred("4.4.1", "connect refused")})
+    h, [queue_id] = single_pass(filtered("other:[127.0.0.1]:10024", "a@remote.example"),
+                                routing=SCRIPTED, agents={"other": other})
+    stored = h.store.get(queue_id)
+    assert stored.content_filter == "other:[127.0.0.1]:10024"
+    assert [r.status for r in stored.recipients] == ["deferred"]
