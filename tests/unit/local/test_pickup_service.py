@@ -21,6 +21,7 @@ class Cleanup:
     def __init__(self, fail: Exception | None = None):
         self.fail = fail
         self.enqueued: list[tuple[str, str, str]] = []   # (queue_id, sender, full_name)
+        self.messages = []
         self.arrived = asyncio.Event()
 
     async def enqueue(self, message, queue_id, full_name=""):
@@ -28,6 +29,7 @@ class Cleanup:
         if self.fail is not None:
             raise self.fail
         self.enqueued.append((queue_id, message.sender, full_name))
+        self.messages.append(message)
         return queue_id
 
 
@@ -121,6 +123,26 @@ def test_the_wakeup_time_comes_from_master_cf_and_changes_on_reload(queue_direct
     assert service.wakeup == 90.0
     service.reload(config, parse_master_cf("", "master.cf"))
     assert service.wakeup == DEFAULT_WAKEUP
+
+
+def test_mail_gets_the_content_filter_pickup_sees_and_reload_changes_it(queue_directory):
+    """content_filter from main.cf, or from the pickup service's -o in master.cf (Postfix's
+    pickup stamps it on each message, as smtpd does)."""
+    config = Config("/nonexistent", parse_main_cf(f"queue_directory = {queue_directory}\n"
+                                                   "content_filter = smtp:[127.0.0.1]:10024\n", "main.cf"))
+    plain = parse_master_cf("pickup unix n - n 60 1 pickup\n", "master.cf")
+    cleanup = Cleanup()
+    service = PickupService.from_config(config, plain, cleanup, ListLog())
+    drop(queue_directory)
+    asyncio.run(service.pick_up_all())
+    service.reload(config, parse_master_cf("pickup unix n - n 60 1 pickup -o content_filter=\n", "master.cf"))
+    drop(queue_directory)
+    asyncio.run(service.pick_up_all())
+    service.reload(config, parse_master_cf("pickup unix n - n 60 1 pickup -o content_filter=lmtp:unix:f\n",
+                                           "master.cf"))
+    drop(queue_directory)
+    asyncio.run(service.pick_up_all())
+    assert [m.content_filter for m in cleanup.messages] == ["smtp:[127.0.0.1]:10024", "", "lmtp:unix:f"]
 
 
 def test_a_wakeup_during_a_scan_brings_another_scan_before_the_timer(queue_directory):

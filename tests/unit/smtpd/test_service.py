@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
+from mailferry.config.mastercf import parse_master_cf
 import asyncio
 
 from mailferry.policy.facts import SessionFacts
 from mailferry.policy.session import SessionPolicy
-from mailferry.smtpd.service import ServiceProfile
+from mailferry.smtpd.service import ServiceProfile, service_view
 
 MAIN_CF = """\
 myhostname = mx.example.test
@@ -50,3 +51,16 @@ def test_the_session_settings_come_from_main_cf(tmp_path):
 def test_starttls_is_offered_only_with_a_certificate(tmp_path):
     assert not profile(tmp_path).settings.starttls
     assert profile(tmp_path, tls_context=object()).settings.starttls
+
+
+def test_content_filter_is_the_services_view_of_it(tmp_path):
+    """main.cf's content_filter, unless the master.cf service says -o content_filter= (the
+    re-injection service of FILTER_README)."""
+    config = Config(str(tmp_path), parse_main_cf(MAIN_CF + "content_filter = smtp:[127.0.0.1]:10024\n",
+                                                 str(tmp_path / "main.cf")))
+    master = parse_master_cf("smtp inet n - n - - smtpd\n"
+                             "127.0.0.1:10025 inet n - n - - smtpd -o content_filter=\n", "master.cf")
+    views = [service_view(config, service) for service in master.services]
+    assert [ServiceProfile.from_config(view, None).content_filter for view in views] == \
+        ["smtp:[127.0.0.1]:10024", ""]
+    assert profile(tmp_path).content_filter == ""
