@@ -112,6 +112,9 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "default_destination_concurrency_limit",
     "default_destination_recipient_limit",
     "delay_warning_time",
+    # Content filters (smtpd and pickup stamp it, qmgr routes by it; docs/content-filter.md)
+    "content_filter",
+    "default_filter_nexthop",
     "mailbox_transport",
     "maximal_backoff_time",
     "maximal_queue_lifetime",
