@@ -1,6 +1,6 @@
 """The one place where a receiving-side failure becomes its SMTP reply.
 
-smtpd, relay control and `sendmail -bs` report every refusal that is theirs
+smtpd, the restriction engine (policy/) and `sendmail -bs` report every refusal that is theirs
 to make through this module, as delivery agents report through
 delivery/outcome.py: a queue that is full or cannot write, a lookup that
 failed for now, a TLS layer that is not there, a restriction that said no.
@@ -15,7 +15,7 @@ A restriction reports a Refusal with its action:
     DEFER             refuse now, for a while (defer_code)
     DEFER_IF_PERMIT   refuse for a while only if the restrictions that
                       follow end in a permit (Postfix's defer_if_permit)
-and the codes come from one RestrictionCodes, built from main.cf.
+The codes come from main.cf through policy/settings.py, which passes them here.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 from mailferry.protocol.replies import Reply
 
-if TYPE_CHECKING:   # for annotations only: `sendmail -bs` starts without config/ and queue/
-    from mailferry.config.config import Config
+if TYPE_CHECKING:   # for annotations only: `sendmail -bs` starts without queue/
     from mailferry.queue.store import QueueError
 
 REJECT = "reject"
@@ -56,47 +55,6 @@ class Refusal:
     action: str = REJECT
     log_reason: str = ""
     warning: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RestrictionCodes:
-    """The reply codes restrictions use. The names are Postfix's parameters;
-    only those mailferry reads from main.cf so far come from it, the others
-    keep Postfix's defaults."""
-
-    reject: int = 554                   # reject_code
-    defer: int = 450                    # defer_code
-    relay_domains_reject: int = 554     # relay_domains_reject_code
-
-    @classmethod
-    def from_config(cls, config: Config) -> RestrictionCodes:
-        return cls(relay_domains_reject=config.integer("relay_domains_reject_code"))
-
-    def code_for(self, action: str) -> int:
-        return self.reject if action == REJECT else self.defer
-
-
-def restriction(action: str, codes: RestrictionCodes, detail: str, text: str, log_reason: str,
-                code: int | None = None) -> Refusal:
-    """A restriction's refusal. `detail` is the enhanced status without its
-    class ("7.1"): the class follows the action, 5 for REJECT, 4 otherwise.
-    `code` replaces the action's code (relay_domains_reject_code...)."""
-    status_class = "5" if action == REJECT else "4"
-    reply = Reply(code or codes.code_for(action), f"{status_class}.{detail}", text)
-    return Refusal(reply, action, log_reason)
-
-
-def access_denied(action: str, codes: RestrictionCodes, name: str, reply_class: str,
-                  log_reason: str) -> Refusal:
-    """`reject` and its kin: "<name>: Recipient address rejected: Access denied"."""
-    return restriction(action, codes, "7.1", f"<{name}>: {reply_class} rejected: Access denied", log_reason)
-
-
-def relay_access_denied(action: str, codes: RestrictionCodes, address: str, log_reason: str) -> Refusal:
-    """reject_unauth_destination (relay_domains_reject_code) and
-    defer_unauth_destination (defer_code)."""
-    code = codes.relay_domains_reject if action == REJECT else None
-    return restriction(action, codes, "7.1", f"<{address}>: Relay access denied", log_reason, code)
 
 
 def server_configuration_error(restriction_name: str) -> Refusal:

@@ -14,7 +14,7 @@ from mailferry import refusals
 from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
 from mailferry.queue.store import QueueError, QueueFull
-from mailferry.refusals import DEFER, DEFER_IF_PERMIT, RECIPIENT, REJECT, RestrictionCodes
+from mailferry.refusals import DEFER, REJECT
 
 
 def wire(refusal: refusals.Refusal) -> bytes:
@@ -55,43 +55,6 @@ def test_an_unknown_restriction_is_a_server_configuration_error_with_a_warning()
     refusal = refusals.server_configuration_error("permit_mynetwork")
     assert wire(refusal) == b"451 4.3.5 Server configuration error\r\n"
     assert refusal.warning == 'unknown smtpd restriction: "permit_mynetwork"'
-
-
-def test_access_denied_names_the_address_and_what_was_judged():
-    refusal = refusals.access_denied(REJECT, RestrictionCodes(), "bob@example.com", RECIPIENT, "reject")
-    assert wire(refusal) == b"554 5.7.1 <bob@example.com>: Recipient address rejected: Access denied\r\n"
-    assert refusal.log_reason == "reject"
-
-
-@pytest.mark.parametrize("action, expected", [
-    (REJECT, b"554 5.7.1 <carol@remote.example>: Relay access denied\r\n"),
-    (DEFER, b"450 4.7.1 <carol@remote.example>: Relay access denied\r\n"),
-])
-def test_relay_access_denied(action, expected):
-    refusal = refusals.relay_access_denied(action, RestrictionCodes(), "carol@remote.example", "x")
-    assert wire(refusal) == expected
-    assert refusal.action == action
-
-
-def test_relay_domains_reject_code_is_for_reject_only():
-    codes = RestrictionCodes(reject=550, defer=451, relay_domains_reject=553)
-    assert refusals.relay_access_denied(REJECT, codes, "a@b.example", "x").reply.code == 553
-    assert refusals.relay_access_denied(DEFER, codes, "a@b.example", "x").reply.code == 451
-
-
-@pytest.mark.parametrize("action, code, enhanced", [
-    (REJECT, 550, "5.7.1"), (DEFER, 451, "4.7.1"), (DEFER_IF_PERMIT, 451, "4.7.1"),
-])
-def test_a_restriction_takes_its_code_and_status_class_from_its_action(action, code, enhanced):
-    refusal = refusals.restriction(action, RestrictionCodes(reject=550, defer=451), "7.1", "text", "why")
-    assert (refusal.reply.code, refusal.reply.enhanced, refusal.action) == (code, enhanced, action)
-
-
-def test_restriction_codes_read_relay_domains_reject_code_from_main_cf(tmp_path):
-    config = Config(str(tmp_path), parse_main_cf("relay_domains_reject_code = 550\n", str(tmp_path / "main.cf")))
-    assert RestrictionCodes.from_config(config) == RestrictionCodes(relay_domains_reject=550)
-    default = Config(str(tmp_path), parse_main_cf("", str(tmp_path / "main.cf")))
-    assert RestrictionCodes.from_config(default) == RestrictionCodes(reject=554, defer=450, relay_domains_reject=554)
 
 
 def test_session_refusals_of_the_application():
