@@ -30,10 +30,22 @@ from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
 from mailferry.message import NewMessage, Recipient
 from mailferry.queue import QueueError, new_queue_id
+from mailferry.refusals import Refusal
 from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
 
 T = TypeVar("T")
+
+
+class ContentRefused(Exception):
+    """A content check (header_checks, body_checks: REJECT) or a milter (reject, tempfail, a
+    custom reply) refused the message at the end of its data. Nothing was queued. smtpd answers
+    with `refusal.reply` in place of its 250; pickup returns the message to its sender, as
+    Postfix's cleanup does for mail that sendmail submitted."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.reply.text)
+        self.refusal = refusal
 
 
 class Committer(Protocol):

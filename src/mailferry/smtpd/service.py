@@ -37,6 +37,7 @@ from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from mailferry.cleanup.rewrite import RewriteDeferred
+from mailferry.cleanup.service import ContentRefused
 from mailferry.queue.store import QueueError
 from mailferry.tables import TableError
 from mailferry.tables.match_lists import NetworkList
@@ -516,6 +517,9 @@ class Session(asyncio.Protocol):
         self.policy.end_transaction()
         try:
             await self.service.cleanup.enqueue(message, queue_id)
+        except ContentRefused as problem:
+            # cleanup logged its reject line, as Postfix's cleanup does; smtpd only answers.
+            self.conn.refuse(problem.refusal.reply)
         except RewriteDeferred as problem:
             # cleanup logged its warning, as Postfix's does; smtpd only answers.
             self.conn.refuse(refusals.rewrite_failure(problem.enhanced_status, problem.reply_text,
