@@ -254,3 +254,26 @@ def auth_rate_exceeded(address: str, rate: int, service: str) -> Refusal:
     """smtpd_client_auth_rate_limit: too many AUTH commands in anvil_rate_time_unit."""
     return Refusal(Reply(450, "4.7.1", f"Error: too many AUTH commands from {address}"), DEFER,
                    f"AUTH command rate limit exceeded: {rate}")
+
+
+# --- cleanup's content checks (header_checks, body_checks; cleanup_message.c, smtpd.c)
+
+def content_rejected(reason: str) -> Refusal:
+    """A REJECT action: `reason` is "5.7.1 text" (cleanup's CLEANUP_STAT_CONT, answered with
+    550) or, when the table gave a 4.x.x status, "4.7.1 text" (CLEANUP_STAT_DEFER: 451)."""
+    status, _, text = reason.partition(" ")
+    if status.startswith("4"):
+        return Refusal(Reply(451, status, text), DEFER, "content rejected for now")
+    return Refusal(Reply(550, status, text), REJECT, "content rejected")
+
+
+def content_check_lookup_failure(parameter: str) -> Refusal:
+    """A header or body checks table failed for now: Postfix's cleanup fails the message with
+    CLEANUP_STAT_WRITE, which smtpd answers as a queue file write error."""
+    return Refusal(Reply(451, "4.3.0", "Error: queue file write error"), DEFER,
+                   f"{parameter} map lookup problem -- message not accepted, try again later")
+
+
+def mime_structure_error(text: str) -> Refusal:
+    """strict_mime_encoding_domain or mime_nesting_limit refused the message (5.6.0)."""
+    return Refusal(Reply(550, "5.6.0", text), REJECT, f"mime-error {text}")

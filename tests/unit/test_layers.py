@@ -24,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"tables"},                     # lookup tables, by type (dict_*)
     {"config"},                     # main.cf, master.cf, the parameter table, check
     {"queue"},                      # storage only
-    {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
+    {"routing", "refusals", "content"},   # trivial-rewrite; receiving-side failures into replies; MIME, header/body checks
     {"auth"},                       # SMTP AUTH, server side (xsasl)
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager

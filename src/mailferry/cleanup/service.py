@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from mailferry.cleanup.checks import ContentChecks
 from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
 from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
 from mailferry.config.config import Config
@@ -60,8 +61,9 @@ class Committer(Protocol):
 class CleanupService:
     def __init__(self, settings: CleanupSettings, committer: Committer, log: Log,
                  is_local_client: Callable[[str], bool], on_queued: Callable[[], None],
-                 rewriter: AddressRewriter | None = None):
+                 rewriter: AddressRewriter | None = None, checks: ContentChecks | None = None):
         self.settings = settings
+        self.checks = checks or ContentChecks.none(log)
         self.rewriter = rewriter or AddressRewriter(None, None, None, None, None)
         self.committer = committer
         self.log = log
@@ -73,7 +75,8 @@ class CleanupService:
                     on_queued: Callable[[], None]) -> CleanupService:
         """`on_queued` is called after each message from smtpd or pickup is durable."""
         return cls(CleanupSettings.from_config(config), committer, log,
-                   local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config))
+                   local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config),
+                   ContentChecks.from_config(config, log))
 
     def reload(self, config: Config) -> None:
         self.settings = CleanupSettings.from_config(config)
@@ -83,11 +86,16 @@ class CleanupService:
         except TableError as problem:
             # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
             self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
+        try:
+            self.checks = ContentChecks.from_config(config, self.log)
+        except TableError as problem:
+            self.log.warning("cleanup", f"reload: {problem}; keeping the header and body checks loaded before")
 
     async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
+        await self.checks.apply(message)
         await self._rewrite(message, add_headers)
         self._log_message_id(message)
         if not self._restriction_actions(message):

@@ -77,6 +77,7 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
+    receive_overrides: frozenset[str] = frozenset()   # receive_override_options, for cleanup
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -91,7 +92,8 @@ class ServiceProfile:
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip())
+                   content_filter=config.get("content_filter").strip(),
+                   receive_overrides=frozenset(config.list("receive_override_options")))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -512,7 +514,8 @@ class Session(asyncio.Protocol):
             origin="smtp", dsn_ret=mail.params.ret, dsn_envid=mail.params.envid,
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
             hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
-            content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend))
+            content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend),
+            receive_overrides=self.profile.receive_overrides)
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         self.policy.end_transaction()
         try:
