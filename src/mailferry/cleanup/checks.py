@@ -33,6 +33,7 @@ class ContentChecks:
         self.limits = limits
         self.log = log
         self.active = tables.any or limits.strict_encoding
+        self._discarded: set[str] = set()   # queue IDs whose DISCARD this module logged
 
     @classmethod
     def from_config(cls, config: Config, log: Log) -> ContentChecks:
@@ -42,6 +43,13 @@ class ContentChecks:
     @classmethod
     def none(cls, log: Log) -> ContentChecks:
         return cls(CheckTables(), Limits(), log)
+
+    def logged_discard(self, queue_id: str) -> bool:
+        """Whether a DISCARD action decided (and logged) the discard of this message."""
+        if queue_id in self._discarded:
+            self._discarded.discard(queue_id)
+            return True
+        return False
 
     def close(self) -> None:
         content_settings.close(self.tables)
@@ -59,6 +67,8 @@ class ContentChecks:
             from mailferry.cleanup.service import ContentRefused
             raise ContentRefused(refusal)
         _carry_out(message, verdict)
+        if verdict.discard:
+            self._discarded.add(message.queue_id)
 
     def _log(self, message: NewMessage, verdict: Verdict) -> None:
         queue_id = message.queue_id

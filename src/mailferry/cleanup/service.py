@@ -112,8 +112,9 @@ class CleanupService:
             first = message.recipients[0] if message.recipients else Recipient(message.redirect)
             message.recipients = [Recipient(message.redirect, orcpt=first.orcpt, notify=first.notify)]
         if message.discard:
-            self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
-                                     f" from=<{message.sender}>")
+            if not self.checks.logged_discard(message.queue_id):   # a DISCARD action logged its own
+                self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
+                                         f" from=<{message.sender}>")
             return False
         return True
 

@@ -8,8 +8,9 @@ a stream of events:
 - Header: one logical header (a field with its continuation lines, joined with
   "\n" as Postfix keeps them), with the header block it belongs to: PRIMARY
   (the message's own), MULTIPART (a body part's, after a boundary) or NESTED
-  (an attached message/rfc822). Past `header_limit` (header_size_limit) bytes
-  the rest of a header is dropped, as Postfix drops it.
+  (an attached message/rfc822). From the first continuation line that would take
+  it past `header_limit` (header_size_limit) bytes, the rest of a header is dropped,
+  as Postfix drops it.
 - Body: one body line or piece of one, with its offset in the current body part
   (body_checks_size_limit counts from there), multipart boundary lines included.
 
@@ -169,6 +170,7 @@ class MimeParser:
         self._header_start = 0
         self._header_end = 0
         self._truncated = False
+        self._dropping = False
         self._previous_continued = False
         self._body_offset = 0
 
@@ -210,6 +212,7 @@ class MimeParser:
                 self._header = bytearray(text[:name_length])
                 self._header += text[name_length:].lstrip(b" \t")
                 self._truncated = len(self._header) != len(text)  # "Name :" was normalized
+                self._dropping = False
                 self._header_start, self._header_end = start, end
                 self._previous_continued = continued
                 return events
@@ -221,12 +224,16 @@ class MimeParser:
     def _append_header(self, text: bytes, joined: bool) -> None:
         header = self._header
         assert header is not None
-        if len(header) < self.header_limit:
+        added = len(text) + (0 if joined else 1)
+        # Measured against Postfix 3.7: a continuation line is kept only when the whole header,
+        # with it, stays within header_size_limit; from the first line that does not fit, the
+        # rest of the header is dropped.
+        if not self._dropping and len(header) + added <= self.header_limit:
             if not joined:
                 header += b"\n"
             header += text
         else:
-            self._truncated = True
+            self._truncated = self._dropping = True
 
     def _flush_header(self) -> Header | None:
         header = self._header
