@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 
 class NoticeIntake(Protocol):
+    on_queued: Callable[[], None]    # wakes qmgr: cleanup calls it for smtpd's and pickup's mail
+
     async def enqueue_notices(self, notices: Sequence[NewMessage],
                               then: Callable[[list[str] | Exception], T]) -> T: ...
 
@@ -56,6 +58,8 @@ async def return_to_sender(message: NewMessage, queue_id: str, refusal: Refusal,
         return ids
 
     ids = await cleanup.enqueue_notices([n.message for n in notices], record)
+    if ids:
+        cleanup.on_queued()
     delay = max(0.0, now - (message.arrival_time or now))
     for recipient in failed:
         log.line("cleanup", f"{queue_id}: to=<{recipient.address}>, relay=none, delay={delay:.2g}, "
