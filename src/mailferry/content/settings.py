@@ -15,7 +15,12 @@ from mailferry.syntax import split_list
 from mailferry.tables import Maps, open_table
 from mailferry.tables.result import MISSING, LookupResult
 
-KINDS = ("header_checks", "mime_header_checks", "nested_header_checks", "body_checks")
+# The parameters of each side, in the order of CheckTables' fields.
+NAMES = {
+    "": ("header_checks", "mime_header_checks", "nested_header_checks", "body_checks"),
+    "smtp_": ("smtp_header_checks", "smtp_mime_header_checks", "smtp_nested_header_checks", "smtp_body_checks"),
+    "lmtp_": ("lmtp_header_checks", "lmtp_mime_header_checks", "lmtp_nested_header_checks", "lmtp_body_checks"),
+}
 
 
 class CheckMaps:
@@ -40,7 +45,7 @@ class CheckMaps:
 def check_tables(config: Config, prefix: str = "") -> CheckTables:
     """`prefix` is "" for cleanup, "smtp_" or "lmtp_" for the delivery agents.
     Raises TableError for a table that cannot be opened."""
-    names = tuple(prefix + kind for kind in KINDS)
+    names = NAMES[prefix]
     opened: dict[str, CheckMaps] = {}
     found: list[CheckMaps | None] = []
     for name in names:
