@@ -14,8 +14,8 @@ after clean().
 Notices that qmgr makes (bounces, delay warnings, postmaster copies) pass
 here too, through `clean_notice`: bounce wrote all their headers and their
 addresses are complete, so nothing is added to them, but the steps that
-apply to every message (address rewriting; header checks: planned)
-belong to both paths.
+apply to every message (address rewriting) belong to both paths. Header and body
+checks (cleanup/checks.py) apply only to mail from smtpd and pickup, as in Postfix.
 """
 
 from __future__ import annotations
