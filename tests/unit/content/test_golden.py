@@ -15,19 +15,9 @@ from mailferry.config.config import Config
 from mailferry.config.maincf import parse_main_cf
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from tests.golden.content_checks.cases import BODY_CHECKS, CASES, HEADER_CHECKS, RECIPIENT, SETTINGS, table_text
+from tests.unit.listlog import ListLog
 
 SINK_PORT = 2599
-
-
-class Log:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append(text)
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append(f"warning: {text}")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def tables(tmp_path_factory):
 
 
 def run(case, config) -> tuple[str, NewMessage, list[str]]:
-    log = Log()
+    log = ListLog()
     checks = ContentChecks.from_config(config, log)
     message = NewMessage(case.sender, [Recipient(RECIPIENT)], case.message(SINK_PORT),
                          ClientInfo("localhost", "127.0.0.1", helo="client.test"), queue_id="4ABC")
@@ -50,8 +40,8 @@ def run(case, config) -> tuple[str, NewMessage, list[str]]:
         asyncio.run(checks.apply(message))
     except ContentRefused as refused:
         reply = refused.refusal.reply
-        return f"{reply.code} {reply.enhanced} {reply.text}", message, log.lines
-    return "250", message, log.lines
+        return f"{reply.code} {reply.enhanced} {reply.text}", message, log.texts()
+    return "250", message, log.texts()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
