@@ -87,7 +87,8 @@ class CleanupService:
             # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
             self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
         try:
-            self.checks = ContentChecks.from_config(config, self.log)
+            self.checks, replaced = ContentChecks.from_config(config, self.log), self.checks
+            replaced.close()
         except TableError as problem:
             self.log.warning("cleanup", f"reload: {problem}; keeping the header and body checks loaded before")
 
