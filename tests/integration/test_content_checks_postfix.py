@@ -17,7 +17,9 @@ import re
 import shutil
 import smtplib
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +46,8 @@ def write_tables(directory, sink_port: int) -> dict[str, str]:
 class Side:
     """One server under test: how to send to it and what became of each message."""
 
-    def __init__(self, name: str, port: int, sink: SmtpSink, log_path, held_senders):
+    def __init__(self, name: str, port: int, sink: SmtpSink, log_path, held_senders, sendmail):
+        self.sendmail = sendmail           # the command line of this side's sendmail, before its arguments
         self.name = name
         self.port = port
         self.sink = sink
@@ -146,8 +149,10 @@ def sides():
                                  smtpd_master_cf(mf_port), mf_port)
         daemon.start()
         started.append(daemon)
-        both = [Side("postfix", pf_port, sinks[0], postfix.log_file, postfix_held(postfix)),
-                Side("mailferry", mf_port, sinks[1], daemon.log_path, mailferry_held(daemon))]
+        both = [Side("postfix", pf_port, sinks[0], postfix.log_file, postfix_held(postfix),
+                     ["/usr/sbin/sendmail", "-C", str(postfix.config_dir)]),
+                Side("mailferry", mf_port, sinks[1], daemon.log_path, mailferry_held(daemon),
+                     [str(Path(sys.executable).parent / "mailferry-sendmail"), "-C", str(daemon.config_dir)])]
         for case in CASES:
             for side in both:
                 side.send(case)
@@ -191,3 +196,33 @@ def _normalized(line: str) -> str:
     """What differs between the two servers by setup: the client's name and each one's sink port."""
     line = re.sub(r" from [^ ;]+\[127\.0\.0\.1\];", " from CLIENT;", line)
     return re.sub(r"\[127\.0\.0\.1\]:\d+", "[127.0.0.1]:SINKPORT", line)
+
+
+def test_sendmail_mail_a_check_rejects_returns_to_its_sender_as_postfix_does(sides):
+    """Postfix's pickup asks cleanup to bounce: the reject line, each recipient bounced, a
+    non-delivery notice to the sender with the reply's text."""
+    both, _ = sides
+    found = {}
+    for side in both:
+        result = subprocess.run([*side.sendmail, "-f", "author@dest.test", RECIPIENT],
+                                input=b"Subject: from sendmail: reject me\n\nHello.\n", capture_output=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 60
+        notices = []
+        while not notices and time.monotonic() < deadline:
+            notices = [m for m in side.sink.messages() if m.sender == "" and "author@dest.test" in m.recipients]
+            time.sleep(0.2)
+        assert notices, f"{side.name}: no notice reached the sink"
+        assert b"<rcpt@dest.test>: Not from the command line" in notices[0].message
+        log = side.log()
+        found[side.name] = [
+            re.findall(r"/cleanup\[\d+\]: \w+: (reject: header Subject: from sendmail: reject me from local; .*)$",
+                       log, re.MULTILINE),
+            [re.sub(r"delay=[\d.]+, delays=[\d./]+", "delay=D", line) for line in
+             re.findall(r"/cleanup\[\d+\]: \w+: (to=<rcpt@dest\.test>, relay=none, .*status=bounced .*)$", log,
+                        re.MULTILINE)],
+            len(re.findall(r"/bounce\[\d+\]: \w+: sender non-delivery notification: \w+$", log, re.MULTILINE))]
+    assert found["postfix"][0] == ["reject: header Subject: from sendmail: reject me from local; "
+                                   "from=<author@dest.test> to=<rcpt@dest.test>: 5.7.1 Not from the command line"]
+    assert found["mailferry"] == found["postfix"]
