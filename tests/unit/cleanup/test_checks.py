@@ -89,3 +89,26 @@ def test_no_checks_configured_means_nothing_is_parsed(tmp_path):
     config = Config(str(tmp_path), parse_main_cf("", str(tmp_path / "main.cf")))
     checks = ContentChecks.from_config(config, ListLog())
     assert not checks.active
+
+
+def test_strict_mime_encoding_domain_rejects_as_postfix_3_7_does(tmp_path):
+    """Reply and log line as real Postfix 3.7.11 gave them for this message (checked by hand)."""
+    content = (b"Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n")
+    with pytest.raises(ContentRefused) as refused:
+        enqueue(tmp_path, "", NewMessage("s@x.test", [Recipient("r@dest.test")], content, LOCAL),
+                "strict_mime_encoding_domain = yes\n")
+    reply = refused.value.refusal.reply
+    assert (reply.code, reply.enhanced, reply.text) == (550, "5.6.0", "invalid message/* or multipart/* encoding domain")
+
+
+def test_the_mime_error_log_line(tmp_path):
+    content = b"Content-Type: multipart/mixed; boundary=b\r\nContent-Transfer-Encoding: base64\r\n\r\n--b--\r\n"
+    log = ListLog()
+    config = Config(str(tmp_path), parse_main_cf("strict_mime_encoding_domain = yes\n", str(tmp_path / "main.cf")))
+    checks = ContentChecks.from_config(config, log)
+    with pytest.raises(ContentRefused):
+        asyncio.run(checks.apply(NewMessage("s@x.test", [Recipient("r@dest.test")], content, LOCAL,
+                                            queue_id="49C1021E3DF")))
+    assert log.texts() == ["49C1021E3DF: reject: mime-error invalid message/* or multipart/* encoding domain: "
+                           "base64 from localhost[127.0.0.1]; from=<s@x.test> to=<r@dest.test>"]
