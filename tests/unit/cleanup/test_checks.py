@@ -112,3 +112,21 @@ def test_the_mime_error_log_line(tmp_path):
                                             queue_id="49C1021E3DF")))
     assert log.texts() == ["49C1021E3DF: reject: mime-error invalid message/* or multipart/* encoding domain: "
                            "base64 from localhost[127.0.0.1]; from=<s@x.test> to=<r@dest.test>"]
+
+
+def test_a_checks_table_that_fails_for_now_refuses_with_451_never_an_accept():
+    from mailferry.content.checks import CheckTables, Limits
+    from mailferry.tables import tempfail
+
+    class Down:
+        async def lookup(self, key):
+            return tempfail("ldap server down")
+
+    log = ListLog()
+    checks = ContentChecks(CheckTables(header=Down()), Limits(), log)
+    with pytest.raises(ContentRefused) as refused:
+        asyncio.run(checks.apply(message(queue_id="4F00BA5")))
+    reply = refused.value.refusal.reply
+    assert (reply.code, reply.enhanced, reply.text) == (451, "4.3.0", "Error: queue file write error")
+    assert log.texts() == ["warning: 4F00BA5: header_checks map lookup problem -- message not accepted, "
+                           "try again later"]
