@@ -40,6 +40,7 @@ class SessionMilters:
         self.recipient: str | None = None
         self.hold_reason = ""
         self.discard = False
+        self.queue_id = ""   # the message's, for `i` in the content phase (the session has moved on)
 
     # --- the macros (Postfix's smtpd_milter_eval)
     def macro(self, name: str) -> str | None:
@@ -55,7 +56,7 @@ class SessionMilters:
             "{client_addr}": session.address, "{client_port}": str(session.port),
             "{client_name}": facts.client_name, "{client_ptr}": facts.reverse_client_name,
             "{daemon_addr}": facts.server_address, "{daemon_port}": str(facts.server_port),
-            "i": session.queue_id or None,
+            "i": session.queue_id or self.queue_id or None,
         }
         if name in values:
             return values[name]
@@ -87,13 +88,18 @@ class SessionMilters:
         code = 421 if verdict.kind == SHUTDOWN or verdict.reply.startswith("421") else int(verdict.reply[:3])
         if code == 421 or code >= 500:
             return refusals.milter_connect_refusal(self.myhostname, code)
-        return None   # a 4xx: the milter answers the commands that follow with it
+        return None   # a 4xx: 220, and the milter answers the commands that follow with it
 
     async def helo(self, name: str) -> refusals.Refusal | None:
-        return self._decide(await self.milters.helo(name), "HELO")
+        """As Postfix (Sendmail compatibility): a reject at HELO is logged and persists, to answer
+        MAIL and what follows; HELO itself gets 250, unless the milter said 421."""
+        refusal = self._decide(await self.milters.helo(name), "HELO")
+        if refusal is not None and refusal.reply.code != 421:
+            return None
+        return refusal
 
     async def mail(self, sender: str, params: MailParameters) -> refusals.Refusal | None:
-        self.sender, self.recipient, self.hold_reason, self.discard = sender, None, "", False
+        self.sender, self.recipient, self.hold_reason, self.discard, self.queue_id = sender, None, "", False, ""
         refusal = self._decide(await self.milters.mail([f"<{sender}>", *_mail_args(params)]), "MAIL")
         if refusal is not None:
             self.sender = None

@@ -89,14 +89,15 @@ class ServiceProfile:
         dns = DnsClient.from_environment()
         policy = Engine(PolicySettings.from_config(config), dns, RecipientMaps.from_config(config))
         settings = server_settings(config, starttls=tls_context is not None)
-        if policy.needs_data_stage:
+        milters = service_milters(config)
+        if policy.needs_data_stage or milters is not None:
             settings = replace(settings, data_decision=True)
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=settings,
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip(), milters=service_milters(config))
+                   content_filter=config.get("content_filter").strip(), milters=milters)
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -251,18 +252,21 @@ class Session(asyncio.Protocol):
 
     async def _check_connect(self) -> None:
         refusal = await self.policy.connect() if self.policy.checks_connect else None
+        milter_greeting = None
         if refusal is None and self.milters is not None:
-            refusal = await self.milters.connect()
+            milter_greeting = await self.milters.connect()
         self._busy = False
         if self._closed:
             return
         self.transport.resume_reading()
         self._log_policy_notes()
-        self._greet(refusal)
+        self._greet(refusal, milter_greeting)
 
-    def _greet(self, refusal: refusals.Refusal | None) -> None:
+    def _greet(self, refusal: refusals.Refusal | None, milter_greeting: refusals.Refusal | None = None) -> None:
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
-        instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
+        instead, and every command but QUIT then gets Postfix's 503 (access_denied). A milter
+        that refused the connection gets Postfix's 554 (or 421) greeting; its reply then
+        answers the commands (smtpd/milters.py)."""
         transport = self.transport
         early, self._early = self._early + self._read_early(transport), b""
         self._greeted = True
@@ -277,7 +281,12 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             self.access_denied = refusal
             greeting = refusal.reply.to_bytes()
+        elif milter_greeting is not None:
+            greeting = milter_greeting.reply.to_bytes()
         transport.write(greeting)
+        if milter_greeting is not None and milter_greeting.reply.closes_connection:
+            self._close()
+            return
         if early:
             self._advance()
 
@@ -539,7 +548,7 @@ class Session(asyncio.Protocol):
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
             hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
             content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend))
-        milters = self._milters_for_content(message)
+        milters = self._milters_for_content(message, self.queue_id)
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         self.policy.end_transaction()
         try:
@@ -577,11 +586,12 @@ class Session(asyncio.Protocol):
             refusal = refusals.SERVER_CONFIGURATION_REFUSAL
         return refusal
 
-    def _milters_for_content(self, message: NewMessage) -> MilterSession | None:
+    def _milters_for_content(self, message: NewMessage, queue_id: str) -> MilterSession | None:
         """The session's milters for cleanup's content phase, with what they decided before it:
         HOLD and DISCARD at MAIL, RCPT or DATA (after a DISCARD they are asked nothing more)."""
         if self.milters is None:
             return None
+        self.milters.queue_id = queue_id
         message.hold = message.hold or bool(self.milters.hold_reason)
         if self.milters.discard:
             message.discard = True
