@@ -172,6 +172,21 @@ def test_a_milter_reject_at_rcpt_refuses_that_recipient_only(mx, sink):
                     "helo=<client.example>")
 
 
+def test_a_reject_at_connect_greets_554_and_refuses_mail_as_postfix_does(mx):
+    with smtplib.SMTP(timeout=60, source_address=("127.0.0.5", 0)) as client:
+        assert client.connect("127.0.0.1", mx.port) == (554, b"mx.example.test ESMTP not accepting connections")
+        assert client.ehlo("client.example")[0] == 250
+        assert client.mail(SENDER) == (550, b"5.7.1 Command rejected")
+    mx.wait_for_log("NOQUEUE: milter-reject: CONNECT from unknown[127.0.0.5]: 550 5.7.1 Command rejected;")
+
+
+def test_a_tempfail_at_connect_greets_220_and_refuses_mail_with_451(mx):
+    with smtplib.SMTP(timeout=60, source_address=("127.0.0.6", 0)) as client:
+        assert client.connect("127.0.0.1", mx.port)[0] == 220
+        assert client.ehlo("client.example")[0] == 250
+        assert client.mail(SENDER) == (451, b"4.7.1 Service unavailable - try again later")
+
+
 def test_discard_accepts_and_drops(mx, sink):
     subject = unique("discard")
     assert send(mx.port, message(subject, "discard"))[0] == 250
@@ -274,7 +289,8 @@ def test_auth_and_tls_macros_of_an_authenticated_submission_over_starttls(mx, te
 @pytest.fixture(scope="module")
 def edge(request, test_milter, sink):
     """One daemon, four smtpd services:
-    main    a milter that is down, milter_default_action = tempfail
+    main    a milter that is down, milter_default_action = tempfail; smtpd_milter_maps gives
+            127.0.0.3 the test milter and 127.0.0.4 none
     accept  the same milter with { ..., default_action=accept } (per-milter setting)
     slow    the test milter with milter_content_timeout = 2s
     off     the test milter, with receive_override_options = no_milters"""
@@ -287,7 +303,8 @@ def edge(request, test_milter, sink):
                  " -o receive_override_options=no_milters\n")
     daemon = start_daemon(request, listeners, relayhost=sink.nexthop, default_transport="smtp",
                           smtpd_milters=dead, milter_default_action="tempfail",
-                          accepting_milters=f"{{ {dead}, default_action=accept }}")
+                          accepting_milters=f"{{ {dead}, default_action=accept }}", mynetworks="127.0.0.0/8",
+                          smtpd_milter_maps=f"inline:{{ 127.0.0.3={test_milter.socket}, 127.0.0.4=DISABLE }}")
     daemon.ports = ports
     daemon.dead_milter = dead
     return daemon
@@ -320,3 +337,13 @@ def test_no_milters_in_receive_override_options_turns_them_off(edge, sink, test_
     assert send(edge.ports["off"], message(subject, "reject"))[0] == 250
     assert arrived(sink, subject).email["X-Milter-Test"] == "reject"
     assert not any(any(value == subject for _, value in record["headers"]) for record in test_milter.records_seen())
+
+
+def test_smtpd_milter_maps_chooses_the_milters_per_client(edge, sink, test_milter):
+    subject = unique("milter maps")
+    assert send(edge.port, message(subject, "reject"), source="127.0.0.3") == (
+        550, "5.7.1 rejected by the test milter")
+    seen_by_milter(test_milter, subject)
+    subject = unique("milter maps disabled")
+    assert send(edge.port, message(subject, "reject"), source="127.0.0.4")[0] == 250
+    arrived(sink, subject)

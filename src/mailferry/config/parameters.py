@@ -108,6 +108,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "prepend_delivered_header",
     # The milter client (milter/, smtpd/milters.py, cleanup/milters.py; docs/milter.md)
     "smtpd_milters",
+    "smtpd_milter_maps",
     "milter_default_action",
     "milter_protocol",
     "milter_connect_timeout",

@@ -33,7 +33,6 @@ from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
-from mailferry.milter.settings import MilterSettings
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
@@ -49,7 +48,7 @@ from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
 from mailferry.policy.settings import PolicySettings
-from mailferry.smtpd.milters import SessionMilters, service_milters
+from mailferry.smtpd.milters import ServiceMilters, SessionMilters, service_milters
 from mailferry.milter.session import MilterSession
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
@@ -81,7 +80,7 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
-    milters: MilterSettings | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
+    milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -194,8 +193,6 @@ class Session(asyncio.Protocol):
         self.facts = SessionFacts(self.address, self.port, server_address=_client_address(str(server[0])),
                                   server_port=server[1] if len(server) > 1 else 0, in_mynetworks=self.in_mynetworks)
         self.policy = SessionPolicy(self.profile.policy, self.facts)
-        if self.profile.milters is not None:
-            self.milters = SessionMilters(self.profile.milters, self, self.log, self.profile.settings.hostname)
         if self.profile.auth is not None:
             self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
@@ -245,7 +242,7 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
-        if self.policy.checks_connect or self.milters is not None:
+        if self.policy.checks_connect or self.profile.milters is not None:
             self._await_before_greeting(self._check_connect())
             return
         self._greet(None)
@@ -253,14 +250,21 @@ class Session(asyncio.Protocol):
     async def _check_connect(self) -> None:
         refusal = await self.policy.connect() if self.policy.checks_connect else None
         milter_greeting = None
-        if refusal is None and self.milters is not None:
-            milter_greeting = await self.milters.connect()
+        if refusal is None and self.profile.milters is not None:
+            milter_greeting = await self._connect_milters(self.profile.milters)
         self._busy = False
         if self._closed:
             return
         self.transport.resume_reading()
         self._log_policy_notes()
         self._greet(refusal, milter_greeting)
+
+    async def _connect_milters(self, milters: ServiceMilters) -> refusals.Refusal | None:
+        settings = await milters.for_client(self.address, lambda text: self.log.warning("smtpd", text))
+        if settings is None or self._closed:
+            return None
+        self.milters = SessionMilters(settings, self, self.log, self.profile.settings.hostname)
+        return await self.milters.connect()
 
     def _greet(self, refusal: refusals.Refusal | None, milter_greeting: refusals.Refusal | None = None) -> None:
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
@@ -362,8 +366,10 @@ class Session(asyncio.Protocol):
         elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
         elif isinstance(event, events.DataRequested):
-            self._await_policy(self._then_milters(self.policy.data(), lambda: self.milters.data()),
-                               self._data_decided)
+            check = self.policy.data()
+            if self.milters is not None:
+                check = self._then_milters(check, self.milters.data)
+            self._await_policy(check, self._data_decided)
         elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
@@ -483,9 +489,10 @@ class Session(asyncio.Protocol):
         self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        self._await_policy(self._then_milters(self.policy.rcpt(event.path.address, event.path.is_routed),
-                                              lambda: self.milters.rcpt(event.path.address, event.params)),
-                           lambda refusal: self._decide_recipient(event, refusal))
+        check = self.policy.rcpt(event.path.address, event.path.is_routed)
+        if self.milters is not None:
+            check = self._then_milters(check, lambda: self.milters.rcpt(event.path.address, event.params))
+        self._await_policy(check, lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
         address = event.path.address

@@ -264,3 +264,34 @@ def test_a_modification_outside_end_of_message_is_a_protocol_error():
         answering(SMFIC_EOH=p.encode_reply(p.Reply(p.SMFIR_ADDHEADER, ("X", "y")))), CONTENT)
     assert outcome.verdict.kind == TEMPFAIL
     assert "unexpected filter response SMFIR_ADDHEADER after event SMFIC_EOH" in warnings[0]
+
+
+def test_the_non_smtp_envelope_is_connect_helo_mail_rcpt_data_from_localhost():
+    from mailferry.milter.session import non_smtp_macros, run_non_smtp_envelope
+
+    async def main():
+        milter = ScriptedMilter(answering())
+        server = await asyncio.start_server(milter.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        settings = MilterSettings((MilterSpec(f"inet:127.0.0.1:{port}"),),
+                                  {p.SMFIC_CONNECT: ("{client_addr}",), p.SMFIC_MAIL: ("i",)})
+        session = MilterSession(settings, print, non_smtp_macros("QID7", "a@x", lambda: "b@y", "mx.example"))
+        try:
+            return await run_non_smtp_envelope(session, "a@x", ["b@y", "c@y"]), milter
+        finally:
+            await session.close()
+            server.close()
+    verdict, milter = asyncio.run(main())
+    assert verdict is None
+    events = [(command, p.parse_command(command, data)) for command, data in milter.received
+              if command not in (p.SMFIC_OPTNEG, p.SMFIC_QUIT)]
+    assert events == [
+        (p.SMFIC_MACRO, (b"C", [("{client_addr}", "127.0.0.1")])),
+        (p.SMFIC_CONNECT, ("localhost", b"4", 0, "127.0.0.1")),
+        (p.SMFIC_HELO, ("localhost",)),
+        (p.SMFIC_MACRO, (b"M", [("i", "QID7")])),
+        (p.SMFIC_MAIL, ("<a@x>",)),
+        (p.SMFIC_RCPT, ("<b@y>",)),
+        (p.SMFIC_RCPT, ("<c@y>",)),
+        (p.SMFIC_DATA, ()),
+    ]
