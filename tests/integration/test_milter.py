@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import shutil
 import smtplib
-import ssl
 import time
 import uuid
 
 import pytest
 
 from tests.integration.auth_peers import PASSWORD, dovecot_auth, make_certificate, plain  # noqa: F401 (a fixture)
+from tests.integration.auth_peers import client as smtp_client
 from tests.integration.conftest import Daemon, base_main_cf, smtpd_master_cf, world_readable_tempdir
 from tests.peers import free_port, peer_tempdir
 from tests.peers.milter_peer import TestMilter
@@ -32,28 +32,28 @@ SENDER = "alice@example.test"
 RCPT = "bob@elsewhere.example"
 
 
+def started(peer):
+    """Yield a started peer (TestMilter, SmtpSink); stop it and remove its directory afterwards."""
+    try:
+        yield peer.start()
+    finally:
+        peer.stop()
+        shutil.rmtree(peer.directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def test_milter():
-    milter = TestMilter(peer_tempdir("milter-")).start()
-    yield milter
-    milter.stop()
-    shutil.rmtree(milter.directory, ignore_errors=True)
+    yield from started(TestMilter(peer_tempdir("milter-")))
 
 
 @pytest.fixture(scope="module")
 def unix_milter():
-    milter = TestMilter(peer_tempdir("milter-unix-"), unix=True).start()
-    yield milter
-    milter.stop()
-    shutil.rmtree(milter.directory, ignore_errors=True)
+    yield from started(TestMilter(peer_tempdir("milter-unix-"), unix=True))
 
 
 @pytest.fixture(scope="module")
 def sink():
-    sink = SmtpSink(peer_tempdir("milter-sink-")).start()
-    yield sink
-    sink.stop()
-    shutil.rmtree(sink.directory, ignore_errors=True)
+    yield from started(SmtpSink(peer_tempdir("milter-sink-")))
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,7 @@ def unique(text: str) -> str:
 def send(port: int, text: str, recipients: list[str] | None = None, sender: str = SENDER,
          source: str = "127.0.0.1", login: str = "", tls_ca=None) -> tuple[int, str]:
     """(code, text) of the end of DATA; asserts that MAIL and each RCPT got 250."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=60, source_address=(source, 0)) as client:
-        client.ehlo("client.example")
-        if tls_ca is not None:
-            context = ssl.create_default_context(cafile=str(tls_ca))
-            context.check_hostname = False
-            client.starttls(context=context)
-            client.ehlo("client.example")
+    with smtp_client(port, source, tls_ca) as client:
         if login:
             code, reply = client.docmd("AUTH", "PLAIN " + plain(login, PASSWORD))
             assert code == 235, reply
