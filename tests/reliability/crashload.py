@@ -154,7 +154,7 @@ class QueueSnapshot:
 class LoadFigures:
     acknowledged: dict[str, str] = field(default_factory=dict)   # reliability id -> queue id from the 250
     attempts: int = 0
-    failures: Counter = field(default_factory=Counter)          # what interrupted a transaction
+    failures: Counter = field(default_factory=Counter)          # "stage: reply or error" -> how often
     replies: Counter = field(default_factory=Counter)           # first line of each reply to end of data, by code
 
 
@@ -165,14 +165,13 @@ class SmtpLoader:
     started one got its 250, and returns."""
 
     def __init__(self, port: int, recipient: str, sessions: int = 4, prefix: str = "m", size: int = 300,
-                 timeout: float = 30.0, on_reply=None):
+                 timeout: float = 30.0):
         self.port = port
         self.recipient = recipient
         self.sessions = sessions
         self.prefix = prefix
         self.size = size
         self.timeout = timeout
-        self.on_reply = on_reply
         self.figures = LoadFigures()
         self.lock = threading.Lock()
         self.in_flight: set[str] = set()     # end of data sent, reply not yet read
@@ -191,6 +190,16 @@ class SmtpLoader:
 
     def in_flight_count(self) -> int:
         return len(self.in_flight)
+
+    def wait_acknowledged(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` messages in all got their 250."""
+        deadline = time.monotonic() + timeout
+        while len(self.figures.acknowledged) < count:
+            assert not self._errors, f"the loader itself failed: {self._errors[0]!r}"
+            assert time.monotonic() < deadline, (
+                f"{len(self.figures.acknowledged)} of {count} acknowledged after {timeout} s; "
+                f"failures: {dict(self.figures.failures)}")
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 120.0) -> LoadFigures:
         self._making.clear()
@@ -224,10 +233,13 @@ class SmtpLoader:
         """One connection; sends `message_id` and, while making, more. True once it got a 250."""
         with self.lock:
             self.figures.attempts += 1
+        stage = "connect"
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
                 reader = sock.makefile("rb")
+                stage = "greeting"
                 self._expect(reader, b"220")
+                stage = "session"                # greeted: from here on the server knows this session
                 sock.sendall(b"EHLO loader.client.example\r\n")
                 self._expect(reader, b"250")
                 sock.sendall(f"MAIL FROM:<load@client.example>\r\nRCPT TO:<{self.recipient}>\r\nDATA\r\n".encode())
@@ -236,6 +248,7 @@ class SmtpLoader:
                 self._expect(reader, b"354")
                 content = message_bytes(message_id, self.recipient, self.size)
                 sock.sendall(content)
+                stage = "end of data"
                 with self.lock:                  # the kill takes this lock: in_flight is exact
                     self.in_flight.add(message_id)
                     sock.sendall(b".\r\n")      # the content ends with CRLF
@@ -246,10 +259,9 @@ class SmtpLoader:
                         self.in_flight.discard(message_id)
                 with self.lock:
                     self.figures.replies[reply[:3].decode(errors="replace")] += 1
-                if self.on_reply is not None:
-                    self.on_reply(reply)
                 if not reply.startswith(b"250"):
-                    self.figures.failures[f"end of data: {reply[:60]!r}"] += 1
+                    with self.lock:
+                        self.figures.failures[f"{stage}: {reply[:100].decode(errors='replace')}"] += 1
                     return False
                 queue_id = reply.rsplit(b" ", 1)[-1].decode(errors="replace")
                 with self.lock:
@@ -260,9 +272,14 @@ class SmtpLoader:
                 except OSError:
                     pass
                 return True
-        except (OSError, EOFError, _Refused) as error:
+        except _Refused as refusal:
             with self.lock:
-                self.figures.failures[type(error).__name__] += 1
+                self.figures.failures[f"{stage}: {refusal.reply[:100].decode(errors='replace')}"] += 1
+            time.sleep(0.05)
+            return False
+        except (OSError, EOFError) as error:
+            with self.lock:
+                self.figures.failures[f"{stage}: {type(error).__name__}"] += 1
             time.sleep(0.05)       # not proof of anything: a pause before the client tries again
             return False
 
@@ -285,7 +302,9 @@ class SmtpLoader:
 
 
 class _Refused(Exception):
-    pass
+    def __init__(self, reply: bytes):
+        super().__init__(reply)
+        self.reply = reply
 
 
 # --- the sendmail loader
