@@ -49,6 +49,13 @@ def whole_ids_in(data: bytes) -> list[str]:
     return [found for found in ids_in(data) if f"\nend {found}".encode() in data]
 
 
+def empty_home(home: Path) -> Path:
+    """`home` with nothing left in it (no Maildir of an earlier test); returns its Maildir path."""
+    for entry in Path(home).iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return Path(home) / "Maildir"
+
+
 # --- the daemon's process tree
 
 def kill_tree(daemon: MailferryDaemon, timeout: float = 20.0) -> list[int]:
@@ -148,7 +155,7 @@ class QueueSnapshot:
         return self.integrity == ["ok"]
 
 
-# --- the SMTP loader
+# --- the loaders
 
 @dataclass
 class LoadFigures:
@@ -158,41 +165,35 @@ class LoadFigures:
     replies: Counter = field(default_factory=Counter)           # first line of each reply to end of data, by code
 
 
-class SmtpLoader:
-    """`sessions` threads, each an SMTP client sending one message after another to the daemon,
-    each message a unique id. A transaction cut short (refused connection, reset, 4xx) is tried
-    again, same id, until it gets its 250. `stop()` stops making new messages, waits until every
-    started one got its 250, and returns."""
+class Loader:
+    """`sessions` threads, each sending one message after another, each message a unique id
+    (`prefix`SESSION-N). `_send_one(index, id)` returns True once the id is acknowledged; until then
+    it is tried again, same id. `stop()` stops making new messages, waits until every started one
+    was acknowledged, and returns the figures."""
 
-    def __init__(self, port: int, recipient: str, sessions: int = 4, prefix: str = "m", size: int = 300,
-                 timeout: float = 30.0):
-        self.port = port
+    def __init__(self, recipient: str, sessions: int, prefix: str, size: int):
         self.recipient = recipient
         self.sessions = sessions
         self.prefix = prefix
         self.size = size
-        self.timeout = timeout
         self.figures = LoadFigures()
         self.lock = threading.Lock()
-        self.in_flight: set[str] = set()     # end of data sent, reply not yet read
         self._numbers = iter(range(10**9))
         self._making = threading.Event()
         self._making.set()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+        self._abandoned = False
 
-    def start(self) -> "SmtpLoader":
+    def start(self):
         for index in range(self.sessions):
             thread = threading.Thread(target=self._run, args=(index,), name=f"loader-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
 
-    def in_flight_count(self) -> int:
-        return len(self.in_flight)
-
     def wait_acknowledged(self, count: int, timeout: float = 60.0) -> None:
-        """Until `count` messages in all got their 250."""
+        """Until `count` messages in all were acknowledged."""
         deadline = time.monotonic() + timeout
         while len(self.figures.acknowledged) < count:
             assert not self._errors, f"the loader itself failed: {self._errors[0]!r}"
@@ -212,27 +213,45 @@ class SmtpLoader:
         return self.figures
 
     def abandon(self) -> None:
-        """For clean-ups: stop making messages and do not wait."""
+        """For clean-ups: every session ends at its next try, acknowledged or not; no waiting."""
+        self._abandoned = True
         self._making.clear()
 
-    # --- one session thread
     def _run(self, index: int) -> None:
         try:
             current: str | None = None
-            while True:
+            while not self._abandoned:
                 if current is None:
                     if not self._making.is_set():
                         return
                     current = f"{self.prefix}{index}-{next(self._numbers)}"
-                if self._deliver_one(current):
+                with self.lock:
+                    self.figures.attempts += 1
+                if self._send_one(current):
                     current = None
         except BaseException as error:  # recorded; stop() fails the test with it
             self._errors.append(error)
 
-    def _deliver_one(self, message_id: str) -> bool:
-        """One connection; sends `message_id` and, while making, more. True once it got a 250."""
-        with self.lock:
-            self.figures.attempts += 1
+    def _send_one(self, message_id: str) -> bool:
+        raise NotImplementedError
+
+
+class SmtpLoader(Loader):
+    """SMTP clients; acknowledged = 250 after DATA. A transaction cut short (refused connection,
+    reset, 4xx) is tried again."""
+
+    def __init__(self, port: int, recipient: str, sessions: int = 4, prefix: str = "m", size: int = 300,
+                 timeout: float = 30.0):
+        super().__init__(recipient, sessions, prefix, size)
+        self.port = port
+        self.timeout = timeout
+        self.in_flight: set[str] = set()     # end of data sent, reply not yet read
+
+    def in_flight_count(self) -> int:
+        return len(self.in_flight)
+
+    def _send_one(self, message_id: str) -> bool:
+        """One connection, one transaction. True once it got a 250."""
         stage = "connect"
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
@@ -309,63 +328,22 @@ class _Refused(Exception):
 
 # --- the sendmail loader
 
-class SendmailLoader:
-    """`sessions` threads, each running mailferry-sendmail in a loop, one unique id each message;
-    acknowledged = exit status 0. A non-zero exit is tried again with the same id."""
+class SendmailLoader(Loader):
+    """mailferry-sendmail run in a loop by each thread; acknowledged = exit status 0."""
 
     def __init__(self, daemon: MailferryDaemon, recipient: str, sessions: int = 2, size: int = 300):
+        super().__init__(recipient, sessions, "s", size)
         self.daemon = daemon
-        self.recipient = recipient
-        self.sessions = sessions
-        self.size = size
-        self.figures = LoadFigures()
-        self.lock = threading.Lock()
-        self._numbers = iter(range(10**9))
-        self._making = threading.Event()
-        self._making.set()
-        self._threads: list[threading.Thread] = []
-        self._errors: list[BaseException] = []
 
-    def start(self) -> "SendmailLoader":
-        for index in range(self.sessions):
-            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self, timeout: float = 120.0) -> LoadFigures:
-        self._making.clear()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.1, deadline - time.monotonic()))
-        assert not any(thread.is_alive() for thread in self._threads), "sendmail loop still running"
-        assert not self._errors, f"the loader itself failed: {self._errors[0]!r}"
-        return self.figures
-
-    def abandon(self) -> None:
-        self._making.clear()
-
-    def _run(self, index: int) -> None:
-        try:
-            current = None
-            while True:
-                if current is None:
-                    if not self._making.is_set():
-                        return
-                    current = f"s{index}-{next(self._numbers)}"
-                with self.lock:
-                    self.figures.attempts += 1
-                done = subprocess.run(
-                    [str(Path(sys.executable).parent / "mailferry-sendmail"), "-C", str(self.daemon.config_dir),
-                     "-f", "load@client.example", self.recipient],
-                    input=message_bytes(current, self.recipient, self.size), capture_output=True,
-                    env=self.daemon.env, timeout=60)
-                if done.returncode == 0:
-                    with self.lock:
-                        self.figures.acknowledged[current] = ""
-                    current = None
-                else:
-                    with self.lock:
-                        self.figures.failures[f"exit {done.returncode}: {done.stderr[-80:]!r}"] += 1
-        except BaseException as error:
-            self._errors.append(error)
+    def _send_one(self, message_id: str) -> bool:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "mailferry-sendmail"), "-C", str(self.daemon.config_dir),
+             "-f", "load@client.example", self.recipient],
+            input=message_bytes(message_id, self.recipient, self.size), capture_output=True,
+            env=self.daemon.env, timeout=60)
+        with self.lock:
+            if done.returncode == 0:
+                self.figures.acknowledged[message_id] = ""
+                return True
+            self.figures.failures[f"exit {done.returncode}: {done.stderr[-80:]!r}"] += 1
+            return False

@@ -34,13 +34,14 @@ from tests.peers import free_port, peer_tempdir
 from tests.peers.dovecot import LmtpServer
 from tests.peers.mailferry import MailferryDaemon
 from tests.peers.smtp_sink import SmtpSink
-from tests.reliability.crashload import (QueueSnapshot, SendmailLoader, SmtpLoader, ids_in, kill_tree,
+from tests.reliability.crashload import (QueueSnapshot, SendmailLoader, SmtpLoader, empty_home, ids_in, kill_tree,
                                          queue_snapshot, restart, stop_quietly, whole_ids_in)
 
 KILLS = 10
 KILL_AFTER = (0.4, 1.6)   # seconds after the daemon is up again: the seeded random kill moment
 FAST_RETRIES = {"minimal_backoff_time": "1s", "maximal_backoff_time": "2s", "queue_run_delay": "1s"}
 PIPE_USER = "daemon"
+
 
 @pytest.fixture
 def crash_daemon():
@@ -61,6 +62,7 @@ def crash_daemon():
         stop_quietly(daemon)
         shutil.rmtree(daemon.directory, ignore_errors=True)
 
+
 @pytest.fixture
 def sink():
     peer = SmtpSink(peer_tempdir("crash-sink-"))
@@ -68,6 +70,7 @@ def sink():
     yield peer
     peer.stop()
     shutil.rmtree(peer.directory, ignore_errors=True)
+
 
 def sink_ids(peer: SmtpSink) -> Callable[[], Counter]:
     """Each whole transaction smtp-sink dumped (its file ends with the message's last line)."""
@@ -80,6 +83,7 @@ def sink_ids(peer: SmtpSink) -> Callable[[], Counter]:
         return found
     return delivered
 
+
 def maildir_ids(maildir: Path) -> Callable[[], Counter]:
     """Each message in Maildir/new and cur: a file there was renamed in whole, never written in place."""
     def delivered() -> Counter:
@@ -90,6 +94,7 @@ def maildir_ids(maildir: Path) -> Callable[[], Counter]:
                     found.update(whole_ids_in(path.read_bytes()))
         return found
     return delivered
+
 
 def run_kills(name: str, daemon: MailferryDaemon, loader, delivered: Callable[[], Counter], rng,
               intake_in_flight: Callable[..., int], expect_delivery_during_kills: bool,
@@ -163,11 +168,13 @@ def run_kills(name: str, daemon: MailferryDaemon, loader, delivered: Callable[[]
         assert queued_at_kills > 0, f"no kill found mail waiting for delivery: {result}"
     return result
 
+
 def test_kill9_during_smtp_intake_and_relay_loses_nothing(crash_daemon, sink, rng):
     daemon = crash_daemon(default_transport="smtp", relayhost=sink.nexthop)
     loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=4)
     run_kills("smtp intake, relayed", daemon, loader, sink_ids(sink), rng, loader.in_flight_count,
               expect_delivery_during_kills=False)
+
 
 def test_kill9_during_sendmail_pickup_loses_nothing(crash_daemon, sink, rng):
     daemon = crash_daemon(default_transport="smtp", relayhost=sink.nexthop)
@@ -184,25 +191,19 @@ def test_kill9_during_sendmail_pickup_loses_nothing(crash_daemon, sink, rng):
     run_kills("sendmail/pickup", daemon, loader, sink_ids(sink), rng, committed_but_still_in_maildrop,
               expect_delivery_during_kills=False, counted_after_the_kill=True)
 
-@pytest.fixture
-def maildir_user(local_accounts):  # noqa: F811 (the fixture imported above)
-    account = local_accounts["mfuser1"]
-    home = Path(account.pw_dir)
-    for entry in home.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    return account
 
-def test_kill9_during_local_maildir_delivery_loses_nothing(crash_daemon, maildir_user, rng):
+def test_kill9_during_local_maildir_delivery_loses_nothing(crash_daemon, local_accounts, rng):  # noqa: F811
+    maildir = empty_home(local_accounts["mfuser1"].pw_dir)
     daemon = crash_daemon(extra_services=LOCAL_SERVICE, local_transport="local:$myhostname",
                           home_mailbox="Maildir/", alias_maps="", alias_database="")
     loader = SmtpLoader(daemon.port, "mfuser1@example.test", sessions=4)
-    maildir = Path(maildir_user.pw_dir) / "Maildir"
     run_kills("local(8) Maildir", daemon, loader, maildir_ids(maildir), rng, loader.in_flight_count,
               expect_delivery_during_kills=True, delivery_exactly_once=True)
     # local(8) names a Maildir file after its queue ID (delivery/local.py maildir_name): a delivery
     # repeated after a kill finds its file already there, so no queue ID is in new/ twice.
     names = Counter(path.name.split(".Q", 1)[1].split("R", 1)[0] for path in (maildir / "new").iterdir())
     assert names and max(names.values()) == 1, [name for name, count in names.items() if count > 1]
+
 
 def test_kill9_during_pipe_delivery_loses_nothing(crash_daemon, rng):
     records = peer_tempdir("crash-pipe-")
@@ -226,6 +227,7 @@ def test_kill9_during_pipe_delivery_loses_nothing(crash_daemon, rng):
     finally:
         shutil.rmtree(records, ignore_errors=True)
 
+
 @pytest.fixture
 def dovecot_lmtp():
     server = LmtpServer(peer_tempdir("crash-lmtp-"), users=("alice@example.test",))
@@ -233,6 +235,7 @@ def dovecot_lmtp():
     yield server
     server.stop()
     shutil.rmtree(server.directory, ignore_errors=True)
+
 
 def test_kill9_during_lmtp_delivery_to_dovecot_loses_nothing(crash_daemon, dovecot_lmtp, rng):
     daemon = crash_daemon(local_transport=f"lmtp:inet:{dovecot_lmtp.nexthop}")

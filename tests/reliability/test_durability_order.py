@@ -23,7 +23,6 @@ import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +31,7 @@ from tests.integration.test_local_delivery import LOCAL_SERVICE, local_accounts 
 from tests.peers import free_port, peer_tempdir
 from tests.peers.mailferry import MailferryDaemon
 from tests.peers.processes import descendants
-from tests.reliability.crashload import message_bytes, stop_quietly, whole_ids_in
+from tests.reliability.crashload import empty_home, message_bytes, stop_quietly, whole_ids_in
 from tests.reliability.straces import Event, Tracer, parse
 
 MESSAGES = 20
@@ -41,10 +40,7 @@ SESSIONS = 4
 
 @pytest.fixture
 def traced_daemon(local_accounts):  # noqa: F811 (the fixture imported above)
-    account = local_accounts["mfuser1"]
-    home = Path(account.pw_dir)
-    for entry in home.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    maildir = empty_home(local_accounts["mfuser1"].pw_dir)
     directory = peer_tempdir("mailferry-strace-")
     port = free_port()
     daemon = MailferryDaemon(directory, base_main_cf(directory, local_transport="local:$myhostname",
@@ -56,7 +52,7 @@ def traced_daemon(local_accounts):  # noqa: F811 (the fixture imported above)
         daemon.wait_for_log("daemon started -- version")
         tracer = Tracer(directory / "strace.out", descendants(daemon.process.pid))
         tracer.wait_attached()
-        yield daemon, tracer, home / "Maildir"
+        yield daemon, tracer, maildir
     finally:
         if tracer is not None:
             tracer.stop()
