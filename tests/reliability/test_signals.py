@@ -85,21 +85,30 @@ def duplicates_explained(daemon: MailferryDaemon, sink: SmtpSink, arrived) -> st
     return "\n".join(lines)
 
 
-def test_reload_under_20_sessions_drops_none_and_loses_nothing(relay):
-    daemon, sink = relay
-    loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=SESSIONS, prefix="r").start()
+def under_load(daemon: MailferryDaemon, sink: SmtpSink, prefix: str, step):
+    """SESSIONS sessions send; after 100 messages got their 250, `step(loader)` runs; then the load
+    ends and the queue drains. Returns (loader figures, ids that arrived, what step returned)."""
+    loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=SESSIONS, prefix=prefix).start()
     try:
         loader.wait_acknowledged(100)
-        reloaded = daemon.command("reload")
-        assert reloaded.returncode == 0, reloaded.stderr
-        daemon.wait_for_log("reload -- version")
-        before = len(loader.figures.acknowledged)
-        loader.wait_acknowledged(before + 100)     # the sessions go on after the reload
+        result = step(loader)
     except BaseException:
         loader.abandon()
         raise
     figures = loader.stop()
-    arrived = drain_and_check(daemon, sink, set(figures.acknowledged))
+    return figures, drain_and_check(daemon, sink, set(figures.acknowledged)), result
+
+
+def test_reload_under_20_sessions_drops_none_and_loses_nothing(relay):
+    daemon, sink = relay
+
+    def reload(loader: SmtpLoader) -> None:
+        reloaded = daemon.command("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        daemon.wait_for_log("reload -- version")
+        loader.wait_acknowledged(len(loader.figures.acknowledged) + 100)   # the sessions go on after it
+
+    figures, arrived, _ = under_load(daemon, sink, "r", reload)
     print(f"signals figures: reload, {SESSIONS} sessions, {len(figures.acknowledged)} acknowledged, "
           f"{sum(arrived.values()) - len(arrived)} duplicated, failures {dict(figures.failures)}")
     assert not figures.failures, f"sessions cut short by the reload: {dict(figures.failures)}"
@@ -108,9 +117,8 @@ def test_reload_under_20_sessions_drops_none_and_loses_nothing(relay):
 
 def test_stop_under_20_sessions_says_421_loses_nothing_and_start_delivers_the_rest(relay):
     daemon, sink = relay
-    loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=SESSIONS, prefix="s").start()
-    try:
-        loader.wait_acknowledged(100)
+
+    def stop_and_start(loader: SmtpLoader) -> dict:
         stopped = daemon.command("stop")
         assert stopped.returncode == 0, stopped.stderr
         assert daemon.process.wait(60) is not None
@@ -119,11 +127,9 @@ def test_stop_under_20_sessions_says_421_loses_nothing_and_start_delivers_the_re
         daemon.start()
         daemon.wait_for_log("daemon started -- version", count=2)
         loader.wait_acknowledged(acknowledged_by_then + 50)
-    except BaseException:
-        loader.abandon()
-        raise
-    figures = loader.stop()
-    arrived = drain_and_check(daemon, sink, set(figures.acknowledged))
+        return during_stop
+
+    figures, arrived, during_stop = under_load(daemon, sink, "s", stop_and_start)
     print(f"signals figures: stop, {SESSIONS} sessions, {len(figures.acknowledged)} acknowledged, "
           f"{sum(arrived.values()) - len(arrived)} duplicated, while stopping: {during_stop}")
     if sum(arrived.values()) > len(arrived):
