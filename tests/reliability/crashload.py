@@ -49,11 +49,11 @@ def whole_ids_in(data: bytes) -> list[str]:
     return [found for found in ids_in(data) if f"\nend {found}".encode() in data]
 
 
-def empty_home(home: Path) -> Path:
-    """`home` with nothing left in it (no Maildir of an earlier test); returns its Maildir path."""
-    for entry in Path(home).iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    return Path(home) / "Maildir"
+def spool_maildir_settings(spool: Path) -> dict[str, str]:
+    """main.cf settings that make local(8) deliver into the Maildir `spool`/USER/ (Postfix's
+    mail_spool_directory with a trailing slash), in a directory of the test's own: the test
+    accounts' homes are shared by every test run on the machine, and another run may empty them."""
+    return {"home_mailbox": "", "mail_spool_directory": f"{spool}/", "alias_maps": "", "alias_database": ""}
 
 
 # --- the daemon's process tree

@@ -34,8 +34,9 @@ from tests.peers import free_port, peer_tempdir
 from tests.peers.dovecot import LmtpServer
 from tests.peers.mailferry import MailferryDaemon
 from tests.peers.smtp_sink import SmtpSink
-from tests.reliability.crashload import (QueueSnapshot, SendmailLoader, SmtpLoader, empty_home, ids_in, kill_tree,
-                                         queue_snapshot, restart, stop_quietly, whole_ids_in)
+from tests.reliability.crashload import (QueueSnapshot, SendmailLoader, SmtpLoader, ids_in, kill_tree,
+                                         queue_snapshot, restart, spool_maildir_settings, stop_quietly,
+                                         whole_ids_in)
 
 KILLS = 10
 KILL_AFTER = (0.4, 1.6)   # seconds after the daemon is up again: the seeded random kill moment
@@ -193,16 +194,21 @@ def test_kill9_during_sendmail_pickup_loses_nothing(crash_daemon, sink, rng):
 
 
 def test_kill9_during_local_maildir_delivery_loses_nothing(crash_daemon, local_accounts, rng):  # noqa: F811
-    maildir = empty_home(local_accounts["mfuser1"].pw_dir)
-    daemon = crash_daemon(extra_services=LOCAL_SERVICE, local_transport="local:$myhostname",
-                          home_mailbox="Maildir/", alias_maps="", alias_database="")
-    loader = SmtpLoader(daemon.port, "mfuser1@example.test", sessions=4)
-    run_kills("local(8) Maildir", daemon, loader, maildir_ids(maildir), rng, loader.in_flight_count,
-              expect_delivery_during_kills=True, delivery_exactly_once=True)
-    # local(8) names a Maildir file after its queue ID (delivery/local.py maildir_name): a delivery
-    # repeated after a kill finds its file already there, so no queue ID is in new/ twice.
-    names = Counter(path.name.split(".Q", 1)[1].split("R", 1)[0] for path in (maildir / "new").iterdir())
-    assert names and max(names.values()) == 1, [name for name, count in names.items() if count > 1]
+    assert "mfuser1" in local_accounts
+    spool = peer_tempdir("mailferry-crash-spool-")
+    maildir = spool / "mfuser1"
+    try:
+        daemon = crash_daemon(extra_services=LOCAL_SERVICE, local_transport="local:$myhostname",
+                              **spool_maildir_settings(spool))
+        loader = SmtpLoader(daemon.port, "mfuser1@example.test", sessions=4)
+        run_kills("local(8) Maildir", daemon, loader, maildir_ids(maildir), rng, loader.in_flight_count,
+                  expect_delivery_during_kills=True, delivery_exactly_once=True)
+        # local(8) names a Maildir file after its queue ID (delivery/local.py maildir_name): a delivery
+        # repeated after a kill finds its file already there, so no queue ID is in new/ twice.
+        names = Counter(path.name.split(".Q", 1)[1].split("R", 1)[0] for path in (maildir / "new").iterdir())
+        assert names and max(names.values()) == 1, [name for name, count in names.items() if count > 1]
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def test_kill9_during_pipe_delivery_loses_nothing(crash_daemon, rng):

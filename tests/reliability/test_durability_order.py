@@ -31,7 +31,7 @@ from tests.integration.test_local_delivery import LOCAL_SERVICE, local_accounts 
 from tests.peers import free_port, peer_tempdir
 from tests.peers.mailferry import MailferryDaemon
 from tests.peers.processes import descendants
-from tests.reliability.crashload import empty_home, message_bytes, stop_quietly, whole_ids_in
+from tests.reliability.crashload import message_bytes, spool_maildir_settings, stop_quietly, whole_ids_in
 from tests.reliability.straces import Event, Tracer, parse
 
 MESSAGES = 20
@@ -40,11 +40,14 @@ SESSIONS = 4
 
 @pytest.fixture
 def traced_daemon(local_accounts):  # noqa: F811 (the fixture imported above)
-    maildir = empty_home(local_accounts["mfuser1"].pw_dir)
+    assert "mfuser1" in local_accounts
     directory = peer_tempdir("mailferry-strace-")
+    spool = directory / "spool"
+    spool.mkdir(mode=0o755)
+    maildir = spool / "mfuser1"
     port = free_port()
     daemon = MailferryDaemon(directory, base_main_cf(directory, local_transport="local:$myhostname",
-                                                     home_mailbox="Maildir/", alias_maps="", alias_database=""),
+                                                     **spool_maildir_settings(spool)),
                              smtpd_master_cf(port, extra_services=LOCAL_SERVICE), port)
     tracer = None
     try:
@@ -124,13 +127,13 @@ def prove_fsync_before_250(events: list[Event], queue_id: str) -> tuple[Event, E
     return reply, frame, syncs[0]
 
 
-def prove_maildir_file_synced_before_answer(events: list[Event], name: str) -> Event:
+def prove_maildir_file_synced_before_answer(events: list[Event], maildir: str, name: str) -> Event:
     answers = [e for e in events if e.name in ("sendto", "write", "sendmsg") and e.path.startswith("UNIX")
                and name in e.text and "result" in e.text]
     assert len(answers) == 1, f"{name}: {len(answers)} spawner answers name it"
     [answer] = answers
     child = [e for e in events if e.tid == answer.tid and e.index < answer.index]
-    files = {e.path for e in child if e.name == "write" and "/Maildir/tmp/" in e.path}
+    files = {e.path for e in child if e.name == "write" and e.path.startswith(f"{maildir}/tmp/")}
     assert len(files) == 1, f"{name}: the spawner child wrote {files}"
     [tmp] = files
     file_syncs = [e for e in child if e.name in ("fsync", "fdatasync") and e.path == tmp]
@@ -138,9 +141,9 @@ def prove_maildir_file_synced_before_answer(events: list[Event], name: str) -> E
     assert any(last_write <= e.entered and e.returned <= answer.entered for e in file_syncs), (
         f"{name}: its file {tmp} was not fsynced before the answer that says it is delivered")
     links = [e for e in child if e.name in ("link", "linkat", "rename", "renameat", "renameat2")
-             and f"/Maildir/new/{name}" in e.text]
+             and f"{maildir}/new/{name}" in e.text]
     assert links, f"{name}: no link into Maildir/new seen"
-    dir_syncs = [e for e in child if e.name in ("fsync", "fdatasync") and e.path.endswith("/Maildir/new")
+    dir_syncs = [e for e in child if e.name in ("fsync", "fdatasync") and e.path == f"{maildir}/new"
                  and e.entered >= links[-1].returned and e.returned <= answer.entered]
     assert dir_syncs, f"{name}: Maildir/new was not fsynced after the link and before the answer"
     return answer
@@ -173,7 +176,7 @@ def test_each_250_follows_the_fsync_that_made_its_message_durable_and_maildir_fi
     assert set(delivered) == set(acknowledged)
     wal_syncs = [e for e in events if e.name in ("fsync", "fdatasync") and wal_path(e)]
     for message_id, name in delivered.items():
-        answer = prove_maildir_file_synced_before_answer(events, name)
+        answer = prove_maildir_file_synced_before_answer(events, str(maildir), name)
         # ... and the queue recorded the outcome only after that answer: a WAL fsync follows it.
         assert any(e.entered >= answer.returned for e in wal_syncs), f"{name}: no queue commit after delivery"
     print(f"strace figures: {MESSAGES} messages, {len(syncs_used)} WAL fsyncs made their 250s "

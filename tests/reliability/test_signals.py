@@ -112,7 +112,8 @@ def test_reload_under_20_sessions_drops_none_and_loses_nothing(relay):
     print(f"signals figures: reload, {SESSIONS} sessions, {len(figures.acknowledged)} acknowledged, "
           f"{sum(arrived.values()) - len(arrived)} duplicated, failures {dict(figures.failures)}")
     assert not figures.failures, f"sessions cut short by the reload: {dict(figures.failures)}"
-    assert sum(arrived.values()) == len(arrived), f"a reload duplicated mail:\n{duplicates_explained(daemon, sink, arrived)}"
+    assert sum(arrived.values()) == len(arrived), (
+        f"a reload duplicated mail:\n{duplicates_explained(daemon, sink, arrived)}")
 
 
 def test_stop_under_20_sessions_says_421_loses_nothing_and_start_delivers_the_rest(relay):
