@@ -47,7 +47,9 @@ from mailferry.policy.dns import DnsClient
 from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
+from mailferry.policy.state import Note
 from mailferry.policy.settings import PolicySettings
+from mailferry.smtpd.queue_space import QueueSpace
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -77,6 +79,7 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
+    queue_space: QueueSpace | None = None   # queue_minfree and message_size_limit at MAIL FROM
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -91,7 +94,9 @@ class ServiceProfile:
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip())
+                   content_filter=config.get("content_filter").strip(),
+                   queue_space=QueueSpace(config.get("queue_directory"), config.size("queue_minfree"),
+                                          config.size("message_size_limit")))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -441,14 +446,29 @@ class Session(asyncio.Protocol):
         sender, size = event.path.address, event.params.size or 0
         if not self.policy.checks_mail:
             self.policy.record_mail(sender, size)
-            self.conn.accept()
+            self._sender_decided(None)
             return
         self._await_policy(self.policy.mail(sender, size), self._sender_decided)
 
     def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
+        if refusal is None:
+            refusal = self._queue_space_refusal()
         if refusal is not None:
             self.mail = None
         self._accept_or_refuse(refusal)
+
+    def _queue_space_refusal(self) -> refusals.Refusal | None:
+        """queue_minfree, after the sender restrictions as in Postfix's mail_cmd."""
+        space = self.profile.queue_space
+        shortage = space.shortage() if space is not None else None
+        if shortage is None:
+            return None
+        refusal = refusals.INSUFFICIENT_STORAGE
+        self.policy.session.notes.append(Note("reject", str(refusal.reply)))
+        self._log_policy_notes()
+        self.log.warning("smtpd", shortage)
+        self.policy.end_transaction()
+        return refusal
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
         self._await_policy(self.policy.rcpt(event.path.address, event.path.is_routed),
