@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 
 import pytest
 
@@ -47,6 +48,9 @@ def test_a_full_queue_file_system_gets_452_loses_nothing_and_recovers(scenario):
     filler = fill(scenario.queue, leave=64 * 1024)
     code, text = scenario.send(body_bytes=1 << 20)
     assert (code, text) == (452, "4.3.1 Insufficient system storage"), daemon.log_tail(10)
+    daemon.wait_for_log("warning: ", timeout=10)
+    assert re.search(r"cleanup\[\d+\]: warning: [0-9A-F]+: queue is full: mail refused with 452 4\.3\.1",
+                     daemon.log()), daemon.log_tail(10)
     fill(scenario.queue, leave=0)
     assert free_bytes(scenario.queue) < 4096
     code, text = scenario.send()
@@ -105,6 +109,8 @@ def test_a_failing_fsync_gets_451_is_not_acknowledged_and_the_next_message_goes_
     assert shim.remaining() == 0
     [hit] = shim.hits()
     assert hit.startswith("fsync ") and "/queue.db" in hit      # the queue's own sync failed
+    assert re.search(r"cleanup\[\d+\]: warning: [0-9A-F]+: queue file write error: \S+/queue\.db: disk I/O error",
+                     daemon.log()), daemon.log_tail(10)
     shim.clear()
 
     for _ in range(3):
