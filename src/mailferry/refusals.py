@@ -107,6 +107,11 @@ def queue_failure(error: QueueError) -> Refusal:
                    f"queue file write error: {error}")
 
 
+# queue_minfree (smtpd/queue_space.py): Postfix's smtpd_check_queue reply, given at MAIL FROM.
+INSUFFICIENT_STORAGE = Refusal(Reply(452, "4.3.1", "Insufficient system storage"), DEFER,
+                               "not enough free space in the queue")
+
+
 def maildrop_write_error(error: OSError) -> Refusal:
     """`sendmail -bs` could not write its maildrop file."""
     return Refusal(Reply(451, "4.3.0", f"Error: cannot write the message: {error.strerror}"), DEFER,

@@ -319,6 +319,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "myorigin",
     "proxy_interfaces",
     "queue_directory",
+    "queue_minfree",
     "queue_run_delay",
     "relay_domains",
     "relay_domains_reject_code",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mailferry.config.config import ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
+from mailferry.protocol.smtp_client import DATA_STAGE, END_OF_DATA_STAGE, MAIL_FROM, RCPT_TO
 from mailferry.delivery.tls import TlsPolicy
 from mailferry.tlsparams import log_level
 
@@ -27,7 +28,7 @@ class ClientSettings:
     helo_name: str
     connect_timeout: float | None  # None: no limit (lmtp_connect_timeout = 0)
     helo_timeout: float
-    reply_timeout: float           # MAIL, RCPT, DATA and end-of-data replies
+    reply_timeout: float           # RSET, and a reply whose stage has no deadline of its own below
     data_timeout: float            # sending the message content
     tls: TlsPolicy
     sasl_enable: bool
@@ -48,6 +49,17 @@ class ClientSettings:
     tls_policy_maps: str = ""
     tls_loglevel: int = 0            # smtp_tls_loglevel: 1 logs "... TLS connection established to ..."
     note_starttls_offer: bool = False  # smtp_tls_note_starttls_offer
+    # Postfix's per-reply deadlines; None: reply_timeout.
+    mail_timeout: float | None = None        # smtp_mail_timeout
+    rcpt_timeout: float | None = None        # smtp_rcpt_timeout
+    data_init_timeout: float | None = None   # smtp_data_init_timeout
+    data_done_timeout: float | None = None   # smtp_data_done_timeout
+
+    def reply_timeout_at(self, stage: str | None) -> float:
+        """How long to wait for the reply to `stage` (protocol/smtp_client.py Transaction.stage)."""
+        own = {MAIL_FROM: self.mail_timeout, RCPT_TO: self.rcpt_timeout, DATA_STAGE: self.data_init_timeout,
+               END_OF_DATA_STAGE: self.data_done_timeout}.get(stage)
+        return self.reply_timeout if own is None else own
 
     @property
     def prefix(self) -> str:
@@ -87,6 +99,10 @@ class ClientSettings:
             tls_policy_maps=value("smtp_tls_policy_maps"),
             tls_loglevel=_tls_log_level(config, client_parameter(prefix, "smtp_tls_loglevel")),
             note_starttls_offer=value("smtp_tls_note_starttls_offer", "boolean"),
+            mail_timeout=float(value("smtp_mail_timeout", "time")),
+            rcpt_timeout=float(value("smtp_rcpt_timeout", "time")),
+            data_init_timeout=float(value("smtp_data_init_timeout", "time")),
+            data_done_timeout=float(value("smtp_data_done_timeout", "time")),
         )
 
 

@@ -171,7 +171,8 @@ class SmtpClient:
                 if transaction.done:
                     break
                 await connection.flush(self.settings.data_timeout)
-                reply = await connection.reply(self.settings.reply_timeout, _doing(transaction))
+                reply = await connection.reply(self.settings.reply_timeout_at(transaction.stage),
+                                               _doing(transaction))
                 replies += 1
                 output = transaction.receive(reply)
         except (ConnectionLost, proto.ClientProtocolError) as lost:

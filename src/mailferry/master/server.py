@@ -128,14 +128,21 @@ class MailServer:
         """The directories are mail_owner's; the files in maildrop stay their submitters'
         (pickup trusts a file's owner to say who sent it)."""
         paths = []
-        for sub, mode in (("", 0o755), ("pid", 0o755), ("public", 0o755), ("maildrop", 0o1733)):
-            path = os.path.join(self.queue_directory, sub)
-            os.makedirs(path, exist_ok=True)
-            os.chmod(path, mode)
-            paths.append(path)
-        paths += [os.path.join(self.queue_directory, name) for name in os.listdir(self.queue_directory)
-                  if name.startswith("queue.db")]
-        give_to(paths, self.owner)
+        path = self.queue_directory
+        try:
+            for sub, mode in (("", 0o755), ("pid", 0o755), ("public", 0o755), ("maildrop", 0o1733)):
+                path = os.path.join(self.queue_directory, sub)
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, mode)
+                paths.append(path)
+            paths += [os.path.join(self.queue_directory, name) for name in os.listdir(self.queue_directory)
+                      if name.startswith("queue.db")]
+            give_to(paths, self.owner)
+        except OSError as exc:
+            # A read-only or full queue file system: say which and what to do, not a traceback.
+            raise StartupError(f"queue_directory {self.queue_directory}: cannot prepare {exc.filename or path}: "
+                               f"{exc.strerror}; the queue needs a writable file system with free space: "
+                               "fix that and start again") from None
 
     def _prepare_mail_spool(self) -> None:
         """A missing mail_spool_directory is made, root's and mode 755 as /var/mail is made by

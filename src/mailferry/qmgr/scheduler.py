@@ -197,10 +197,13 @@ class Scheduler:
     def __init__(self, store: Store, committer: Committer, cleanup: NoticeIntake, resolver: RouteResolver,
                  transports: Agents, log: Log, settings: SchedulerSettings | None = None,
                  client_tables: dict | None = None, spawner: Spawner | None = None,
-                 forwarder: CleanupForwarder | None = None):
+                 forwarder: CleanupForwarder | None = None, clock: Callable[[], float] = time.time):
         """`client_tables`: the SMTP clients' password tables, opened while still root;
         reload() reads them again to build the new agents. `forwarder`: the one the
-        agents were given (local(8) forwarding), woken by this scheduler."""
+        agents were given (local(8) forwarding), woken by this scheduler. `clock`: the
+        wall clock every due time, backoff, delay warning and lifetime is reckoned by
+        (time.time; a test passes its own to walk a retry schedule without sleeping)."""
+        self.clock = clock
         self.store = store
         self.committer = committer
         self.cleanup = cleanup
@@ -224,12 +227,12 @@ class Scheduler:
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, store: Store, committer: Committer,
                     cleanup: NoticeIntake, log: Log, client_tables: dict | None = None,
-                    spawner: Spawner | None = None) -> Scheduler:
+                    spawner: Spawner | None = None, clock: Callable[[], float] = time.time) -> Scheduler:
         tables = client_tables or {}
         forwarder = CleanupForwarder(cleanup)
         return cls(store, committer, cleanup, Resolver.from_config(config),
                    delivery_agents(config, master, log, tables, spawner, forwarder), log,
-                   SchedulerSettings.from_config(config), tables, spawner, forwarder)
+                   SchedulerSettings.from_config(config), tables, spawner, forwarder, clock)
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """New routes, agents and settings for the next messages taken; deliveries in
@@ -296,14 +299,14 @@ class Scheduler:
             self._starved = True
             return 0
         messages, contents, self._starved = await asyncio.to_thread(
-            self._load_due, time.time(), min(room, SCAN_BATCH), tuple(self._in_flight), byte_room)
+            self._load_due, self.clock(), min(room, SCAN_BATCH), tuple(self._in_flight), byte_room)
         for message in messages:
             content = contents.get(message.queue_id)
             if content is None:      # deleted between the two reads
                 continue
             self.log.line("qmgr", f"{message.queue_id}: from=<{message.sender}>, size={message.size}, "
                                   f"nrcpt={len(message.recipients)} (queue active)")
-            task = asyncio.create_task(self._process(message, content, time.time()))
+            task = asyncio.create_task(self._process(message, content, self.clock()))
             self._in_flight[message.queue_id] = task
             self._in_flight_bytes += len(content)
             task.add_done_callback(lambda _, queue_id=message.queue_id, size=len(content):
@@ -370,7 +373,7 @@ class Scheduler:
 
     async def _run_job(self, message: QueuedMessage, content: bytes, route: Route,
                        recipients: list[Recipient], activated: float) -> None:
-        dispatched = time.time()
+        dispatched = self.clock()
         try:
             results = await self.transports.client(route.transport).deliver(
                 DeliveryJob(message, content, recipients, route.nexthop))
@@ -383,7 +386,7 @@ class Scheduler:
     def _outcome(self, message: QueuedMessage, recipient: Recipient, route: Route,
                  result: DeliveryResult, activated: float, dispatched: float) -> None:
         recipient.status, recipient.dsn, recipient.reason = result.status, result.dsn, result.reason
-        now = time.time()
+        now = self.clock()
         queued = max(activated - message.arrival_time, 0.0)
         in_qmgr = max(dispatched - activated, 0.0)
         self.log.line(route.transport, (
@@ -393,7 +396,7 @@ class Scheduler:
             f"status={result.status} ({result.reason})"))
 
     async def _finish(self, message: QueuedMessage, content: bytes, attempted: list[Recipient]) -> None:
-        now = time.time()
+        now = self.clock()
         newly_bounced = [r for r in attempted if r.status == BOUNCED]
         expired = self._expire_if_too_old(message, now)
         notices = bounce.notices_for(message, content, newly_bounced + expired,
@@ -456,9 +459,9 @@ class Scheduler:
             recipient.status = DEFERRED
         if any(notice.label == DELAY_NOTICE for notice in notices):
             message.delay_warned = False
-        if message.queue == _REMOVED or message.next_attempt <= time.time():
+        if message.queue == _REMOVED or message.next_attempt <= self.clock():
             message.queue = DEFERRED_QUEUE
-            message.next_attempt = time.time() + self.settings.minimal_backoff_time
+            message.next_attempt = self.clock() + self.settings.minimal_backoff_time
 
     def _log_settled(self, message: QueuedMessage, expired: list[Recipient],
                      notices: list[Notice], ids: list[str]) -> None:

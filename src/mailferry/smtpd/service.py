@@ -47,9 +47,11 @@ from mailferry.policy.dns import DnsClient
 from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
+from mailferry.policy.state import Note
 from mailferry.policy.settings import PolicySettings
 from mailferry.smtpd.milters import ServiceMilters, SessionMilters, service_milters
 from mailferry.milter.session import MilterSession
+from mailferry.smtpd.queue_space import QueueSpace
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -82,6 +84,7 @@ class ServiceProfile:
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
     receive_overrides: frozenset[str] = frozenset()   # receive_override_options, for cleanup
     milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
+    queue_space: QueueSpace | None = None   # queue_minfree and message_size_limit at MAIL FROM
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -98,7 +101,9 @@ class ServiceProfile:
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
                    content_filter=config.get("content_filter").strip(), milters=milters,
-                   receive_overrides=frozenset(config.list("receive_override_options")))
+                   receive_overrides=frozenset(config.list("receive_override_options")),
+                   queue_space=QueueSpace(config.get("queue_directory"), config.size("queue_minfree"),
+                                          config.size("message_size_limit")))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -479,16 +484,31 @@ class Session(asyncio.Protocol):
         if not self.policy.checks_mail:
             self.policy.record_mail(sender, size)
             if self.milters is None:
-                self.conn.accept()
+                self._sender_decided(None)
                 return
         check = self.policy.mail(sender, size) if self.policy.checks_mail else None
         self._await_policy(self._then_milters(check, lambda: self.milters.mail(sender, event.params)),
                            self._sender_decided)
 
     def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
+        if refusal is None:
+            refusal = self._queue_space_refusal()
         if refusal is not None:
             self.mail = None
         self._accept_or_refuse(refusal)
+
+    def _queue_space_refusal(self) -> refusals.Refusal | None:
+        """queue_minfree, after the sender restrictions as in Postfix's mail_cmd."""
+        space = self.profile.queue_space
+        shortage = space.shortage() if space is not None else None
+        if shortage is None:
+            return None
+        refusal = refusals.INSUFFICIENT_STORAGE
+        self.policy.session.notes.append(Note("reject", str(refusal.reply)))
+        self._log_policy_notes()
+        self.log.warning("smtpd", shortage)
+        self.policy.end_transaction()
+        return refusal
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
         check = self.policy.rcpt(event.path.address, event.path.is_routed)

@@ -178,8 +178,12 @@ class ScriptedPeer:
 # --- the client's side: settings, a resolver, a job
 
 def client_settings(**changes) -> ClientSettings:
-    """Postfix's defaults (an empty main.cf), with `changes`."""
+    """Postfix's defaults (an empty main.cf), with `changes`. A `reply_timeout` given alone is
+    the deadline of every reply (MAIL, RCPT, DATA, end of data), not only of RSET."""
     config = Config("/nonexistent", parse_main_cf("", "/nonexistent/main.cf"))
+    if "reply_timeout" in changes:
+        changes = {"mail_timeout": None, "rcpt_timeout": None, "data_init_timeout": None,
+                   "data_done_timeout": None, **changes}
     return replace(ClientSettings.from_config(config, "smtp", lmtp=False), **changes)
 
 

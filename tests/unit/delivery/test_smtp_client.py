@@ -12,7 +12,10 @@ import socket
 import pytest
 import uvloop
 
+from mailferry.config.config import Config
+from mailferry.config.maincf import parse_main_cf
 from mailferry.delivery.destinations import SUSPEND_SECONDS, Destinations
+from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import SmtpClient
 from mailferry.message import BOUNCED, DEFERRED, SENT
 from tests.unit.delivery.scripted_peer import (
@@ -123,6 +126,36 @@ def test_the_reply_timeout_covers_mail_rcpt_data_and_end_of_data(stalled, doing)
     assert {result.reason for result in results} == {
         f"conversation with mx.test[127.0.0.1] timed out while {doing}"}
     assert {result.dsn for result in results} == {"4.4.2"}
+
+
+@pytest.mark.parametrize("stalled, deadline, doing", [
+    ("MAIL", "mail_timeout", "sending MAIL FROM"),
+    ("RCPT", "rcpt_timeout", "sending RCPT TO"),
+    ("DATA", "data_init_timeout", "sending DATA"),
+    (".", "data_done_timeout", "sending end of data -- message may be sent more than once"),
+])
+def test_each_reply_has_its_own_deadline(stalled, deadline, doing):
+    """smtp_mail_timeout, smtp_rcpt_timeout, smtp_data_init_timeout, smtp_data_done_timeout: the
+    stalled step's own deadline ends the session, the others being long (they were all one, the
+    longest, so a short smtp_data_done_timeout never fired)."""
+    async def scenario():
+        async with ScriptedPeer({stalled: STALL}) as peer:
+            deadlines = dict(mail_timeout=LONG, rcpt_timeout=LONG, data_init_timeout=LONG, data_done_timeout=LONG)
+            client = make_client(**{**deadlines, deadline: TINY})
+            return await client.deliver(make_job(peer.nexthop, "a@example.test"))
+
+    [result] = run(scenario())
+    assert (result.status, result.dsn) == (DEFERRED, "4.4.2")
+    assert result.reason == f"conversation with mx.test[127.0.0.1] timed out while {doing}"
+
+
+def test_the_per_reply_deadlines_come_from_main_cf():
+    config = Config("/nonexistent", parse_main_cf("smtp_mail_timeout = 11s\nsmtp_rcpt_timeout = 12s\n"
+                                                  "smtp_data_init_timeout = 13s\nsmtp_data_done_timeout = 14s\n",
+                                                  "/nonexistent/main.cf"))
+    settings = ClientSettings.from_config(config, "smtp", lmtp=False)
+    assert [settings.reply_timeout_at(stage) for stage in ("MAIL FROM", "RCPT TO", "DATA", "end of DATA")] == \
+        [11, 12, 13, 14]
 
 
 def test_a_recipient_refused_before_the_stall_keeps_its_bounce():
