@@ -484,15 +484,22 @@ class Session(asyncio.Protocol):
         if not self.policy.checks_mail:
             self.policy.record_mail(sender, size)
             if self.milters is None:
-                self._sender_decided(None)
+                self._sender_decided(self._queue_space_refusal())
                 return
         check = self.policy.mail(sender, size) if self.policy.checks_mail else None
-        self._await_policy(self._then_milters(check, lambda: self.milters.mail(sender, event.params)),
-                           self._sender_decided)
+        self._await_policy(self._mail_stage(check, sender, event.params), self._sender_decided)
 
-    def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
+    async def _mail_stage(self, check, sender: str, params) -> refusals.Refusal | None:
+        """Postfix's mail_cmd order: the sender restrictions, then the queue's free space,
+        then the MAIL FROM milters (so no milter sees a sender refused for lack of space)."""
+        refusal = await check if check is not None else None
         if refusal is None:
             refusal = self._queue_space_refusal()
+        if refusal is None and self.milters is not None:
+            refusal = await self.milters.mail(sender, params)
+        return refusal
+
+    def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
         if refusal is not None:
             self.mail = None
         self._accept_or_refuse(refusal)
