@@ -1,0 +1,109 @@
+"""The accept loop of one smtpd listening socket, and what it does at the file-descriptor limit.
+
+Why not loop.create_server: at EMFILE, asyncio's own loop logs a traceback every second for as
+long as it lasts, and uvloop's (libuv's) silently accepts and closes the waiting connections.
+Postfix logs `warning: accept connection: Too many open files` and carries on. Here, when accept
+fails for want of a file descriptor (or memory), the warning is logged once for the episode,
+the listener stops watching the socket and looks again after a pause that doubles up to
+MAX_PAUSE: the loop never spins, the sessions already open go on being served, and the clients
+that wait stay in the kernel's backlog until a descriptor is free, when they get their 220.
+Another smtpd process with descriptors to spare accepts them meanwhile.
+
+An episode ends once accept has not failed for QUIET seconds; only then can the warning be
+logged again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+BATCH = 64              # accepts per wake-up: other sessions get the loop between batches
+FIRST_PAUSE = 0.05      # seconds
+MAX_PAUSE = 1.0
+QUIET = 60.0
+# accept() fails with these when the process or the system is out of a resource, not because
+# of the client: wait for the resource, do not retry at once.
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Listener:
+    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
+                 warn: Callable[[str], None],
+                 tls_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None):
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.warn = warn       # a warning for the mail log, as the service logs it now
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        self._loop = asyncio.get_running_loop()
+        self._watching = False
+        self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._pause = FIRST_PAUSE
+        self._last_failure = -QUIET
+
+    def start(self) -> None:
+        if not self._closed and not self._watching:
+            self._loop.add_reader(self.sock.fileno(), self._accept_waiting)
+            self._watching = True
+
+    def close(self) -> None:
+        """Stop accepting (the socket itself stays open: the master owns it)."""
+        self._closed = True
+        self._stop_watching()
+        if self._retry is not None:
+            self._retry.cancel()
+
+    def _stop_watching(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self.sock.fileno())
+            self._watching = False
+
+    def _accept_waiting(self) -> None:
+        for _ in range(BATCH):
+            try:
+                connection, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue                 # the client gave up while it waited: next one
+            except OSError as problem:
+                if problem.errno in _RESOURCE_ERRORS:
+                    self._back_off(problem)
+                else:
+                    self.warn(f"accept connection: {problem.strerror}")
+                return
+            self._pause = FIRST_PAUSE
+            self._serve(connection)
+
+    def _back_off(self, problem: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_failure >= QUIET:
+            self.warn(f"accept connection: {problem.strerror}")
+        self._last_failure = now
+        self._stop_watching()
+        self._retry = self._loop.call_later(self._pause, self.start)
+        self._pause = min(self._pause * 2, MAX_PAUSE)
+
+    def _serve(self, connection: socket.socket) -> None:
+        connection.setblocking(False)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls_context is None:
+            opening = self._loop.connect_accepted_socket(self.protocol_factory, connection)
+        else:
+            # smtpd_tls_wrappermode: the loop does the handshake before the session hears of it.
+            opening = self._loop.connect_accepted_socket(self.protocol_factory, connection, ssl=self.tls_context,
+                                                         ssl_handshake_timeout=self.handshake_timeout)
+        self._loop.create_task(opening).add_done_callback(lambda task: _opened(task, connection))
+
+
+def _opened(task: asyncio.Task, connection: socket.socket) -> None:
+    """A connection that could not become a session (a failed TLS handshake, no descriptor
+    left for the TLS layer) is closed; the client simply sees the connection end."""
+    if task.cancelled() or task.exception() is not None:
+        connection.close()
