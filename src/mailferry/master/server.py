@@ -208,12 +208,12 @@ class MailServer:
     def _reap_workers(self) -> None:
         """A worker that died took its sessions with it: anvil forgets their counts, or its
         clients would stay locked out by smtpd_client_connection_count_limit."""
-        alive = workers.reap_exited(self.worker_pids, self.log)
-        for pid in set(self.worker_pids) - set(alive):
-            index = self.worker_indexes.pop(pid, None)
-            if index is not None:
-                clients.table().forget_process(index)
-        self.worker_pids = alive
+        self.worker_pids = workers.reap_exited(self.worker_pids, self.log, self._forget_worker)
+
+    def _forget_worker(self, pid: int) -> None:
+        index = self.worker_indexes.pop(pid, None)
+        if index is not None:
+            clients.table().forget_process(index)
 
     def _log_anvil_statistics(self) -> None:
         for line in statistics_lines(clients.table(), float(self.config.time("anvil_rate_time_unit"))):
