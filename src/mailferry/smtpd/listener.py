@@ -2,12 +2,19 @@
 
 Why not loop.create_server: at EMFILE, asyncio's own loop logs a traceback every second for as
 long as it lasts, and uvloop's (libuv's) silently accepts and closes the waiting connections.
-Postfix logs `warning: accept connection: Too many open files` and carries on. Here, when accept
-fails for want of a file descriptor (or memory), the warning is logged once for the episode,
-the listener stops watching the socket and looks again after a pause that doubles up to
-MAX_PAUSE: the loop never spins, the sessions already open go on being served, and the clients
-that wait stay in the kernel's backlog until a descriptor is free, when they get their 220.
-Another smtpd process with descriptors to spare accepts them meanwhile.
+Postfix logs `warning: accept connection: Too many open files` and carries on.
+
+A session needs more than its socket: committing a message, reopening the log, a DNS query each
+take a descriptor for a moment, and in Postfix they are other processes'. So a process stops
+accepting while fewer than `reserve(limit)` descriptors of its RLIMIT_NOFILE are free, and the
+sessions it has keep what they need (a real EMFILE from accept is handled the same way). The
+warning is logged once for the episode; the listener stops watching the socket and looks again
+after a pause that doubles up to MAX_PAUSE: the loop never spins, and the clients that wait stay
+in the kernel's backlog until enough descriptors are free, when they get their 220. Another smtpd
+process with descriptors to spare accepts them meanwhile.
+
+Counting the open descriptors (/proc/self/fd) costs a directory read, so it is done only when an
+estimate (the last count plus the connections accepted since, closes ignored) reaches the ceiling.
 
 An episode ends once accept has not failed for QUIET seconds; only then can the warning be
 logged again.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import resource
 import socket
 import ssl
 import time
@@ -26,6 +35,13 @@ BATCH = 64              # accepts per wake-up: other sessions get the loop betwe
 FIRST_PAUSE = 0.05      # seconds
 MAX_PAUSE = 1.0
 QUIET = 60.0
+
+
+def reserve(limit: int) -> int:
+    """Descriptors kept free for what the sessions already open need."""
+    return min(64, max(16, limit // 32))
+
+
 # accept() fails with these when the process or the system is out of a resource, not because
 # of the client: wait for the resource, do not retry at once.
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -46,9 +62,16 @@ class Listener:
         self._retry: asyncio.TimerHandle | None = None
         self._pause = FIRST_PAUSE
         self._last_failure = -QUIET
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+        self._ceiling = self._limit - reserve(self._limit)
+        self._estimate = open_descriptors()
 
     def start(self) -> None:
         if not self._closed and not self._watching:
+            if self._near_the_limit():
+                self._back_off()
+                return
             self._loop.add_reader(self.sock.fileno(), self._accept_waiting)
             self._watching = True
 
@@ -66,6 +89,9 @@ class Listener:
 
     def _accept_waiting(self) -> None:
         for _ in range(BATCH):
+            if self._near_the_limit():
+                self._back_off()
+                return
             try:
                 connection, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -74,17 +100,28 @@ class Listener:
                 continue                 # the client gave up while it waited: next one
             except OSError as problem:
                 if problem.errno in _RESOURCE_ERRORS:
-                    self._back_off(problem)
+                    self._back_off(problem.strerror)
                 else:
                     self.warn(f"accept connection: {problem.strerror}")
                 return
             self._pause = FIRST_PAUSE
+            self._estimate += 1
             self._serve(connection)
 
-    def _back_off(self, problem: OSError) -> None:
+    def _near_the_limit(self) -> bool:
+        if self._estimate < self._ceiling:
+            return False
+        self._estimate = open_descriptors()
+        return self._estimate >= self._ceiling
+
+    def _back_off(self, reason: str = "") -> None:
         now = time.monotonic()
         if now - self._last_failure >= QUIET:
-            self.warn(f"accept connection: {problem.strerror}")
+            if not reason:
+                reason = (f"Too many open files ({self._estimate} of RLIMIT_NOFILE {self._limit} in use, "
+                          f"the last {self._limit - self._ceiling} kept for the sessions open); "
+                          "new connections wait")
+            self.warn(f"accept connection: {reason}")
         self._last_failure = now
         self._stop_watching()
         self._retry = self._loop.call_later(self._pause, self.start)
@@ -100,6 +137,10 @@ class Listener:
             opening = self._loop.connect_accepted_socket(self.protocol_factory, connection, ssl=self.tls_context,
                                                          ssl_handshake_timeout=self.handshake_timeout)
         self._loop.create_task(opening).add_done_callback(lambda task: _opened(task, connection))
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def _opened(task: asyncio.Task, connection: socket.socket) -> None:
