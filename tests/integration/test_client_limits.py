@@ -22,6 +22,7 @@ import pytest
 from tests.integration.conftest import Daemon, base_main_cf, child_pids, free_port, smtpd_master_cf, \
     world_readable_tempdir
 from tests.integration.smtp_chat import Chat, wait_until
+from tests.peers.processes import socket_inodes
 
 pytestmark = pytest.mark.integration
 
@@ -70,24 +71,13 @@ def serving_pids(daemon: Daemon) -> list[int]:
 
 
 def listening_inodes(port: int) -> set[str]:
+    """The daemon's listening sockets on `port`, as socket_inodes names them."""
     inodes = set()
     for line in open("/proc/net/tcp").read().splitlines()[1:]:
         fields = line.split()
         if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            inodes.add(fields[9])
+            inodes.add(f"socket:[{fields[9]}]")
     return inodes
-
-
-def socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(target[8:-1])
-    return found
 
 
 @contextlib.contextmanager
@@ -115,6 +105,13 @@ def sessions(port: int, source: str, count: int) -> list[tuple[Chat, str]]:
 def close_all(opened) -> None:
     for chat, _ in opened:
         chat.close()
+
+
+def after_ehlo(port: int, source: str) -> Chat:
+    chat = Chat(port, source)
+    assert chat.reply().startswith("220 ")
+    assert chat.command("EHLO outside.example").startswith("250")
+    return chat
 
 
 def test_the_51st_concurrent_session_gets_421_whichever_process_takes_it(mx):
@@ -157,10 +154,8 @@ def test_a_client_in_the_exceptions_is_never_limited(mx):
         assert all(greeting.startswith("220 ") for _, greeting in opened)
     finally:
         close_all(opened)
-    chat = Chat(mx.ports["rates"], "127.0.0.1")
+    chat = after_ehlo(mx.ports["rates"], "127.0.0.1")
     try:
-        chat.reply()
-        chat.command("EHLO inside.example")
         for _ in range(4):
             assert chat.command("MAIL FROM:<a@inside.example>").startswith("250 ")
             assert chat.command("RSET").startswith("250 ")
@@ -189,10 +184,8 @@ def test_connection_rate_limit_counts_across_processes(mx):
 
 
 def test_message_rate_limit_answers_450_at_mail_from(mx):
-    chat = Chat(mx.ports["rates"], "127.0.0.4")
+    chat = after_ehlo(mx.ports["rates"], "127.0.0.4")
     try:
-        chat.reply()
-        chat.command("EHLO outside.example")
         for _ in range(2):
             assert chat.command("MAIL FROM:<a@outside.example>").startswith("250 ")
             assert chat.command("RSET").startswith("250 ")
@@ -204,10 +197,8 @@ def test_message_rate_limit_answers_450_at_mail_from(mx):
 
 
 def test_recipient_rate_limit_answers_450_at_rcpt_to(mx):
-    chat = Chat(mx.ports["rates"], "127.0.0.5")
+    chat = after_ehlo(mx.ports["rates"], "127.0.0.5")
     try:
-        chat.reply()
-        chat.command("EHLO outside.example")
         assert chat.command("MAIL FROM:<a@outside.example>").startswith("250 ")
         for number in range(3):
             assert chat.command(f"RCPT TO:<user{number}@example.test>").startswith("250 ")
@@ -230,17 +221,13 @@ def tls_client() -> ssl.SSLContext:
 
 def test_new_tls_session_rate_limit(mx):
     port = mx.ports["tls"]
-    first = Chat(port, "127.0.0.6")
-    first.reply()
-    first.command("EHLO outside.example")
+    first = after_ehlo(port, "127.0.0.6")
     assert first.command("STARTTLS").startswith("220 ")
     first.start_tls(tls_client())
     assert first.command("EHLO outside.example").startswith("250")
     first.close()
     # The second new TLS session is over the limit of 1: the handshake happens, then the session ends.
-    second = Chat(port, "127.0.0.6")
-    second.reply()
-    second.command("EHLO outside.example")
+    second = after_ehlo(port, "127.0.0.6")
     assert second.command("STARTTLS").startswith("220 ")
     second.start_tls(tls_client())
     assert second.reply() == f"421 4.7.0 {HOST} Error: too many new TLS sessions from unknown[127.0.0.6]"
@@ -248,9 +235,7 @@ def test_new_tls_session_rate_limit(mx):
     mx.wait_for_log(f"warning: New TLS session rate limit exceeded: 2 from unknown[127.0.0.6] for service "
                     f"127.0.0.1:{port}")
     # From then on, STARTTLS is refused before any handshake.
-    third = Chat(port, "127.0.0.6")
-    third.reply()
-    third.command("EHLO outside.example")
+    third = after_ehlo(port, "127.0.0.6")
     assert third.command("STARTTLS") == "454 4.7.0 Error: too many new TLS sessions from unknown[127.0.0.6]"
     third.close()
     mx.wait_for_log(f"warning: Refusing STARTTLS request from unknown[127.0.0.6] for service 127.0.0.1:{port}")

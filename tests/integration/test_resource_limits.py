@@ -4,7 +4,6 @@ the file-descriptor limit."""
 
 from __future__ import annotations
 
-import os
 import selectors
 import shutil
 import socket
@@ -17,6 +16,7 @@ import pytest
 from tests.integration.conftest import Daemon, base_main_cf, child_pids, free_port, smtpd_master_cf, \
     world_readable_tempdir
 from tests.integration.smtp_chat import Chat
+from tests.peers.processes import CLOCK_TICKS, read_stat
 
 pytestmark = pytest.mark.integration
 
@@ -120,12 +120,8 @@ def fd_limited_mx():
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes, from /proc/PID/stat."""
-    total = 0
-    for pid in pids:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    """utime + stime of the processes (/proc/PID/stat fields 14 and 15)."""
+    return sum(int(stat[13]) + int(stat[14]) for stat in map(read_stat, pids)) / CLOCK_TICKS
 
 
 def collect_greetings(waiting: dict[socket.socket, bytes], want: int, timeout: float) -> list[socket.socket]:
