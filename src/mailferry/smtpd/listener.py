@@ -23,7 +23,6 @@ logged again.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import resource
 import socket
@@ -42,9 +41,40 @@ def reserve(limit: int) -> int:
     return min(64, max(16, limit // 32))
 
 
-# accept() fails with these when the process or the system is out of a resource, not because
-# of the client: wait for the resource, do not retry at once.
-_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+class DescriptorBudget:
+    """This process's file descriptors against its RLIMIT_NOFILE, shared by all its listeners
+    (every service's connections take from the same limit)."""
+
+    def __init__(self):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+        self.ceiling = self.limit - reserve(self.limit)
+        self.estimate = open_descriptors()
+        self.pid = os.getpid()
+
+    def took_one(self) -> None:
+        self.estimate += 1
+
+    def near_the_limit(self) -> bool:
+        if self.estimate < self.ceiling:
+            return False
+        self.estimate = open_descriptors()
+        return self.estimate >= self.ceiling
+
+    def describe(self) -> str:
+        return (f"Too many open files ({self.estimate} of RLIMIT_NOFILE {self.limit} in use, the last "
+                f"{self.limit - self.ceiling} kept for the sessions open); new connections wait")
+
+
+_budget: DescriptorBudget | None = None
+
+
+def descriptor_budget() -> DescriptorBudget:
+    """The budget of this process (a forked worker makes its own)."""
+    global _budget
+    if _budget is None or _budget.pid != os.getpid():
+        _budget = DescriptorBudget()
+    return _budget
 
 
 class Listener:
@@ -62,15 +92,12 @@ class Listener:
         self._retry: asyncio.TimerHandle | None = None
         self._pause = FIRST_PAUSE
         self._last_failure = -QUIET
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self._limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
-        self._ceiling = self._limit - reserve(self._limit)
-        self._estimate = open_descriptors()
+        self._budget = descriptor_budget()
 
     def start(self) -> None:
         if not self._closed and not self._watching:
-            if self._near_the_limit():
-                self._back_off()
+            if self._budget.near_the_limit():
+                self._back_off(self._budget.describe())
                 return
             self._loop.add_reader(self.sock.fileno(), self._accept_waiting)
             self._watching = True
@@ -89,8 +116,8 @@ class Listener:
 
     def _accept_waiting(self) -> None:
         for _ in range(BATCH):
-            if self._near_the_limit():
-                self._back_off()
+            if self._budget.near_the_limit():
+                self._back_off(self._budget.describe())
                 return
             try:
                 connection, _ = self.sock.accept()
@@ -99,28 +126,17 @@ class Listener:
             except ConnectionAbortedError:
                 continue                 # the client gave up while it waited: next one
             except OSError as problem:
-                if problem.errno in _RESOURCE_ERRORS:
-                    self._back_off(problem.strerror)
-                else:
-                    self.warn(f"accept connection: {problem.strerror}")
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource, not the client's doing;
+                # anything else would fail again at once: wait either way, never spin.
+                self._back_off(problem.strerror)
                 return
             self._pause = FIRST_PAUSE
-            self._estimate += 1
+            self._budget.took_one()
             self._serve(connection)
 
-    def _near_the_limit(self) -> bool:
-        if self._estimate < self._ceiling:
-            return False
-        self._estimate = open_descriptors()
-        return self._estimate >= self._ceiling
-
-    def _back_off(self, reason: str = "") -> None:
+    def _back_off(self, reason: str) -> None:
         now = time.monotonic()
         if now - self._last_failure >= QUIET:
-            if not reason:
-                reason = (f"Too many open files ({self._estimate} of RLIMIT_NOFILE {self._limit} in use, "
-                          f"the last {self._limit - self._ceiling} kept for the sessions open); "
-                          "new connections wait")
             self.warn(f"accept connection: {reason}")
         self._last_failure = now
         self._stop_watching()

@@ -21,13 +21,14 @@ def test_near_the_limit_it_holds_back_warns_once_and_resumes(monkeypatch):
     monkeypatch.setattr(listener_module, "open_descriptors", lambda: in_use["count"])
     monkeypatch.setattr(listener_module, "FIRST_PAUSE", 0.01)
     monkeypatch.setattr(listener_module, "MAX_PAUSE", 0.02)
+    monkeypatch.setattr(listener_module, "_budget", None)
     warnings = []
 
     async def scenario():
         server = socket.create_server(("127.0.0.1", 0))
         server.setblocking(False)
         accepting = Listener(server, Greeter, warnings.append)
-        accepting._estimate = accepting._ceiling        # as if the count had just reached the ceiling
+        accepting._budget.estimate = accepting._budget.ceiling     # as if accepts had just reached it
         accepting.start()
         reader, writer = await asyncio.open_connection(*server.getsockname())
         for _ in range(20):                  # many retries while held back: still one warning
