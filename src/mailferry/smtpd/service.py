@@ -128,7 +128,7 @@ class SmtpdService:
             listener = Listener(sock, lambda: Session(self, self.profile),
                                 lambda text: self.log.warning("smtpd", text), implicit,
                                 self.profile.timeout if implicit else None)
-            listener.start()
+            await listener.start()
             self.listeners.append(listener)
 
     def reload(self, config: Config, service: Service | None) -> None:

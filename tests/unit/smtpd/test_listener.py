@@ -29,7 +29,7 @@ def test_near_the_limit_it_holds_back_warns_once_and_resumes(monkeypatch):
         server.setblocking(False)
         accepting = Listener(server, Greeter, warnings.append)
         accepting._budget.estimate = accepting._budget.ceiling     # as if accepts had just reached it
-        accepting.start()
+        await accepting.start()
         reader, writer = await asyncio.open_connection(*server.getsockname())
         for _ in range(20):                  # many retries while held back: still one warning
             await asyncio.sleep(0.02)
