@@ -80,12 +80,14 @@ def descriptor_budget() -> DescriptorBudget:
 class Listener:
     def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
                  warn: Callable[[str], None],
-                 tls_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None):
+                 tls_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None,
+                 backlog: int = 100):
         self.sock = sock                    # the master's listening socket, shared by every process
         self.protocol_factory = protocol_factory
         self.warn = warn                    # a warning for the mail log, as the service logs it now
         self.tls_context = tls_context      # smtpd_tls_wrappermode: the loop does the handshake
         self.handshake_timeout = handshake_timeout
+        self.backlog = backlog              # create_server listens again: with this backlog
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
@@ -107,6 +109,7 @@ class Listener:
             self._hold_back()           # not even a descriptor for that
             return
         self._server = await self._loop.create_server(self._session, sock=own, ssl=self.tls_context,
+                                                      backlog=self.backlog,
                                                       ssl_handshake_timeout=self.handshake_timeout)
 
     def close(self) -> None:
