@@ -310,3 +310,48 @@ def milter_connect_refusal(myhostname: str, code: int) -> Refusal:
     if code == 421:
         return Refusal(Reply(421, "", f"{myhostname} Service unavailable - try again later"), DEFER, "milter")
     return Refusal(Reply(554, "", f"{myhostname} ESMTP not accepting connections"), REJECT, "milter")
+
+
+# --- Client limits (anvil/; Postfix's smtpd.c texts). `client` is name[addr] as the log shows it;
+# --- the warning goes to the log as Postfix's msg_warn does.
+
+def too_many_connections(hostname: str, address: str, count: int, client: str, service: str) -> Refusal:
+    """smtpd_client_connection_count_limit: sessions open at once, this one included."""
+    return Refusal(Reply(421, "4.7.0", f"{hostname} Error: too many connections from {address}"), DEFER,
+                   "connection concurrency limit",
+                   f"Connection concurrency limit exceeded: {count} from {client} for service {service}")
+
+
+def connection_rate_exceeded(hostname: str, address: str, rate: int, client: str, service: str) -> Refusal:
+    """smtpd_client_connection_rate_limit: connections in anvil_rate_time_unit."""
+    return Refusal(Reply(421, "4.7.0", f"{hostname} Error: too many connections from {address}"), DEFER,
+                   "connection rate limit",
+                   f"Connection rate limit exceeded: {rate} from {client} for service {service}")
+
+
+def message_rate_exceeded(address: str, rate: int, client: str, service: str) -> Refusal:
+    """smtpd_client_message_rate_limit: MAIL FROM commands in anvil_rate_time_unit."""
+    return Refusal(Reply(450, "4.7.1", f"Error: too much mail from {address}"), DEFER, "message rate limit",
+                   f"Message delivery request rate limit exceeded: {rate} from {client} for service {service}")
+
+
+def recipient_rate_exceeded(address: str, rate: int, client: str, service: str) -> Refusal:
+    """smtpd_client_recipient_rate_limit: RCPT TO commands in anvil_rate_time_unit."""
+    return Refusal(Reply(450, "4.7.1", f"Error: too many recipients from {address}"), DEFER,
+                   "recipient rate limit",
+                   f"Recipient address rate limit exceeded: {rate} from {client} for service {service}")
+
+
+def new_tls_rate_exceeded(hostname: str, rate: int, client: str, service: str) -> Refusal:
+    """smtpd_client_new_tls_session_rate_limit, after a handshake that made a new session:
+    the session ends (Postfix names the client by name[addr] here)."""
+    return Refusal(Reply(421, "4.7.0", f"{hostname} Error: too many new TLS sessions from {client}"), DEFER,
+                   "new TLS session rate limit",
+                   f"New TLS session rate limit exceeded: {rate} from {client} for service {service}")
+
+
+def starttls_rate_refused(client: str, service: str) -> Refusal:
+    """smtpd_client_new_tls_session_rate_limit already reached: STARTTLS is refused before any
+    handshake, so the client cannot make the server burn more CPU on one."""
+    return Refusal(Reply(454, "4.7.0", f"Error: too many new TLS sessions from {client}"), DEFER,
+                   "new TLS session rate limit", f"Refusing STARTTLS request from {client} for service {service}")

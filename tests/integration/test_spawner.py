@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import child_pids, process_uid
+from tests.peers.processes import socket_inodes
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +37,6 @@ def gone_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:"):
-            inodes.add(target)
-    return inodes
 
 
 def test_the_spawner_holds_no_listener_of_the_masters(daemon):

@@ -1,6 +1,6 @@
 """Process trees from /proc (no psutil), and the benches' Reaper.
 
-- descendants / children_map: a daemon and every process below it.
+- descendants / children_map: a daemon and every process below it; socket_inodes: its sockets.
 - ProcessTree: CPU time (user+sys, reaped children included) and memory (summed RSS and PSS,
   sampled in a thread) of a daemon and all its descendants.
 - Reaper: runs the registered clean-ups once, at exit, on an exception that ends the program and
@@ -24,6 +24,19 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # load generators and other short-lived children in flight: the Reaper kills them first
 IN_FLIGHT: set[subprocess.Popen] = set()
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The sockets a process holds open, as /proc/PID/fd links name them: `socket:[INODE]`."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:"):
+            inodes.add(target)
+    return inodes
 
 
 def read_stat(pid: int) -> list[str] | None:

@@ -23,6 +23,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"mailferry", "protocol", "syntax", "message", "maillog", "diagnostics", "control", "tlsinfo", "tlsparams"},
     {"tables"},                     # lookup tables, by type (dict_*)
     {"config"},                     # main.cf, master.cf, the parameter table, check
+    {"anvil"},                      # client limits: counts and rates shared by the smtpd processes
     {"queue"},                      # storage only
     {"routing", "refusals", "content"},   # trivial-rewrite; receiving-side failures into replies; MIME, header/body checks
     {"auth", "milter"},             # SMTP AUTH, server side (xsasl); the milter client

@@ -20,7 +20,7 @@ import asyncio
 from dataclasses import dataclass
 
 from mailferry import refusals
-from mailferry.auth import anvil
+from mailferry.anvil import clients
 from mailferry.auth.mechanisms import MECHANISMS, PLAINTEXT_MECHANISMS, Challenge, Credentials, Exchange, Malformed
 from mailferry.auth.verdict import OK, TEMPFAIL, Backend, ClientContext, Verdict
 from mailferry.config.config import Config, ConfigValueError
@@ -143,7 +143,7 @@ class AuthSession:
               tls_active: bool) -> Challenge | Refused | Verification:
         server = self.server
         if server.rate_limit > 0 and not server.rate_exceptions.matches(self.address):
-            rate = anvil.AUTH_COMMANDS.count(server.service_name, self.address, server.rate_unit)
+            rate = clients.table().record(clients.AUTH, server.service_name, self.address, server.rate_unit)
             if rate > server.rate_limit:
                 refusal = refusals.auth_rate_exceeded(self.address, rate, server.service_name)
                 return Refused(refusal, f"AUTH command rate limit exceeded: {rate} from {self.client} "

@@ -198,6 +198,14 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "smtpd_client_auth_rate_limit",
     "smtpd_client_event_limit_exceptions",
     "anvil_rate_time_unit",
+    # Client limits (anvil/, smtpd/client_limits.py, smtpd/listener.py; docs/limits.md)
+    "smtpd_client_connection_count_limit",
+    "smtpd_client_connection_rate_limit",
+    "smtpd_client_message_rate_limit",
+    "smtpd_client_recipient_rate_limit",
+    "smtpd_client_new_tls_session_rate_limit",
+    "anvil_status_update_time",
+    "smtpd_per_request_deadline",
     # Address rewriting (cleanup/rewrite.py, smtpd/recipient_maps.py, delivery/generic.py; docs/rewriting.md)
     "virtual_alias_maps",
     "virtual_alias_domains",

@@ -20,6 +20,8 @@ import sys
 
 import mailferry
 from mailferry import __version__
+from mailferry.anvil import clients
+from mailferry.anvil.status import statistics_lines
 from mailferry.config.config import Config, load
 from mailferry.config.inspect import inspect_config
 from mailferry.config.mastercf import read_master_cf
@@ -57,6 +59,7 @@ class MailServer:
         self.log = None
         self.sockets: dict[tuple[str, str], list[socket.socket]] = {}
         self.worker_pids: list[int] = []
+        self.worker_indexes: dict[int, int] = {}   # pid -> its column in anvil's table
         self.client_tables: dict = {}
         self.workers_read_fd: int | None = None
         self.spawner_process: SpawnerProcess | None = None
@@ -183,11 +186,16 @@ class MailServer:
             self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
                                     f"rights of {self.owner.name}, whatever account it names")
         self.log.flush()
+        loop = asyncio.get_running_loop()
+        next_statistics = loop.time() + self.config.time("anvil_status_update_time")
         try:
             while not self._stop.is_set():
                 await asyncio.sleep(0.2)
                 self.log.flush()
-                self.worker_pids = workers.reap_exited(self.worker_pids, self.log)
+                self._reap_workers()
+                if loop.time() >= next_statistics:
+                    next_statistics = loop.time() + self.config.time("anvil_status_update_time")
+                    self._log_anvil_statistics()
                 if self.spawner_process is not None:
                     self.spawner_process.check(self.log)
                 if self._reload_requested:
@@ -200,12 +208,28 @@ class MailServer:
             if self.spawner_process is not None:
                 self.spawner_process.stop()
             await workers.wait_for_workers(self.worker_pids, 60, self.log)
+            self._log_anvil_statistics()    # as anvil does when it exits
             remove_pid(self.queue_directory)
             self.log.close()
+
+    def _reap_workers(self) -> None:
+        """A worker that died took its sessions with it: anvil forgets their counts, or its
+        clients would stay locked out by smtpd_client_connection_count_limit."""
+        self.worker_pids = workers.reap_exited(self.worker_pids, self.log, self._forget_worker)
+
+    def _forget_worker(self, pid: int) -> None:
+        index = self.worker_indexes.pop(pid, None)
+        if index is not None:
+            clients.table().forget_process(index)
+
+    def _log_anvil_statistics(self) -> None:
+        for line in statistics_lines(clients.table(), float(self.config.time("anvil_rate_time_unit"))):
+            self.log.line("anvil", line)
 
     # ---- an smtpd worker's life (see master/workers.py)
     def run_worker(self, notify_fd: int, index: int) -> int:
         use_process_tag(index)
+        clients.table().use_process_index(index)
         self.log.after_fork()
         if self.spawner_process is not None:
             self.spawner_process.close_in_worker()     # smtpd never delivers: no way to root
@@ -348,8 +372,10 @@ def run_foreground(config_dir: str, background: bool = False) -> int:
     processes = workers.worker_count(server.master, server.config)
     if os.environ.get("MAILFERRY_QUEUE_BACKEND") == "ram":
         processes = 1  # a queue in one process's memory cannot be shared
+    clients.share(processes)   # anvil's table, one session column per process
     # Fork before the event loop and any thread exist: a fork copies only the calling thread.
     server.worker_pids, server.workers_read_fd = workers.spawn_workers(processes - 1, server.run_worker)
+    server.worker_indexes = {pid: index for index, pid in enumerate(server.worker_pids, start=1)}
     use_process_tag(0)
     _install_event_loop_policy()
     asyncio.run(server.serve())

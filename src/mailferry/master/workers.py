@@ -95,15 +95,18 @@ async def wait_for_workers(pids: list[int], timeout: float, log) -> None:
         os.waitpid(pid, 0)
 
 
-def reap_exited(pids: list[int], log) -> list[int]:
-    """Workers that died on their own are logged and forgotten (the master keeps serving)."""
+def reap_exited(pids: list[int], log, forget=lambda pid: None) -> list[int]:
+    """Workers that died on their own are logged and forgotten (the master keeps serving);
+    `forget(pid)` runs first, so whatever the log line tells has already been done."""
     alive = []
     for pid in pids:
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
+            forget(pid)
             continue
         if done:
+            forget(pid)
             log.warning("master", f"process smtpd pid {pid} exit status "
                                   f"{os.waitstatus_to_exitcode(status)}; the other processes keep serving")
         else:

@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from mailferry import refusals
+from mailferry.anvil.limits import ClientLimits
 from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
 from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
@@ -52,6 +53,8 @@ from mailferry.policy.settings import PolicySettings
 from mailferry.smtpd.milters import ServiceMilters, SessionMilters, service_milters
 from mailferry.milter.session import MilterSession
 from mailferry.smtpd.queue_space import QueueSpace
+from mailferry.smtpd.client_limits import SessionLimits
+from mailferry.smtpd.listener import Listener
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -76,10 +79,12 @@ class ServiceProfile:
     tls: TlsSettings
     settings: ServerSettings
     timeout: int                    # smtpd_timeout, seconds
+    per_record_deadline: bool       # smtpd_per_request_deadline (formerly smtpd_per_record_deadline)
     mynetworks: NetworkList
     policy: Engine                  # the restrictions (policy/)
     dns: DnsClient
     peername_lookup: bool           # smtpd_peername_lookup
+    limits: ClientLimits            # smtpd_client_*_limit (anvil/)
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
     receive_overrides: frozenset[str] = frozenset()   # receive_override_options, for cleanup
@@ -97,8 +102,11 @@ class ServiceProfile:
             settings = replace(settings, data_decision=True)
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=settings,
-                   timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
+                   timeout=config.time("smtpd_timeout"),
+                   per_record_deadline=config.boolean("smtpd_per_request_deadline"),
+                   mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
+                   limits=ClientLimits.from_config(config, service_name),
                    auth=SaslServer.from_config(config, service_name),
                    content_filter=config.get("content_filter").strip(), milters=milters,
                    receive_overrides=frozenset(config.list("receive_override_options")),
@@ -121,19 +129,20 @@ class SmtpdService:
         self.log = for_service(log, view.get("syslog_name"))
         self.new_queue_id = new_queue_id
         self.profile = ServiceProfile.from_config(view, tls_context, service.name)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.listeners: list[Listener] = []
         self.sessions: set[Session] = set()
 
     async def start(self, sockets: Iterable[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
         # smtpd_tls_wrappermode: the loop does the handshake before a Session hears of the
         # connection. (Starting it from connection_made loses the race with the ClientHello:
         # uvloop starts reading only after connection_made returns, undoing a pause_reading.)
         implicit = self.profile.tls_context if self.profile.tls.wrappermode else None
-        for listener in sockets:
-            server = await loop.create_server(lambda: Session(self, self.profile), sock=listener, ssl=implicit,
-                                              ssl_handshake_timeout=self.profile.timeout if implicit else None)
-            self.servers.append(server)
+        for sock in sockets:
+            listener = Listener(sock, lambda: Session(self, self.profile),
+                                lambda text: self.log.warning("smtpd", text), implicit,
+                                self.profile.timeout if implicit else None)
+            await listener.start()
+            self.listeners.append(listener)
 
     def reload(self, config: Config, service: Service | None) -> None:
         if service is not None:
@@ -152,8 +161,8 @@ class SmtpdService:
             self.log.warning("smtpd", f"reload: {problem}; keeping the configuration loaded before")
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.close()
+        for listener in self.listeners:
+            listener.close()
         for session in list(self.sessions):
             session.shut_down()
         deadline = time.monotonic() + 30
@@ -196,6 +205,7 @@ class Session(asyncio.Protocol):
         self.name = UNKNOWN
         self.client = f"{self.name}[{self.address}]"
         self.in_mynetworks = self.profile.mynetworks.matches(self.address)
+        self.limits = SessionLimits(self.profile.limits, self.profile.settings.hostname, self.address)
         # What the restrictions read; the auth helper sets sasl_method/sasl_username here after AUTH.
         self.facts = SessionFacts(self.address, self.port, server_address=_client_address(str(server[0])),
                                   server_port=server[1] if len(server) > 1 else 0, in_mynetworks=self.in_mynetworks)
@@ -249,6 +259,10 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
+        refusal = self.limits.connect(self.client)
+        if refusal is not None:
+            self._end_with(refusal)
+            return
         if self.policy.checks_connect or self.profile.milters is not None:
             self._await_before_greeting(self._check_connect())
             return
@@ -305,7 +319,10 @@ class Session(asyncio.Protocol):
         if not self._greeted:
             self._early += data   # while the name lookup runs: still before the greeting
             return
-        self._last_input = time.monotonic()
+        if not self.profile.per_record_deadline or b"\n" in data:
+            # With the deadline, smtpd_timeout bounds each whole line, not each read: a client
+            # that dribbles a byte at a time (slowloris) cannot hold the session open.
+            self._last_input = time.monotonic()
         self.conn.receive(data)
         self._advance()
 
@@ -477,6 +494,8 @@ class Session(asyncio.Protocol):
         if self.profile.tls_level == "encrypt" and not self.conn.tls_active:
             self.conn.refuse(refusals.STARTTLS_REQUIRED.reply)
             return
+        if self._over_limit(self.limits.mail(self.client)):
+            return
         self.mail = event
         self.recipients = []
         self.queue_id = ""
@@ -518,6 +537,8 @@ class Session(asyncio.Protocol):
         return refusal
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
+        if self._over_limit(self.limits.rcpt(self.client)):
+            return
         check = self.policy.rcpt(event.path.address, event.path.is_routed)
         if self.milters is not None:
             check = self._then_milters(check, lambda: self.milters.rcpt(event.path.address, event.params))
@@ -651,6 +672,8 @@ class Session(asyncio.Protocol):
         if self.profile.tls_context is None:
             self.conn.refuse(refusals.TLS_UNAVAILABLE.reply)
             return
+        if self._over_limit(self.limits.starttls(self.client)):
+            return
         self.conn.accept()
         self._send()
         self._busy = True
@@ -689,13 +712,33 @@ class Session(asyncio.Protocol):
             self._close()
             return
         self.transport = transport
-        self._tls_established(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self._tls_established(ssl_object)
+        refusal = self.limits.tls_established(self.client, ssl_object.session_reused)
+        if refusal is not None:
+            self._end_with(refusal)
+            return
         self.conn.tls_started()
         # What was learned in plaintext is forgotten (RFC 3207 4.2), by the restrictions too:
         # a login before STARTTLS must not permit anything after it.
         self.policy.tls_started()
         self._busy = False
         self._advance()
+
+    # --- client limits (anvil/)
+    def _over_limit(self, refusal: refusals.Refusal | None) -> bool:
+        """A rate limit refuses this command: the warning, then the 4xx."""
+        if refusal is None:
+            return False
+        self.log.warning("smtpd", refusal.warning)
+        self.conn.refuse(refusal.reply)
+        return True
+
+    def _end_with(self, refusal: refusals.Refusal) -> None:
+        """A limit ends the session: the warning, the 421, and the connection is closed."""
+        self.log.warning("smtpd", refusal.warning)
+        self.transport.write(refusal.reply.to_bytes())
+        self._close()
 
     # --- time-outs and the end
     def _arm_timer(self, delay: float) -> None:
@@ -736,6 +779,7 @@ class Session(asyncio.Protocol):
             self._timer.cancel()
         if self.milters is not None:
             asyncio.ensure_future(self.milters.close())
+        self.limits.disconnect()
         self.service.sessions.discard(self)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
 
@@ -744,7 +788,11 @@ def _already_sent(transport: asyncio.Transport) -> bytes:
     """What the client sent before we could greet it (a spambot that does not
     wait), read straight from the socket before the event loop starts reading."""
     fileno = transport.get_extra_info("socket").fileno()
-    with socket.socket(fileno=os.dup(fileno)) as raw:
+    try:
+        duplicate = os.dup(fileno)
+    except OSError:
+        return b""      # at the file-descriptor limit: the core reads it the usual way
+    with socket.socket(fileno=duplicate) as raw:
         try:
             return raw.recv(65536, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):

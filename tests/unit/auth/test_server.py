@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from mailferry.auth import anvil
+from mailferry.anvil import clients
 from mailferry.auth.mechanisms import Challenge, Credentials
 from mailferry.auth.server import Accepted, Refused, SaslServer, Verification, offered_mechanisms
 from mailferry.auth.verdict import FAIL, OK, TEMPFAIL, Verdict
@@ -114,7 +114,7 @@ def test_malformed_response_is_535_without_asking_the_backend():
 
 
 def test_auth_rate_limit_gives_postfixs_450(monkeypatch):
-    monkeypatch.setattr(anvil, "AUTH_COMMANDS", anvil.RateCounter())
+    monkeypatch.setattr(clients, "_table", clients.ClientTable())
     sasl = server(rate_limit=2, service="submission")
     session = sasl.session("192.0.2.7", "unknown[192.0.2.7]", "")
     for _ in range(2):
