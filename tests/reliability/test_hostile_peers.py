@@ -170,3 +170,40 @@ def test_malformed_dovecot_auth_answers_give_a_temporary_failure(fakes, name):
     assert fakes.auth.connections > connections, "the fake auth server was asked"
     assert grown < 16 * MIB, f"the worker grew by {grown} KiB"
     still_serving(fakes, pids)
+
+
+def _silent(connection: socket.socket) -> None:
+    """An LDAP server that takes the request and says nothing until the client's timeout."""
+    connection.recv(65536)
+    time.sleep(5)
+
+
+def test_a_client_pipelining_while_a_lookup_waits_is_not_buffered_without_bound(fakes):
+    """While smtpd waits for a slow lookup (here: an LDAP server that never answers, up to the
+    table's timeout), a client keeps sending pipelined commands as fast as loopback goes. smtpd must
+    stop reading rather than buffer all of it."""
+    fakes.ldap.scenario = _silent
+    pids = daemon_pids(fakes.daemon.process.pid)
+    flood = b"NOOP\r\n" * (1 << 14)        # 96 KiB a write
+    with RawSession(fakes.port) as session:
+        assert session.command(b"EHLO outside.example").startswith(b"250")
+        worker = serving_pid(fakes.daemon.process.pid, session.sock)
+        before = vm_rss_kib(worker)
+        assert session.command(b"MAIL FROM:<a@outside.example>").startswith(b"250")
+        session.send(b"RCPT TO:<slow@example.test>\r\n")
+        session.sock.settimeout(0.2)
+        sent, peak = 0, before
+        deadline = time.monotonic() + 2.5       # well inside the lookup's 3 s timeout
+        while time.monotonic() < deadline and sent < (400 << 20):
+            try:
+                session.sock.sendall(flood)
+                sent += len(flood)
+            except (TimeoutError, socket.timeout):
+                pass        # the daemon stopped reading: the kernel buffers are full
+            except (ConnectionResetError, BrokenPipeError):
+                break       # the lookup failed, the NOOPs ran into the error limits: 421 and closed
+            peak = max(peak, vm_rss_kib(worker))
+        session.sock.settimeout(30)
+    print(f"\nflood while a lookup waits: {sent >> 20} MiB sent, worker VmRSS {before} KiB, peak +{peak - before} KiB")
+    assert peak - before < 32 * MIB, f"the worker grew by {peak - before} KiB ({sent >> 20} MiB sent)"
+    still_serving(fakes, pids)
