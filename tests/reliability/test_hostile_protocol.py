@@ -46,7 +46,7 @@ from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 PROFILE = os.environ.get("MAILFERRY_FUZZ_PROFILE", "ci")
 if PROFILE not in ("ci", "long"):
     raise RuntimeError(f"MAILFERRY_FUZZ_PROFILE={PROFILE!r}: use ci or long")
-_DEFAULT_EXAMPLES = {"ci": 300, "long": 20000}[PROFILE]
+_DEFAULT_EXAMPLES = {"ci": 200, "long": 20000}[PROFILE]
 EXAMPLES = int(os.environ.get("MAILFERRY_FUZZ_EXAMPLES", _DEFAULT_EXAMPLES))
 
 FUZZ = settings(
