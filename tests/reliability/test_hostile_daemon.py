@@ -162,6 +162,13 @@ def ehlo(session: RawSession) -> bytes:
     return reply
 
 
+def start_data(session: RawSession, sender: str, recipient: str = "user@example.test") -> None:
+    """MAIL, RCPT and DATA, each accepted: the message may follow."""
+    assert session.command(f"MAIL FROM:<{sender}>".encode()).startswith(b"250")
+    assert session.command(f"RCPT TO:<{recipient}>".encode()).startswith(b"250")
+    assert session.command(b"DATA").startswith(b"354")
+
+
 def token() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
@@ -225,9 +232,7 @@ def test_smuggled_end_of_data_reaches_the_sink_as_one_message(mx, service, name)
                 f"Subject: smuggled\r\n\r\nforged-{mark}").encode()
     with mx.session(service) as session:
         ehlo(session)
-        assert session.command(f"MAIL FROM:<honest-{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(b"RCPT TO:<user@example.test>").startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"honest-{mark}@outside.example")
         session.send(f"Subject: {mark}\r\n\r\nbefore".encode() + SMUGGLING_ENDINGS[name] + smuggled
                      + b"\r\n.\r\nQUIT\r\n")
         replies = session.rest()
@@ -262,9 +267,7 @@ def test_nul_bytes_in_data_are_delivered_as_sent(mx):
     content = f"Subject: nul {mark}\r\nX-Nul: a\x00b\r\n\r\nbody\x00with\x00nuls\r\n".encode()
     with mx.session() as session:
         ehlo(session)
-        assert session.command(f"MAIL FROM:<{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(b"RCPT TO:<user@example.test>").startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"{mark}@outside.example")
         reply = session.command(content + b".")
     assert reply.startswith(b"250 2.0.0 Ok: queued as "), reply
     [message] = mx.wait_for_sink(mark)
@@ -289,9 +292,7 @@ def test_invalid_utf8_in_headers_is_delivered_byte_for_byte(mx):
     mark = token()
     with mx.session() as session:
         ehlo(session)
-        assert session.command(f"MAIL FROM:<{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(b"RCPT TO:<user@example.test>").startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"{mark}@outside.example")
         reply = session.command(f"Subject: {mark} \xff\xfe\r\nFrom: \xc3\x28 <a@outside.example>\r\n"
                                 f"\r\nbody\r\n.".encode("latin-1"))
     assert reply.startswith(b"250 2.0.0 Ok: queued as "), reply
@@ -332,9 +333,7 @@ def test_a_10_mb_line_in_data_is_refused_with_bounded_memory(mx):
     with mx.session() as session:
         ehlo(session)
         worker = worker_of(mx, session)
-        assert session.command(f"MAIL FROM:<{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(b"RCPT TO:<user@example.test>").startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"{mark}@outside.example")
         before = vm_rss_kib(worker)
         send_in_pieces(session, f"Subject: {mark}\r\n\r\n".encode() + b"y" * (10 << 20) + b"\r\n.\r\n")
         reply = session.reply()
@@ -354,9 +353,7 @@ def test_a_1_mb_header_gets_a_clear_reply_with_bounded_memory(mx):
     with mx.session() as session:
         ehlo(session)
         worker = worker_of(mx, session)
-        assert session.command(f"MAIL FROM:<{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(b"RCPT TO:<user@example.test>").startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"{mark}@outside.example")
         before = vm_rss_kib(worker)
         send_in_pieces(session, f"Subject: {mark}\r\nX-Huge: start\r\n".encode() + folded + b"\r\nbody\r\n.\r\n")
         reply = session.reply()
@@ -443,9 +440,7 @@ def test_shell_metacharacters_reach_a_pipe_command_literally(mx):
     recipient = f'"$(touch {canary})`touch {canary}`|x;sleep 66"@pipe.example'
     with mx.session() as session:
         ehlo(session)
-        assert session.command(f"MAIL FROM:<{sender}>".encode()).startswith(b"250")
-        assert session.command(f"RCPT TO:<{recipient}>".encode()).startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, sender, recipient)
         assert session.command(b"Subject: shell\r\n\r\nhi\r\n.").startswith(b"250")
     deadline = time.monotonic() + 30
     while not (runs := [run for run in mx.records.iterdir() if (run / "stdin").exists()
@@ -502,9 +497,7 @@ def test_a_hostile_next_hop_defers_with_a_clear_reason(mx, name):
     mark = token()
     with mx.session() as session:
         ehlo(session)
-        assert session.command(f"MAIL FROM:<{mark}@outside.example>".encode()).startswith(b"250")
-        assert session.command(f"RCPT TO:<user@{name}.example>".encode()).startswith(b"250")
-        assert session.command(b"DATA").startswith(b"354")
+        start_data(session, f"{mark}@outside.example", f"user@{name}.example")
         reply = session.command(f"Subject: {mark}\r\n\r\nbody\r\n.".encode())
     assert reply.startswith(b"250 2.0.0 Ok: queued as "), reply
     queue_id = reply.split()[-1].decode()

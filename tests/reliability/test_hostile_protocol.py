@@ -32,14 +32,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from mailferry.protocol.address import RECIPIENT, SENDER, AddressError, Path, parse_path, quote_local_part, \
     split_path, unquote_local_part
-from mailferry.protocol.server_events import (
-    CLOSED, DECISIONS, NEED_DATA, PAUSED, AuthRequested, AuthResponse, MessageReceived, StartTLSRequested,
-)
+from mailferry.protocol.server_events import CLOSED, DECISIONS, NEED_DATA, PAUSED
 from mailferry.protocol.smtp_client import (
     ClientProtocolError, Extensions, ReplyReader, ServerReply, Transaction, data_payload, decode_challenge,
     mail_command, rcpt_command,
 )
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
+from tests.reliability.fuzz.decisions import decide
 
 # --- The budget ------------------------------------------------------------------------------------
 
@@ -174,35 +173,9 @@ class Driver:
                 return
             assert event is not PAUSED, "a decision was left pending by the driver"
             if isinstance(event, DECISIONS):
-                self.decide(event)
+                decide(conn, event, self.choose(4))
             self.output += conn.data_to_send()
         raise AssertionError("the server never asked for more input")
-
-    def decide(self, event) -> None:
-        conn = self.conn
-        choice = self.choose(4)
-        if isinstance(event, MessageReceived):
-            if choice == 0:
-                conn.reject(451, "4.3.0", "Error: queue file write error")
-            elif choice == 1:
-                conn.reject(421, "4.3.0", "mx.example Error: closing")
-            else:
-                conn.accept_message("4QID")
-        elif isinstance(event, (AuthRequested, AuthResponse)):
-            if choice == 0:
-                conn.auth_challenge("")
-            elif choice == 1:
-                conn.reject(535, "5.7.8", "Error: authentication failed")
-            else:
-                conn.accept()
-        elif choice == 0:
-            conn.reject(550, "5.7.1", "refused")
-        elif choice == 1 and not isinstance(event, StartTLSRequested):
-            conn.reject(450, "4.7.1", "try later")
-        else:
-            conn.accept()
-            if isinstance(event, StartTLSRequested) and conn.next_event() is NEED_DATA:
-                conn.tls_started()      # the handshake succeeded
 
     def check_bounds(self) -> None:
         held = self.conn.buffered_bytes

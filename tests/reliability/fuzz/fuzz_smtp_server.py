@@ -15,9 +15,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["mailferry"]):
-    from mailferry.protocol.server_events import (
-        CLOSED, DECISIONS, NEED_DATA, PAUSED, AuthRequested, AuthResponse, MessageReceived, StartTLSRequested,
-    )
+    # beside this file (a script's directory is on sys.path); imported here so that the mailferry
+    # modules it imports are instrumented too
+    from decisions import decide
+    from mailferry.protocol.server_events import CLOSED, DECISIONS, NEED_DATA, PAUSED
     from mailferry.protocol.smtp_client import ReplyReader
     from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 
@@ -37,31 +38,6 @@ def settings_from(flags: int, limits: int) -> ServerSettings:
         auth_mechanisms=("PLAIN", "LOGIN") if flags & 32 else (), data_decision=bool(flags & 64),
         chunking=bool(flags & 128), smtputf8=bool(flags & 256), vrfy_enabled=bool(flags & 512),
     )
-
-
-def decide(conn: ServerConnection, event, choice: int) -> None:
-    if isinstance(event, MessageReceived):
-        if choice == 0:
-            conn.reject(451, "4.3.0", "Error: queue file write error")
-        elif choice == 1:
-            conn.reject(421, "4.3.0", "closing")
-        else:
-            conn.accept_message("4QID")
-    elif isinstance(event, (AuthRequested, AuthResponse)):
-        if choice == 0:
-            conn.auth_challenge("")
-        elif choice == 1:
-            conn.reject(535, "5.7.8", "Error: authentication failed")
-        else:
-            conn.accept()
-    elif choice == 0:
-        conn.reject(550, "5.7.1", "refused")
-    elif choice == 1 and not isinstance(event, StartTLSRequested):
-        conn.reject(450, "4.7.1", "later")
-    else:
-        conn.accept()
-        if isinstance(event, StartTLSRequested) and conn.next_event() is NEED_DATA:
-            conn.tls_started()
 
 
 def run_session(data: bytes) -> None:
