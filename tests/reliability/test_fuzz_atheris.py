@@ -41,7 +41,8 @@ def test_fuzz_target_runs_without_a_crash(target, tmp_path):
     command = [sys.executable, str(FUZZ_DIR / target), f"-max_total_time={FUZZ_SECONDS}",
                f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(corpus)]
     if target == "fuzz_smtp_server.py":
-        command.insert(2, f"-dict={FUZZ_DIR / 'smtp.dict'}")
+        # a session needs room: libFuzzer would otherwise start from inputs of a few bytes
+        command[2:2] = [f"-dict={FUZZ_DIR / 'smtp.dict'}", "-max_len=4096"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120,
                          cwd=tmp_path, env={**os.environ, "PYTHONHASHSEED": "0"})
     tail = run.stderr[-4000:]

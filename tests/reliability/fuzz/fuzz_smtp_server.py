@@ -5,7 +5,8 @@ stream cut into chunks; the session is run as smtpd runs it. A crash is an
 exception escaping the core, a reply our own ReplyReader cannot parse, or a
 receive buffer over its bound after a read.
 
-    .venv/bin/python tests/reliability/fuzz/fuzz_smtp_server.py -max_total_time=600 CORPUS_DIR
+    .venv/bin/python tests/reliability/fuzz/fuzz_smtp_server.py -dict=tests/reliability/fuzz/smtp.dict \
+        -max_len=4096 -max_total_time=600 CORPUS_DIR
 
 See tests/reliability/fuzz/README.md.
 """
