@@ -76,6 +76,12 @@ class NewMessage:
     # FILTER action replaces it; bounces and other notices have none.
     content_filter: str = ""
     prepend: list[str] = field(default_factory=list)   # PREPEND: header lines, above Received:
+    # receive_override_options of the service that received it (no_header_body_checks,
+    # no_address_mappings, no_milters, ...): cleanup skips those steps for this message.
+    receive_overrides: frozenset[str] = frozenset()
+    # The byte range of the headers cleanup added itself (Message-Id:, Date:, From:): header
+    # checks skip them, as Postfix's do. clean() sets it.
+    own_headers: tuple[int, int] = (0, 0)
 
 
 @dataclass(slots=True)

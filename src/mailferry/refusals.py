@@ -254,3 +254,54 @@ def auth_rate_exceeded(address: str, rate: int, service: str) -> Refusal:
     """smtpd_client_auth_rate_limit: too many AUTH commands in anvil_rate_time_unit."""
     return Refusal(Reply(450, "4.7.1", f"Error: too many AUTH commands from {address}"), DEFER,
                    f"AUTH command rate limit exceeded: {rate}")
+
+
+# --- cleanup's content checks (header_checks, body_checks; cleanup_message.c, smtpd.c)
+
+def content_rejected(reason: str) -> Refusal:
+    """A REJECT action: `reason` is "5.7.1 text" (cleanup's CLEANUP_STAT_CONT, answered with
+    550) or, when the table gave a 4.x.x status, "4.7.1 text" (CLEANUP_STAT_DEFER: 451)."""
+    status, _, text = reason.partition(" ")
+    if status.startswith("4"):
+        return Refusal(Reply(451, status, text), DEFER, "content rejected for now")
+    return Refusal(Reply(550, status, text), REJECT, "content rejected")
+
+
+def content_check_lookup_failure(parameter: str) -> Refusal:
+    """A header or body checks table failed for now: Postfix's cleanup fails the message with
+    CLEANUP_STAT_WRITE, which smtpd answers as a queue file write error."""
+    return Refusal(Reply(451, "4.3.0", "Error: queue file write error"), DEFER,
+                   f"{parameter} map lookup problem -- message not accepted, try again later")
+
+
+def mime_structure_error(text: str) -> Refusal:
+    """strict_mime_encoding_domain or mime_nesting_limit refused the message (5.6.0)."""
+    return Refusal(Reply(550, "5.6.0", text), REJECT, f"mime-error {text}")
+
+
+# --- Milters (milter/): a milter's reply, as Postfix's smtpd and cleanup pass it on
+
+def milter_reply(text: str) -> Refusal:
+    """A milter's "550 5.7.1 text" (its own words, or Postfix's for SMFIR_REJECT and
+    SMFIR_TEMPFAIL, or those of milter_default_action), possibly multi-line (CRLF between
+    lines, each with its code), as the client is to hear it."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    code = int(lines[0][:3])
+    enhanced = ""
+    texts = []
+    for line in lines:
+        rest = line[4:] if len(line) > 3 else ""
+        status, _, words = rest.partition(" ")
+        if is_valid_dsn(status):
+            enhanced = enhanced or status
+            texts.append(words)
+        else:
+            texts.append(rest)
+    return Refusal(Reply(code, enhanced, "\n".join(texts)), REJECT if code >= 500 else DEFER, "milter")
+
+
+def milter_connect_refusal(myhostname: str, code: int) -> Refusal:
+    """A milter refused the connection: Postfix's smtpd greets with these instead of 220."""
+    if code == 421:
+        return Refusal(Reply(421, "", f"{myhostname} Service unavailable - try again later"), DEFER, "milter")
+    return Refusal(Reply(554, "", f"{myhostname} ESMTP not accepting connections"), REJECT, "milter")

@@ -24,8 +24,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"tables"},                     # lookup tables, by type (dict_*)
     {"config"},                     # main.cf, master.cf, the parameter table, check
     {"queue"},                      # storage only
-    {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
-    {"auth"},                       # SMTP AUTH, server side (xsasl)
+    {"routing", "refusals", "content"},   # trivial-rewrite; receiving-side failures into replies; MIME, header/body checks
+    {"auth", "milter"},             # SMTP AUTH, server side (xsasl); the milter client
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager
     {"policy"},                     # the restriction engine (smtpd_check), below smtpd which runs it

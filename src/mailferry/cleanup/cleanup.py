@@ -14,8 +14,8 @@ after clean().
 Notices that qmgr makes (bounces, delay warnings, postmaster copies) pass
 here too, through `clean_notice`: bounce wrote all their headers and their
 addresses are complete, so nothing is added to them, but the steps that
-apply to every message (address rewriting; header checks: planned)
-belong to both paths.
+apply to every message (address rewriting) belong to both paths. Header and body
+checks (cleanup/checks.py) apply only to mail from smtpd and pickup, as in Postfix.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
     present = {name for name, _ in fields}
     added = [f"{header}\r\n" for header in message.prepend]   # PREPEND goes above Received:, as in Postfix
     added.append(_received(message, queue_id, settings, now))
+    own_start = len("".join(added).encode("utf-8", "surrogateescape"))   # what follows is cleanup's own
     if add_missing_headers:
         if b"message-id" not in present:
             message.message_id = f"<{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}.{queue_id}@{settings.myhostname}>"
@@ -79,7 +80,9 @@ def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,
     if not present and not message.content.startswith(b"\r\n"):
         # No header section at all: keep the body a body by ending our headers with the separator.
         message.content = b"\r\n" + message.content
-    message.content = "".join(added).encode("utf-8", "surrogateescape") + message.content
+    prefix = "".join(added).encode("utf-8", "surrogateescape")
+    message.own_headers = (own_start, len(prefix))
+    message.content = prefix + message.content
     message.arrival_time = message.arrival_time or now
     return message
 

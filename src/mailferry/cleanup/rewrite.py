@@ -127,7 +127,11 @@ class AddressRewriter:
 
     async def rewrite(self, message: NewMessage, rewrite_headers: bool,
                       warn: Callable[[str], None]) -> None:
-        """Rewrite `message` in place. Raises RewriteDeferred."""
+        """Rewrite `message` in place. Raises RewriteDeferred. Nothing is rewritten for a
+        service with receive_override_options = no_address_mappings (before a content filter)."""
+        if "no_address_mappings" in message.receive_overrides:
+            message.recipients = _without_duplicates(message.recipients)
+            return
         try:
             if self.rewrites_envelope:
                 if message.sender:

@@ -23,12 +23,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from mailferry.cleanup.checks import ContentChecks
+from mailferry.cleanup import milters as cleanup_milters
 from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
 from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
 from mailferry.message import NewMessage, Recipient
+from mailferry.milter.session import MilterSession
 from mailferry.queue import QueueError, new_queue_id
 from mailferry.refusals import Refusal
 from mailferry.tables import TableError
@@ -60,8 +63,9 @@ class Committer(Protocol):
 class CleanupService:
     def __init__(self, settings: CleanupSettings, committer: Committer, log: Log,
                  is_local_client: Callable[[str], bool], on_queued: Callable[[], None],
-                 rewriter: AddressRewriter | None = None):
+                 rewriter: AddressRewriter | None = None, checks: ContentChecks | None = None):
         self.settings = settings
+        self.checks = checks or ContentChecks.none(log)
         self.rewriter = rewriter or AddressRewriter(None, None, None, None, None)
         self.committer = committer
         self.log = log
@@ -73,7 +77,8 @@ class CleanupService:
                     on_queued: Callable[[], None]) -> CleanupService:
         """`on_queued` is called after each message from smtpd or pickup is durable."""
         return cls(CleanupSettings.from_config(config), committer, log,
-                   local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config))
+                   local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config),
+                   ContentChecks.from_config(config, log))
 
     def reload(self, config: Config) -> None:
         self.settings = CleanupSettings.from_config(config)
@@ -83,11 +88,22 @@ class CleanupService:
         except TableError as problem:
             # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
             self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
+        try:
+            self.checks, replaced = ContentChecks.from_config(config, self.log), self.checks
+            replaced.close()
+        except TableError as problem:
+            self.log.warning("cleanup", f"reload: {problem}; keeping the header and body checks loaded before")
 
-    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
+    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "",
+                      milters: MilterSession | None = None) -> str:
+        """`milters`: the milters of the message's SMTP session (smtpd_milters) or of its
+        non-SMTP submission (non_smtpd_milters), for their content phase."""
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
+        await self.checks.apply(message)
+        if not await cleanup_milters.run_content_milters(message, milters, self.log):
+            return queue_id
         await self._rewrite(message, add_headers)
         self._log_message_id(message)
         if not self._restriction_actions(message):
@@ -104,8 +120,9 @@ class CleanupService:
             first = message.recipients[0] if message.recipients else Recipient(message.redirect)
             message.recipients = [Recipient(message.redirect, orcpt=first.orcpt, notify=first.notify)]
         if message.discard:
-            self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
-                                     f" from=<{message.sender}>")
+            if not self.checks.logged_discard(message.queue_id):   # a DISCARD action logged its own
+                self.log.line("cleanup", f"{message.queue_id}: discard: the restrictions asked to discard it;"
+                                         f" from=<{message.sender}>")
             return False
         return True
 

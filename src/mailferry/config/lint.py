@@ -113,6 +113,9 @@ def _check_value(config: Config, setting: Setting, parameter: parameters.Paramet
         "int": values.parse_int,
         "bool": values.parse_bool,
     }.get(parameter.kind)
+    words = _unknown_words(setting.name, text)
+    if words:
+        return [error(f"parameter {setting.name}: {words}", setting.file, setting.line, setting.name)]
     if parse is None or text == "":
         return []
     try:
@@ -120,6 +123,21 @@ def _check_value(config: Config, setting: Setting, parameter: parameters.Paramet
     except ValueError as exc:
         return [error(f"parameter {setting.name}: {exc}", setting.file, setting.line, setting.name)]
     return []
+
+
+# Parameters whose value is a list of fixed words (Postfix's name_mask: an unknown one is fatal).
+_WORD_LISTS = {"receive_override_options": frozenset(("no_unknown_recipient_checks", "no_address_mappings",
+                                                      "no_header_body_checks", "no_milters"))}
+
+
+def _unknown_words(name: str, text: str) -> str:
+    known = _WORD_LISTS.get(name)
+    if known is None:
+        return ""
+    unknown = [word for word in text.replace(",", " ").split() if word.lower() not in known]
+    if not unknown:
+        return ""
+    return f"unknown value {', '.join(unknown)}; Postfix stops with a fatal error. Known: {', '.join(sorted(known))}"
 
 
 # --- master.cf pipe(8) services: what the pipe agent would refuse or do differently from Postfix
@@ -233,4 +251,7 @@ def _check_override_value(view: Config, name: str, parameter: parameters.Paramet
             parse(text)
     except ValueError as exc:
         return [error(f"parameter {name}: {getattr(exc, 'reason', exc)}", path, line, name)]
+    words = _unknown_words(name, text)
+    if words:
+        return [error(f"parameter {name}: {words}", path, line, name)]
     return []

@@ -16,6 +16,7 @@ from mailferry.config.localdomains import open_address_maps
 from mailferry.config.mastercf import MasterCf, Service
 from mailferry.delivery import outcome
 from mailferry.delivery.client_parameters import client_parameter
+from mailferry.delivery.content_checks import OutgoingChecks
 from mailferry.delivery.generic import GenericMaps
 from mailferry.delivery.pipe import PipeAgent, PipeSettings
 from mailferry.delivery.local import Forwarder, LocalAgent
@@ -135,7 +136,8 @@ class Transports:
             if settings.tls.verifies:
                 self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
         client = SmtpClient(settings, self.dns, self.log, maps, self._tls_policy_table(transport, settings),
-                            generic=self._generic_maps(transport, settings))
+                            generic=self._generic_maps(transport, settings),
+                            checks=self._content_checks(transport, settings))
         self._clients[transport] = client
         return client
 
@@ -157,6 +159,14 @@ class Transports:
         except TableError as problem:
             raise ValueError(f"{name}: {problem}") from None
         return None if maps is None else GenericMaps(maps)
+
+    def _content_checks(self, transport: str, settings: ClientSettings) -> OutgoingChecks | None:
+        """smtp_header_checks and the others (lmtp_* for LMTP), as this service sees them."""
+        config = _service_config(self.config, self.master, self._service(transport))
+        try:
+            return OutgoingChecks.from_config(config, settings.prefix, self.log, transport)
+        except TableError as problem:
+            raise ValueError(f"{settings.prefix}_header_checks: {problem}") from None
 
     def _why_unavailable(self, transport: str, command: str | None) -> str:
         if command is None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from mailferry.delivery import outcome
 from mailferry.delivery.connection import Connection, ConnectionLost
+from mailferry.delivery.content_checks import ChecksDeferred, OutgoingChecks
 from mailferry.delivery.destinations import Destinations
 from mailferry.delivery.generic import GenericMaps, MapDeferred
 from mailferry.delivery.sasl import PasswordMaps
@@ -54,12 +55,14 @@ class DestinationLimits(Protocol):
 class SmtpClient:
     def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
                  tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None,
-                 generic: GenericMaps | None = None):
+                 generic: GenericMaps | None = None, checks: OutgoingChecks | None = None):
         """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own.
-        `generic`: smtp_generic_maps (lmtp_generic_maps), or None."""
+        `generic`: smtp_generic_maps (lmtp_generic_maps), or None. `checks`: smtp_header_checks
+        and the others (lmtp_*), or None."""
         self.settings = settings
         self.log = log
         self.generic = generic
+        self.checks = checks
         self.setup = SessionSetup(settings, dns, log, password_maps, tls_policies)
         self.cache = SessionCache(settings)
         self.destinations = destinations if destinations is not None else Destinations(settings.concurrency_limit)
@@ -67,6 +70,11 @@ class SmtpClient:
     # --- the job
 
     async def deliver(self, job: DeliveryJob) -> list[DeliveryResult]:
+        if self.checks is not None:   # before smtp_generic_maps, as in Postfix's smtp_header_rewrite
+            try:
+                job = dataclasses.replace(job, content=await self.checks.apply(job.message.queue_id, job.content))
+            except ChecksDeferred as problem:
+                return [outcome.deferred("4.3.0", str(problem))] * len(job.recipients)
         if self.generic is not None:
             try:
                 job = await self._generic(job)

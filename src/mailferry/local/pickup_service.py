@@ -14,16 +14,18 @@ from typing import Protocol
 
 from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
-from mailferry.local import pickup
+from mailferry.cleanup.service import ContentRefused
+from mailferry.local import pickup, returned
 from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
 from mailferry.maillog import Log
 from mailferry.message import NewMessage
+from mailferry.qmgr.bounce import BounceSettings
 from mailferry.queue import QueueError, new_queue_id
 
 DEFAULT_WAKEUP = 60.0
 
 
-class Intake(Protocol):
+class Intake(returned.NoticeIntake, Protocol):
     """cleanup (cleanup/service.py): the way into the queue."""
 
     async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str: ...
@@ -31,23 +33,29 @@ class Intake(Protocol):
 
 class PickupService:
     def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP,
-                 content_filter: str = ""):
+                 content_filter: str = "", receive_overrides: frozenset[str] = frozenset(),
+                 bounce: BounceSettings | None = None):
         self.queue_directory = queue_directory
         self.cleanup = cleanup
         self.log = log
         self.wakeup = wakeup
         self.content_filter = content_filter   # content_filter as pickup sees it (main.cf, its -o)
+        self.receive_overrides = receive_overrides
+        self.bounce = bounce or BounceSettings(myhostname="localhost")
         self._wakeup_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, cleanup: Intake, log: Log) -> PickupService:
         return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master),
-                   _content_filter(config, master))
+                   _content_filter(config, master), _receive_overrides(config, master),
+                   returned.bounce_settings(config))
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """The wakeup time of the new master.cf applies from the next wait."""
         self.wakeup = _wakeup_seconds(master)
         self.content_filter = _content_filter(config, master)
+        self.receive_overrides = _receive_overrides(config, master)
+        self.bounce = returned.bounce_settings(config)
 
     def wake(self) -> None:
         self._wakeup_event.set()
@@ -78,9 +86,17 @@ class PickupService:
                 continue
             queue_id = new_queue_id()
             submission.message.content_filter = self.content_filter
+            submission.message.receive_overrides = self.receive_overrides
             self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
             try:
-                await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                try:
+                    await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                except ContentRefused as refused:
+                    if refused.refusal.reply.code < 500:
+                        self.log.warning("pickup", f"{queue_id}: {path}: {refused.refusal.reply.text}; will retry")
+                        return
+                    await returned.return_to_sender(submission.message, queue_id, refused.refusal, self.bounce,
+                                                    self.cleanup, self.log)
             except QueueError as problem:
                 self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
                 return
@@ -89,10 +105,19 @@ class PickupService:
 
 def _content_filter(config: Config, master: MasterCf | None) -> str:
     """content_filter for sendmail's mail: main.cf's, or the pickup service's -o content_filter=."""
+    return _pickup_view(config, master).get("content_filter").strip()
+
+
+def _receive_overrides(config: Config, master: MasterCf | None) -> frozenset[str]:
+    """receive_override_options for sendmail's mail (main.cf's, or pickup's -o)."""
+    return frozenset(_pickup_view(config, master).list("receive_override_options"))
+
+
+def _pickup_view(config: Config, master: MasterCf | None) -> Config:
     service = master.find("pickup", "unix") if master is not None else None
     if service is not None:
         config = config.with_overrides(service.overrides, f"master.cf, line {service.line}")
-    return config.get("content_filter").strip()
+    return config
 
 
 def _wakeup_seconds(master: MasterCf | None) -> float:

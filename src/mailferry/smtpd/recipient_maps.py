@@ -85,8 +85,10 @@ class RecipientMaps:
         maps = [open_maps(config.get(name), observer=observer) for name in names]
         classes = AddressClasses.from_config(config, observer)
         class_tables = _class_tables(config, observer)
+        # receive_override_options = no_unknown_recipient_checks (after a content filter): off.
         enabled = config.boolean("smtpd_reject_unlisted_recipient") and bool(
-            maps or class_tables or config.get("virtual_alias_domains").strip())
+            maps or class_tables or config.get("virtual_alias_domains").strip()) and \
+            "no_unknown_recipient_checks" not in config.list("receive_override_options")
         return cls(maps, classes, address_domain_matcher(config), config.get("recipient_delimiter"),
                    config.integer("unknown_virtual_alias_reject_code"), enabled, names, observer, class_tables,
                    config.get("myorigin"), config.get("double_bounce_sender"))

@@ -48,6 +48,8 @@ from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
 from mailferry.policy.settings import PolicySettings
+from mailferry.smtpd.milters import ServiceMilters, SessionMilters, service_milters
+from mailferry.milter.session import MilterSession
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -62,7 +64,8 @@ class Cleanup(Protocol):
     """Where an accepted message goes (cleanup.service.CleanupService): it
     returns once the message is durably queued, or raises QueueError."""
 
-    async def enqueue(self, message: NewMessage, queue_id: str) -> str: ...
+    async def enqueue(self, message: NewMessage, queue_id: str, *,
+                      milters: MilterSession | None = None) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
+    receive_overrides: frozenset[str] = frozenset()   # receive_override_options, for cleanup
+    milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -87,14 +92,16 @@ class ServiceProfile:
         dns = DnsClient.from_environment()
         policy = Engine(PolicySettings.from_config(config), dns, RecipientMaps.from_config(config))
         settings = server_settings(config, starttls=tls_context is not None)
-        if policy.needs_data_stage:
+        milters = service_milters(config)
+        if policy.needs_data_stage or milters is not None:
             settings = replace(settings, data_decision=True)
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=settings,
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip())
+                   content_filter=config.get("content_filter").strip(), milters=milters,
+                   receive_overrides=frozenset(config.list("receive_override_options")))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -168,6 +175,7 @@ class Session(asyncio.Protocol):
         self.tls_description = ""
         self.access_denied: refusals.Refusal | None = None   # client restrictions refused at connect
         self.auth: AuthSession | None = None    # made at the first AUTH (auth/)
+        self.milters: SessionMilters | None = None   # smtpd_milters (smtpd/milters.py)
         self._greeted = False
         self._early = b""
         self._busy = False          # a commit or a TLS handshake is under way
@@ -240,23 +248,35 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
-        if self.policy.checks_connect:
+        if self.policy.checks_connect or self.profile.milters is not None:
             self._await_before_greeting(self._check_connect())
             return
         self._greet(None)
 
     async def _check_connect(self) -> None:
-        refusal = await self.policy.connect()
+        refusal = await self.policy.connect() if self.policy.checks_connect else None
+        milter_greeting = None
+        if refusal is None and self.profile.milters is not None:
+            milter_greeting = await self._connect_milters(self.profile.milters)
         self._busy = False
         if self._closed:
             return
         self.transport.resume_reading()
         self._log_policy_notes()
-        self._greet(refusal)
+        self._greet(refusal, milter_greeting)
 
-    def _greet(self, refusal: refusals.Refusal | None) -> None:
+    async def _connect_milters(self, milters: ServiceMilters) -> refusals.Refusal | None:
+        settings = await milters.for_client(self.address, lambda text: self.log.warning("smtpd", text))
+        if settings is None or self._closed:
+            return None
+        self.milters = SessionMilters(settings, self, self.log, self.profile.settings.hostname)
+        return await self.milters.connect()
+
+    def _greet(self, refusal: refusals.Refusal | None, milter_greeting: refusals.Refusal | None = None) -> None:
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
-        instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
+        instead, and every command but QUIT then gets Postfix's 503 (access_denied). A milter
+        that refused the connection gets Postfix's 554 (or 421) greeting; its reply then
+        answers the commands (smtpd/milters.py)."""
         transport = self.transport
         early, self._early = self._early + self._read_early(transport), b""
         self._greeted = True
@@ -271,7 +291,12 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             self.access_denied = refusal
             greeting = refusal.reply.to_bytes()
+        elif milter_greeting is not None:
+            greeting = milter_greeting.reply.to_bytes()
         transport.write(greeting)
+        if milter_greeting is not None and milter_greeting.reply.closes_connection:
+            self._close()
+            return
         if early:
             self._advance()
 
@@ -363,7 +388,10 @@ class Session(asyncio.Protocol):
         elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
         elif isinstance(event, events.DataRequested):
-            self._await_policy(self.policy.data(), self._data_decided)
+            check = self.policy.data()
+            if self.milters is not None:
+                check = self._then_milters(check, self.milters.data)
+            self._await_policy(check, self._data_decided)
         elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
@@ -412,9 +440,18 @@ class Session(asyncio.Protocol):
     def _hello(self, event: events.Hello) -> None:
         if not self.policy.checks_helo:
             self.policy.record_helo(event.name, event.extended)
-            self.conn.accept()
-            return
-        self._await_policy(self.policy.helo(event.name, event.extended), self._accept_or_refuse)
+            if self.milters is None:
+                self.conn.accept()
+                return
+        check = self.policy.helo(event.name, event.extended) if self.policy.checks_helo else None
+        self._await_policy(self._then_milters(check, lambda: self.milters.helo(event.name)), self._accept_or_refuse)
+
+    async def _then_milters(self, check, milter_step) -> refusals.Refusal | None:
+        """The restrictions of a stage, then, if they said yes, the milters of the same stage."""
+        refusal = await check if check is not None else None
+        if refusal is None and self.milters is not None:
+            refusal = await milter_step()
+        return refusal
 
     def _accept_or_refuse(self, refusal: refusals.Refusal | None) -> None:
         if refusal is None:
@@ -461,9 +498,12 @@ class Session(asyncio.Protocol):
         sender, size = event.path.address, event.params.size or 0
         if not self.policy.checks_mail:
             self.policy.record_mail(sender, size)
-            self.conn.accept()
-            return
-        self._await_policy(self.policy.mail(sender, size), self._sender_decided)
+            if self.milters is None:
+                self.conn.accept()
+                return
+        check = self.policy.mail(sender, size) if self.policy.checks_mail else None
+        self._await_policy(self._then_milters(check, lambda: self.milters.mail(sender, event.params)),
+                           self._sender_decided)
 
     def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
         if refusal is not None:
@@ -471,8 +511,10 @@ class Session(asyncio.Protocol):
         self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        self._await_policy(self.policy.rcpt(event.path.address, event.path.is_routed),
-                           lambda refusal: self._decide_recipient(event, refusal))
+        check = self.policy.rcpt(event.path.address, event.path.is_routed)
+        if self.milters is not None:
+            check = self._then_milters(check, lambda: self.milters.rcpt(event.path.address, event.params))
+        self._await_policy(check, lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
         address = event.path.address
@@ -519,6 +561,8 @@ class Session(asyncio.Protocol):
             if refusal is not None:
                 self.queue_id, self.recipients = "", []
                 self.policy.end_transaction()
+                if self.milters is not None:
+                    await self.milters.end_transaction()
                 self.conn.refuse(refusal.reply)
                 self._busy = False
                 self._advance()
@@ -532,11 +576,13 @@ class Session(asyncio.Protocol):
             origin="smtp", dsn_ret=mail.params.ret, dsn_envid=mail.params.envid,
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
             hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
-            content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend))
+            content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend),
+            receive_overrides=self.profile.receive_overrides)
+        milters = self._milters_for_content(message, self.queue_id)
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         self.policy.end_transaction()
         try:
-            await self.service.cleanup.enqueue(message, queue_id)
+            await self.service.cleanup.enqueue(message, queue_id, milters=milters)
         except ContentRefused as problem:
             # cleanup logged its reject line, as Postfix's cleanup does; smtpd only answers.
             self.conn.refuse(problem.refusal.reply)
@@ -569,6 +615,18 @@ class Session(asyncio.Protocol):
             self.log.warning("smtpd", f"{problem}")
             refusal = refusals.SERVER_CONFIGURATION_REFUSAL
         return refusal
+
+    def _milters_for_content(self, message: NewMessage, queue_id: str) -> MilterSession | None:
+        """The session's milters for cleanup's content phase, with what they decided before it:
+        HOLD and DISCARD at MAIL, RCPT or DATA (after a DISCARD they are asked nothing more)."""
+        if self.milters is None:
+            return None
+        self.milters.queue_id = queue_id
+        message.hold = message.hold or bool(self.milters.hold_reason)
+        if self.milters.discard:
+            message.discard = True
+            return None
+        return self.milters.milters
 
     def _protocol(self) -> str:
         """RFC 3848's names, as Postfix writes them in Received:: ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
@@ -669,6 +727,8 @@ class Session(asyncio.Protocol):
     def _finish(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.milters is not None:
+            asyncio.ensure_future(self.milters.close())
         self.service.sessions.discard(self)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
 

@@ -202,6 +202,14 @@ def test_bad_values_are_errors(tmp_path, mailferry):
     assert "parameter expansion loop: $myorigin -> $a -> $myorigin" in result.err
 
 
+def test_an_unknown_receive_override_option_is_an_error(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "receive_override_options = no_header_body_checks, no_header_reply\n", 0o644)
+    result = mailferry("check", config_dir=tmp_path)
+    assert result.code == 1
+    assert (f"{tmp_path}/main.cf, line 1: parameter receive_override_options: unknown value no_header_reply"
+            in result.err)
+
+
 def test_undefined_reference_is_warned(tmp_path, mailferry):
     write(tmp_path / "main.cf", "myorigin = $nosuchthing\nmydestination = ${nosuch?x}\n", 0o644)
     result = mailferry("check", config_dir=tmp_path)

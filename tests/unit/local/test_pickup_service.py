@@ -170,3 +170,32 @@ def test_a_wakeup_during_a_scan_brings_another_scan_before_the_timer(queue_direc
 
     asyncio.run(run_until_both_are_queued())
     assert [sender for _, sender, _ in cleanup.enqueued] == ["alice", "carol"]
+
+
+def test_a_check_that_refuses_for_now_leaves_the_file_for_the_next_pass(queue_directory):
+    from mailferry.cleanup.service import ContentRefused
+    from mailferry.refusals import content_rejected
+    path = drop(queue_directory)
+    log = ListLog()
+    failure = ContentRefused(content_rejected("4.7.1 try later"))
+    asyncio.run(PickupService(queue_directory, Cleanup(fail=failure), log).pick_up_all())
+    assert os.path.exists(path)
+    assert any(text.endswith("try later; will retry") for _, text in log.lines)
+
+
+def test_a_rejected_file_is_removed_only_after_its_notice_is_queued(queue_directory):
+    from mailferry.cleanup.service import ContentRefused
+    from mailferry.queue import QueueError
+    from mailferry.refusals import content_rejected
+
+    class NoRoomForNotices(Cleanup):
+        on_queued = staticmethod(lambda: None)
+
+        async def enqueue_notices(self, notices, then):
+            return then(QueueFull("disk full"))
+
+    path = drop(queue_directory)
+    cleanup = NoRoomForNotices(fail=ContentRefused(content_rejected("5.7.1 no")))
+    asyncio.run(PickupService(queue_directory, cleanup, ListLog()).pick_up_all())
+    assert os.path.exists(path)   # the notice could not be queued: nothing is lost, pickup retries
+    assert issubclass(QueueFull, QueueError)

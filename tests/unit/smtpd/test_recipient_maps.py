@@ -61,6 +61,14 @@ def test_smtpd_reject_unlisted_recipient_no_turns_the_check_off(tmp_path):
     assert not maps.enabled
 
 
+def test_receive_override_options_no_unknown_recipient_checks_turns_the_check_off(tmp_path):
+    """The re-injection service after a content filter: the recipients were checked on the way in."""
+    maps = maps_of(tmp_path, "virtual_alias_domains = virtual.example\n"
+                             "receive_override_options = no_header_body_checks, no_unknown_recipient_checks\n"
+                             "virtual_alias_maps = inline:{ info@virtual.example=john@mail.example }\n")
+    assert not maps.enabled
+
+
 def test_a_failing_alias_table_is_451_temporary_lookup_failure_never_unknown(tmp_path):
     maps = RecipientMaps([Maps([FailingTable()])], AddressClasses(lambda d: False, VirtualAliasDomains("virtual.example")),
                          lambda d: False,
