@@ -68,6 +68,10 @@ class MailLog:
 
     def line_as(self, syslog_name: str, program: str, text: str) -> None:
         """A line under another syslog_name: a master.cf service's `-o syslog_name=...`."""
+        if "\n" in text or "\r" in text:
+            # One event, one line: a line end inside an address or a peer's text must not
+            # forge a log line of its own (syslog writes them as #012 and #015).
+            text = text.replace("\r", "#015").replace("\n", "#012")
         if self.to_syslog:
             self._syslog(syslog_name, program, text)
             return

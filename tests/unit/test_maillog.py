@@ -175,3 +175,11 @@ def test_pflogsumm_parses_the_line(clock, log_path, day, program, text, queue_id
     command = PFLOGSUMM_PROGRAM.match(rest)
     assert command is not None
     assert command.groups() == (program, queue_id)
+
+
+def test_a_line_end_inside_a_text_cannot_forge_a_line(clock, log_path):
+    log = MailLog(str(log_path), hostname="mx1")
+    log.line("pickup", "6C8A2F41B3D7: from=<a@x\r\nNov  5 03:04:05 mx1 mailferry/qmgr[1]: forged>")
+    log.close()
+    [line] = lines_of(log_path)
+    assert line.endswith("from=<a@x#015#012Nov  5 03:04:05 mx1 mailferry/qmgr[1]: forged>")

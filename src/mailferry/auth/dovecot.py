@@ -191,17 +191,28 @@ class _Connection:
 
 def _verdict(command: str, arguments: list[str]) -> Verdict:
     values = dict(argument.partition("=")[::2] for argument in arguments)
+    # A user name may be UTF-8 (it is matched against smtpd_sender_login_maps); the reason is
+    # sent to the client in a reply, which must be ASCII.
     user = "".join(char if char.isprintable() else "?" for char in values.get("user", ""))
-    reason = "".join(char if char.isprintable() else "?" for char in values.get("reason", ""))
+    reason = _printable(values.get("reason", ""))
     if command == "OK":
         if not user:
-            return Verdict(FAIL, reason="Authentication backend error")
+            # Dovecot always names the user it logged in: an OK without one is a broken
+            # server, not a wrong password, so the client must try again rather than give up.
+            return Verdict(TEMPFAIL, reason="Authentication backend error: OK without a user")
         return Verdict(OK, username=user)
     if command == "FAIL":
         outcome = TEMPFAIL if "temp" in values else FAIL
         return Verdict(outcome, username=user, reason=reason)
-    # CONT: PLAIN never needs one; anything else is not Dovecot's protocol.
-    return Verdict(FAIL, reason="Authentication backend error")
+    # CONT (PLAIN never needs one) or anything else is not Dovecot's protocol: the server is at
+    # fault, not the client's credentials.
+    return Verdict(TEMPFAIL, reason=f"Authentication backend error: unexpected answer {_printable(command[:20])}")
+
+
+def _printable(text: str) -> str:
+    """What the auth server sent, fit for a reply and a log line: printable ASCII only (a reply
+    carries no 8-bit text unless the client asked for SMTPUTF8)."""
+    return "".join(char if char.isprintable() and char.isascii() else "?" for char in text)
 
 
 def _describe(error: BaseException) -> str:

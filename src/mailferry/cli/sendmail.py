@@ -105,7 +105,17 @@ def parse_arguments(argv: list[str]) -> SendmailRequest:
             break
         index = _parse_option_group(argv, index, request)
     request.recipients = _addresses(argv[index:])
+    for address in [request.sender or "", *request.recipients]:
+        _refuse_controls(address)
     return request
+
+
+def _refuse_controls(address: str) -> None:
+    """An address never holds a control character: a CR LF in one would end our SMTP client's
+    command line early (smtp_client refuses to send it) and split a log line in two."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in address):
+        raise SendmailUsageError(f"bad address syntax: {address[:100]!r}: an address cannot contain "
+                                 "CR, LF, NUL or other control characters")
 
 
 def _parse_option_group(argv: list[str], index: int, request: SendmailRequest) -> int:

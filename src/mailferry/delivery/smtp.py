@@ -88,8 +88,35 @@ class SmtpClient:
         return results
 
     async def _deliver_some(self, job: DeliveryJob, recipients: list[Recipient]) -> list[DeliveryResult]:
-        async with self.destinations.slot(job.nexthop):
-            return await self._deliver_in_slot(job, recipients)
+        unsendable = self._unsendable(job, recipients)
+        sendable = [recipient for recipient in recipients if id(recipient) not in unsendable]
+        results: dict[int, DeliveryResult] = dict(unsendable)
+        if sendable:
+            async with self.destinations.slot(job.nexthop):
+                for recipient, result in zip(sendable, await self._deliver_in_slot(job, sendable)):
+                    results[id(recipient)] = result
+        return [results[id(recipient)] for recipient in recipients]
+
+    def _unsendable(self, job: DeliveryJob, recipients: list[Recipient]) -> dict[int, DeliveryResult]:
+        """Recipients (by id) whose address, or the sender's, cannot be put in an SMTP command
+        (a CR, LF or NUL in it would end the line early and smuggle in a command of its own):
+        they wait, with the reason, and are never sent. smtpd and sendmail never let such an
+        address in; a table or a queue file from elsewhere might."""
+        def problem(build) -> str | None:
+            try:
+                build()
+            except ValueError as error:
+                return str(error)
+            return None
+        reason = problem(lambda: proto.mail_command(job.message.sender))
+        refused = {}
+        for recipient in recipients:
+            text = reason or problem(lambda: proto.rcpt_command(recipient.address))
+            if text:
+                self.log.warning(self.settings.transport, f"{job.message.queue_id}: {text}")
+                refused[id(recipient)] = outcome.deferred("4.1.7" if reason else "4.1.3",
+                                                          f"not sent: {text}")
+        return refused
 
     async def _deliver_in_slot(self, job: DeliveryJob, recipients: list[Recipient]) -> list[DeliveryResult]:
         dead = self.destinations.dead_reason(job.nexthop)

@@ -443,6 +443,12 @@ class ServerConnection:
         return len(self._buffer) + len(self._chunks.message)
 
     @property
+    def unread_bytes(self) -> int:
+        """Input received and not yet read: while a decision is pending it holds whatever the
+        client pipelined, which only the I/O layer can bound (by reading no more)."""
+        return len(self._buffer)
+
+    @property
     def terminator_bytes_examined(self) -> int:
         """Bytes examined while looking for the end of DATA, over the session:
         tests use it to show that nothing is searched twice."""

@@ -60,6 +60,9 @@ from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, s
 from mailferry.tlsinfo import describe
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
+# Unread input a session holds while a decision is pending (a lookup, AUTH, the commit); past it,
+# reading stops and the rest waits in the kernel (see Session._hold_input).
+READ_AHEAD_LIMIT = 256 * 1024
 
 
 class Cleanup(Protocol):
@@ -190,6 +193,7 @@ class Session(asyncio.Protocol):
         self._greeted = False
         self._early = b""
         self._busy = False          # a commit or a TLS handshake is under way
+        self._input_held = False    # reading paused by _hold_input
         self._stopping = False
         self._closed = False
         self._last_input = 0.0
@@ -355,8 +359,24 @@ class Session(asyncio.Protocol):
                 return
             self._handle(event)
         self._send()
+        self._hold_input()
         if self._stopping and not self._busy:
             self._say_goodbye()
+
+    def _hold_input(self) -> None:
+        """Backpressure. While a decision is pending the core reads no commands, so what a client
+        pipelines meanwhile piles up in its buffer: past READ_AHEAD_LIMIT, stop reading until the
+        decision is made, and a client that floods fills its own socket buffers, not our memory
+        (Postfix reads only as far as its next command). Every path that ends _busy calls _advance."""
+        if self._closed:
+            return
+        if self._busy and self.conn.unread_bytes > READ_AHEAD_LIMIT:
+            if not self._input_held:
+                self._input_held = True
+                self.transport.pause_reading()
+        elif self._input_held and not self._busy:
+            self._input_held = False
+            self.transport.resume_reading()
 
     def _send(self) -> None:
         data = self.conn.data_to_send()

@@ -290,3 +290,21 @@ def test_verbose_says_where_the_message_went(tmp_path):
     config_dir, queue_directory = make_instance(tmp_path)
     result = sendmail(config_dir, "-v", "bob@example.net")
     assert result.returncode == 0 and f"message dropped as {queue_directory}/maildrop/".encode() in result.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["-f", "a@example.com\r\nRCPT TO:<injected@example.com>", "b@example.com"],
+    ["-fa@example.com\n", "b@example.com"],
+    ["-f", "a\x00@example.com", "b@example.com"],
+    ["-f", "a@example.com", "b\x00@example.com"],
+])
+def test_addresses_with_control_characters_are_refused(argv):
+    with pytest.raises(SendmailUsageError, match="bad address syntax: .* cannot contain CR, LF, NUL"):
+        parse_arguments(argv)
+
+
+def test_line_ends_in_a_recipient_argument_separate_addresses_as_in_a_header():
+    # A recipient argument is an address list (RFC 5322 folding white space included): the CR LF
+    # never ends up inside an address.
+    request = parse_arguments(["b@example.com\r\nRSET"])
+    assert request.recipients == ["b@example.com", "RSET"]

@@ -507,3 +507,36 @@ def test_a_starttls_offer_is_noted_only_when_asked(note):
     assert statuses(results) == [SENT]
     assert "STARTTLS" not in peer.sessions[0].verbs()   # level none: offered, not used
     assert ("Host offered STARTTLS: [mx.test]" in lines) is note
+
+
+# --- addresses that cannot be put on the wire
+
+def test_a_recipient_with_a_line_end_waits_and_the_others_are_delivered():
+    addresses = ["r0@example.test", "r1@example.test\r\nRCPT TO:<injected@example.test>", "r2@example.test"]
+
+    async def scenario():
+        async with ScriptedPeer() as peer:
+            client = make_client()
+            results = await client.deliver(make_job(peer.nexthop, *addresses))
+            client.close()
+            return results, peer
+
+    results, peer = run(scenario())
+    assert statuses(results) == [SENT, DEFERRED, SENT]
+    assert results[1].dsn == "4.1.3" and "line end or NUL inside an SMTP command" in results[1].reason
+    commands = [command for session in peer.sessions for command in session.commands]
+    assert not any("injected" in command for command in commands), commands
+
+
+def test_a_sender_with_a_line_end_is_never_sent():
+    async def scenario():
+        async with ScriptedPeer() as peer:
+            client = make_client()
+            results = await client.deliver(make_job(peer.nexthop, "r0@example.test", "r1@example.test",
+                                                    sender="s@example.test\nRSET"))
+            client.close()
+            return results, peer
+
+    results, peer = run(scenario())
+    assert statuses(results) == [DEFERRED, DEFERRED] and results[0].dsn == "4.1.7"
+    assert not peer.sessions, "no session was even opened"
