@@ -57,6 +57,7 @@ class ContentChecks:
     async def apply(self, message: NewMessage) -> None:
         """Raises ContentRefused when the message is not to be queued."""
         if not self.active or NO_HEADER_BODY_CHECKS in message.receive_overrides:
+            await self._truncate_long_headers(message)
             return
         verdict = await inspect(message.content, self.tables, self.limits, receiving=True,
                                 skip=message.own_headers)
@@ -69,6 +70,18 @@ class ContentChecks:
         _carry_out(message, verdict)
         if verdict.discard:
             self._discarded.add(message.queue_id)
+
+    async def _truncate_long_headers(self, message: NewMessage) -> None:
+        """header_size_limit holds with no checks too, as in Postfix's cleanup: a header longer
+        than the limit is cut. Only a header section longer than the limit can hold such a
+        header, so the usual message costs one search for its blank line and nothing else."""
+        end = message.content.find(b"\r\n\r\n")
+        if (end if end >= 0 else len(message.content)) <= self.limits.header_size_limit:
+            return
+        verdict = await inspect(message.content, CheckTables(), self.limits, receiving=True,
+                                skip=message.own_headers)
+        if verdict.content is not None and len(verdict.content) < len(message.content):
+            message.content = verdict.content
 
     def _log(self, message: NewMessage, verdict: Verdict) -> None:
         queue_id = message.queue_id

@@ -130,3 +130,38 @@ def test_a_checks_table_that_fails_for_now_refuses_with_451_never_an_accept():
     assert (reply.code, reply.enhanced, reply.text) == (451, "4.3.0", "Error: queue file write error")
     assert log.texts() == ["warning: 4F00BA5: header_checks map lookup problem -- message not accepted, "
                            "try again later"]
+
+
+def enqueue_without_checks(tmp_path, message: NewMessage, main_cf: str = ""):
+    config = Config(str(tmp_path), parse_main_cf(main_cf, str(tmp_path / "main.cf")))
+    store, log = RamQueueStore(), ListLog()
+
+    async def run():
+        committer = GroupCommitter(store)
+        checks = ContentChecks.from_config(config, log)
+        assert not checks.active
+        service = CleanupService(SETTINGS, committer, log, lambda address: True, lambda: None,
+                                 AddressRewriter.from_config(config), checks)
+        try:
+            return await service.enqueue(message, "4F00BA5", "")
+        finally:
+            await committer.close()
+    return asyncio.run(run()), store
+
+
+def test_header_size_limit_cuts_a_long_header_with_no_checks_configured(tmp_path):
+    # Postfix's cleanup keeps every header within header_size_limit whether or not any
+    # header_checks exist; the lines past the limit are dropped, the body is kept.
+    long_header = b"X-Long: start" + b"".join(b"\r\n " + b"y" * 70 for _ in range(100))
+    content = b"Subject: hi\r\n" + long_header + b"\r\nTo: bob@example.org\r\n\r\nthe body\r\n"
+    _, store = enqueue_without_checks(tmp_path, message(content), "header_size_limit = 1000\n")
+    stored = store.content("4F00BA5")
+    x_long = stored[stored.index(b"X-Long:"):stored.index(b"\r\nTo:")]
+    assert len(x_long) <= 1000 and x_long.startswith(b"X-Long: start\r\n y")
+    assert stored.endswith(b"\r\nTo: bob@example.org\r\n\r\nthe body\r\n")
+
+
+def test_headers_within_the_limit_are_stored_as_received_with_no_checks(tmp_path):
+    content = b"Subject: hi\r\nX-Long: " + b"y" * 900 + b"\r\n\r\n" + b"z" * 5000 + b"\r\n"
+    _, store = enqueue_without_checks(tmp_path, message(content), "header_size_limit = 1000\n")
+    assert store.content("4F00BA5").endswith(content)
