@@ -85,7 +85,8 @@ async def expect(reader: asyncio.StreamReader, code: bytes, stage: str) -> None:
         if not line:
             raise Failed(f"closed at {stage}", "the server closed the connection")
         if not line.startswith(code):
-            raise Failed(f"{line[:3].decode(errors='replace')} at {stage}", line[:160].decode(errors="replace").strip())
+            raise Failed(f"{line[:3].decode(errors='replace')} at {stage}",
+                         line[:160].decode(errors="replace").strip())
         if line[3:4] != b"-":
             return
 
@@ -207,7 +208,8 @@ async def active(args, share: int, index: int) -> dict:
         while time.perf_counter() < stop_at:
             state["serial"] += 1
             message = (b"From: <" + args.sender.encode() + b">\r\nTo: <" + args.recipient.encode()
-                       + b">\r\nSubject: bench " + f"{index}.{state['serial']}".encode() + b"\r\n\r\n" + body + b".\r\n")
+                       + b">\r\nSubject: bench " + f"{index}.{state['serial']}".encode() + b"\r\n\r\n"
+                       + body + b".\r\n")
             began = time.perf_counter()
             stage = [""]
             try:
