@@ -35,7 +35,7 @@ from mailferry.master.runtime import Runtime
 from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
-from mailferry.smtpd.service import service_view
+from mailferry.smtpd.service import listen_backlog, service_view
 from mailferry.smtpd.tls import TLSSetupError, server_context
 from mailferry.tables.ldap import log_warnings_to as log_ldap_warnings_to
 
@@ -335,7 +335,7 @@ def bind_listener(service, config: Config) -> list[socket.socket]:
             listener.close()
             raise StartupError(f"master.cf, line {service.line}: service {service.name}: "
                                f"cannot listen on {one_host} port {port}: {exc.strerror}") from None
-        listener.listen(1024)
+        listener.listen(listen_backlog(service, service_view(config, service)))
         listener.setblocking(False)
         sockets.append(listener)
     return sockets
