@@ -254,3 +254,31 @@ def auth_rate_exceeded(address: str, rate: int, service: str) -> Refusal:
     """smtpd_client_auth_rate_limit: too many AUTH commands in anvil_rate_time_unit."""
     return Refusal(Reply(450, "4.7.1", f"Error: too many AUTH commands from {address}"), DEFER,
                    f"AUTH command rate limit exceeded: {rate}")
+
+
+# --- Milters (milter/): a milter's reply, as Postfix's smtpd and cleanup pass it on
+
+def milter_reply(text: str) -> Refusal:
+    """A milter's "550 5.7.1 text" (its own words, or Postfix's for SMFIR_REJECT and
+    SMFIR_TEMPFAIL, or those of milter_default_action), possibly multi-line (CRLF between
+    lines, each with its code), as the client is to hear it."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    code = int(lines[0][:3])
+    enhanced = ""
+    texts = []
+    for line in lines:
+        rest = line[4:] if len(line) > 3 else ""
+        status, _, words = rest.partition(" ")
+        if is_valid_dsn(status):
+            enhanced = enhanced or status
+            texts.append(words)
+        else:
+            texts.append(rest)
+    return Refusal(Reply(code, enhanced, "\n".join(texts)), REJECT if code >= 500 else DEFER, "milter")
+
+
+def milter_connect_refusal(myhostname: str, code: int) -> Refusal:
+    """A milter refused the connection: Postfix's smtpd greets with these instead of 220."""
+    if code == 421:
+        return Refusal(Reply(421, "", f"{myhostname} Service unavailable - try again later"), DEFER, "milter")
+    return Refusal(Reply(554, "", f"{myhostname} ESMTP not accepting connections"), REJECT, "milter")

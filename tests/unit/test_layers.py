@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"config"},                     # main.cf, master.cf, the parameter table, check
     {"queue"},                      # storage only
     {"routing", "refusals"},        # trivial-rewrite; receiving-side failures into replies
-    {"auth"},                       # SMTP AUTH, server side (xsasl)
+    {"auth", "milter"},             # SMTP AUTH, server side (xsasl); the milter client
     {"delivery"},                   # delivery agents and the defer-or-bounce decision
     {"cleanup", "qmgr"},            # the way into the queue, and the queue manager
     {"policy"},                     # the restriction engine (smtpd_check), below smtpd which runs it

@@ -23,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from mailferry.cleanup import milters as cleanup_milters
 from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
 from mailferry.cleanup.rewrite import AddressRewriter, RewriteDeferred
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
 from mailferry.maillog import Log
 from mailferry.message import NewMessage, Recipient
+from mailferry.milter.session import MilterSession
 from mailferry.queue import QueueError, new_queue_id
 from mailferry.refusals import Refusal
 from mailferry.tables import TableError
@@ -84,10 +86,15 @@ class CleanupService:
             # check (run before every reload) lets a table mail_owner cannot read pass with a warning.
             self.log.warning("cleanup", f"reload: {problem}; keeping the address rewriting tables loaded before")
 
-    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str:
+    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "",
+                      milters: MilterSession | None = None) -> str:
+        """`milters`: the milters of the message's SMTP session (smtpd_milters) or of its
+        non-SMTP submission (non_smtpd_milters), for their content phase."""
         add_headers = message.origin == "local" or self.is_local_client(message.client.address)
         clean(message, queue_id, self.settings, add_headers, full_name)
         message.queue_id = queue_id
+        if not await cleanup_milters.run_content_milters(message, milters, self.log):
+            return queue_id
         await self._rewrite(message, add_headers)
         self._log_message_id(message)
         if not self._restriction_actions(message):

@@ -33,6 +33,7 @@ from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
+from mailferry.milter.settings import MilterSettings
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
@@ -48,6 +49,8 @@ from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
 from mailferry.policy.settings import PolicySettings
+from mailferry.smtpd.milters import SessionMilters, service_milters
+from mailferry.milter.session import MilterSession
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -59,7 +62,8 @@ class Cleanup(Protocol):
     """Where an accepted message goes (cleanup.service.CleanupService): it
     returns once the message is durably queued, or raises QueueError."""
 
-    async def enqueue(self, message: NewMessage, queue_id: str) -> str: ...
+    async def enqueue(self, message: NewMessage, queue_id: str, *,
+                      milters: MilterSession | None = None) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
+    milters: MilterSettings | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -91,7 +96,7 @@ class ServiceProfile:
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip())
+                   content_filter=config.get("content_filter").strip(), milters=service_milters(config))
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -165,6 +170,7 @@ class Session(asyncio.Protocol):
         self.tls_description = ""
         self.access_denied: refusals.Refusal | None = None   # client restrictions refused at connect
         self.auth: AuthSession | None = None    # made at the first AUTH (auth/)
+        self.milters: SessionMilters | None = None   # smtpd_milters (smtpd/milters.py)
         self._greeted = False
         self._early = b""
         self._busy = False          # a commit or a TLS handshake is under way
@@ -187,6 +193,8 @@ class Session(asyncio.Protocol):
         self.facts = SessionFacts(self.address, self.port, server_address=_client_address(str(server[0])),
                                   server_port=server[1] if len(server) > 1 else 0, in_mynetworks=self.in_mynetworks)
         self.policy = SessionPolicy(self.profile.policy, self.facts)
+        if self.profile.milters is not None:
+            self.milters = SessionMilters(self.profile.milters, self, self.log, self.profile.settings.hostname)
         if self.profile.auth is not None:
             self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
@@ -236,13 +244,15 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
-        if self.policy.checks_connect:
+        if self.policy.checks_connect or self.milters is not None:
             self._await_before_greeting(self._check_connect())
             return
         self._greet(None)
 
     async def _check_connect(self) -> None:
-        refusal = await self.policy.connect()
+        refusal = await self.policy.connect() if self.policy.checks_connect else None
+        if refusal is None and self.milters is not None:
+            refusal = await self.milters.connect()
         self._busy = False
         if self._closed:
             return
@@ -343,7 +353,8 @@ class Session(asyncio.Protocol):
         elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
         elif isinstance(event, events.DataRequested):
-            self._await_policy(self.policy.data(), self._data_decided)
+            self._await_policy(self._then_milters(self.policy.data(), lambda: self.milters.data()),
+                               self._data_decided)
         elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
@@ -392,9 +403,18 @@ class Session(asyncio.Protocol):
     def _hello(self, event: events.Hello) -> None:
         if not self.policy.checks_helo:
             self.policy.record_helo(event.name, event.extended)
-            self.conn.accept()
-            return
-        self._await_policy(self.policy.helo(event.name, event.extended), self._accept_or_refuse)
+            if self.milters is None:
+                self.conn.accept()
+                return
+        check = self.policy.helo(event.name, event.extended) if self.policy.checks_helo else None
+        self._await_policy(self._then_milters(check, lambda: self.milters.helo(event.name)), self._accept_or_refuse)
+
+    async def _then_milters(self, check, milter_step) -> refusals.Refusal | None:
+        """The restrictions of a stage, then, if they said yes, the milters of the same stage."""
+        refusal = await check if check is not None else None
+        if refusal is None and self.milters is not None:
+            refusal = await milter_step()
+        return refusal
 
     def _accept_or_refuse(self, refusal: refusals.Refusal | None) -> None:
         if refusal is None:
@@ -441,9 +461,12 @@ class Session(asyncio.Protocol):
         sender, size = event.path.address, event.params.size or 0
         if not self.policy.checks_mail:
             self.policy.record_mail(sender, size)
-            self.conn.accept()
-            return
-        self._await_policy(self.policy.mail(sender, size), self._sender_decided)
+            if self.milters is None:
+                self.conn.accept()
+                return
+        check = self.policy.mail(sender, size) if self.policy.checks_mail else None
+        self._await_policy(self._then_milters(check, lambda: self.milters.mail(sender, event.params)),
+                           self._sender_decided)
 
     def _sender_decided(self, refusal: refusals.Refusal | None) -> None:
         if refusal is not None:
@@ -451,7 +474,8 @@ class Session(asyncio.Protocol):
         self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        self._await_policy(self.policy.rcpt(event.path.address, event.path.is_routed),
+        self._await_policy(self._then_milters(self.policy.rcpt(event.path.address, event.path.is_routed),
+                                              lambda: self.milters.rcpt(event.path.address, event.params)),
                            lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
@@ -499,6 +523,8 @@ class Session(asyncio.Protocol):
             if refusal is not None:
                 self.queue_id, self.recipients = "", []
                 self.policy.end_transaction()
+                if self.milters is not None:
+                    await self.milters.end_transaction()
                 self.conn.refuse(refusal.reply)
                 self._busy = False
                 self._advance()
@@ -513,10 +539,11 @@ class Session(asyncio.Protocol):
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
             hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
             content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend))
+        milters = self._milters_for_content(message)
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         self.policy.end_transaction()
         try:
-            await self.service.cleanup.enqueue(message, queue_id)
+            await self.service.cleanup.enqueue(message, queue_id, milters=milters)
         except ContentRefused as problem:
             # cleanup logged its reject line, as Postfix's cleanup does; smtpd only answers.
             self.conn.refuse(problem.refusal.reply)
@@ -549,6 +576,17 @@ class Session(asyncio.Protocol):
             self.log.warning("smtpd", f"{problem}")
             refusal = refusals.SERVER_CONFIGURATION_REFUSAL
         return refusal
+
+    def _milters_for_content(self, message: NewMessage) -> MilterSession | None:
+        """The session's milters for cleanup's content phase, with what they decided before it:
+        HOLD and DISCARD at MAIL, RCPT or DATA (after a DISCARD they are asked nothing more)."""
+        if self.milters is None:
+            return None
+        message.hold = message.hold or bool(self.milters.hold_reason)
+        if self.milters.discard:
+            message.discard = True
+            return None
+        return self.milters.milters
 
     def _protocol(self) -> str:
         """RFC 3848's names, as Postfix writes them in Received:: ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
@@ -649,6 +687,8 @@ class Session(asyncio.Protocol):
     def _finish(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.milters is not None:
+            asyncio.ensure_future(self.milters.close())
         self.service.sessions.discard(self)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
 
