@@ -16,6 +16,7 @@ from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
 from mailferry.local import pickup
 from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
+from mailferry.local.pickup_milters import NonSmtpMilters
 from mailferry.maillog import Log
 from mailferry.message import NewMessage
 from mailferry.queue import QueueError, new_queue_id
@@ -26,28 +27,32 @@ DEFAULT_WAKEUP = 60.0
 class Intake(Protocol):
     """cleanup (cleanup/service.py): the way into the queue."""
 
-    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str: ...
+    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "", milters=None) -> str: ...
+
+    async def enqueue_notices(self, notices, then): ...
 
 
 class PickupService:
     def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP,
-                 content_filter: str = ""):
+                 content_filter: str = "", milters: NonSmtpMilters | None = None):
         self.queue_directory = queue_directory
         self.cleanup = cleanup
         self.log = log
         self.wakeup = wakeup
         self.content_filter = content_filter   # content_filter as pickup sees it (main.cf, its -o)
+        self.milters = milters                 # non_smtpd_milters (local/pickup_milters.py)
         self._wakeup_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, cleanup: Intake, log: Log) -> PickupService:
         return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master),
-                   _content_filter(config, master))
+                   _content_filter(config, master), NonSmtpMilters.from_config(config, log))
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """The wakeup time of the new master.cf applies from the next wait."""
         self.wakeup = _wakeup_seconds(master)
         self.content_filter = _content_filter(config, master)
+        self.milters = NonSmtpMilters.from_config(config, self.log)
 
     def wake(self) -> None:
         self._wakeup_event.set()
@@ -80,7 +85,11 @@ class PickupService:
             submission.message.content_filter = self.content_filter
             self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
             try:
-                await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                if self.milters is None:
+                    await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                elif not await self.milters.enqueue(self.cleanup, submission.message, queue_id,
+                                                    submission.full_name):
+                    continue   # a milter's temporary refusal: the file stays for the next pass, as in Postfix
             except QueueError as problem:
                 self.log.warning("pickup", f"{queue_id}: cannot queue {path}: {problem}; will retry")
                 return
