@@ -125,3 +125,94 @@ def test_sendmail_mail_is_not_signed_without_non_smtpd_milters(relay, smtp_sink,
     sendmail(daemon, message("not signed from sendmail"))
     [arrived] = smtp_sink.wait_for_messages(1, timeout=60)
     assert arrived.email["DKIM-Signature"] is None
+
+
+# --- rspamd: Done-when 2
+
+def test_rspamd_reject_is_the_reply_at_end_of_data_and_nothing_is_queued(relay, smtp_sink, rspamd):
+    daemon = relay(smtpd_milters=rspamd.milter)
+    assert send(daemon, message(f"please {REJECT_WORD}")) == ("DATA", 554, f"5.7.1 {REJECT_MESSAGE}")
+    line = daemon.wait_for_log("milter-reject: END-OF-MESSAGE")
+    assert f"5.7.1 {REJECT_MESSAGE}; from=<{SENDER}> to=<{RCPT}>" in line
+    assert daemon.queue_summary()[0] == 0
+    assert "MAILFERRY_TEST_REJECT" in rspamd.log()   # rspamd's own rule decided it
+    assert smtp_sink.messages() == []
+
+
+def test_rspamd_soft_reject_is_a_4xx_at_end_of_data(relay, smtp_sink, rspamd):
+    daemon = relay(smtpd_milters=rspamd.milter)
+    assert send(daemon, message(f"please {TEMPFAIL_WORD}")) == ("DATA", 451, f"4.7.1 {TEMPFAIL_MESSAGE}")
+    daemon.wait_for_log(f"milter-reject: END-OF-MESSAGE from localhost[127.0.0.1]: 4.7.1 {TEMPFAIL_MESSAGE}")
+    assert daemon.queue_summary()[0] == 0
+    assert smtp_sink.messages() == []
+
+
+def test_rspamd_headers_arrive_with_the_message(relay, smtp_sink, rspamd):
+    daemon = relay(smtpd_milters=rspamd.milter)
+    assert send(daemon, message("an ordinary message"))[1] == 250
+    [arrived] = smtp_sink.wait_for_messages(1, timeout=30)
+    for name in ADDED_HEADERS:
+        assert arrived.email[name] is not None, f"{name} missing:\n{arrived.message.decode()}"
+    assert str(arrived.email["X-Spam-Status"]).startswith("No, score=")
+    assert arrived.email["Subject"] == "an ordinary message"
+
+
+def test_opendkim_and_rspamd_in_one_list_both_act(relay, smtp_sink, opendkim, rspamd):
+    daemon = relay(smtpd_milters=f"{opendkim.milter}, {rspamd.milter}")
+    assert send(daemon, message("signed and scanned"))[1] == 250
+    [arrived] = smtp_sink.wait_for_messages(1, timeout=30)
+    assert arrived.email["X-Spamd-Result"] is not None
+    assert opendkim.verify(arrived.message)
+
+
+def test_milter_down_with_default_action_tempfail_gives_4xx_and_queues_nothing(relay, smtp_sink):
+    daemon = relay(smtpd_milters=f"inet:127.0.0.1:{free_port()}", milter_default_action="tempfail")
+    stage, code, text = send(daemon, message("milter down, tempfail"))
+    assert 400 <= code < 500, (stage, code, text)
+    assert daemon.queue_summary()[0] == 0
+    assert smtp_sink.messages() == []
+
+
+def test_milter_down_with_default_action_accept_delivers(relay, smtp_sink):
+    daemon = relay(smtpd_milters=f"inet:127.0.0.1:{free_port()}", milter_default_action="accept")
+    assert send(daemon, message("milter down, accept"))[1] == 250
+    [arrived] = smtp_sink.wait_for_messages(1, timeout=30)
+    assert arrived.email["Subject"] == "milter down, accept"
+
+
+# --- sendmail's mail refused by a milter: returned to the sender, or kept, never lost
+
+def test_sendmail_mail_rejected_by_rspamd_is_returned_to_its_sender(relay, smtp_sink, rspamd):
+    daemon = relay(non_smtpd_milters=rspamd.milter)
+    sendmail(daemon, message(f"from sendmail {REJECT_WORD}", REMOTE_SENDER), sender=REMOTE_SENDER)
+    [notice] = smtp_sink.wait_for_messages(1, timeout=60)
+    assert notice.sender == "" and notice.recipients == [REMOTE_SENDER]
+    assert notice.email["Subject"] == "Undelivered Mail Returned to Sender"
+    text = notice.message.decode()
+    assert REJECT_MESSAGE in text and f"from sendmail {REJECT_WORD}" in text   # the reason, the original
+    log = daemon.wait_for_log("status=bounced")
+    queue_id = re.search(r"mailferry/pickup\[\d+\]: ([0-9A-F]+): uid=0 from=<" + re.escape(REMOTE_SENDER), log)[1]
+    assert f"{queue_id}: milter-reject: END-OF-MESSAGE from localhost[127.0.0.1]: 5.7.1 {REJECT_MESSAGE}" in log
+    assert re.search(rf"{queue_id}: to=<{re.escape(RCPT)}>, relay=none, .*dsn=5\.7\.1, "
+                     rf"status=bounced \({REJECT_MESSAGE}\)", log), log
+    assert f"{queue_id}: sender non-delivery notification: " in log
+    assert maildrop_files(daemon) == []
+
+
+def test_sendmail_mail_tempfailed_by_rspamd_stays_in_the_maildrop(relay, smtp_sink, rspamd):
+    daemon = relay(non_smtpd_milters=rspamd.milter)
+    sendmail(daemon, message(f"from sendmail {TEMPFAIL_WORD}"))
+    daemon.wait_for_log(f"milter-reject: END-OF-MESSAGE from localhost[127.0.0.1]: 4.7.1 {TEMPFAIL_MESSAGE}")
+    assert len(maildrop_files(daemon)) == 1            # kept for pickup's next pass, as in Postfix
+    assert daemon.queue_summary()[0] == 1              # that file (mailq lists the maildrop), nothing more
+    assert "status=bounced" not in daemon.log()
+    assert smtp_sink.messages() == []
+
+
+def test_sendmail_mail_with_the_milter_down_and_tempfail_stays_in_the_maildrop(relay, smtp_sink):
+    daemon = relay(non_smtpd_milters=f"inet:127.0.0.1:{free_port()}", milter_default_action="tempfail")
+    sendmail(daemon, message("from sendmail, milter down"))
+    daemon.wait_for_log("milter-reject: CONNECT from localhost[127.0.0.1]: 4.7.1")
+    assert len(maildrop_files(daemon)) == 1
+    assert daemon.queue_summary()[0] == 1
+    assert smtp_sink.messages() == []

@@ -48,6 +48,8 @@ class Intake(Protocol):
 
     async def enqueue_notices(self, notices, then): ...
 
+    def on_queued(self) -> None: ...
+
 
 class NonSmtpMilters:
     def __init__(self, settings: MilterSettings, myhostname: str, bounce_settings: bounce.BounceSettings,
@@ -145,6 +147,7 @@ class NonSmtpMilters:
                 self.log.warning("cleanup", f"{queue_id}: cannot queue the sender non-delivery notification: "
                                             f"{ids}; the maildrop file is kept for the next pickup pass")
                 return KEEP
+            cleanup.on_queued()      # qmgr: a notice waits
         delay = f"{max(now - arrival, 0.0):.2g}"
         for recipient in message.recipients:
             self.log.line("cleanup", f"{queue_id}: to=<{recipient.address}>, relay=none, delay={delay}, "

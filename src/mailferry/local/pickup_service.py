@@ -31,6 +31,8 @@ class Intake(Protocol):
 
     async def enqueue_notices(self, notices, then): ...
 
+    def on_queued(self) -> None: ...
+
 
 class PickupService:
     def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP,
