@@ -124,8 +124,8 @@ milter_headers {{ use = ["x-spamd-result", "x-spam-status"]; skip_local = false;
         try:
             wait_for_port("127.0.0.1", self.port, timeout, process=self.process, log=self.log_path,
                           what=f"rspamd -c {self.config_path}")
-            # The main process binds the socket before its proxy worker is ready to take it.
-            self.wait_for_log("rspamd_proxy", timeout)
+            # The main process binds the socket; the proxy worker it forks then takes the connections.
+            self.wait_for_log("starting rspamd_proxy process", timeout)
         except AssertionError as error:
             self.stop()
             raise PeerError(f"rspamd did not start: {error}\n--- stderr ---\n"
