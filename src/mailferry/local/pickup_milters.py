@@ -33,6 +33,7 @@ from mailferry.milter.client import DISCARD, HOLD, Verdict
 from mailferry.milter.session import MilterSession, non_smtp_macros
 from mailferry.milter.settings import MilterSettings
 from mailferry.qmgr import bounce
+from mailferry.qmgr.scheduler import delay_text
 from mailferry.queue import QueueError
 from mailferry.refusals import Refusal
 
@@ -148,7 +149,7 @@ class NonSmtpMilters:
                                             f"{ids}; the maildrop file is kept for the next pickup pass")
                 return KEEP
             cleanup.on_queued()      # qmgr: a notice waits
-        delay = f"{max(now - arrival, 0.0):.2g}"
+        delay = delay_text(now - arrival)
         for recipient in message.recipients:
             self.log.line("cleanup", f"{queue_id}: to=<{recipient.address}>, relay=none, delay={delay}, "
                                      f"delays={delay}/0/0/0, dsn={dsn}, status=bounced ({text})")
