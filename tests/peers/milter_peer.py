@@ -24,26 +24,50 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 class TestMilter:
     __test__ = False   # not a pytest class
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, unix: bool = False):
+        """`unix`: listen on a unix-domain socket in `directory` rather than a loopback port."""
         self.directory = directory
         self.records = directory / "records"
         self.port = 0
+        self.unix_path = directory / "milter.sock" if unix else None
         self.process: subprocess.Popen | None = None
 
     @property
     def socket(self) -> str:
+        """The milter's address as main.cf writes it."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
         return f"inet:127.0.0.1:{self.port}"
 
     def start(self) -> "TestMilter":
         self.records.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         log = self.directory / "milter.log"
+        if self.unix_path is not None:
+            listen = f"unix:{self.unix_path}"
+        else:
+            self.port = free_port()
+            listen = f"inet:{self.port}@127.0.0.1"
         with open(log, "wb") as out:
-            self.process = subprocess.Popen([SYSTEM_PYTHON, str(SCRIPT), f"inet:{self.port}@127.0.0.1",
-                                             str(self.records)], stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        wait_for_port("127.0.0.1", self.port, process=self.process, log=log, what="test milter (pymilter)")
+            self.process = subprocess.Popen([SYSTEM_PYTHON, str(SCRIPT), listen, str(self.records)], stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        if self.unix_path is None:
+            wait_for_port("127.0.0.1", self.port, process=self.process, log=log, what="test milter (pymilter)")
+        else:
+            self._wait_for_socket(log)
         return self
+
+    def _wait_for_socket(self, log: Path) -> None:
+        """Wait for the unix socket, and open it to the daemon's unprivileged smtpd workers."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise PeerError(f"test milter (pymilter) exited with {self.process.returncode}: "
+                                f"{log.read_text()[-2000:]}")
+            if self.unix_path.exists():
+                self.unix_path.chmod(0o666)
+                return
+            time.sleep(0.05)
+        raise PeerError(f"test milter (pymilter) made no socket {self.unix_path} in 20 s")
 
     def stop(self) -> None:
         stop_process(self.process, timeout=5)

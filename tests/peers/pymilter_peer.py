@@ -3,7 +3,8 @@ Sendmail's libmilter). Run it with the system Python, as a separate process:
 
     /usr/bin/python3 tests/peers/pymilter_peer.py inet:PORT@127.0.0.1 RECORD_DIR
 
-What it does is chosen by each message:
+What it does is chosen by each message (and client):
+- a client from 127.0.0.5 is rejected at CONNECT, one from 127.0.0.6 gets SMFIS_TEMPFAIL there;
 - a recipient whose local part is `reject-rcpt` is refused at RCPT (550 5.7.1 custom text),
   `tempfail-rcpt` gets SMFIS_TEMPFAIL, `discard-rcpt` makes the milter discard the message;
 - the header `X-Milter-Test:` lists actions, comma-separated, taken at end of message:
@@ -53,6 +54,11 @@ class TestMilter(Milter.Base):
         self.connect_info = {"hostname": hostname, "hostaddr": list(hostaddr) if hostaddr else None}
         self.seen("connect")
         self.connect_macros = self.record["macros"]["connect"]
+        address = hostaddr[0] if hostaddr else ""
+        if address == "127.0.0.5":
+            return Milter.REJECT
+        if address == "127.0.0.6":
+            return Milter.TEMPFAIL
         return Milter.CONTINUE
 
     def hello(self, name):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailferry.milter import protocol as p
-from mailferry.milter.client import DISCARD, HOLD, MilterConnection, Verdict
+from mailferry.milter.client import HOLD, MilterConnection, Verdict
 from mailferry.milter.edits import EditableMessage
 from mailferry.milter.settings import MilterSettings
 
@@ -183,15 +183,14 @@ def non_smtp_macros(queue_id: str, sender: str, recipient: Callable[[], str], my
 async def run_non_smtp_envelope(session: MilterSession, sender: str, recipients: list[str]) -> Verdict | None:
     """The events before the content for mail that did not come over SMTP (Postfix's cleanup does
     the same for non_smtpd_milters): connect from localhost [127.0.0.1], HELO localhost, MAIL,
-    each RCPT, DATA. The first verdict ends it."""
+    each RCPT, DATA. The first verdict ends it: a REJECT or TEMPFAIL refuses the mail, a DISCARD
+    drops it, a HOLD holds it (the caller logs and acts, as cleanup/milters.py does at end of data)."""
     steps = [lambda: session.connect("localhost", "127.0.0.1", 0), lambda: session.helo("localhost"),
              lambda: session.mail([f"<{sender}>"])]
     steps += [lambda address=address: session.rcpt([f"<{address}>"]) for address in recipients]
     steps.append(session.data)
     for step in steps:
         verdict = await step()
-        if verdict is not None and verdict.kind not in (HOLD, DISCARD):
-            return verdict
         if verdict is not None:
             return verdict
     return None

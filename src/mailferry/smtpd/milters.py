@@ -11,21 +11,63 @@ steps after the restrictions of the same stage said yes. The content phase runs 
 from __future__ import annotations
 
 from mailferry import refusals
-from mailferry.config.config import Config
+from mailferry.config.config import Config, ConfigValueError
 from mailferry.maillog import Log
 from mailferry.milter.client import DISCARD, HOLD, SHUTDOWN, Verdict
 from mailferry.milter.session import MilterSession
 from mailferry.milter.settings import MilterSettings
 from mailferry.protocol.esmtp_parameters import MailParameters, RcptParameters
+from mailferry.tables import Maps, TableError, open_maps
+from mailferry.tables.result import FOUND, TEMPFAIL
 
 
-def service_milters(config: Config) -> MilterSettings | None:
+class ServiceMilters:
+    """The milters of one smtpd service: smtpd_milters, or per client what smtpd_milter_maps says
+    (Postfix 3.2: a milter list, or DISABLE for none; not found: smtpd_milters)."""
+
+    def __init__(self, config: Config, default: MilterSettings, maps: Maps | None):
+        self._config = config
+        self.default = default if default.milters else None
+        self.maps = maps
+        self._by_list: dict[str, MilterSettings | None] = {}
+
+    async def for_client(self, address: str, warn) -> MilterSettings | None:
+        if self.maps is None:
+            return self.default
+        try:
+            found = await self.maps.lookup(address)
+        except TableError as problem:
+            warn(f"smtpd_milter_maps: {problem}; using smtpd_milters")
+            return self.default
+        if found.status == TEMPFAIL:
+            warn(f"smtpd_milter_maps: lookup of {address} failed for now; using smtpd_milters")
+            return self.default
+        if found.status != FOUND:
+            return self.default
+        text = (found.value or "").strip()
+        if text.upper() == "DISABLE":
+            return None
+        if text not in self._by_list:
+            try:
+                settings = MilterSettings.from_config(self._config, "smtpd_milter_maps", milter_list=text)
+            except ConfigValueError as problem:
+                warn(f"smtpd_milter_maps: {address}: {problem}; using smtpd_milters")
+                return self.default
+            self._by_list[text] = settings if settings.milters else None
+        return self._by_list[text]
+
+
+def service_milters(config: Config) -> ServiceMilters | None:
     """The milters of one smtpd service, as its view of main.cf (with -o overrides) names them;
     None without any, or with `receive_override_options = no_milters`."""
     if "no_milters" in config.list("receive_override_options"):
         return None
-    settings = MilterSettings.from_config(config, "smtpd_milters")
-    return settings if settings.milters else None
+    maps_text = config.get("smtpd_milter_maps").strip()
+    settings = ServiceMilters(config, MilterSettings.from_config(config, "smtpd_milters"),
+                              open_maps(maps_text) if maps_text else None)
+    if settings.default is None and settings.maps is None:
+        return None
+    return settings
 
 
 class SessionMilters:
@@ -40,6 +82,7 @@ class SessionMilters:
         self.recipient: str | None = None
         self.hold_reason = ""
         self.discard = False
+        self.queue_id = ""   # the message's, for `i` in the content phase (the session has moved on)
 
     # --- the macros (Postfix's smtpd_milter_eval)
     def macro(self, name: str) -> str | None:
@@ -55,7 +98,7 @@ class SessionMilters:
             "{client_addr}": session.address, "{client_port}": str(session.port),
             "{client_name}": facts.client_name, "{client_ptr}": facts.reverse_client_name,
             "{daemon_addr}": facts.server_address, "{daemon_port}": str(facts.server_port),
-            "i": session.queue_id or None,
+            "i": session.queue_id or self.queue_id or None,
         }
         if name in values:
             return values[name]
@@ -87,13 +130,18 @@ class SessionMilters:
         code = 421 if verdict.kind == SHUTDOWN or verdict.reply.startswith("421") else int(verdict.reply[:3])
         if code == 421 or code >= 500:
             return refusals.milter_connect_refusal(self.myhostname, code)
-        return None   # a 4xx: the milter answers the commands that follow with it
+        return None   # a 4xx: 220, and the milter answers the commands that follow with it
 
     async def helo(self, name: str) -> refusals.Refusal | None:
-        return self._decide(await self.milters.helo(name), "HELO")
+        """As Postfix (Sendmail compatibility): a reject at HELO is logged and persists, to answer
+        MAIL and what follows; HELO itself gets 250, unless the milter said 421."""
+        refusal = self._decide(await self.milters.helo(name), "HELO")
+        if refusal is not None and refusal.reply.code != 421:
+            return None
+        return refusal
 
     async def mail(self, sender: str, params: MailParameters) -> refusals.Refusal | None:
-        self.sender, self.recipient, self.hold_reason, self.discard = sender, None, "", False
+        self.sender, self.recipient, self.hold_reason, self.discard, self.queue_id = sender, None, "", False, ""
         refusal = self._decide(await self.milters.mail([f"<{sender}>", *_mail_args(params)]), "MAIL")
         if refusal is not None:
             self.sender = None

@@ -33,7 +33,6 @@ from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
-from mailferry.milter.settings import MilterSettings
 from mailferry.protocol import replies
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
@@ -49,7 +48,7 @@ from mailferry.policy.engine import Engine
 from mailferry.policy.facts import NAME_UNKNOWN, UNKNOWN, SessionFacts
 from mailferry.policy.session import SessionPolicy
 from mailferry.policy.settings import PolicySettings
-from mailferry.smtpd.milters import SessionMilters, service_milters
+from mailferry.smtpd.milters import ServiceMilters, SessionMilters, service_milters
 from mailferry.milter.session import MilterSession
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
@@ -81,7 +80,7 @@ class ServiceProfile:
     peername_lookup: bool           # smtpd_peername_lookup
     auth: SaslServer | None = None  # smtpd_sasl_auth_enable
     content_filter: str = ""        # content_filter as this service sees it (-o content_filter=)
-    milters: MilterSettings | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
+    milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -89,14 +88,15 @@ class ServiceProfile:
         dns = DnsClient.from_environment()
         policy = Engine(PolicySettings.from_config(config), dns, RecipientMaps.from_config(config))
         settings = server_settings(config, starttls=tls_context is not None)
-        if policy.needs_data_stage:
+        milters = service_milters(config)
+        if policy.needs_data_stage or milters is not None:
             settings = replace(settings, data_decision=True)
         return cls(tls_context=tls_context, tls_level=tls_level(config), tls=TlsSettings.from_config(config),
                    settings=settings,
                    timeout=config.time("smtpd_timeout"), mynetworks=NetworkList(config.get("mynetworks")),
                    policy=policy, dns=dns, peername_lookup=config.boolean("smtpd_peername_lookup"),
                    auth=SaslServer.from_config(config, service_name),
-                   content_filter=config.get("content_filter").strip(), milters=service_milters(config))
+                   content_filter=config.get("content_filter").strip(), milters=milters)
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -193,8 +193,6 @@ class Session(asyncio.Protocol):
         self.facts = SessionFacts(self.address, self.port, server_address=_client_address(str(server[0])),
                                   server_port=server[1] if len(server) > 1 else 0, in_mynetworks=self.in_mynetworks)
         self.policy = SessionPolicy(self.profile.policy, self.facts)
-        if self.profile.milters is not None:
-            self.milters = SessionMilters(self.profile.milters, self, self.log, self.profile.settings.hostname)
         if self.profile.auth is not None:
             self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
@@ -244,25 +242,35 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
-        if self.policy.checks_connect or self.milters is not None:
+        if self.policy.checks_connect or self.profile.milters is not None:
             self._await_before_greeting(self._check_connect())
             return
         self._greet(None)
 
     async def _check_connect(self) -> None:
         refusal = await self.policy.connect() if self.policy.checks_connect else None
-        if refusal is None and self.milters is not None:
-            refusal = await self.milters.connect()
+        milter_greeting = None
+        if refusal is None and self.profile.milters is not None:
+            milter_greeting = await self._connect_milters(self.profile.milters)
         self._busy = False
         if self._closed:
             return
         self.transport.resume_reading()
         self._log_policy_notes()
-        self._greet(refusal)
+        self._greet(refusal, milter_greeting)
 
-    def _greet(self, refusal: refusals.Refusal | None) -> None:
+    async def _connect_milters(self, milters: ServiceMilters) -> refusals.Refusal | None:
+        settings = await milters.for_client(self.address, lambda text: self.log.warning("smtpd", text))
+        if settings is None or self._closed:
+            return None
+        self.milters = SessionMilters(settings, self, self.log, self.profile.settings.hostname)
+        return await self.milters.connect()
+
+    def _greet(self, refusal: refusals.Refusal | None, milter_greeting: refusals.Refusal | None = None) -> None:
         """The banner; with smtpd_delay_reject = no and a client refused, the refusal
-        instead, and every command but QUIT then gets Postfix's 503 (access_denied)."""
+        instead, and every command but QUIT then gets Postfix's 503 (access_denied). A milter
+        that refused the connection gets Postfix's 554 (or 421) greeting; its reply then
+        answers the commands (smtpd/milters.py)."""
         transport = self.transport
         early, self._early = self._early + self._read_early(transport), b""
         self._greeted = True
@@ -277,7 +285,12 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             self.access_denied = refusal
             greeting = refusal.reply.to_bytes()
+        elif milter_greeting is not None:
+            greeting = milter_greeting.reply.to_bytes()
         transport.write(greeting)
+        if milter_greeting is not None and milter_greeting.reply.closes_connection:
+            self._close()
+            return
         if early:
             self._advance()
 
@@ -353,8 +366,10 @@ class Session(asyncio.Protocol):
         elif isinstance(event, events.RcptTo):
             self._rcpt_to(event)
         elif isinstance(event, events.DataRequested):
-            self._await_policy(self._then_milters(self.policy.data(), lambda: self.milters.data()),
-                               self._data_decided)
+            check = self.policy.data()
+            if self.milters is not None:
+                check = self._then_milters(check, self.milters.data)
+            self._await_policy(check, self._data_decided)
         elif isinstance(event, events.MessageReceived):
             self._busy = True
             asyncio.ensure_future(self._message(event))
@@ -474,9 +489,10 @@ class Session(asyncio.Protocol):
         self._accept_or_refuse(refusal)
 
     def _rcpt_to(self, event: events.RcptTo) -> None:
-        self._await_policy(self._then_milters(self.policy.rcpt(event.path.address, event.path.is_routed),
-                                              lambda: self.milters.rcpt(event.path.address, event.params)),
-                           lambda refusal: self._decide_recipient(event, refusal))
+        check = self.policy.rcpt(event.path.address, event.path.is_routed)
+        if self.milters is not None:
+            check = self._then_milters(check, lambda: self.milters.rcpt(event.path.address, event.params))
+        self._await_policy(check, lambda refusal: self._decide_recipient(event, refusal))
 
     def _decide_recipient(self, event: events.RcptTo, refusal: refusals.Refusal | None) -> None:
         address = event.path.address
@@ -539,7 +555,7 @@ class Session(asyncio.Protocol):
             body_type=mail.params.body, smtputf8=mail.params.smtputf8, arrival_time=time.time(),
             hold=bool(actions.hold), discard=actions.discard, redirect=actions.redirect,
             content_filter=actions.filter or self.profile.content_filter, prepend=list(actions.prepend))
-        milters = self._milters_for_content(message)
+        milters = self._milters_for_content(message, self.queue_id)
         queue_id, self.queue_id, self.recipients = self.queue_id, "", []
         self.policy.end_transaction()
         try:
@@ -577,11 +593,12 @@ class Session(asyncio.Protocol):
             refusal = refusals.SERVER_CONFIGURATION_REFUSAL
         return refusal
 
-    def _milters_for_content(self, message: NewMessage) -> MilterSession | None:
+    def _milters_for_content(self, message: NewMessage, queue_id: str) -> MilterSession | None:
         """The session's milters for cleanup's content phase, with what they decided before it:
         HOLD and DISCARD at MAIL, RCPT or DATA (after a DISCARD they are asked nothing more)."""
         if self.milters is None:
             return None
+        self.milters.queue_id = queue_id
         message.hold = message.hold or bool(self.milters.hold_reason)
         if self.milters.discard:
             message.discard = True
