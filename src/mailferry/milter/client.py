@@ -291,14 +291,8 @@ class MilterConnection:
             await self._drain(command, timeout)
 
     async def _drain(self, command: bytes, timeout: float) -> None:
-        # asyncio.timeout, not wait_for: wait_for makes a Task for every call, and these run
-        # several times an event (about 1 ms of CPU a message against OpenDKIM; bench/milter).
         try:
-            if self._writer.transport.get_write_buffer_size() == 0:
-                await self._writer.drain()     # all sent: returns at once (raises if the connection is lost)
-            else:
-                async with asyncio.timeout(timeout):
-                    await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), timeout)
         except (OSError, asyncio.TimeoutError) as problem:
             self.warn(f"milter {self.spec.name}: error writing command {p.COMMAND_NAMES.get(command, '?')} "
                       f"to filter: {_describe(problem)}")
@@ -310,6 +304,7 @@ class MilterConnection:
         event = p.COMMAND_NAMES.get(command, "(unknown MTA event)")
         self._quickack = _ack_at_once(self._writer, self._quickack)
         try:
+            # asyncio.timeout, not wait_for: wait_for makes a Task for every read.
             async with asyncio.timeout(timeout):
                 header = await self._reader.readexactly(4)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as problem:
