@@ -130,6 +130,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "default_destination_concurrency_limit",
     "default_destination_recipient_limit",
     "delay_warning_time",
+    # Milters for mail from sendmail/pickup (local/pickup_milters.py; docs/milter.md)
+    "non_smtpd_milters",
     # Content filters (smtpd and pickup stamp it, qmgr routes by it; docs/content-filter.md)
     "content_filter",
     "default_filter_nexthop",

@@ -17,6 +17,7 @@ from mailferry.config.mastercf import MasterCf
 from mailferry.cleanup.service import ContentRefused
 from mailferry.local import pickup, returned
 from mailferry.local.maildrop import MaildropError, UnsupportedMaildropVersion
+from mailferry.local.pickup_milters import NonSmtpMilters
 from mailferry.maillog import Log
 from mailferry.message import NewMessage
 from mailferry.qmgr.bounce import BounceSettings
@@ -28,13 +29,13 @@ DEFAULT_WAKEUP = 60.0
 class Intake(returned.NoticeIntake, Protocol):
     """cleanup (cleanup/service.py): the way into the queue."""
 
-    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "") -> str: ...
+    async def enqueue(self, message: NewMessage, queue_id: str, full_name: str = "", milters=None) -> str: ...
 
 
 class PickupService:
     def __init__(self, queue_directory: str, cleanup: Intake, log: Log, wakeup: float = DEFAULT_WAKEUP,
                  content_filter: str = "", receive_overrides: frozenset[str] = frozenset(),
-                 bounce: BounceSettings | None = None):
+                 bounce: BounceSettings | None = None, milters: NonSmtpMilters | None = None):
         self.queue_directory = queue_directory
         self.cleanup = cleanup
         self.log = log
@@ -42,13 +43,14 @@ class PickupService:
         self.content_filter = content_filter   # content_filter as pickup sees it (main.cf, its -o)
         self.receive_overrides = receive_overrides
         self.bounce = bounce or BounceSettings(myhostname="localhost")
+        self.milters = milters                 # non_smtpd_milters (local/pickup_milters.py)
         self._wakeup_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, master: MasterCf | None, cleanup: Intake, log: Log) -> PickupService:
         return cls(config.get("queue_directory"), cleanup, log, _wakeup_seconds(master),
                    _content_filter(config, master), _receive_overrides(config, master),
-                   returned.bounce_settings(config))
+                   returned.bounce_settings(config), NonSmtpMilters.from_config(config, log))
 
     def reload(self, config: Config, master: MasterCf | None) -> None:
         """The wakeup time of the new master.cf applies from the next wait."""
@@ -56,6 +58,7 @@ class PickupService:
         self.content_filter = _content_filter(config, master)
         self.receive_overrides = _receive_overrides(config, master)
         self.bounce = returned.bounce_settings(config)
+        self.milters = NonSmtpMilters.from_config(config, self.log)
 
     def wake(self) -> None:
         self._wakeup_event.set()
@@ -90,11 +93,15 @@ class PickupService:
             self.log.line("pickup", f"{queue_id}: {pickup.log_text(submission)}")
             try:
                 try:
-                    await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                    if self.milters is None:
+                        await self.cleanup.enqueue(submission.message, queue_id, submission.full_name)
+                    else:
+                        await self.milters.enqueue(self.cleanup, submission.message, queue_id, submission.full_name)
                 except ContentRefused as refused:
                     if refused.refusal.reply.code < 500:
+                        # The file stays for the next pass; the files after it go on.
                         self.log.warning("pickup", f"{queue_id}: {path}: {refused.refusal.reply.text}; will retry")
-                        return
+                        continue
                     await returned.return_to_sender(submission.message, queue_id, refused.refusal, self.bounce,
                                                     self.cleanup, self.log)
             except QueueError as problem:

@@ -19,6 +19,7 @@ from mailferry.config.config import Config
 from mailferry.maillog import Log
 from mailferry.message import ACTIVE, BOUNCED, NewMessage, QueuedMessage, Recipient
 from mailferry.qmgr.bounce import BounceSettings, Notice, failure_notice, log_queued
+from mailferry.qmgr.scheduler import delay_text
 from mailferry.refusals import Refusal
 
 T = TypeVar("T")
@@ -62,6 +63,6 @@ async def return_to_sender(message: NewMessage, queue_id: str, refusal: Refusal,
         cleanup.on_queued()
     delay = max(0.0, now - (message.arrival_time or now))
     for recipient in failed:
-        log.line("cleanup", f"{queue_id}: to=<{recipient.address}>, relay=none, delay={delay:.2g}, "
-                            f"delays={delay:.2g}/0/0/0, dsn={reply.enhanced}, status=bounced ({reply.text})")
+        log.line("cleanup", f"{queue_id}: to=<{recipient.address}>, relay=none, delay={delay_text(delay)}, "
+                            f"delays={delay_text(delay)}/0/0/0, dsn={reply.enhanced}, status=bounced ({reply.text})")
     log_queued(log, queued, notices, ids)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class MilterConnection:
         self.skip_event: bytes | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._quickack: tuple | None = None   # (writer, its socket) for _ack_at_once
 
     @property
     def name(self) -> str:
@@ -300,8 +302,11 @@ class MilterConnection:
     async def _read_packet(self, command: bytes, timeout: float) -> tuple[bytes, bytes]:
         name = self.spec.name
         event = p.COMMAND_NAMES.get(command, "(unknown MTA event)")
+        self._quickack = _ack_at_once(self._writer, self._quickack)
         try:
-            header = await asyncio.wait_for(self._reader.readexactly(4), timeout)
+            # asyncio.timeout, not wait_for: wait_for makes a Task for every read.
+            async with asyncio.timeout(timeout):
+                header = await self._reader.readexactly(4)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as problem:
             self.warn(f"milter {name}: can't read {event} reply packet header: {_describe(problem)}")
             self._comm_error()
@@ -316,7 +321,8 @@ class MilterConnection:
             self._comm_error()
             raise _Failure
         try:
-            body = await asyncio.wait_for(self._reader.readexactly(length), timeout)
+            async with asyncio.timeout(timeout):
+                body = await self._reader.readexactly(length)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as problem:
             self.warn(f"milter {name}: EOF while reading command code: {_describe(problem)}")
             self._comm_error()
@@ -396,3 +402,24 @@ def _describe(problem: BaseException) -> str:
     if isinstance(problem, OSError) and problem.errno:
         return os.strerror(problem.errno)
     return str(problem) or type(problem).__name__
+
+
+def _ack_at_once(writer: asyncio.StreamWriter | None, cached: tuple | None) -> tuple | None:
+    """TCP_QUICKACK before a read (Linux; the kernel clears it again by itself). libmilter writes
+    a modification and the reply after it as two packets, and with Nagle on its side the second
+    waits for our ACK of the first, which Linux delays up to 40 ms: measured against OpenDKIM,
+    end of message took 45 ms instead of 2.6 ms (bench/milter, stacks helper). Returns
+    (writer, socket) for the next call: uvloop makes a new socket object at every lookup."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is None or writer is None:
+        return cached
+    if cached is None or cached[0] is not writer:
+        sock = writer.get_extra_info("socket")
+        inet = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        cached = (writer, sock if inet else None)
+    if cached[1] is not None:
+        try:
+            cached[1].setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:
+            pass
+    return cached

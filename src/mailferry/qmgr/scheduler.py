@@ -485,6 +485,9 @@ def _seconds(value: float) -> str:
     return text.rstrip("0").rstrip(".") or "0"
 
 
+delay_text = _seconds   # the same format for the bounced records pickup writes (local/returned.py)
+
+
 def _orig_to(recipient: Recipient) -> str:
     """` orig_to=<original>,` when cleanup rewrote the recipient (it kept the original as
     ORCPT `rfc822;ORIGINAL`) or the client's ORCPT names another address; else nothing.
