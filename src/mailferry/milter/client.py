@@ -175,10 +175,11 @@ class MilterConnection:
         self.state = READY
 
     # --- events
-    async def event(self, command: bytes, packet: bytes, macros: list[tuple[str, str]] | None,
+    async def event(self, command: bytes, packet: bytes, macros: list[tuple[str, str]] | bytes | None,
                     timeout: float | None = None,
                     on_edit: Callable[[p.Reply], None] | None = None) -> Verdict | None:
-        """Send `command` (its encoded `packet`), preceded by its macros, and read the answer.
+        """Send `command` (its encoded `packet`), preceded by its macros (pairs, or their packet as
+        p.encode_macros made it), and read the answer.
         At end of message `on_edit` receives each modification request, in order."""
         if self.default_reply is not None or self.failed or self._writer is None:
             return self.default_reply
@@ -193,13 +194,14 @@ class MilterConnection:
             self.skip_event = None
         timeout = timeout or self.spec.command_timeout
         try:
-            if macros:
-                await self._write(p.encode_macros(command, macros), command, timeout, flush=False)
+            if macros and not isinstance(macros, bytes):
+                macros = p.encode_macros(command, macros)
+            # The macros and the command in one write (one send(2) instead of two).
             if nosend & self.protocol:
                 if macros:
-                    await self._drain(command, timeout)
+                    await self._write(macros, command, timeout)
                 return None
-            await self._write(packet, command, timeout)
+            await self._write(macros + packet if macros else packet, command, timeout)
             if p.NOREPLY_FLAG.get(command, 0) & self.protocol:
                 return None
             return await self._replies(command, timeout, on_edit)
@@ -291,8 +293,17 @@ class MilterConnection:
             await self._drain(command, timeout)
 
     async def _drain(self, command: bytes, timeout: float) -> None:
+        writer = self._writer
+        transport = writer.transport
+        # Buffered no more than the high-water mark (so writing is not paused: uvloop sends at the
+        # end of the loop's iteration), the connection open, no error pending: drain() would return
+        # at once; skip it and its time-out. Otherwise wait for it under the time-out.
+        if (transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+                and not transport.is_closing() and self._reader.exception() is None):
+            return
         try:
-            await asyncio.wait_for(self._writer.drain(), timeout)
+            async with asyncio.timeout(timeout):
+                await writer.drain()
         except (OSError, asyncio.TimeoutError) as problem:
             self.warn(f"milter {self.spec.name}: error writing command {p.COMMAND_NAMES.get(command, '?')} "
                       f"to filter: {_describe(problem)}")
@@ -303,15 +314,27 @@ class MilterConnection:
         name = self.spec.name
         event = p.COMMAND_NAMES.get(command, "(unknown MTA event)")
         self._quickack = _ack_at_once(self._writer, self._quickack)
+        reader = self._reader
+        length = -1    # -1: reading the header; then the packet's length
         try:
-            # asyncio.timeout, not wait_for: wait_for makes a Task for every read.
-            async with asyncio.timeout(timeout):
-                header = await self._reader.readexactly(4)
+            # One asyncio.timeout for the packet (not wait_for: that makes a Task for every read).
+            # Each read may take the whole time-out, as in Postfix; a packet here is one reply.
+            async with asyncio.timeout(timeout) as deadline:
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                if length < 1 or length > p.MAX_PACKET:
+                    body = b""
+                else:
+                    if len(getattr(reader, "_buffer", b"")) < length:
+                        # The body must wait: it gets a whole time-out of its own, as in Postfix.
+                        deadline.reschedule(asyncio.get_running_loop().time() + timeout)
+                    body = await reader.readexactly(length)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as problem:
-            self.warn(f"milter {name}: can't read {event} reply packet header: {_describe(problem)}")
+            if length < 0:
+                self.warn(f"milter {name}: can't read {event} reply packet header: {_describe(problem)}")
+            else:
+                self.warn(f"milter {name}: EOF while reading command code: {_describe(problem)}")
             self._comm_error()
             raise _Failure from problem
-        (length,) = struct.unpack("!I", header)
         if length < 1:
             self.warn(f"milter {name}: bad packet length: {length}")
             self._comm_error()
@@ -320,13 +343,6 @@ class MilterConnection:
             self.warn(f"milter {name}: unreasonable packet length: {length} > {p.MAX_PACKET}")
             self._comm_error()
             raise _Failure
-        try:
-            async with asyncio.timeout(timeout):
-                body = await self._reader.readexactly(length)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as problem:
-            self.warn(f"milter {name}: EOF while reading command code: {_describe(problem)}")
-            self._comm_error()
-            raise _Failure from problem
         return body[:1], body[1:]
 
     def _comm_error(self) -> Verdict | None:

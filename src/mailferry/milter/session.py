@@ -135,9 +135,10 @@ class MilterSession:
         timeout = milter.spec.content_timeout
         leading_space = milter.header_leading_space
         eoh_macros = self._macros(milter, p.SMFIC_EOH)
+        header_macros = p.encode_macros(p.SMFIC_HEADER, eoh_macros) if eoh_macros else None  # once, not per header
         for header in message.visible_headers():
             name, value = header.name_and_value(leading_space)
-            verdict = await milter.event(p.SMFIC_HEADER, p.encode_header(name, value), eoh_macros, timeout)
+            verdict = await milter.event(p.SMFIC_HEADER, p.encode_header(name, value), header_macros, timeout)
             if verdict is not None or milter.skip_event == p.SMFIC_HEADER:
                 if verdict is not None:
                     return verdict

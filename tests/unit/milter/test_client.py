@@ -33,6 +33,7 @@ class ScriptedMilter:
     def __init__(self, script: Script):
         self.script = script
         self.received: list[tuple[bytes, bytes]] = []
+        self.hung_up = asyncio.Event()   # the client's connection ended (all it sent was read)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,6 +51,7 @@ class ScriptedMilter:
             pass
         finally:
             writer.close()
+            self.hung_up.set()
 
     def commands(self) -> list[bytes]:
         return [command for command, _ in self.received]
@@ -126,10 +128,12 @@ def test_steps_the_milter_declined_are_not_sent_but_their_macros_are():
 
     async def scenario(connection, milter):
         verdict = await helo(connection)
+        await connection.close()   # QUIT: everything before it has been sent
+        await asyncio.wait_for(milter.hung_up.wait(), 30)
         return verdict, milter.commands()
     (verdict, commands), _ = run(answering(SMFIC_OPTNEG=optneg), scenario)
     assert verdict is None
-    assert commands == [p.SMFIC_OPTNEG, p.SMFIC_MACRO]
+    assert commands == [p.SMFIC_OPTNEG, p.SMFIC_MACRO, p.SMFIC_QUIT]
 
 
 def test_steps_without_a_reply_do_not_wait_for_one():
