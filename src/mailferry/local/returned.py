@@ -19,7 +19,7 @@ from mailferry.config.config import Config
 from mailferry.maillog import Log
 from mailferry.message import ACTIVE, BOUNCED, NewMessage, QueuedMessage, Recipient
 from mailferry.qmgr.bounce import BounceSettings, Notice, failure_notice, log_queued
-from mailferry.qmgr.scheduler import delay_text
+from mailferry.qmgr.scheduler import SchedulerSettings, delay_text
 from mailferry.refusals import Refusal
 
 T = TypeVar("T")
@@ -33,8 +33,8 @@ class NoticeIntake(Protocol):
 
 
 def bounce_settings(config: Config) -> BounceSettings:
-    return BounceSettings(myhostname=config.get("myhostname"), mail_name=config.get("mail_name"),
-                          bounce_size_limit=config.size("bounce_size_limit"), myorigin=config.get("myorigin"))
+    """The notice's settings as qmgr reads them for its own notices (one place reads them)."""
+    return SchedulerSettings.from_config(config).bounce_settings()
 
 
 async def return_to_sender(message: NewMessage, queue_id: str, refusal: Refusal, settings: BounceSettings,
