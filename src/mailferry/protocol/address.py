@@ -310,7 +310,9 @@ def _check_local_part(local: str, *, strict: bool, error: AddressError) -> None:
     elif strict:
         if not all(atom and _is_atext(atom) for atom in local.split(".")):
             raise error
-    elif not _is_lenient_dot_string(local):
+    elif not _is_lenient_dot_string(local) or local.startswith("@"):
+        # A bare local part that starts with `@` (left by <@a:@b@c>) would
+        # read back as a source route: refuse it rather than change meaning.
         raise error
 
 

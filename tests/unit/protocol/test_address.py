@@ -93,6 +93,8 @@ def test_source_route_is_dropped_and_remembered(text, mailbox):
 @pytest.mark.parametrize("text", [
     "<@:user@c.example>", "<@a.example,b.example:user@c.example>", "<@a.example:>",
     "<@a.example>", "<@-bad.example:user@c.example>", "<@a.example,:user@c.example>",
+    # found by the atheris target: the mailbox left after the route would read back as a route
+    "<@a.example:@b@c.example>",
 ])
 def test_broken_source_routes(text):
     refused(text)
