@@ -4,7 +4,11 @@
   postconf -M [SERVICE[/TYPE]...]          master.cf services
 
 -d shows defaults, -n only what main.cf sets, -h values without names,
--x expands $name references.
+-x expands $name references (never in the parameters Postfix keeps raw, such
+as mailbox_command). Values print as Postfix prints them: runs of
+whitespace, line continuations included, fold to one space. With a
+configuration directory other than the default, -n shows config_directory
+first, as Postfix's `postconf -c DIR -n` does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
     if "-d" in flags and "-n" in flags:
         return reporter.fatal("-d and -n cannot be used together")
     from mailferry.config.config import load
+    from mailferry.config.parameters import RAW_PARAMETERS
     config = load(config_dir)
     if "-M" in flags:
         return _show_services(config_dir, names, reporter)
@@ -29,8 +34,9 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
         for name, value in _selected(config, names, flags, reporter):
             if "-x" in flags and "-d" not in flags:
                 value = config.get(name)
-            elif "-x" in flags:
+            elif "-x" in flags and name not in RAW_PARAMETERS:
                 value = config.expand(value)
+            value = " ".join(value.split())
             if "-h" in flags:
                 print(value)
             else:
@@ -41,11 +47,14 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
 
 
 def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
+    from mailferry.config.config import DEFAULT_CONFIG_DIR
     from mailferry.config.parameters import parameters
     if names:
         candidates = names
     elif "-n" in flags:
         candidates = sorted(config.settings)
+        if config.config_dir != DEFAULT_CONFIG_DIR and "config_directory" not in config.settings:
+            candidates = sorted([*candidates, "config_directory"])  # Postfix counts -c DIR as set
     else:
         candidates = sorted(set(parameters()) | set(config.settings))
     for name in candidates:
@@ -54,6 +63,8 @@ def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
             value = config.default(name)
         elif "-n" in flags:
             value = setting.value if setting else None
+            if name == "config_directory" and setting is None and not names:
+                value = config.config_dir
             if value is None and names:
                 continue
         else:

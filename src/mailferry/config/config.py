@@ -14,7 +14,7 @@ import os
 from mailferry.config import hostinfo, values
 from mailferry.config.expand import Expander, ExpansionError
 from mailferry.config.maincf import MainCf, Setting, read_main_cf
-from mailferry.config.parameters import lookup
+from mailferry.config.parameters import RAW_PARAMETERS, lookup
 from mailferry.syntax import split_list
 
 DEFAULT_CONFIG_DIR = "/etc/mailferry"
@@ -36,7 +36,7 @@ class Config:
         self.overrides = overrides or {}
         self._override_source = override_source
         self._computed: dict[str, str] = {}
-        self._expander = Expander(self.raw)
+        self._expander = Expander(self.raw, RAW_PARAMETERS)
 
     @property
     def settings(self) -> dict[str, Setting]:

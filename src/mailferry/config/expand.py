@@ -10,7 +10,8 @@ Supported forms:
                                    for compatibility levels like 3.6
   $$                               a literal $
 
-An undefined name expands to the empty string, as in Postfix.
+An undefined name expands to the empty string, as in Postfix. Names in
+`literal` (Postfix's raw parameters) answer with their value as written.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class ExpansionError(ValueError):
 class Expander:
     """Expands values against `lookup(name) -> raw value or None`."""
 
-    def __init__(self, lookup: Callable[[str], str | None]):
+    def __init__(self, lookup: Callable[[str], str | None], literal: frozenset[str] = frozenset()):
         self._lookup = lookup
+        self._literal = literal
         self._cache: dict[str, str] = {}
 
     def value_of(self, name: str, _stack: tuple[str, ...] = ()) -> str:
@@ -44,7 +46,7 @@ class Expander:
         raw = self._lookup(name)
         if raw is None:
             return ""
-        value = self.expand(raw, (*_stack, name))
+        value = raw if name in self._literal else self.expand(raw, (*_stack, name))
         self._cache[name] = value
         return value
 

@@ -3,7 +3,7 @@
 They follow postconf(5): myhostname is the name from gethostname(), with
 `.$mydomain` (else `.localdomain`) appended when it has no dot; mydomain is
 $myhostname minus its first label; mynetworks lists the host's own
-addresses (mynetworks_style = host).
+addresses (mynetworks_style = host), in the order Postfix lists them.
 """
 
 from __future__ import annotations
@@ -27,20 +27,19 @@ def default_mydomain(myhostname: str) -> str:
 
 
 def default_mynetworks(style: str) -> str:
-    """The networks to trust for a mynetworks_style.
+    """The networks to trust for a mynetworks_style, in Postfix's order (IPv4, then IPv6).
 
-    `host` trusts the host's own addresses; `subnet` and `class` widen each to
-    its interface network (mailferry does not distinguish class from subnet:
-    classful networks have been obsolete since CIDR, see docs/parameters.md).
+    `host` trusts the host's own addresses (127.0.0.1/32 included, as Postfix);
+    `subnet` and `class` widen each to its interface network (mailferry does not
+    distinguish class from subnet: classful networks have been obsolete since CIDR,
+    see docs/parameters.md). Link-local IPv6 networks are listed too, as Postfix does.
     """
-    networks = list(LOOPBACK_NETWORKS)
+    networks = []
     for address, prefix in local_addresses():
-        if address.is_loopback:
-            continue
         length = address.max_prefixlen if style == "host" else prefix
         network = ipaddress.ip_network(f"{address}/{length}", strict=False)
         networks.append(str(network) if network.version == 4 else f"[{network.network_address}]/{length}")
-    return " ".join(dict.fromkeys(networks))
+    return " ".join(dict.fromkeys(networks or LOOPBACK_NETWORKS))
 
 
 def local_addresses() -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
@@ -48,25 +47,38 @@ def local_addresses() -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Addres
 
 
 def _ipv4_addresses() -> list[tuple[ipaddress.IPv4Address, int]]:
-    """Local IPv4 addresses with their prefix lengths, from /proc/net/fib_trie.
+    """Local IPv4 addresses with their interface prefix lengths, from /proc/net/fib_trie.
 
-    The trie lists each network (`+-- 10.0.0.0/24`) before the host entries
-    inside it (`|-- 10.0.0.5` followed by `/32 host LOCAL`).
+    Each address is followed by lines naming what it is: `/32 host LOCAL` for an
+    address of ours, `/24 link UNICAST` for an interface network (the trie's own
+    `+-- 10.0.0.0/30` nodes are search structure, not networks). An address's prefix
+    is that of the longest interface network that holds it; loopback is /8.
     """
     try:
         with open("/proc/net/fib_trie", encoding="ascii") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return []
-    found: dict[str, int] = {}
-    prefix = 32
-    for index, line in enumerate(lines):
+    ours: list[str] = []
+    links: list[ipaddress.IPv4Network] = []
+    address = ""
+    for line in lines:
         text = line.strip().lstrip("|+-` ")
-        if "/" in text and not text.startswith("/"):
-            prefix = int(text.split()[0].split("/")[1])
-        elif text and text[0].isdigit() and index + 1 < len(lines) and "host LOCAL" in lines[index + 1]:
-            found.setdefault(text, prefix)
-    return [(ipaddress.IPv4Address(address), length) for address, length in found.items()]
+        if text and text[0].isdigit() and "/" not in text:
+            address = text.split()[0]
+        elif text.startswith("/") and address:
+            length, *kind = text[1:].split()
+            if kind[:2] == ["host", "LOCAL"] and length == "32":
+                ours.append(address)
+            elif kind[:2] == ["link", "UNICAST"]:
+                links.append(ipaddress.ip_network(f"{address}/{length}", strict=False))
+    found: list[tuple[ipaddress.IPv4Address, int]] = []
+    for text in dict.fromkeys(ours):
+        local = ipaddress.IPv4Address(text)
+        lengths = [net.prefixlen for net in links if local in net]
+        found.append((local, 8 if local.is_loopback else max(lengths, default=32)))
+    found.sort(key=lambda item: not item[0].is_loopback)
+    return found
 
 
 def _ipv6_addresses() -> list[tuple[ipaddress.IPv6Address, int]]:
@@ -79,7 +91,6 @@ def _ipv6_addresses() -> list[tuple[ipaddress.IPv6Address, int]]:
     addresses = []
     for row in rows:
         address = ipaddress.IPv6Address(int(row[0], 16))
-        if address.is_link_local:
-            continue
-        addresses.append((address, int(row[2], 16)))
-    return addresses
+        addresses.append((not address.is_loopback, int(row[1], 16), address, int(row[2], 16)))
+    # Loopback first, then by interface and address: the order Postfix lists them in.
+    return [(address, length) for _, _, address, length in sorted(addresses)]

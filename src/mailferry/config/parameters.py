@@ -458,6 +458,23 @@ COMPUTED = frozenset({
     "service_name",
 })
 
+# Parameters Postfix never `$`-expands: their values keep `$` for later, per-message
+# expansion by the program that uses them (local(8)'s forward_path and luser_relay, the
+# reply text of default_rbl_reply and smtpd_reject_footer) or for /bin/sh (mailbox_command:
+# `procmail -a "$EXTENSION"` reaches the shell as written). `postconf -x` prints them
+# unexpanded; tests/unit/config/test_expansion_audit.py checks this list against it.
+RAW_PARAMETERS = frozenset({
+    "command_execution_directory",
+    "default_rbl_reply",
+    "forward_path",
+    "luser_relay",
+    "mailbox_command",
+    "postscreen_expansion_filter",
+    "postscreen_reject_footer",
+    "smtpd_expansion_filter",
+    "smtpd_reject_footer",
+})
+
 # Postfix accepts <service>_<suffix> for a delivery service named in
 # master.cf: `relay_destination_concurrency_limit` for a service `relay`.
 PER_TRANSPORT_SUFFIXES = frozenset(row[0] for row in parameters_data.PER_TRANSPORT)

@@ -399,8 +399,9 @@ class LocalAgent:
         content = self._with_headers(expansion, branch, True)
         settings = self.settings
         if settings.mailbox_command:
-            command = expand_local(settings.mailbox_command,
-                                   self._attributes(expansion, branch, target, rights), self._parameter) or ""
+            # As written, not $-expanded (postconf(5)): /bin/sh expands "$EXTENSION" and the
+            # rest from the environment below, as for Postfix's local(8).
+            command = settings.mailbox_command
             request = CommandRequest(rights.run_as, ("/bin/sh", "-c", command), content,
                                      env=self._environment(expansion, branch, target, rights),
                                      cwd=_directory_or_root(rights.home), time_limit=settings.command_time_limit)

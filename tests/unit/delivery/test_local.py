@@ -337,10 +337,19 @@ def test_dot_forward_owned_by_someone_else_is_ignored(world):
 
 
 def test_mailbox_command_runs_as_the_user(world):
-    [result] = world.deliver(world.agent(mailbox_command="/usr/lib/dovecot/deliver -a $recipient"),
+    [result] = world.deliver(world.agent(mailbox_command='/usr/lib/dovecot/deliver -a "$RECIPIENT"'),
                              "bob@host.example")
-    assert result.reason == "delivered to command: /usr/lib/dovecot/deliver -a bob@host.example"
+    assert result.reason == 'delivered to command: /usr/lib/dovecot/deliver -a "$RECIPIENT"'
     assert world.spawner.commands[0].run_as == RunAs(user="bob")
+
+
+def test_mailbox_command_reaches_the_shell_as_written(world):
+    """postconf(5): mailbox_command is not $-expanded; /bin/sh expands "$EXTENSION" from the
+    environment local(8) exports (Debian's `procmail -a "$EXTENSION"`)."""
+    world.deliver(world.agent(mailbox_command='procmail -a "$EXTENSION" $user'), "bob+tag@host.example")
+    request = world.spawner.commands[0]
+    assert request.argv == ("/bin/sh", "-c", 'procmail -a "$EXTENSION" $user')
+    assert dict(request.env)["EXTENSION"] == "tag"
 
 
 def test_full_mailbox_bounces_5_2_2(world):
