@@ -6,13 +6,15 @@ master.cf problems, unknown restrictions in the smtpd_*_restrictions lists,
 tables that cannot be opened or whose index is older
 than its source, credential tables readable by group or others, pipe
 programs that do not exist, and TLS files that are missing or unreadable.
-Exit status 1 when there is any error, 0 otherwise.
+Files the configuration names that do not exist on this machine are listed
+last, apart from the other errors ("missing file"). Exit status 1 when there
+is any error or missing file, 0 when there are only warnings (docs/check.md).
 """
 
 from __future__ import annotations
 
 from mailferry.cli.options import parse_options
-from mailferry.cli.output import Reporter
+from mailferry.cli.output import MISSING_FILE, Reporter
 
 USAGE = "usage: mailferry [-c CONFIG_DIR] check"
 
@@ -24,10 +26,20 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
     from mailferry.config.inspect import inspect_config
     items = inspect_config(config_dir)
     items += _restriction_problems(config_dir)
+    missing = [item for item in items if item.kind == MISSING_FILE]
     for item in items:
+        if item.kind != MISSING_FILE:
+            reporter.diagnostic(item)
+    if missing:
+        reporter.info("files this configuration names that do not exist on this machine "
+                      "(Postfix would fail on them too; create them or fix the names):")
+    for item in missing:
         reporter.diagnostic(item)
-    reporter.info(f"{config_dir}: {reporter.errors} error(s), {reporter.warnings} warning(s)")
-    return 1 if reporter.errors else 0
+    summary = f"{config_dir}: {reporter.errors} error(s), {reporter.warnings} warning(s)"
+    if reporter.missing_files:
+        summary += f", {reporter.missing_files} missing file(s)"
+    reporter.info(summary)
+    return 1 if reporter.errors or reporter.missing_files else 0
 
 
 def _restriction_problems(config_dir: str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 ERROR = "error"  # mailferry.diagnostics.ERROR, without importing dataclasses on start-up
+MISSING_FILE = "missing-file"  # mailferry.diagnostics.MISSING_FILE
 
 
 class Reporter:
@@ -13,9 +14,12 @@ class Reporter:
         self.verbose = verbose
         self.errors = 0
         self.warnings = 0
+        self.missing_files = 0  # errors whose cause is a file not on this machine, counted apart
 
     def diagnostic(self, item) -> None:  # a mailferry.diagnostics.Diagnostic
-        if item.severity == ERROR:
+        if getattr(item, "kind", "") == MISSING_FILE:
+            self.missing_files += 1
+        elif item.severity == ERROR:
             self.errors += 1
         else:
             self.warnings += 1

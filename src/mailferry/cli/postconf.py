@@ -33,7 +33,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
     try:
         for name, value in _selected(config, names, flags, reporter):
             if "-x" in flags and "-d" not in flags:
-                value = config.get(name)
+                value = config.expanded(name)
             elif "-x" in flags and name not in RAW_PARAMETERS:
                 value = config.expand(value)
             value = " ".join(value.split())

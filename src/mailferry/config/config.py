@@ -91,10 +91,36 @@ class Config:
         return setting.value if setting is not None else None
 
     def get(self, name: str) -> str:
+        value = self.expanded(name)
+        if name == "myorigin" and value.startswith("/"):
+            return self._myorigin_from_file(value)
+        return value
+
+    def expanded(self, name: str) -> str:
+        """The value after $name expansion, as `postconf -x` shows it (myorigin's /file/name
+        stays a file name there: postconf does not read it)."""
         try:
             return self._expander.value_of(name)
         except ExpansionError as exc:
             raise ConfigValueError(self.where(name), str(exc)) from exc
+
+    def _myorigin_from_file(self, path: str) -> str:
+        """`myorigin = /etc/mailname`, Debian's default: the file's first line, trimmed, not
+        $-expanded (Postfix's MYORIGIN_FROM_FILE, which Debian builds with)."""
+        key = "myorigin file"
+        if key not in self._computed:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                    first = handle.readline().strip()
+            except OSError as exc:
+                raise ConfigValueError(self.where("myorigin"), f"{path}: {exc.strerror}; create it "
+                                       "with the domain that unqualified addresses get (one line), "
+                                       "or set myorigin to that domain") from None
+            if not first:
+                raise ConfigValueError(self.where("myorigin"), f"file {path} is empty; write the "
+                                       "domain that unqualified addresses get into it")
+            self._computed[key] = first
+        return self._computed[key]
 
     def expand(self, text: str) -> str:
         return self._expander.expand(text)

@@ -15,8 +15,10 @@ from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
+from mailferry.config.parameters import RAW_PARAMETERS
+from mailferry.config.references import check_references, table_transports
 from mailferry.config.tlscheck import check_tls
-from mailferry.diagnostics import Diagnostic, error, warning
+from mailferry.diagnostics import Diagnostic, error, missing_file, warning
 from mailferry.syntax import split_list
 from mailferry.tables import Table, TableError, open_table
 from mailferry.tables.match_lists import NetworkList
@@ -46,9 +48,10 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_smtpd_sasl(config)
     found += _check_network_lists(config)
     if master:
-        found += _check_pipe_programs(master, _transports_named(config))
+        found += _check_pipe_programs(master, _transports_named(config) | table_transports(config))
         found += lint_pipe_services(config, master)
     found += _undefined_references(config)
+    found += check_references(config, master.path if master else None, services)
     # In file and line order, as an operator reads the files; stable within a line.
     found.sort(key=lambda item: (item.file or "", item.line or 0))
     return found
@@ -78,8 +81,27 @@ def _explicit_values(config: Config, wanted: Callable[[str], bool]) -> list[tupl
     return selected
 
 
+# Lists of table names that are permissions, not tables to open: proxymap(8) only compares
+# a request against them, and Postfix opens none of them at start.
+_NOT_OPENED = ("proxy_read_maps", "proxy_write_maps")
+
+
 def _is_table_list(name: str) -> bool:
-    return name.endswith(("_maps", "_checks")) or name in _TABLE_LISTS
+    return (name.endswith(("_maps", "_checks")) or name in _TABLE_LISTS) and name not in _NOT_OPENED
+
+
+def _source_path(spec: str) -> str | None:
+    """The file a table spec names (`proxy:mysql:/etc/x.cf` -> /etc/x.cf), if it names one."""
+    rest = spec.removeprefix("proxy:")
+    _, _, rest = rest.partition(":")
+    return rest if rest.startswith("/") else None
+
+
+def _missing(spec: str, exc: TableError) -> bool:
+    """The table cannot be opened because its file is not on this machine."""
+    source = _source_path(spec)
+    return (source is not None and not os.path.exists(source)
+            and (exc.file is None or not os.path.exists(exc.file)))
 
 
 def _check_tables(config: Config) -> list[Diagnostic]:
@@ -99,6 +121,9 @@ def _check_tables(config: Config) -> list[Diagnostic]:
                         f"parameter {name}: table {spec}: {exc.file}: not readable by uid "
                         f"{os.geteuid()}, so not checked; run check as root to check it",
                         setting.file, setting.line, name))
+                elif _missing(spec, exc) and "unsupported dictionary type" not in str(exc):
+                    found.append(missing_file(f"parameter {name}: table {spec}: {exc}",
+                                              setting.file, setting.line, name))
                 else:
                     found.append(error(f"parameter {name}: table {spec}: {exc}",
                                        setting.file, setting.line, name))
@@ -165,7 +190,8 @@ def _check_tls_files(config: Config) -> list[Diagnostic]:
                 continue
             problem = _tls_file_problem(name, path)
             if problem:
-                found.append(error(f"parameter {name}: {problem}", setting.file, setting.line, name))
+                kind = missing_file if not os.path.exists(path) else error
+                found.append(kind(f"parameter {name}: {problem}", setting.file, setting.line, name))
     return found
 
 
@@ -176,7 +202,11 @@ def _check_network_lists(config: Config) -> list[Diagnostic]:
         setting = config.settings[name]
         try:
             NetworkList(value)
-        except (ValueError, TableError) as exc:
+        except TableError as exc:
+            if not (exc.file and exc.file.startswith("/") and not os.path.exists(exc.file)):
+                found.append(error(f"parameter {name}: {exc}", setting.file, setting.line, name))
+            # else references.py lists the missing /file/name
+        except ValueError as exc:
             found.append(error(f"parameter {name}: {exc}", setting.file, setting.line, name))
     return found
 
@@ -302,8 +332,9 @@ def _check_pipe_programs(master: MasterCf, routed_to: set[str]) -> list[Diagnost
         severity, unused = error, ""
         if service.name not in routed_to:
             severity = warning
-            unused = ("; no *_transport setting in main.cf routes mail to this service yet (if "
-                      "transport_maps does, that mail waits in the queue)")
+            unused = ("; nothing routes mail to this service (no *_transport setting, and no "
+                      "transport_maps entry mailferry can read; if a table does, that mail waits in "
+                      "the queue)")
         if "/" not in program:
             if not any(os.access(os.path.join(directory, program), os.X_OK) for directory in ("/usr/bin", "/bin")):
                 found.append(severity(f"service {service.name}: pipe program {program} is not in /usr/bin or /bin, "
@@ -315,6 +346,8 @@ def _check_pipe_programs(master: MasterCf, routed_to: set[str]) -> list[Diagnost
             continue
         hint = _lib_twin(program)
         advice = f"; {hint} exists: use that path" if hint else "; install it or fix argv="
+        if severity is error and not hint and not os.path.exists(program):
+            severity = missing_file   # not installed here; with a twin it is a wrong path
         found.append(severity(f"service {service.name}: pipe program {program} "
                               f"{'is not executable' if os.path.exists(program) else 'does not exist'}{advice}"
                               f"{unused}", master.path, service.line, service.name))
@@ -334,6 +367,8 @@ def _lib_twin(program: str) -> str | None:
 def _undefined_references(config: Config) -> list[Diagnostic]:
     found = []
     for name, setting in config.settings.items():
+        if name in RAW_PARAMETERS:
+            continue  # never $-expanded: "$EXTENSION" in mailbox_command is for the shell
         for missing in sorted(plain_references(setting.value)):
             if config.raw(missing) is None:
                 found.append(warning(f"parameter {name} refers to ${missing}, which is not set "

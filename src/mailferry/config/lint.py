@@ -102,7 +102,7 @@ def _suggestion(name: str) -> str:
 
 def _check_value(config: Config, setting: Setting, parameter: parameters.Parameter) -> list[Diagnostic]:
     try:
-        text = config.get(setting.name)
+        text = config.expanded(setting.name)
     except ConfigValueError as exc:
         return [error(f"parameter {setting.name}: {exc.reason}", setting.file, setting.line, setting.name)]
     if has_inline_comment(setting.value):
@@ -246,7 +246,7 @@ def _check_override_value(view: Config, name: str, parameter: parameters.Paramet
     parse = {"time": lambda text: values.parse_time(text, parameter.time_unit or "s"),
              "size": values.parse_size, "int": values.parse_int, "bool": values.parse_bool}.get(parameter.kind)
     try:
-        text = view.get(name)
+        text = view.expanded(name)
         if parse is not None and text != "":
             parse(text)
     except ValueError as exc:

@@ -171,6 +171,11 @@ class MasterCf:
         return [d for d in self.diagnostics if d.severity == ERROR]
 
 
+# Postfix daemons that never read their command-line arguments, so that a stray word there
+# is ignored; every other daemon stops with "unexpected command-line argument".
+_IGNORE_EXTRA_ARGUMENTS = frozenset({"smtp", "lmtp"})
+
+
 def read_master_cf(path: str) -> MasterCf:
     try:
         # surrogateescape keeps non-UTF-8 bytes intact for pipe argv.
@@ -481,6 +486,13 @@ class _Parser:
                                    "master.cf a comment must start its own line. Move it to "
                                    "a line of its own", key)
             return
+        if command in _IGNORE_EXTRA_ARGUMENTS:
+            # smtp(8)/lmtp(8) never look at their arguments (mailcow's `lmtp flags=O`): not fatal.
+            self.warning(first.line, f'service {key}: unexpected argument "{first.text}" for '
+                                     f"{command}; Postfix's {command} ignores it, and so does "
+                                     "mailferry, with any -o after it. Only -o name=value, -v and "
+                                     "-D belong here: remove it", key)
+            return
         self.error(first.line, f'service {key}: unexpected argument "{first.text}" for '
                                f"{command}; Postfix's {command} refuses it, and options after "
                                "it (such as -o) are not read. Only -o name=value, -v and -D "
@@ -580,10 +592,11 @@ class _Parser:
         for service in services:
             earlier = last.get((service.name, service.type))
             if earlier is not None:
-                self.error(service.line, f"service {service.key} is defined twice, at lines "
-                                         f"{earlier.line} and {service.line}; only the last "
-                                         "one is used. Remove or rename one of them",
-                           service.key)
+                # Postfix accepts it (the last one wins), so it is no reason to refuse to start.
+                self.warning(service.line, f"service {service.key} is defined twice, at lines "
+                                           f"{earlier.line} and {service.line}; only the last "
+                                           "one is used, as in Postfix. Remove or rename one of them",
+                             service.key)
             last[(service.name, service.type)] = service
         return [service for service in services
                 if last[(service.name, service.type)] is service]

@@ -8,6 +8,7 @@ parameter), and they open the tables they name. Three kinds:
 - `DomainList`: domains against relay_domains-style lists;
 - `LocalDomainList`: "is this domain ours", mydestination's test.
 
+A `/file/name` item stands for the patterns in that file (list_items).
 Every mailferry user of these lists reads main.cf through config/, which
 imports this module; nothing here imports config/.
 """
@@ -20,8 +21,31 @@ from collections.abc import Iterable
 from mailferry.syntax import split_list
 from mailferry.tables import SUPPORTED_TYPES, Table, open_table
 
+from mailferry.tables.base import TableError
+
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def list_items(value: str) -> list[str]:
+    """The items of a match list, with each `/file/name` item replaced by the patterns in
+    that file, as postconf(5) documents for mynetworks, relay_domains and the other match
+    lists: whitespace- or comma-separated, `#` lines are comments, files may name files."""
+    items: list[str] = []
+    for item in split_list(value):
+        if not item.startswith("/"):
+            items.append(item)
+            continue
+        try:
+            with open(item, encoding="utf-8", errors="surrogateescape") as handle:
+                text = " ".join(line for line in handle.read().splitlines()
+                                if not line.lstrip().startswith("#"))
+        except FileNotFoundError:
+            raise TableError("no such file; create it, or fix the list that names it", item) from None
+        except OSError as exc:
+            raise TableError(f"cannot read this file: {exc.strerror}", item) from None
+        items.extend(list_items(text))
+    return items
 
 
 class NetworkList:
@@ -37,7 +61,7 @@ class NetworkList:
         self._entries: list[tuple[bool, _Network | Table]] = []
         # Tables in the list may change answers between reloads, not within one configuration.
         self._seen: dict[str, bool] = {}
-        for item in split_list(value):
+        for item in list_items(value):
             negated = item.startswith("!")
             self._entries.append((negated, _network_entry(item[1:] if negated else item)))
 
@@ -90,7 +114,7 @@ class DomainList:
 
     def __init__(self, value: str):
         self._entries: list[tuple[bool, str | Table]] = []
-        for item in split_list(value):
+        for item in list_items(value):
             negated = item.startswith("!")
             item = item[1:] if negated else item
             if ":" in item:
@@ -126,7 +150,7 @@ class LocalDomainList:
     def __init__(self, mydestination: str, address_literals: Iterable[str] = ()):
         self._names: set[str] = set()
         self._tables: list[Table] = []
-        for item in split_list(mydestination):
+        for item in list_items(mydestination):
             if ":" in item and not item.startswith("["):
                 self._tables.append(open_table(item))
             else:

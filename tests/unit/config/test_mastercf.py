@@ -326,14 +326,29 @@ def test_inet_services_are_never_private():
     assert only_service("smtp inet - - - - - smtpd\n").is_private is False
 
 
-def test_duplicate_service_is_an_error_and_the_last_wins():
+def test_duplicate_service_is_a_warning_and_the_last_wins():
+    """master(5): Postfix accepts it and remembers the last one, so it must not fail check."""
     master = parse("smtp inet n - y - - smtpd\n"
                    "pickup unix n - y 60 1 pickup\n"
                    "smtp inet n - y - 1 smtpd -o x=1\n")
-    [error] = errors(master)
-    assert error.line == 3 and "lines 1 and 3" in error.message
+    assert errors(master) == []
+    [warning] = warnings(master)
+    assert warning.line == 3 and "lines 1 and 3" in warning.message
     assert master.find("smtp", "inet").overrides == {"x": "1"}
     assert [s.name for s in master.services] == ["pickup", "smtp"]
+
+
+def test_a_stray_argument_to_lmtp_is_a_warning_as_postfix_ignores_it():
+    """mailcow's `lmtp unix - - n - - lmtp flags=O`: smtp(8)/lmtp(8) never read their arguments."""
+    master = parse("lmtp unix - - n - - lmtp flags=O\n")
+    assert errors(master) == []
+    [warning] = warnings(master)
+    assert '"flags=O"' in warning.message and "ignores it" in warning.message
+
+
+def test_a_stray_argument_to_cleanup_stays_an_error():
+    [error] = errors(parse("cleanup unix n - n - 0 cleanup flags=O\n"))
+    assert "refuses it" in error.message
 
 
 def test_same_name_with_another_type_is_not_a_duplicate():
