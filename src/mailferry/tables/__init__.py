@@ -15,7 +15,8 @@ __all__ = [
 ]
 
 INDEXED_TYPES = ("hash", "btree", "lmdb", "cdb")
-SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap", "unix", "nis", "proxy")
+SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap", "unix", "nis", "proxy",
+                   "mysql", "pgsql", "sqlite")
 
 
 def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
@@ -39,9 +40,9 @@ def open_table(spec: str, default_type: str = "hash", observer=None) -> Table:
 def _open_table(spec: str, default_type: str) -> Table:
     type_name, name = split_spec(spec, default_type)
     if type_name == "proxy":
-        # Postfix's proxymap opens a table on a client's behalf (for a chroot, or to share one
-        # connection); mailferry's services open their tables themselves: the table is the same.
-        return _open_table(name, default_type)
+        # One shared inner table per process, if proxy_read_maps lists it (tables/proxy.py).
+        from mailferry.tables.proxy import open_proxied
+        return open_proxied(name, lambda inner: _open_table(inner, default_type))
     # Each type's module is imported when a table of that type is opened, so that
     # `postmap -q KEY hash:FILE` does not pay at start-up for regexp's compiler or
     # another type's reader. The daemon imports them all before dropping root.
@@ -66,6 +67,9 @@ def _open_table(spec: str, default_type: str) -> Table:
     if type_name == "ldap":
         from mailferry.tables.ldap import LdapTable
         return LdapTable(name)
+    if type_name in ("mysql", "pgsql", "sqlite"):
+        from mailferry.tables.sql import SqlTable
+        return SqlTable(type_name, name)
     raise TableError(f"unsupported dictionary type: {type_name} (in {spec!r}); "
                      f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
 

@@ -33,7 +33,8 @@ def test_the_same_answer_as_postfix(tmp_path, key, spec):
 
 def test_proxy_opens_the_table_behind_it():
     table = open_table("proxy:unix:passwd.byname")
-    assert table.spec == "unix:passwd.byname"
+    assert table.spec == "proxy:unix:passwd.byname"
+    assert table.inner.spec == "unix:passwd.byname"
     assert table.lookup_now("root").value.startswith("root:x:0:0:")
 
 

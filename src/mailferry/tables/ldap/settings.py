@@ -81,15 +81,16 @@ class LdapSettings:
     values: dict[str, str]
     lines: dict[str, int]
     problems: list[Problem] = field(default_factory=list)
+    defaults: dict[str, str] = field(default_factory=lambda: DEFAULTS)
 
     def get(self, name: str) -> str:
-        return self.values.get(name, DEFAULTS[name])
+        return self.values.get(name, self.defaults[name])
 
     def _where(self, name: str) -> tuple[str, int | None]:
         return self.path, self.lines.get(name)
 
     def number(self, name: str, minimum: int = 0, default: str | None = None) -> int:
-        text = self.values.get(name, default if default is not None else DEFAULTS[name])
+        text = self.values.get(name, default if default is not None else self.defaults[name])
         try:
             number = int(text)
         except ValueError:
@@ -109,17 +110,19 @@ class LdapSettings:
         return split_list(self.get(name))
 
 
-def read_settings(path: str) -> LdapSettings:
+def read_settings(path: str, defaults: dict[str, str] = DEFAULTS, kind: str = "ldap",
+                  mistakes: dict[str, str] = _MISTAKES) -> LdapSettings:
     """Read the file; raise TableError for one that cannot be read or a line that is not
-    `name = value`. Unknown names are kept as problems, for `check`: Postfix ignores them."""
+    `name = value`. Unknown names are kept as problems, for `check`: Postfix ignores them.
+    `kind` and `defaults` let the SQL tables (mysql_table(5)...) read their files the same way."""
     if not path.startswith(("/", ".")):
-        raise TableError(f"ldap:{path}: mailferry reads ldap tables from a file only; give its "
-                         f"path (ldap:/etc/postfix/{path}), not a main.cf parameter prefix")
+        raise TableError(f"{kind}:{path}: mailferry reads {kind} tables from a file only; give its "
+                         f"path ({kind}:/etc/postfix/{path}), not a main.cf parameter prefix")
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             physical = handle.readlines()
     except OSError as exc:
-        raise TableError(f"cannot open this ldap_table(5) file: {exc.strerror}", path) from None
+        raise TableError(f"cannot open this {kind}_table(5) file: {exc.strerror}", path) from None
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
     problems: list[Problem] = []
@@ -134,10 +137,10 @@ def read_settings(path: str) -> LdapSettings:
                                                f"this later value is used"))
         values[name] = value.strip()
         lines[name] = line.line
-        if name not in DEFAULTS:
-            hint = _MISTAKES.get(name, "ldap_table(5) lists the parameters")
-            problems.append(Problem(line.line, f"unknown ldap_table parameter {name!r}: {hint}"))
-    return LdapSettings(path, values, lines, problems)
+        if name not in defaults:
+            hint = mistakes.get(name, f"{kind}_table(5) lists the parameters")
+            problems.append(Problem(line.line, f"unknown {kind}_table parameter {name!r}: {hint}"))
+    return LdapSettings(path, values, lines, problems, defaults)
 
 
 @dataclass

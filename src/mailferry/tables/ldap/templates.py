@@ -91,6 +91,11 @@ class Templates:
     def query(self, key: str) -> str:
         return _expand(self.query_filter, key, None, escape_filter_value, self.parts)
 
+    def key_text(self, template: str, key: str) -> str:
+        """A template filled from the key with no quoting at all: the SQL tables bind the
+        text as a query parameter (tables/sql/query.py), so the driver keeps it a value."""
+        return _expand(template, key, None, None, self.parts)
+
     def result(self, value: str, key: str) -> str | None:
         """One result value formatted, or None when Postfix skips it (empty, or lacking the
         local part or domain the format needs)."""

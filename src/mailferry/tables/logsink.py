@@ -1,0 +1,26 @@
+"""Where tables that talk to servers (SQL, and proxy: refusals) report what went wrong.
+
+Standard error until the daemon points it at its mail log (master/server.py), so `postmap -q`
+and `check` show the same warnings the daemon logs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def _stderr_warning(text: str) -> None:
+    print(f"mailferry: warning: {text}", file=sys.stderr, flush=True)
+
+
+_sink: Callable[[str], None] = _stderr_warning
+
+
+def log_warnings_to(sink: Callable[[str], None]) -> None:
+    global _sink
+    _sink = sink
+
+
+def warn(text: str) -> None:
+    _sink(text)

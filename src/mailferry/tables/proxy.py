@@ -1,0 +1,137 @@
+"""`proxy:TYPE:NAME`: what Postfix's proxymap(8) is to its users, inside one process.
+
+Postfix's clients ask the proxymap server, which opens each table once and shares it, so that
+20 smtpd processes keep one database connection rather than 20. mailferry's services live in
+few processes and run lookups as coroutines, so the sharing happens here: every parameter of a
+process that names `proxy:mysql:/etc/postfix/x.cf` gets the same opened inner table (one
+connection per inner table), closed when the last user closes it.
+
+proxymap serves only the tables listed in `proxy_read_maps` (and `proxy_write_maps`; mailferry
+writes no table through proxy:), each named there with its `proxy:` prefix, plus those in
+`smtpd_restriction_classes`. Any other table is refused, as proxymap refuses it: two warnings in
+the log ("request for unapproved table", "to approve this table for read-only access, list ...
+in main.cf:proxy_read_maps"), and every lookup of it is a temporary failure, so mail waits in
+the queue (Postfix's client gets the same refusal and its lookups fail the same way).
+
+Until `approve_from` has been called (the daemon calls it with each configuration it reads;
+`postmap` with main.cf's), every table is served: unit tests and tools without a main.cf.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from mailferry.tables import logsink
+from mailferry.tables.base import Table
+from mailferry.tables.result import LookupResult, tempfail
+
+PREFIX = "proxy:"
+
+_approved: dict[str, frozenset[str]] | None = None
+_shared: dict[str, list] = {}           # inner spec → [table, users]
+_lock = threading.Lock()
+
+
+def approve_from(get: Callable[[str], str]) -> None:
+    """Read proxy_read_maps, proxy_write_maps and the restriction classes with `get` (a main.cf
+    getter, values expanded)."""
+    global _approved
+    from mailferry.syntax import split_list
+    read_text = get("proxy_read_maps")
+    for name in split_list(get("smtpd_restriction_classes") or ""):
+        read_text += " " + (get(name) or "")
+    _approved = {"proxy_read_maps": frozenset(_proxied(read_text)),
+                 "proxy_write_maps": frozenset(_proxied(get("proxy_write_maps")))}
+
+
+def _proxied(value: str) -> list[str]:
+    """The inner names of the `proxy:` tables in a list, as proxymap's authorize_proxied_maps:
+    `/file/name` entries are read for more, nested proxy: prefixes are stripped."""
+    from mailferry.syntax import split_list
+    names = []
+    for token in split_list(value):
+        if token.startswith("/"):
+            try:
+                with open(token, encoding="utf-8", errors="replace") as handle:
+                    names += _proxied(handle.read())
+            except OSError as exc:
+                logsink.warn(f"open {token}: {exc.strerror}")
+            continue
+        if not token[:1].isalnum() or ":" not in token or not token.startswith(PREFIX):
+            continue
+        while token.startswith(PREFIX):
+            token = token[len(PREFIX):]
+        names.append(token)
+    return names
+
+
+def is_approved(inner: str) -> bool:
+    return _approved is None or inner in _approved["proxy_read_maps"]
+
+
+def open_proxied(inner: str, opener: Callable[[str], Table]) -> Table:
+    """The shared inner table for `proxy:INNER`, or a refusal when it is not approved."""
+    while inner.startswith(PREFIX):
+        inner = inner[len(PREFIX):]
+    if not is_approved(inner):
+        return Refused(inner)
+    with _lock:
+        entry = _shared.get(inner)
+        if entry is None:
+            entry = _shared[inner] = [opener(inner), 0]
+        entry[1] += 1
+        return ProxiedTable(inner, entry[0])
+
+
+class ProxiedTable(Table):
+    type_name = "proxy"
+
+    def __init__(self, inner_spec: str, inner: Table):
+        super().__init__(inner_spec)
+        self.inner = inner
+        self.is_pattern = inner.is_pattern
+        self.folds_keys = inner.folds_keys
+        self.warnings = list(getattr(inner, "warnings", ()))
+        self._closed = False
+
+    def lookup_now(self, key: str) -> LookupResult:
+        return self.inner.lookup_now(key)
+
+    async def lookup(self, key: str) -> LookupResult:
+        return await self.inner.lookup(key)
+
+    def items(self):
+        return self.inner.items()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _lock:
+            entry = _shared.get(self.name)
+            if entry is None or entry[0] is not self.inner:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _shared[self.name]
+        self.inner.close()
+
+
+class Refused(Table):
+    """A proxy: table proxymap would not serve: every lookup is a temporary failure."""
+    type_name = "proxy"
+
+    def __init__(self, inner_spec: str):
+        super().__init__(inner_spec)
+        self.reason = f'proxymap service is not configured for table "{inner_spec}"'
+        self.warnings = [
+            f'request for unapproved table: "{inner_spec}"',
+            f"to approve this table for read-only access, list proxy:{inner_spec} in "
+            f"main.cf:proxy_read_maps"]
+        for text in self.warnings:
+            logsink.warn(text)
+
+    def lookup_now(self, key: str) -> LookupResult:
+        return tempfail(self.reason)

@@ -1,0 +1,187 @@
+"""`mysql:`, `pgsql:` and `sqlite:` tables (mysql_table(5), pgsql_table(5), sqlite_table(5)).
+
+    settings.py   the file, Postfix's defaults, hosts; the query template parsed and translated
+    query.py      a Postfix query template → a parameterised query (the key is never SQL text)
+    drivers.py    one connection per driver (PyMySQL, psycopg 3, sqlite3), blocking
+
+Each table keeps ONE connection, used by one worker thread, so the event loop never waits on
+the database and lookups of one table reach the server one at a time. Hosts fail over as in
+Postfix (unix sockets first, then TCP, each group in random order); a host that fails rests
+for retry_interval seconds, during which it is tried only after the others (Postfix does not
+try it at all, so a lone server that comes back stays unused for a minute). Every host failing,
+a query error, and more results than expansion_limit are temporary failures (4xx, mail kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from mailferry.tables import logsink
+from mailferry.tables.base import Table
+from mailferry.tables.result import MISSING, LookupResult, found, tempfail
+from mailferry.tables.sql.settings import SqlConfig, load_config
+
+__all__ = ["SqlTable", "file_problems"]
+
+SQL_TYPES = ("mysql", "pgsql", "sqlite")
+
+
+def file_problems(type_name: str, path: str):
+    """Unknown or repeated names in the file, at their lines (for `check`); a password that
+    everyone may read."""
+    from mailferry.tables.ldap import Problem
+    from mailferry.tables.sql.settings import read
+    settings = read(type_name, path)
+    problems = list(settings.problems)
+    if settings.values.get("password"):
+        import os
+        import stat
+        mode = os.stat(path).st_mode
+        if mode & stat.S_IROTH:
+            problems.append(Problem(settings.lines["password"], (
+                f"password is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
+                f"{path} (keep it readable by the daemon's mail_owner group)")))
+    return problems
+
+
+class SqlTable(Table):
+    def __init__(self, type_name: str, name: str, warn: Callable[[str], None] | None = None):
+        super().__init__(name)
+        self.type_name = type_name
+        self.config: SqlConfig = load_config(type_name, name)   # TableError: file and line
+        self.path = name
+        self.warnings = list(self.config.warnings)
+        self.warn = warn or logsink.warn
+        from mailferry.tables.sql.drivers import PARAMSTYLES
+        self._sql = self.config.query.render(PARAMSTYLES[type_name])
+        self._domains = None
+        if self.config.domains:
+            from mailferry.tables.ldap import _DomainList   # Postfix's string list, as for LDAP
+            self._domains = _DomainList(self.config.domains)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._connection = None
+        self._connected_host = None
+        self._last_used = 0.0
+        self._resting_until: dict[str, float] = {}
+
+    # --- what Postfix answers without asking the server ---------------------------------------
+
+    def _skipped(self, key: str) -> bool:
+        if self._domains is not None:
+            at = key.rfind("@")
+            if at <= 0 or not self._domains.matches(key[at + 1:]):
+                return True
+        return not self.config.templates.key_is_eligible(key)
+
+    def parameters(self, key: str) -> list[str]:
+        """The bound values for `key` (the key folded to lower case, as Postfix folds it)."""
+        return [self.config.templates.key_text(template, key) for template in self.config.query.parameters]
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    def lookup_now(self, key: str) -> LookupResult:
+        key = key.lower()
+        if self._skipped(key):
+            return MISSING
+        return self._search(key)
+
+    async def lookup(self, key: str) -> LookupResult:
+        key = key.lower()
+        if self._skipped(key):
+            return MISSING
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.type_name)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, key)
+
+    def _search(self, key: str) -> LookupResult:
+        with self._lock:
+            rows = self._rows(key)
+        if isinstance(rows, LookupResult):
+            return rows
+        return self._format(rows, key)
+
+    def _format(self, rows: list[tuple], key: str) -> LookupResult:
+        """Every non-empty column of every row through result_format, joined with commas."""
+        values: list[str] = []
+        limit = self.config.expansion_limit
+        for row in rows:
+            for column in row:
+                if column is None:
+                    continue
+                text = column.decode("utf-8", "replace") if isinstance(column, bytes) else str(column)
+                if not text:
+                    self.warn(f'table "{self.spec}": empty lookup result for: "{key}" -- ignored')
+                    continue
+                formatted = self.config.templates.result(text, key)
+                if formatted is None:
+                    continue
+                values.append(formatted)
+                if limit and len(values) > limit:
+                    self.warn(f"{self.path}: Expansion limit exceeded for key: '{key}'")
+                    return tempfail(f"{self.spec}: more than expansion_limit = {limit} results "
+                                    f"for {key!r}")
+        return found(",".join(values)) if values else MISSING
+
+    def _rows(self, key: str):
+        parameters = self.parameters(key)
+        from mailferry.tables.sql.drivers import DriverError
+        if self.type_name == "sqlite":
+            try:
+                return self._connect(None).rows(self._sql, parameters)
+            except DriverError as exc:
+                self._drop()
+                self.warn(f"{self.spec}: {exc}")
+                return tempfail(f"{self.spec}: {exc}")
+        failures = []
+        for host in self._hosts_in_order():
+            try:
+                return self._connect(host).rows(self._sql, parameters)
+            except DriverError as exc:
+                self._drop()
+                self._resting_until[host.text] = time.monotonic() + self.config.settings.number("retry_interval")
+                failures.append(f"{host.text}: {exc}")
+                self.warn(f"{self.type_name} query failed: host {host.text}: {exc} "
+                          f"(table {self.spec})")
+        return tempfail(f"{self.spec}: no {self.type_name} server answered: " + "; ".join(failures))
+
+    def _hosts_in_order(self):
+        """The connected host first (the connection is reused), then Postfix's order, with
+        hosts that failed within retry_interval last."""
+        now = time.monotonic()
+        ordered = self.config.ordered_hosts()
+        ordered.sort(key=lambda host: self._resting_until.get(host.text, 0.0) > now)
+        if self._connected_host is not None and self._connected_host in ordered:
+            ordered.remove(self._connected_host)
+            ordered.insert(0, self._connected_host)
+        return ordered
+
+    def _connect(self, host):
+        now = time.monotonic()
+        idle = self.type_name != "sqlite" and self._connection is not None and \
+            now - self._last_used > self.config.settings.number("idle_interval")
+        if self._connection is not None and (host != self._connected_host or idle):
+            self._drop()
+        if self._connection is None:
+            from mailferry.tables.sql.drivers import CONNECTIONS
+            self._connection = CONNECTIONS[self.type_name](self.config, host)
+            self._connected_host = host
+        self._last_used = now
+        return self._connection
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
+        self._connected_host = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        with self._lock:
+            self._drop()
