@@ -135,6 +135,26 @@ def test_command_alias_runs_as_default_privs_with_the_message_on_stdin(daemon_fa
     shutil.rmtree(record, ignore_errors=True)
 
 
+def test_mailbox_command_reaches_the_shell_as_written(daemon_factory, users):
+    """Debian's `mailbox_command = procmail -a "$EXTENSION"`: Postfix does not $-expand
+    mailbox_command, so the shell sees "$EXTENSION" and expands it from the environment.
+    The stand-in for procmail records its argv; with expansion by mailferry it would get ""."""
+    record = world_readable_tempdir("mailferry-mbcmd-")
+    record.chmod(0o777)
+    procmail = record / "procmail"
+    procmail.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\ncat > "$0.stdin"\n')
+    procmail.chmod(0o755)
+    command = f'{procmail} -a "$EXTENSION"'
+    daemon = local_daemon(daemon_factory, "", recipient_delimiter="+", mailbox_command=command)
+    shown = daemon.command("postconf", "-x", "mailbox_command")
+    assert shown.stdout == f"mailbox_command = {command}\n"
+    send(daemon, ["mfuser1+lists@example.test"])
+    daemon.wait_for_log(f"status=sent (delivered to command: {command})")
+    assert (record / "procmail.argv").read_text() == "-a\nlists\n"
+    assert (Path(users["mfuser1"].pw_dir) / "Maildir").exists() is False
+    shutil.rmtree(record, ignore_errors=True)
+
+
 def test_include_file_members_are_delivered(daemon_factory, users):
     members = world_readable_tempdir("mailferry-include-") / "staff.list"
     members.write_text("# the staff\nmfuser2\n")

@@ -52,7 +52,8 @@ def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
     if names:
         candidates = names
     elif "-n" in flags:
-        candidates = sorted(config.settings)
+        # Postfix's postconf -n never shows these: each program sets them for itself.
+        candidates = sorted(set(config.settings) - {"process_id", "process_name", "service_name"})
         if config.config_dir != DEFAULT_CONFIG_DIR and "config_directory" not in config.settings:
             candidates = sorted([*candidates, "config_directory"])  # Postfix counts -c DIR as set
     else:

@@ -39,7 +39,9 @@ def default_mynetworks(style: str) -> str:
         length = address.max_prefixlen if style == "host" else prefix
         network = ipaddress.ip_network(f"{address}/{length}", strict=False)
         networks.append(str(network) if network.version == 4 else f"[{network.network_address}]/{length}")
-    return " ".join(dict.fromkeys(networks or LOOPBACK_NETWORKS))
+    # Each entry followed by a space, the last one too, as Postfix's mynetworks.c builds it:
+    # `$mynetworks, ...` in another value then expands as Postfix's does.
+    return "".join(f"{network} " for network in dict.fromkeys(networks or LOOPBACK_NETWORKS))
 
 
 def local_addresses() -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
