@@ -52,8 +52,10 @@ def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
     if names:
         candidates = names
     elif "-n" in flags:
-        # Postfix's postconf -n never shows these: each program sets them for itself.
-        candidates = sorted(set(config.settings) - {"process_id", "process_name", "service_name"})
+        # Postfix's postconf -n never shows these: each program sets them for itself. Nor a
+        # setting nothing uses: it warns "unused parameter" instead.
+        unused = _unused(config, reporter)
+        candidates = sorted(set(config.settings) - unused - {"process_id", "process_name", "service_name"})
         if config.config_dir != DEFAULT_CONFIG_DIR and "config_directory" not in config.settings:
             candidates = sorted([*candidates, "config_directory"])  # Postfix counts -c DIR as set
     else:
@@ -75,6 +77,25 @@ def _selected(config, names: list[str], flags: set[str], reporter: Reporter):
                 reporter.warning(f"{name}: unknown parameter")
             continue
         yield name, value
+
+
+def _unused(config, reporter: Reporter) -> set[str]:
+    """main.cf settings that are not Postfix parameters and that nothing refers to."""
+    import os
+
+    from mailferry.config.config import master_cf_path
+    from mailferry.config.lint import lint_settings
+    from mailferry.config.mastercf import read_master_cf
+    path = master_cf_path(config.config_dir)
+    services = read_master_cf(path).services if os.path.exists(path) else []
+    commands = {service.name: service.command for service in services}
+    overrides = [value for service in services for value in service.overrides.values()]
+    unused = set()
+    for item in lint_settings(config, commands, overrides):
+        if item.message.startswith("unused parameter:") and item.parameter:
+            unused.add(item.parameter)
+            reporter.diagnostic(item)
+    return unused
 
 
 def _show_services(config_dir: str, wanted: list[str], reporter: Reporter) -> int:

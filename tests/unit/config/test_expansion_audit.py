@@ -77,3 +77,14 @@ def test_postconf_folds_whitespace_as_postfix(tmp_path, mailferry):
     assert ours.out == postconf("-c", str(tmp_path), "-n")
     assert "smtpd_banner = $myhostname ESMTP $mail_name\n" in ours.out
     assert "mynetworks = 127.0.0.0/8 [::1]/128, 192.0.2.0/24\n" in ours.out
+
+
+def test_postconf_n_leaves_out_an_unused_parameter_as_postfix(tmp_path, mailferry):
+    write(tmp_path / "main.cf", "foo_x = 1\nbar_y = 2\nsmtpd_banner = $bar_y\n", 0o644)
+    write(tmp_path / "master.cf", "relay unix - - n - - smtp\n  -o smtp_helo_name=$baz_z\n", 0o644)
+    with open(tmp_path / "main.cf", "a") as handle:
+        handle.write("baz_z = 3\n")
+    ours = mailferry("postconf", "-n", config_dir=tmp_path)
+    assert ours.out == postconf("-c", str(tmp_path), "-n")
+    assert "foo_x" not in ours.out and "bar_y = 2" in ours.out and "baz_z = 3" in ours.out
+    assert "unused parameter: foo_x=1" in ours.err
