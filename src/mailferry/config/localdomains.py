@@ -15,10 +15,9 @@ from collections.abc import Callable
 
 from mailferry.config.config import Config
 from mailferry.config.hostinfo import local_addresses
-from mailferry.syntax import split_list
 from mailferry.tables import Table, open_maps, open_table
 from mailferry.tables.addresses import AddressMaps
-from mailferry.tables.match_lists import LocalDomainList
+from mailferry.tables.match_lists import LocalDomainList, list_items
 
 
 def local_domain_matcher(config: Config) -> Callable[[str], bool]:
@@ -76,7 +75,7 @@ class VirtualAliasDomains:
 
     def __init__(self, value: str, observer=None):
         self._entries: list[tuple[bool, str | Table]] = []
-        for item in split_list(value):
+        for item in list_items(value):   # a /file/name item is the domains in that file
             negated = item.startswith("!")
             item = item[1:] if negated else item
             entry: str | Table = open_table(item, observer=observer) if ":" in item else item.lower().rstrip(".")

@@ -126,3 +126,14 @@ def test_a_service_defined_twice_warns_and_check_exits_0(tmp_path, mailferry):
     result = mailferry("check", config_dir=tmp_path)
     assert result.code == 0, result.err
     assert "warning:" in result.err and "defined twice" in result.err
+
+
+def test_docker_mailservers_virtual_mailbox_domains_file_is_read_at_run_time(tmp_path):
+    """docker-mailserver: `virtual_mailbox_domains = /etc/postfix/vhost`, one domain a line."""
+    import asyncio
+
+    from mailferry.config.localdomains import VirtualAliasDomains
+    write(tmp_path / "vhost", "example.com\nexample.org\n", 0o644)
+    domains = VirtualAliasDomains(f"{tmp_path}/vhost")
+    assert asyncio.run(domains.matches("example.org")) is True
+    assert asyncio.run(domains.matches("example.net")) is False
