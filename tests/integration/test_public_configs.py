@@ -41,6 +41,9 @@ DOCUMENTED_ERRORS = {
     r"table hash:/etc/aliases: /etc/aliases\.db: not a mailferry index":
         "mailferry's hash: index is LMDB; the /etc/aliases.db here was built by Postfix's own "
         "newaliases (Berkeley DB): `mailferry newaliases` rebuilds it",
+    r"table hash:/etc/aliases: /etc/aliases\.db: no such file; build it":
+        "on a machine where /etc/aliases exists but no aliases.db was built: Postfix fails on "
+        "it too (its newaliases has not run)",
 }
 
 
