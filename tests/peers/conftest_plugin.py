@@ -18,6 +18,10 @@ slapd_pair                session-wide: two private slapd (tests.peers.slapd.Sla
                           directory (the seed's John Smith and the edge-case entries) on two ports.
                           A test that stops or freezes one must restore it (slapd_pair_restored)
 slapd_pair_restored       slapd_pair, with both instances running and thawed again after the test
+mariadb, postgresql       session-wide: a private MariaDB / PostgreSQL (tests.peers.mariadb,
+                          tests.peers.postgresql) holding database `mail`, table `aliases` (the seed's
+                          routing as rows) for user postfix. A test that stops one must restore it
+                          (mariadb_restored, postgresql_restored)
 
 Every peer is stopped, and its directory removed, on teardown. A peer that cannot start fails.
 """
@@ -32,6 +36,10 @@ import pytest
 from tests.peers import peer_tempdir
 from tests.peers.dns import DEFAULT_RECORDS, DnsServer
 from tests.peers.dovecot import LmtpServer, SubmissionRelay, issue_submission_certificate
+from tests.peers.mariadb import MariaDB
+from tests.peers.mariadb import load_aliases as load_mariadb_aliases
+from tests.peers.postgresql import PostgreSQL
+from tests.peers.postgresql import load_aliases as load_postgresql_aliases
 from tests.peers.slapd import Slapd
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import CA, make_ca
@@ -159,3 +167,47 @@ def slapd_pair_restored(slapd_pair) -> tuple[Slapd, Slapd]:
         slapd.thaw()
         if not slapd.running:
             slapd.start()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> MariaDB:
+    """A started MariaDB holding the `mail` database (aliases) for user postfix; stopped at the
+    end of the session. A test that stops it must start it again (mariadb_restored)."""
+    directory = peer_tempdir("mailferry-mariadb-")
+    server = MariaDB(directory)
+    try:
+        server.start()
+        load_mariadb_aliases(server)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def mariadb_restored(mariadb) -> MariaDB:
+    yield mariadb
+    if not mariadb.running:
+        mariadb.start()
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> PostgreSQL:
+    """A started PostgreSQL holding the `mail` database (aliases) for role postfix; stopped at
+    the end of the session. A test that stops it must start it again (postgresql_restored)."""
+    directory = peer_tempdir("mailferry-postgresql-")
+    server = PostgreSQL(directory)
+    try:
+        server.start()
+        load_postgresql_aliases(server)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgresql_restored(postgresql) -> PostgreSQL:
+    yield postgresql
+    if not postgresql.running:
+        postgresql.start()

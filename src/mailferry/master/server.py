@@ -38,6 +38,8 @@ from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import listen_backlog, service_view
 from mailferry.smtpd.tls import TLSSetupError, server_context
 from mailferry.tables.ldap import log_warnings_to as log_ldap_warnings_to
+from mailferry.tables.logsink import log_warnings_to as log_table_warnings_to
+from mailferry.tables.proxy import approve_from as approve_proxy_maps
 
 
 class StartupError(Exception):
@@ -85,6 +87,7 @@ class MailServer:
         self.log = self._open_log()
         # A directory server that fails is the administrator's business: say so in the mail log.
         log_ldap_warnings_to(lambda text: self.log.warning("cleanup", text))
+        log_table_warnings_to(lambda service, text: self.log.warning(service, text))
         _import_everything_the_services_use()
         # The one part that keeps root (master/spawner.py): forked before any thread exists
         # and before root is given up; started by anyone else, it runs as that user.
@@ -120,6 +123,7 @@ class MailServer:
                                tuple(item.format("mailferry/master") for item in problems))
         config = load(self.config_dir)
         master = read_master_cf(os.path.join(self.config_dir, "master.cf"))
+        approve_proxy_maps(config.get)    # which proxy: tables this process serves (tables/proxy.py)
         return config, master
 
     @staticmethod

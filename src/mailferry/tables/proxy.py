@@ -38,11 +38,17 @@ def approve_from(get: Callable[[str], str]) -> None:
     getter, values expanded)."""
     global _approved
     from mailferry.syntax import split_list
-    read_text = get("proxy_read_maps")
-    for name in split_list(get("smtpd_restriction_classes") or ""):
-        read_text += " " + (get(name) or "")
+
+    def value(name: str) -> str:
+        try:
+            return get(name) or ""
+        except ValueError:      # an expansion error: `check` reports it
+            return ""
+    read_text = value("proxy_read_maps")
+    for name in split_list(value("smtpd_restriction_classes")):
+        read_text += " " + value(name)
     _approved = {"proxy_read_maps": frozenset(_proxied(read_text)),
-                 "proxy_write_maps": frozenset(_proxied(get("proxy_write_maps")))}
+                 "proxy_write_maps": frozenset(_proxied(value("proxy_write_maps")))}
 
 
 def _proxied(value: str) -> list[str]:
@@ -56,7 +62,7 @@ def _proxied(value: str) -> list[str]:
                 with open(token, encoding="utf-8", errors="replace") as handle:
                     names += _proxied(handle.read())
             except OSError as exc:
-                logsink.warn(f"open {token}: {exc.strerror}")
+                logsink.warn(f"open {token}: {exc.strerror}", "proxymap")
             continue
         if not token[:1].isalnum() or ":" not in token or not token.startswith(PREFIX):
             continue
@@ -131,7 +137,7 @@ class Refused(Table):
             f"to approve this table for read-only access, list proxy:{inner_spec} in "
             f"main.cf:proxy_read_maps"]
         for text in self.warnings:
-            logsink.warn(text)
+            logsink.warn(text, "proxymap")
 
     def lookup_now(self, key: str) -> LookupResult:
         return tempfail(self.reason)

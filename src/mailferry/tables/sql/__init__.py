@@ -140,14 +140,29 @@ class SqlTable(Table):
         failures = []
         for host in self._hosts_in_order():
             try:
-                return self._connect(host).rows(self._sql, parameters)
+                return self._on_host(host, parameters)
             except DriverError as exc:
                 self._drop()
                 self._resting_until[host.text] = time.monotonic() + self.config.settings.number("retry_interval")
                 failures.append(f"{host.text}: {exc}")
-                self.warn(f"{self.type_name} query failed: host {host.text}: {exc} "
-                          f"(table {self.spec})")
+                # Postfix's words: "connect to mysql server HOST: ..." or "mysql query failed: ..."
+                what = f"connect to {self.type_name} server {host.text}" if exc.connecting else \
+                    f"{self.type_name} query failed: host {host.text}"
+                self.warn(f"{what}: {exc} (table {self.spec})")
         return tempfail(f"{self.spec}: no {self.type_name} server answered: " + "; ".join(failures))
+
+    def _on_host(self, host, parameters: list[str]) -> list[tuple]:
+        """A kept connection the server has since dropped (a restart, wait_timeout) is
+        reconnected once before the host counts as failed."""
+        from mailferry.tables.sql.drivers import DriverError
+        reused = self._connection is not None and self._connected_host == host
+        try:
+            return self._connect(host).rows(self._sql, parameters)
+        except DriverError as exc:
+            if not reused or exc.connecting:
+                raise
+        self._drop()
+        return self._connect(host).rows(self._sql, parameters)
 
     def _hosts_in_order(self):
         """The connected host first (the connection is reused), then Postfix's order, with
@@ -167,8 +182,8 @@ class SqlTable(Table):
         if self._connection is not None and (host != self._connected_host or idle):
             self._drop()
         if self._connection is None:
-            from mailferry.tables.sql.drivers import CONNECTIONS
-            self._connection = CONNECTIONS[self.type_name](self.config, host)
+            from mailferry.tables.sql.drivers import connection_class
+            self._connection = connection_class(self.type_name)(self.config, host)
             self._connected_host = host
         self._last_used = now
         return self._connection

@@ -113,8 +113,10 @@ def load_config(type_name: str, path: str) -> SqlConfig:
                              path)
         hosts: list[Host] = []
     else:
-        if type_name == "mysql" and not settings.get("dbname"):
-            raise TableError("dbname is not set: name the database (dbname = NAME)", path)
+        if not settings.get("dbname"):
+            # Postfix 3.7 requires it for both, even beside a postgresql:// URI
+            raise TableError("dbname is not set (Postfix stops: bad string length 0 < 1: dbname = ); "
+                             "name the database: dbname = NAME", path)
         hosts = _hosts(type_name, settings)
     if type_name == "mysql":
         verify = settings.get("tls_verify_cert").lower()
