@@ -15,6 +15,7 @@ from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
+from mailferry.config.sqlcheck import sql_table_problems
 from mailferry.config.tlscheck import check_tls
 from mailferry.diagnostics import Diagnostic, error, warning
 from mailferry.syntax import split_list
@@ -107,6 +108,7 @@ def _check_tables(config: Config) -> list[Diagnostic]:
                       for text in getattr(table, "warnings", ())]
             if table.type_name == "ldap":
                 found += _ldap_file_problems(name, spec, table)
+            found += sql_table_problems(name, spec, table, config)
             if name.endswith("_sasl_password_maps"):
                 found += _check_secret_files(name, table, setting)
             table.close()

@@ -328,6 +328,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "mynetworks_style",
     "myorigin",
     "proxy_interfaces",
+    "proxy_read_maps",
     "queue_directory",
     "queue_minfree",
     "queue_run_delay",
@@ -437,6 +438,11 @@ NO_EFFECT_PARAMETERS = frozenset({
     # Postfix 3.6 and later ignore these too.
     "smtpd_tls_dh512_param_file",
     "tlsproxy_tls_dh512_param_file",
+    # proxy: is served inside each process (tables/proxy.py), not by a proxymap service; and
+    # mailferry writes no table through it (no verify, postscreen or SASL auth cache).
+    "proxymap_service_name",
+    "proxywrite_service_name",
+    "proxy_write_maps",
 })
 
 # mailferry's own parameters, which Postfix does not have: same line format as

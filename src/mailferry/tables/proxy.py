@@ -28,15 +28,20 @@ from mailferry.tables.result import LookupResult, tempfail
 
 PREFIX = "proxy:"
 
-_approved: dict[str, frozenset[str]] | None = None
+_approved: frozenset[str] | None = None
 _shared: dict[str, list] = {}           # inner spec → [table, users]
 _lock = threading.Lock()
 
 
 def approve_from(get: Callable[[str], str]) -> None:
-    """Read proxy_read_maps, proxy_write_maps and the restriction classes with `get` (a main.cf
-    getter, values expanded)."""
+    """Serve the tables listed with `get` (a main.cf getter, values expanded) from now on."""
     global _approved
+    _approved = approved_read_maps(get)
+
+
+def approved_read_maps(get: Callable[[str], str]) -> frozenset[str]:
+    """The inner names proxymap would serve for reading: proxy_read_maps and the restriction
+    classes (proxy_write_maps is for writers, which mailferry does not proxy)."""
     from mailferry.syntax import split_list
 
     def value(name: str) -> str:
@@ -47,8 +52,7 @@ def approve_from(get: Callable[[str], str]) -> None:
     read_text = value("proxy_read_maps")
     for name in split_list(value("smtpd_restriction_classes")):
         read_text += " " + value(name)
-    _approved = {"proxy_read_maps": frozenset(_proxied(read_text)),
-                 "proxy_write_maps": frozenset(_proxied(value("proxy_write_maps")))}
+    return frozenset(_proxied(read_text))
 
 
 def _proxied(value: str) -> list[str]:
@@ -73,7 +77,7 @@ def _proxied(value: str) -> list[str]:
 
 
 def is_approved(inner: str) -> bool:
-    return _approved is None or inner in _approved["proxy_read_maps"]
+    return _approved is None or inner in _approved
 
 
 def open_proxied(inner: str, opener: Callable[[str], Table]) -> Table:
@@ -132,12 +136,11 @@ class Refused(Table):
     def __init__(self, inner_spec: str):
         super().__init__(inner_spec)
         self.reason = f'proxymap service is not configured for table "{inner_spec}"'
-        self.warnings = [
-            f'request for unapproved table: "{inner_spec}"',
-            f"to approve this table for read-only access, list proxy:{inner_spec} in "
-            f"main.cf:proxy_read_maps"]
-        for text in self.warnings:
-            logsink.warn(text, "proxymap")
+        # Logged once, here, as proxymap logs them; not kept in `warnings` too (postmap and
+        # check would print them twice: check words its own, config/sqlcheck.py).
+        logsink.warn(f'request for unapproved table: "{inner_spec}"', "proxymap")
+        logsink.warn(f"to approve this table for read-only access, list proxy:{inner_spec} in "
+                     f"main.cf:proxy_read_maps", "proxymap")
 
     def lookup_now(self, key: str) -> LookupResult:
         return tempfail(self.reason)
