@@ -4,6 +4,7 @@ One call from inspect.py's table loop, for every table a parameter names (opened
 file that cannot be read or parsed has been reported there, with its file and line):
 - an SQL table file's unknown or repeated names, and a password everyone may read, at their
   own lines (Postfix ignores an unknown name: a misspelt one would silently change nothing);
+- an sqlite table whose dbpath is not a file (an error: Postfix cannot open it either);
 - a `proxy:` table that proxy_read_maps does not list. Postfix starts, and its proxymap refuses
   the table at the first lookup ("request for unapproved table"), so every lookup fails and
   mail waits in the queue: a warning here, since Postfix accepts the setting, saying exactly
@@ -12,8 +13,10 @@ file that cannot be read or parsed has been reported there, with its file and li
 
 from __future__ import annotations
 
+import os
+
 from mailferry.config.config import Config
-from mailferry.diagnostics import Diagnostic, warning
+from mailferry.diagnostics import Diagnostic, error, warning
 from mailferry.tables import Table
 
 _SQL_TYPES = ("mysql", "pgsql", "sqlite")
@@ -29,6 +32,13 @@ def sql_table_problems(name: str, spec: str, table: Table, config: Config) -> li
             f"proxymap refuses it and every lookup fails temporarily (mail is deferred); add "
             f"proxy:{table.name} to proxy_read_maps, or drop the proxy: prefix",
             setting.file, setting.line, name))
+    if inner.type_name == "sqlite":
+        dbpath = inner.config.get("dbpath")
+        if not os.path.isfile(dbpath):
+            # Postfix's open fails ("open database ...") and so does every lookup.
+            found.append(error(f"dbpath = {dbpath}: no such database file (table {spec}, used by "
+                               f"parameter {name}); create it or correct dbpath",
+                               inner.name, inner.config.settings.lines.get("dbpath"), name))
     if inner.type_name in _SQL_TYPES:
         from mailferry.tables.sql import file_problems   # lazy: only configurations with SQL tables
         found += [warning(f"{problem.message} (table {spec}, used by parameter {name})",
