@@ -18,7 +18,9 @@ class MysqlConnection(Connection):
                          "database": get("dbname"), "charset": get("charset"),
                          "connect_timeout": CONNECT_TIMEOUT, "read_timeout": QUERY_TIMEOUT,
                          "write_timeout": QUERY_TIMEOUT, "autocommit": True}
-        if host.kind == "unix":
+        if host.kind == "unix" and host.text.lower() == "localhost" and get("option_file"):
+            pass        # the option file's `socket` (PyMySQL prefers an argument to the file)
+        elif host.kind == "unix":
             options["unix_socket"] = host.address
         else:
             options["host"] = host.address
