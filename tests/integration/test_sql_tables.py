@@ -12,7 +12,6 @@ temporary failure Postfix's postmap dies ("fatal: ... lookup error", exit 1); ma
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailferry.tables import open_table
+from tests.integration.test_ldap_table import postfix_config  # noqa: F401 - a fixture: an empty main.cf for Postfix
 from tests.peers import free_port, require_tool
 from tests.peers.mariadb import PASSWORD, QUOTED_ROWS, alias_rows
 from tests.peers.slapd import SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, SHARED_ROUTING_ADDRESSES
@@ -43,15 +43,6 @@ def table_file(directory: Path, name: str, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o640)
     return path
-
-
-@pytest.fixture(scope="module")
-def postfix_config(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("postfix")
-    main_cf = directory / "main.cf"
-    main_cf.write_text("")
-    os.utime(main_cf, (0, 0))  # Postfix waits ~2 s before reading a main.cf changed just now
-    return directory
 
 
 @pytest.fixture(scope="module")

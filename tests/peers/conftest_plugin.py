@@ -169,45 +169,42 @@ def slapd_pair_restored(slapd_pair) -> tuple[Slapd, Slapd]:
             slapd.start()
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> MariaDB:
-    """A started MariaDB holding the `mail` database (aliases) for user postfix; stopped at the
-    end of the session. A test that stops it must start it again (mariadb_restored)."""
-    directory = peer_tempdir("mailferry-mariadb-")
-    server = MariaDB(directory)
+def _database_server(server_class, prefix: str, load):
+    """A started server with the seed's aliases loaded; stopped and removed at the end."""
+    directory = peer_tempdir(prefix)
+    server = server_class(directory)
     try:
         server.start()
-        load_mariadb_aliases(server)
+        load(server)
         yield server
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _running_again(server):
+    yield server
+    if not server.running:
+        server.start()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> MariaDB:
+    """A started MariaDB holding the `mail` database (aliases) for user postfix."""
+    yield from _database_server(MariaDB, "mailferry-mariadb-", load_mariadb_aliases)
 
 
 @pytest.fixture
 def mariadb_restored(mariadb) -> MariaDB:
-    yield mariadb
-    if not mariadb.running:
-        mariadb.start()
+    yield from _running_again(mariadb)
 
 
 @pytest.fixture(scope="session")
 def postgresql() -> PostgreSQL:
-    """A started PostgreSQL holding the `mail` database (aliases) for role postfix; stopped at
-    the end of the session. A test that stops it must start it again (postgresql_restored)."""
-    directory = peer_tempdir("mailferry-postgresql-")
-    server = PostgreSQL(directory)
-    try:
-        server.start()
-        load_postgresql_aliases(server)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    """A started PostgreSQL holding the `mail` database (aliases) for role postfix."""
+    yield from _database_server(PostgreSQL, "mailferry-postgresql-", load_postgresql_aliases)
 
 
 @pytest.fixture
 def postgresql_restored(postgresql) -> PostgreSQL:
-    yield postgresql
-    if not postgresql.running:
-        postgresql.start()
+    yield from _running_again(postgresql)

@@ -33,19 +33,10 @@ SQL_TYPES = ("mysql", "pgsql", "sqlite")
 def file_problems(type_name: str, path: str):
     """Unknown or repeated names in the file, at their lines (for `check`); a password that
     everyone may read."""
-    from mailferry.tables.ldap import Problem
+    from mailferry.tables.ldap import secret_readable_by_everyone
     from mailferry.tables.sql.settings import read
     settings = read(type_name, path)
-    problems = list(settings.problems)
-    if settings.values.get("password"):
-        import os
-        import stat
-        mode = os.stat(path).st_mode
-        if mode & stat.S_IROTH:
-            problems.append(Problem(settings.lines["password"], (
-                f"password is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
-                f"{path} (keep it readable by the daemon's mail_owner group)")))
-    return problems
+    return list(settings.problems) + secret_readable_by_everyone(settings, "password")
 
 
 class SqlTable(Table):
@@ -72,11 +63,8 @@ class SqlTable(Table):
     # --- what Postfix answers without asking the server ---------------------------------------
 
     def _skipped(self, key: str) -> bool:
-        if self._domains is not None:
-            at = key.rfind("@")
-            if at <= 0 or not self._domains.matches(key[at + 1:]):
-                return True
-        return not self.config.templates.key_is_eligible(key)
+        from mailferry.tables.ldap import key_is_skipped    # db_common's rules, as for LDAP
+        return key_is_skipped(self._domains, self.config.templates, key)
 
     def parameters(self, key: str) -> list[str]:
         """The bound values for `key` (the key folded to lower case, as Postfix folds it)."""
