@@ -234,3 +234,27 @@ def test_legacy_select_field_form_as_postfix(mariadb_restored, postfix_config, t
     spec = f"mysql:{table_file(tmp_path, 'legacy.cf', text)}"
     assert_same_answer(postfix_config, SEED_ADDRESSES[4], spec, SEED_ROUTING_ADDRESS)
     assert_same_answer(postfix_config, "inactive@example.com", spec, None)
+
+
+def tls_table(tmp_path, server, ca: Path, user: str = "postfix_tls", extra: str = "") -> str:
+    text = (f"hosts = 127.0.0.1:{server.port}\nuser = {user}\npassword = {PASSWORD}\ndbname = mail\n"
+            f"query = {QUERY}\ntls_CAfile = {ca}\ntls_verify_cert = yes\n{extra}")
+    return f"mysql:{table_file(tmp_path, 'tls.cf', text)}"
+
+
+def test_mysql_tls_settings_reach_a_server_that_requires_tls_as_postfix(mariadb_restored, peer_ca,
+                                                                          postfix_config, tmp_path):
+    spec = tls_table(tmp_path, mariadb_restored, peer_ca.cert_path)
+    assert_same_answer(postfix_config, SEED_ADDRESSES[0], spec, SEED_ROUTING_ADDRESS)
+    # postfix_tls is REQUIRE SSL: the answer came over TLS, and the next test shows that the
+    # certificate was checked against tls_CAfile.
+
+
+def test_mysql_tls_with_a_certificate_from_another_ca_is_a_temporary_failure(mariadb_restored, untrusted_ca,
+                                                                              tmp_path):
+    table = open_table(tls_table(tmp_path, mariadb_restored, untrusted_ca.cert_path))
+    warnings: list[str] = []
+    table.warn = warnings.append
+    result = table.lookup_now(SEED_ADDRESSES[0])
+    assert result.tempfail and "certificate verify failed" in result.reason, result
+    table.close()

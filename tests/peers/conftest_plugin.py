@@ -189,9 +189,12 @@ def _running_again(server):
 
 
 @pytest.fixture(scope="session")
-def mariadb() -> MariaDB:
-    """A started MariaDB holding the `mail` database (aliases) for user postfix."""
-    yield from _database_server(MariaDB, "mailferry-mariadb-", load_mariadb_aliases)
+def mariadb(peer_ca, tmp_path_factory) -> MariaDB:
+    """A started MariaDB holding the `mail` database (aliases) for user postfix, and for
+    postfix_tls over TLS only (its certificate: 127.0.0.1, from peer_ca)."""
+    certificate, key = peer_ca.issue("localhost", tmp_path_factory.mktemp("mariadb-tls"))
+    yield from _database_server(lambda directory: MariaDB(directory, tls=(certificate, key, peer_ca.cert_path)),
+                                "mailferry-mariadb-", load_mariadb_aliases)
 
 
 @pytest.fixture

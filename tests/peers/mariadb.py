@@ -11,6 +11,8 @@ Controls for failover tests: stop()/start() (same port, same data).
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,8 +23,10 @@ HOST = "127.0.0.1"
 
 
 class MariaDB:
-    def __init__(self, directory: Path, port: int = 0):
+    def __init__(self, directory: Path, port: int = 0, tls: tuple[Path, Path, Path] | None = None):
+        """`tls`: (certificate, key, CA certificate) PEM files: the server offers TLS with them."""
         self.directory = Path(directory)
+        self.tls = tls
         self.port = port or free_port(HOST)
         self.data = self.directory / "data"
         self.socket = self.directory / "mysqld.sock"
@@ -53,7 +57,8 @@ class MariaDB:
                  f"--socket={self.socket}", f"--port={self.port}", f"--bind-address={HOST}",
                  f"--user={user}", f"--pid-file={self.directory / 'mariadbd.pid'}",
                  f"--log-error={self.log_path}", "--skip-log-bin", "--skip-name-resolve",
-                 "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--max-connections=200"],
+                 "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--max-connections=200",
+                 *self._tls_options()],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_for_port(HOST, self.port, timeout, process=self.process, log=self.log_path, what="mariadbd")
@@ -61,6 +66,20 @@ class MariaDB:
             self.stop()
             raise PeerError(f"mariadbd ({self.data}) did not start: {error}") from None
         return self
+
+    def _tls_options(self) -> list[str]:
+        """mariadbd reads its key after becoming the peer user: copies it may read."""
+        if self.tls is None:
+            return []
+        _, uid, gid = unprivileged_ids()
+        options = []
+        for option, source in zip(("--ssl-cert", "--ssl-key", "--ssl-ca"), self.tls):
+            copy = self.directory / f"tls-{option[6:]}.pem"
+            shutil.copyfile(source, copy)
+            os.chown(copy, uid, gid)
+            copy.chmod(0o600)
+            options.append(f"{option}={copy}")
+        return options
 
     def execute(self, *statements: str, database: str | None = None) -> list[tuple]:
         """Run statements as root over the unix socket; the rows of the last one."""
@@ -92,6 +111,7 @@ class MariaDB:
 DATABASE = "mail"
 USER = "postfix"
 PASSWORD = "s3cret'pw"     # a quote in it: the driver must not splice it either
+TLS_USER = "postfix_tls"
 
 
 def alias_rows() -> list[tuple[str, str, int]]:
@@ -128,4 +148,7 @@ def load_aliases(server: MariaDB) -> None:
         f"CREATE USER '{USER}'@'%' IDENTIFIED BY {_sql_text(PASSWORD)}",
         f"CREATE USER '{USER}'@'localhost' IDENTIFIED BY {_sql_text(PASSWORD)}",
         f"GRANT SELECT ON {DATABASE}.* TO '{USER}'@'%'",
-        f"GRANT SELECT ON {DATABASE}.* TO '{USER}'@'localhost'")
+        f"GRANT SELECT ON {DATABASE}.* TO '{USER}'@'localhost'",
+        # The same rights, over TLS only: proves a table's tls_* settings are used.
+        f"CREATE USER '{TLS_USER}'@'%' IDENTIFIED BY {_sql_text(PASSWORD)} REQUIRE SSL",
+        f"GRANT SELECT ON {DATABASE}.* TO '{TLS_USER}'@'%'")

@@ -33,11 +33,12 @@ class MysqlConnection(Connection):
                                                       ("cipher", "tls_ciphers")) if get(option)}
         verify = get("tls_verify_cert").lower()
         if tls or verify == "yes":
+            # The chain is verified whenever a CA is given; the server's name too with
+            # tls_verify_cert = yes (docs/sql-tables.md). PyMySQL's ssl_verify_* arguments would
+            # replace this dict, CA included: only the dict is passed.
             tls["check_hostname"] = verify == "yes"
+            tls["verify_mode"] = verify == "yes" or "ca" in tls or "capath" in tls
             options["ssl"] = tls
-            if verify == "yes":
-                options["ssl_verify_cert"] = True
-                options["ssl_verify_identity"] = True
         self._require_result_set = config.settings.boolean("require_result_set")
         try:
             self._connection = pymysql.connect(**options)
