@@ -258,3 +258,26 @@ def test_proxy_serves_only_what_proxy_read_maps_lists(tmp_path, database, proxy_
     assert warnings == [("proxymap", f'request for unapproved table: "sqlite:{path}"'),
                         ("proxymap", f"to approve this table for read-only access, list proxy:sqlite:{path} "
                                      f"in main.cf:proxy_read_maps")]
+
+
+def test_a_table_used_before_a_fork_works_in_the_child(tmp_path, database):
+    """The daemon forks its workers: a child must not wait on the parent's worker thread or
+    share its connection."""
+    import os
+    table = sqlite_table(tmp_path, database)
+    assert asyncio.run(table.lookup("user")).value == "bare@example.org"      # thread and connection made
+    read, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            answer = asyncio.run(asyncio.wait_for(table.lookup("o'brien@example.com"), 10)).value or ""
+        except BaseException as exc:   # noqa: BLE001 - reported to the parent
+            answer = f"error {exc!r}"
+        os.write(write_end, answer.encode())
+        os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 200).decode() == "quote@example.org" and status == 0
+    os.close(read)
+    assert table.lookup_now("user").value == "bare@example.org"               # the parent's still works
+    table.close()

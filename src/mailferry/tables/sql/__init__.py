@@ -15,6 +15,7 @@ a query error, and more results than expansion_limit are temporary failures (4xx
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class SqlTable(Table):
         self._connected_host = None
         self._last_used = 0.0
         self._resting_until: dict[str, float] = {}
+        self._pid = os.getpid()
 
     # --- what Postfix answers without asking the server ---------------------------------------
 
@@ -73,6 +75,7 @@ class SqlTable(Table):
     # --- lookups --------------------------------------------------------------------------------
 
     def lookup_now(self, key: str) -> LookupResult:
+        self._after_fork()
         key = key.lower()
         if self._skipped(key):
             return MISSING
@@ -82,9 +85,22 @@ class SqlTable(Table):
         key = key.lower()
         if self._skipped(key):
             return MISSING
+        self._after_fork()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.type_name)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, key)
+
+    def _after_fork(self) -> None:
+        """A table opened (and used) before the daemon forked its workers: the child has neither
+        the worker thread nor a connection of its own. Both are made again; the inherited socket
+        is left alone (closing it would end the parent's session)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._executor = None
+        self._lock = threading.Lock()
+        self._connection = None
+        self._connected_host = None
 
     def _search(self, key: str) -> LookupResult:
         with self._lock:
