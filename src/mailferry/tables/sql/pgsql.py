@@ -30,7 +30,9 @@ class PgsqlConnection(Connection):
     def rows(self, sql: str, parameters: list[str]) -> list[tuple]:
         try:
             with self._connection.cursor() as cursor:
-                cursor.execute(sql, parameters)
+                # Prepared once on the server, then only bound and run: a table asks one query
+                # again and again (measured: docs/sql-tables.md "Speed").
+                cursor.execute(sql, parameters, prepare=True)
                 return list(cursor.fetchall()) if cursor.description is not None else []
         except self._errors as exc:
             raise DriverError(str(exc).strip()) from None
