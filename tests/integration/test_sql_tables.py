@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -220,12 +221,16 @@ def test_lookups_run_off_the_event_loop_on_one_reused_connection(mariadb_restore
     table = open_table(f"mysql:{table_file(tmp_path, 'async.cf', text)}")
     count = "SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'postfix'"
     [(before,)] = mariadb_restored.execute(count)
+    threads: list[str] = []
+    parameters = table.parameters
+    table.parameters = lambda key: (threads.append(threading.current_thread().name), parameters(key))[1]
 
     async def many():
         return await asyncio.gather(*(table.lookup(address) for address in SEED_ADDRESSES * 4))
     results = asyncio.run(many())
     assert [result.value for result in results] == [SEED_ROUTING_ADDRESS] * len(SEED_ADDRESSES) * 4
     assert mariadb_restored.execute(count) == [(before + 1,)]        # 20 lookups, one connection
+    assert len(threads) == 20 and all(name.startswith("mysql") for name in threads), threads   # not the loop's
     table.close()
 
 
