@@ -64,6 +64,7 @@ def write(tmp_path: Path, text: str, name: str = "table.cf") -> Path:
     ("dbname = m\nquery = SELECT a FROM t WHERE b='%s'\nexpansion_limit = many\n", 3, "bad numerical"),
     ("dbname = m\nquery = SELECT a FROM t WHERE b='%s'\nhosts = db:port\n", 3, "unknown service port/tcp"),
     ("dbname = m\nquery = q\ntls_verify_cert = maybe\n", 3, "bad boolean"),
+    ("dbname = m\nquery = SELECT a FROM t WHERE b='%s'\nresult_format = %s%q\n", 3, "invalid result template"),
 ])
 def test_config_errors_name_the_file_and_line(tmp_path, text, line, message):
     path = write(tmp_path, text)
