@@ -2,7 +2,8 @@
 
     settings.py   the file, Postfix's defaults, hosts; the query template parsed and translated
     query.py      a Postfix query template → a parameterised query (the key is never SQL text)
-    drivers.py    one connection per driver (PyMySQL, psycopg 3, sqlite3), blocking
+    drivers.py    one connection, blocking: sqlite3, and the interface mysql.py (PyMySQL) and
+                  pgsql.py (psycopg 3) implement, each imported when its first table connects
 
 Each table keeps ONE connection, used by one worker thread, so the event loop never waits on
 the database and lookups of one table reach the server one at a time. Hosts fail over as in
@@ -27,9 +28,6 @@ from mailferry.tables.result import MISSING, LookupResult, found, tempfail
 from mailferry.tables.sql.settings import SqlConfig, load_config
 
 __all__ = ["SqlTable", "file_problems"]
-
-SQL_TYPES = ("mysql", "pgsql", "sqlite")
-
 
 def file_problems(type_name: str, path: str):
     """Unknown or repeated names in the file, at their lines (for `check`); a password that
