@@ -411,3 +411,16 @@ class OAuth2Exchange:
         if not self.error:
             return ""
         return ", ".join(f"{key}={str(value)[:60]}" for key, value in sorted(self.error.items()))
+
+
+def entry_status(password: str, queue_directory: str) -> TokenStatus | None:
+    """For relay-check: the token status of a password map entry's `oauth2:FILE` password, None for a
+    plain password. A settings file that cannot be read is a status ("unusable"), not an exception."""
+    path = settings_path(password)
+    if path is None:
+        return None
+    try:
+        settings = load_settings(path)
+    except OAuth2Error as problem:
+        return TokenStatus("unusable", str(problem))
+    return token_status(settings, cache_directory(queue_directory))
