@@ -105,6 +105,13 @@ def assert_no_tokens_logged(daemon, endpoint: TokenEndpoint) -> None:
     assert secrets and not [secret for secret in secrets if secret in text]
 
 
+def first_delivery(daemon, relay, endpoint) -> None:
+    """One message relayed with the first access token the endpoint handed out."""
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    relay.sink.wait_for_messages(1, timeout=20)
+    assert endpoint.refreshes == 1
+
+
 def test_an_xoauth2_relay_keeps_delivering_while_tokens_expire_and_are_refreshed(oauth2_daemon, oauth2_relay,
                                                                                  token_endpoint):
     token_endpoint.lifetime = 3.0        # refreshed 0.6 s before it runs out
@@ -127,16 +134,15 @@ def test_an_xoauth2_relay_keeps_delivering_while_tokens_expire_and_are_refreshed
 def test_a_token_the_server_refuses_is_refreshed_once_and_the_mail_goes(oauth2_daemon, oauth2_relay,
                                                                           token_endpoint):
     daemon = oauth2_daemon()
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    oauth2_relay.sink.wait_for_messages(1, timeout=20)
-    assert token_endpoint.refreshes == 1
+    first_delivery(daemon, oauth2_relay, token_endpoint)
     token_endpoint.expire_access_tokens()    # cut short before mailferry's own expiry time
     send(daemon, "alice@example.test", ["friend@elsewhere.example"], subject="second")
     oauth2_relay.sink.wait_for_messages(2, timeout=20)
     log = daemon.wait_for_log("status=sent", count=2)
     assert token_endpoint.refreshes == 2
     assert re.search(rf"server {SUBMISSION_HOSTNAME}\[{SUBMISSION_HOST}\] refused the OAuth2 access token for "
-                     rf"{GMAIL_USER} \(schemes=bearer, scope=mail, status=401\): 535 5\.7\.8 .*; refreshing it", log), log[-3000:]
+                     rf"{GMAIL_USER} \(schemes=bearer, scope=mail, status=401\): 535 5\.7\.8 .*; refreshing it",
+                     log), log[-3000:]
     assert "status=deferred" not in log
     assert_no_tokens_logged(daemon, token_endpoint)
 
@@ -162,9 +168,7 @@ def test_a_revoked_refresh_token_defers_the_mail_and_says_what_to_do(oauth2_daem
 def test_a_restart_reuses_the_cached_token_and_the_cache_is_mail_owners_alone(oauth2_daemon, oauth2_relay,
                                                                             token_endpoint):
     daemon = oauth2_daemon()
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    oauth2_relay.sink.wait_for_messages(1, timeout=20)
-    assert token_endpoint.refreshes == 1
+    first_delivery(daemon, oauth2_relay, token_endpoint)
     [cached] = list_cache(daemon)
     info = cached.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == daemon_user_ids()

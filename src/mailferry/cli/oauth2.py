@@ -146,8 +146,11 @@ def _resolve(args, config_dir: str) -> dict:
         raise UsageError("the loopback flow needs --authorize-endpoint")
     key = args.key or preset.get("key") or _relayhost(config_dir)
     if not key:
-        raise UsageError("give --key, the next hop as smtp_sasl_password_maps is looked up (e.g. [smtp.example.com]:587)")
-    secret = args.client_secret if args.client_secret is not None else os.environ.get("MAILFERRY_OAUTH2_CLIENT_SECRET", "")
+        raise UsageError("give --key, the next hop as smtp_sasl_password_maps is looked up "
+                         "(e.g. [smtp.example.com]:587)")
+    secret = args.client_secret
+    if secret is None:
+        secret = os.environ.get("MAILFERRY_OAUTH2_CLIENT_SECRET", "")
     options.update(flow=flow, client_id=args.client_id, client_secret=secret, user=args.user, key=key,
                    settings=args.settings, extra=preset.get("extra", {}))
     return options
