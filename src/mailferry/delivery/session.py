@@ -276,18 +276,19 @@ class SessionSetup:
             raise defer(str(why)) from None
         except ValueError as why:
             raise defer(str(why)) from None
-        self.log.warning(self.program, f"SASL authentication failed; server {connection.peer} said: {reply}")
-        raise SetupFailed(outcome.sasl_refused(reply, connection.peer, connection.relay,
-                                               self.settings.sasl_soft_bounce))
+        raise self._refused(connection, reply)
 
     async def _sasl_exchange(self, connection: Connection, exchange: sasl.SaslExchange, mechanism: str) -> None:
         reply = await self._sasl_round(connection, exchange, mechanism)
         if reply.code == 235:
             connection.authenticated = True
             return
+        raise self._refused(connection, reply)
+
+    def _refused(self, connection: Connection, reply) -> SetupFailed:
         self.log.warning(self.program, f"SASL authentication failed; server {connection.peer} said: {reply}")
-        raise SetupFailed(outcome.sasl_refused(reply, connection.peer, connection.relay,
-                                               self.settings.sasl_soft_bounce))
+        return SetupFailed(outcome.sasl_refused(reply, connection.peer, connection.relay,
+                                                self.settings.sasl_soft_bounce))
 
     async def _sasl_round(self, connection: Connection, exchange, mechanism: str):
         """One AUTH command and its challenges; the final reply."""
