@@ -266,3 +266,36 @@ def test_a_non_loopback_address_is_refused_at_start(daemon_factory):
     assert ("mailferry_metrics_listen = 0.0.0.0:" in result.stderr
             and "is not a loopback address" in result.stderr
             and "mailferry_metrics_allow_remote = yes" in result.stderr), result.stderr
+
+
+def test_ldap_failovers_are_counted(daemon_factory):
+    from tests.peers.slapd import SEED_ADDRESSES, SUFFIX, Slapd
+    config = world_readable_tempdir("mailferry-metrics-ldap-") / "aliases.cf"
+    slapd = Slapd(world_readable_tempdir("mailferry-metrics-slapd-"))
+    try:
+        slapd.start()
+        dead = f"ldap://127.0.0.1:{free_port()}"
+        config.write_text(f"server_host = {dead} {slapd.url}\nsearch_base = {SUFFIX}\nquery_filter = (mail=%s)\n"
+                          "result_attribute = mailRoutingAddress\nversion = 3\ntimeout = 5\n")
+        config.chmod(0o644)
+        metrics_port = free_port()
+        daemon = daemon_factory(mailferry_metrics_listen=f"127.0.0.1:{metrics_port}",
+                                virtual_alias_maps=f"ldap:{config}").start()
+        for _ in range(2):
+            send(daemon.port, SEED_ADDRESSES[0])
+        log = daemon.wait_for_log("status=sent", count=2)
+        # Each process that looks up first finds the dead server, takes it out of rotation and
+        # fails over to the live one: one warning each, and the metric counts those lines.
+        failures = len(re.findall(rf"dict_ldap_lookup: {re.escape(str(config))}: server {re.escape(dead)}/? failed",
+                                  log))
+        assert failures >= 1, log[-2000:]
+        assert "orig_to=<" in log     # the alias was found on the live server
+        samples = scrape(metrics_port)
+        counted = {dict(labels)["server"]: count for (name, labels), count in samples.items()
+                   if name == "mailferry_ldap_server_failures_total" and dict(labels)["table"] == str(config)}
+        assert list(counted.values()) == [failures] and next(iter(counted)).startswith(dead), counted
+        assert value(samples, "mailferry_table_lookup_duration_seconds_count", table=f"ldap:{config}") >= 2
+    finally:
+        slapd.stop()
+        shutil.rmtree(slapd.directory, ignore_errors=True)
+        shutil.rmtree(config.parent, ignore_errors=True)
