@@ -308,6 +308,9 @@ class MailServer:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
             return
+        if not quiet and config.get("mailferry_metrics_listen") != self.config.get("mailferry_metrics_listen"):
+            self.log.warning("master", "reload: mailferry_metrics_listen changed; it takes effect at the next "
+                                       "start (the metrics stay where they are served now)")
         if self.spawner is not None:
             await self.spawner.refresh_password_tables(self.log)   # root-only tables, read by the spawner
         await self.runtime.reload(config, master)

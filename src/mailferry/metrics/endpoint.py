@@ -15,7 +15,6 @@ with authentication in front of it for a remote Prometheus).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Callable
 
@@ -24,37 +23,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from mailferry.metrics.address import MetricsAddressError, parse_listen
+
+__all__ = ["Endpoint", "MetricsAddressError", "QueueCollector", "bind", "parse_listen"]
+
 QUEUE_STATES = ("incoming", "active", "deferred", "hold")
 REQUEST_TIMEOUT = 10.0
 REQUEST_LIMIT = 8192
-
-
-class MetricsAddressError(ValueError):
-    """mailferry_metrics_listen cannot be used; the message says what to write instead."""
-
-
-def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int] | None:
-    """`127.0.0.1:9154`, `[::1]:9154` or `localhost:9154` → (host, port); "" → None (off)."""
-    value = value.strip()
-    if not value:
-        return None
-    host, colon, port_text = value.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
-        raise MetricsAddressError(f"mailferry_metrics_listen = {value}: expected host:port, "
-                                  "e.g. 127.0.0.1:9154 or [::1]:9154")
-    if host.lower() == "localhost":
-        host = "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise MetricsAddressError(f"mailferry_metrics_listen = {value}: {host} is not an IP address; "
-                                  "write 127.0.0.1:PORT or [::1]:PORT") from None
-    if not address.is_loopback and not allow_remote:
-        raise MetricsAddressError(f"mailferry_metrics_listen = {value}: {host} is not a loopback address, and "
-                                  "the metrics endpoint has no authentication; use 127.0.0.1 (and a proxy), "
-                                  "or set mailferry_metrics_allow_remote = yes")
-    return str(address), int(port_text)
 
 
 def bind(host: str, port: int) -> socket.socket:

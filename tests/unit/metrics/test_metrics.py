@@ -153,3 +153,21 @@ def test_the_endpoint_answers_get_metrics_only(metrics_on):
     assert asyncio.run(exchange(b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405 ")
     head = asyncio.run(exchange(b"HEAD /metrics HTTP/1.1\r\n\r\n"))
     assert head.startswith(b"HTTP/1.1 200 OK") and head.endswith(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("main_cf, refused", [
+    ("mailferry_metrics_listen = 0.0.0.0:9154\n", True),
+    ("mailferry_metrics_listen = 0.0.0.0:9154\nmailferry_metrics_allow_remote = yes\n", False),
+    ("mailferry_metrics_listen = 127.0.0.1:9154\n", False),
+    ("", False),
+])
+def test_check_says_what_the_start_would_refuse(tmp_path, main_cf, refused):
+    from mailferry.config.inspect import inspect_config
+    (tmp_path / "main.cf").write_text("myhostname = mx.example.test\n" + main_cf)
+    found = [item for item in inspect_config(str(tmp_path)) if item.parameter == "mailferry_metrics_listen"]
+    if not refused:
+        assert found == []
+        return
+    [item] = found
+    assert item.severity == "error" and item.line == 2 and item.file.endswith("main.cf")
+    assert "is not a loopback address" in item.message and "mailferry_metrics_allow_remote = yes" in item.message
