@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.auth_peers import make_certificate
 from tests.integration.conftest import base_main_cf, free_port, world_readable_tempdir
 from tests.peers.mailferry import MailferryDaemon
+from tests.peers.processes import socket_inodes
 
 pytestmark = pytest.mark.integration
 
@@ -235,14 +236,7 @@ def test_a_reload_keeps_the_counts(metered):
 
 def listening_sockets(pid: int) -> int:
     """How many TCP sockets the process holds in LISTEN state."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = {name[len("socket:["):-1] for name in socket_inodes(pid)}
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
