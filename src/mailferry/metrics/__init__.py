@@ -35,6 +35,7 @@ _enabled = False
 _directory = ""
 _process_id = 0
 _on_fork_in_child: list = []
+_fork_hook_registered = False
 
 # Delivery takes from milliseconds (a sink next door) to days (a deferred message).
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000)
@@ -56,7 +57,7 @@ def directory() -> str:
 def enable(path: str) -> None:
     """Turn metrics on in this process (and the processes it forks), their files under
     `path`, which is emptied: counts start at zero with each start of the daemon."""
-    global _enabled, _directory, _process_id
+    global _enabled, _directory, _process_id, _fork_hook_registered
     os.makedirs(path, mode=0o750, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "*.db")):
         os.remove(stale)
@@ -67,10 +68,13 @@ def enable(path: str) -> None:
     _process_id = os.getpid()
     from prometheus_client import values
     values.ValueClass = values.MultiProcessValue(lambda: _process_id)
-    if not _metrics:
-        _define()
-        os.register_at_fork(after_in_child=_after_fork)
+    # New metric objects, whose values the class just set makes (the daemon enables once;
+    # a test may enable again with another directory).
+    _define()
     _children.clear()
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_after_fork)
+        _fork_hook_registered = True
     _enabled = True
 
 

@@ -171,3 +171,11 @@ def test_check_says_what_the_start_would_refuse(tmp_path, main_cf, refused):
     [item] = found
     assert item.severity == "error" and item.line == 2 and item.file.endswith("main.cf")
     assert "is not a loopback address" in item.message and "mailferry_metrics_allow_remote = yes" in item.message
+
+
+def test_enabled_again_the_counts_go_to_the_new_directory(metrics_on, tmp_path_factory):
+    metrics.connection_opened("smtp")
+    again = tmp_path_factory.mktemp("again")
+    metrics.enable(str(again))
+    metrics.connection_opened("smtp")
+    assert scrape(again)[("mailferry_smtpd_connects_total", (("service", "smtp"),))] == 1
