@@ -15,6 +15,7 @@ from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
+from mailferry.config.metricscheck import check_metrics_listen
 from mailferry.config.oauth2check import check_oauth2_entries
 from mailferry.config.sqlcheck import sql_table_problems
 from mailferry.config.tlscheck import check_tls
@@ -52,6 +53,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
         found += _check_pipe_programs(master, _transports_named(config))
         found += lint_pipe_services(config, master)
     found += _undefined_references(config)
+    found += check_metrics_listen(config)
     # In file and line order, as an operator reads the files; stable within a line.
     found.sort(key=lambda item: (item.file or "", item.line or 0))
     return found

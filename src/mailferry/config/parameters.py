@@ -397,6 +397,9 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_tls_mandatory_exclude_ciphers",
     "lmtp_tls_loglevel",
     "lmtp_tls_note_starttls_offer",
+    # Prometheus metrics (metrics/, docs/metrics.md): mailferry's own.
+    "mailferry_metrics_listen",
+    "mailferry_metrics_allow_remote",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -450,6 +453,8 @@ NO_EFFECT_PARAMETERS = frozenset({
 # documented as mailferry's own in docs/.
 MAILFERRY_PARAMETERS = """
 smtpd_sender_login_header_check bool - no
+mailferry_metrics_listen str -
+mailferry_metrics_allow_remote bool - no
 """
 MAILFERRY_OWN = frozenset(line.split(" ", 1)[0] for line in MAILFERRY_PARAMETERS.split("\n") if line)
 

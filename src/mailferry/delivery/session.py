@@ -13,6 +13,7 @@ import asyncio
 import ssl
 from typing import Protocol
 
+from mailferry import metrics
 from mailferry.delivery import oauth2, outcome, sasl, tls
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection, ConnectionLost
@@ -184,10 +185,12 @@ class SessionSetup:
         except ssl.SSLCertVerificationError as error:
             self.log.line(self.program, tls.verification_failure(
                 error, connection.host, connection.address, connection.port))
+            metrics.tls_outbound("failed")
             raise SetupFailed(outcome.deferred("4.7.5", "Server certificate not verified",
                                                connection.relay)) from None
         except (ssl.SSLError, OSError, TimeoutError) as error:
             connection.closed = True
+            metrics.tls_outbound("failed")
             raise SetupFailed(outcome.deferred(
                 "4.7.5", f"Cannot start TLS: handshake failure with {connection.peer}: "
                          f"{getattr(error, 'reason', None) or error}", connection.relay)) from None
@@ -199,10 +202,12 @@ class SessionSetup:
             if not tls.certificate_matches(certificate, names):
                 self.log.line(self.program, tls.name_mismatch(
                     connection.host, connection.address, connection.port, names, certificate))
+                metrics.tls_outbound("failed")
                 raise SetupFailed(outcome.deferred("4.7.5", "Server certificate not verified",
                                                    connection.relay))
             trust = "Verified"
         connection.tls = trust
+        metrics.tls_outbound(trust, ssl_object.version())
         if self.settings.tls_loglevel >= 1:
             self.log.line(self.program, tls.established_line(
                 trust, connection.host, connection.address, connection.port, ssl_object))

@@ -19,7 +19,7 @@ import socket
 import sys
 
 import mailferry
-from mailferry import __version__
+from mailferry import __version__, metrics
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
 from mailferry.config.config import Config, load
@@ -28,6 +28,7 @@ from mailferry.config.mastercf import read_master_cf
 from mailferry.delivery.agents import open_client_tables
 from mailferry.diagnostics import ERROR
 from mailferry.maillog import MailLog
+from mailferry.metrics import endpoint as metrics_endpoint
 from mailferry.master import workers
 from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
@@ -66,6 +67,8 @@ class MailServer:
         self.workers_read_fd: int | None = None
         self.spawner_process: SpawnerProcess | None = None
         self.spawner: SpawnerClient | None = None
+        self.metrics_socket: socket.socket | None = None
+        self.metrics_endpoint: metrics_endpoint.Endpoint | None = None
         self._stop = None
         self._reload_requested = False
 
@@ -83,6 +86,7 @@ class MailServer:
             # Keys are often readable by root alone: read them before root is given up, as Postfix does.
             self.tls_contexts[key] = _tls_context(service, self.config)
         self._prepare_queue_directory()
+        self._prepare_metrics()
         self._prepare_mail_spool()
         self.log = self._open_log()
         # A directory server that fails is the administrator's business: say so in the mail log.
@@ -151,6 +155,26 @@ class MailServer:
                                f"{exc.strerror}; the queue needs a writable file system with free space: "
                                "fix that and start again") from None
 
+    def _prepare_metrics(self) -> None:
+        """mailferry_metrics_listen (docs/metrics.md): the address bound and the processes'
+        directory made while root, before any table is opened (their lookups are timed)."""
+        value = self.config.get("mailferry_metrics_listen")
+        try:
+            address = metrics_endpoint.parse_listen(value, self.config.boolean("mailferry_metrics_allow_remote"))
+        except metrics_endpoint.MetricsAddressError as exc:
+            raise StartupError(f"{self.config.where('mailferry_metrics_listen')}{exc}") from None
+        if address is None:
+            return
+        try:
+            self.metrics_socket = metrics_endpoint.bind(*address)
+        except OSError as exc:
+            raise StartupError(f"{self.config.where('mailferry_metrics_listen')}cannot listen on {address[0]} "
+                               f"port {address[1]}: {exc.strerror}; choose a free port") from None
+        directory = os.path.join(self.queue_directory, "metrics")
+        metrics.enable(directory)
+        give_to([directory], self.owner)
+        metrics.on_fork_in_child(self.metrics_socket.close)   # the master alone answers scrapes
+
     def _prepare_mail_spool(self) -> None:
         """A missing mail_spool_directory is made, root's and mode 755 as /var/mail is made by
         the system, when master.cf runs local(8) and home_mailbox does not send mail home. The
@@ -182,6 +206,7 @@ class MailServer:
                                workers_read_fd=self.workers_read_fd, client_tables=self.client_tables,
                                spawner=self.spawner)
         await self.runtime.start()
+        await self._start_metrics_endpoint()
         write_pid(self.queue_directory)
         if self.background:
             _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
@@ -208,6 +233,8 @@ class MailServer:
         finally:
             self.log.line("master", "terminating on signal 15")
             workers.signal_workers(self.worker_pids, signal.SIGTERM)
+            if self.metrics_endpoint is not None:
+                await self.metrics_endpoint.stop()
             await self.runtime.stop()
             if self.spawner_process is not None:
                 self.spawner_process.stop()
@@ -216,12 +243,22 @@ class MailServer:
             remove_pid(self.queue_directory)
             self.log.close()
 
+    async def _start_metrics_endpoint(self) -> None:
+        if self.metrics_socket is None:
+            return
+        self.metrics_endpoint = metrics_endpoint.Endpoint(self.metrics_socket, metrics.directory(),
+                                                          self.runtime.store.counts)
+        await self.metrics_endpoint.start()
+        host, port = self.metrics_socket.getsockname()[:2]
+        self.log.line("master", f"metrics: serving http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+
     def _reap_workers(self) -> None:
         """A worker that died took its sessions with it: anvil forgets their counts, or its
         clients would stay locked out by smtpd_client_connection_count_limit."""
         self.worker_pids = workers.reap_exited(self.worker_pids, self.log, self._forget_worker)
 
     def _forget_worker(self, pid: int) -> None:
+        metrics.process_gone(pid)
         index = self.worker_indexes.pop(pid, None)
         if index is not None:
             clients.table().forget_process(index)
@@ -275,6 +312,9 @@ class MailServer:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
             return
+        if not quiet and config.get("mailferry_metrics_listen") != self.config.get("mailferry_metrics_listen"):
+            self.log.warning("master", "reload: mailferry_metrics_listen changed; it takes effect at the next "
+                                       "start (the metrics stay where they are served now)")
         if self.spawner is not None:
             await self.spawner.refresh_password_tables(self.log)   # root-only tables, read by the spawner
         await self.runtime.reload(config, master)
