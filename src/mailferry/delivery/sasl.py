@@ -110,6 +110,15 @@ async def find_credentials(maps: PasswordMaps, *, sender: str, sender_dependent:
     Raises SaslLookupError when a table fails temporarily: answering from a later key could
     log in with the wrong account.
     """
+    found = await lookup_credentials(maps, sender=sender, sender_dependent=sender_dependent,
+                                     hostname=hostname, nexthop=nexthop, parameter=parameter)
+    return None if found is None else found[1]
+
+
+async def lookup_credentials(maps: PasswordMaps, *, sender: str, sender_dependent: bool, hostname: str,
+                             nexthop: str, parameter: str = "smtp_sasl_password_maps"
+                             ) -> tuple[str, Credentials] | None:
+    """find_credentials, with the key whose entry matched (relay-check names it)."""
     for key, partial in credential_keys(sender=sender, sender_dependent=sender_dependent,
                                         hostname=hostname, nexthop=nexthop):
         result = await (maps.lookup(key, partial=True) if partial else maps.lookup(key))
@@ -117,7 +126,7 @@ async def find_credentials(maps: PasswordMaps, *, sender: str, sender_dependent:
             raise SaslLookupError(parameter, _describe_tables(maps), key, result.reason or "temporary failure")
         if result.found:
             username, _, password = (result.value or "").partition(":")
-            return Credentials(username, password)
+            return key, Credentials(username, password)
     return None
 
 
@@ -161,6 +170,28 @@ def choose_mechanism(offered: tuple[str, ...], *, mechanism_filter: list[str], s
             return mechanism
     raise NoMechanism(_explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_options,
                                options, options_parameter, filter_parameter))
+
+
+def mechanism_verdicts(offered: tuple[str, ...], *, mechanism_filter: list[str], security_options: list[str],
+                       options_parameter: str, filter_parameter: str = "smtp_sasl_mechanism_filter"
+                       ) -> list[tuple[str, str]]:
+    """Each offered mechanism with why it is excluded ("" when choose_mechanism may take it),
+    by the same three cuts as choose_mechanism: the filter, the security options, PLAIN/LOGIN."""
+    options = check_security_options(security_options, options_parameter)
+    usable_filter, _ = _split_filter(mechanism_filter)
+    verdicts = []
+    for mechanism in _unique(mechanism.upper() for mechanism in offered):
+        if not _filter_allows(usable_filter, mechanism):
+            why = f"removed by {filter_parameter} = {', '.join(mechanism_filter)}"
+        elif forbidding := _forbidding(mechanism, options):
+            why = (f"forbidden by {options_parameter} = {', '.join(options)} "
+                   f"({', '.join(SECURITY_OPTIONS[option] for option in forbidding)})")
+        elif mechanism not in SUPPORTED:
+            why = "not supported by mailferry's SASL client (PLAIN and LOGIN)"
+        else:
+            why = ""
+        verdicts.append((mechanism, why))
+    return verdicts
 
 
 def _unique(items) -> list[str]:

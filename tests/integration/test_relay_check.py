@@ -1,0 +1,175 @@
+"""`mailferry relay-check` against the real peers of the relay tests (tests/integration/test_delivery.py).
+
+The smarthost is Dovecot's submission service standing in for smtp.gmail.com (STARTTLS
+required, AUTH PLAIN/LOGIN after it, a certificate for smtp.gmail.test from peer_ca), found
+through a dnsmasq the test runs. Each failure case of the relay tests gets its diagnosis and
+the one line to change: an untrusted issuer, no allowed mechanism, a wrong password, no
+STARTTLS; a working setup says so and exits 0. One Dovecot serves the whole module: the
+cases differ only in mailferry's configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import base_main_cf
+from tests.integration.test_delivery import seed_relay_config
+from tests.peers import peer_tempdir
+from tests.peers.dns import DnsServer
+from tests.peers.dovecot import GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME, SubmissionRelay
+from tests.peers.smtp_sink import SmtpSink
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.peers.conftest_plugin"]
+
+MAILFERRY = str(Path(sys.executable).with_name("mailferry"))
+PASSWORD = "S3cret-app-pw"       # distinctive, so that the output can be searched for it
+WRONG_PASSWORD = "Wr0ng-s3cret!"
+
+
+@pytest.fixture(scope="module")
+def peers(peer_ca, submission_certificate):
+    started, directories = [], []
+
+    def start(peer):
+        started.append(peer)
+        return peer.start()
+
+    def directory(prefix: str) -> Path:
+        directories.append(peer_tempdir(prefix))
+        return directories[-1]
+    try:
+        dns = start(DnsServer(directory("mailferry-dns-"), a={SUBMISSION_HOSTNAME: SUBMISSION_HOST},
+                              mx={"gmail.test": [(10, SUBMISSION_HOSTNAME)]}))
+        sink = start(SmtpSink(directory("mailferry-sink-")))
+        relay = start(SubmissionRelay(directory("mailferry-submission-"), peer_ca, sink,
+                                      users={GMAIL_USER: PASSWORD}, certificate=submission_certificate))
+        plain = start(SmtpSink(directory("mailferry-plain-sink-")))   # no STARTTLS
+        yield {"dns": dns, "relay": relay, "plain": plain, "sink": sink}
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        for path in directories:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def relay_check(peers, tmp_path: Path, *args: str, ca_file: Path, level: str = "encrypt",
+                password: str = PASSWORD, **extra: str) -> subprocess.CompletedProcess:
+    """relay-check on the seed's relay configuration, pointed at the stand-in."""
+    tmp_path.chmod(0o755)
+    settings = seed_relay_config(tmp_path, peers["relay"], ca_file, level, **extra)
+    passwords = tmp_path / "sasl_passwd"
+    passwords.write_text(f"{SUBMISSION_HOSTNAME} {GMAIL_USER}:{password}\n")
+    subprocess.run([MAILFERRY, "postmap", f"hash:{passwords}"], check=True)
+    (tmp_path / "main.cf").write_text(base_main_cf(tmp_path, **settings))
+    environment = {**os.environ, "MAILFERRY_NAMESERVERS": peers["dns"].nameserver}
+    completed = subprocess.run([MAILFERRY, "-c", str(tmp_path), "relay-check", *args], capture_output=True,
+                               text=True, timeout=60, env=environment)
+    print(completed.stdout, completed.stderr)     # shown when a test fails
+    assert_no_password(completed, password)
+    return completed
+
+
+def assert_no_password(completed: subprocess.CompletedProcess, password: str) -> None:
+    """Neither the password nor any encoding of it that AUTH would send is in the output."""
+    output = completed.stdout + completed.stderr
+    assert password not in output
+    user, secret = GMAIL_USER.encode(), password.encode()
+    for raw in (b"\0" + user + b"\0" + secret, secret):
+        assert base64.b64encode(raw).decode() not in output
+
+
+def fixes(completed: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("fix: ", 1)[1] for line in completed.stdout.splitlines() if line.startswith("  fix: ")]
+
+
+def test_a_working_relay_says_so_and_exits_0(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, ca_file=peer_ca.cert_path, level="secure")
+    out = completed.stdout
+    assert completed.returncode == 0, out + completed.stderr
+    assert "result: OK" in out and "(authenticated)" in out
+    assert f"certificate: verified against CAfile {peer_ca.cert_path}" in out
+    assert f"subject CN={SUBMISSION_HOSTNAME}" in out and "issuer CN=mailferry test peer CA" in out
+    assert f"DNS:{SUBMISSION_HOSTNAME}" in out
+    assert "PLAIN: allowed" in out and "LOGIN: allowed" in out
+    assert f"entry '{SUBMISSION_HOSTNAME}' in hash:{tmp_path}/sasl_passwd matched" in out
+    assert f"keys tried: {SUBMISSION_HOSTNAME}" in out
+    assert f"authentication succeeded as {GMAIL_USER}" in out
+    assert fixes(completed) == []
+    # AUTH, then QUIT: the smarthost's sink never saw a transaction.
+    assert peers["sink"].messages() == []
+
+
+def test_an_untrusted_issuer_names_the_ca_file_to_set(peers, tmp_path, untrusted_ca):
+    completed = relay_check(peers, tmp_path, ca_file=untrusted_ca.cert_path, level="verify")
+    assert completed.returncode == 1
+    assert "NOT verified against" in completed.stdout and "untrusted issuer" in completed.stdout
+    assert "issuer CN=mailferry test peer CA" in completed.stdout   # shown although it did not verify
+    assert fixes(completed)[0].startswith("smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt")
+
+
+def test_an_untrusted_issuer_at_may_is_a_warning_and_secure_is_advised_only_when_it_verifies(
+        peers, tmp_path, untrusted_ca):
+    completed = relay_check(peers, tmp_path, ca_file=untrusted_ca.cert_path, level="may")
+    assert completed.returncode == 0, completed.stdout
+    assert "untrusted issuer" in completed.stdout
+    assert "does not require a verified certificate" in completed.stdout
+    assert fixes(completed) == ["smtp_tls_security_level = encrypt"]
+
+
+def test_no_allowed_mechanism_says_which_option_to_change(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, ca_file=peer_ca.cert_path,
+                            smtp_sasl_security_options="noplaintext",
+                            smtp_sasl_tls_security_options="$smtp_sasl_security_options")
+    out = completed.stdout
+    assert completed.returncode == 1
+    assert "PLAIN: excluded, forbidden by smtp_sasl_tls_security_options = noplaintext" in out
+    assert "No worthy mechs found" in out
+    assert fixes(completed) == ["smtp_sasl_security_options = noanonymous"]
+
+
+def test_a_mechanism_filter_that_removes_plain_and_login(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, ca_file=peer_ca.cert_path, smtp_sasl_mechanism_filter="cram-md5")
+    assert completed.returncode == 1
+    assert "PLAIN: excluded, removed by smtp_sasl_mechanism_filter = cram-md5" in completed.stdout
+    assert fixes(completed) == ["smtp_sasl_mechanism_filter = plain, login"]
+
+
+def test_a_wrong_password_names_the_entry_to_fix_and_never_shows_it(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, ca_file=peer_ca.cert_path, password=WRONG_PASSWORD)
+    assert completed.returncode == 1
+    assert f"the server refused the login of {GMAIL_USER}: 535 5.7.8" in completed.stdout
+    [fix] = fixes(completed)
+    assert f"entry '{SUBMISSION_HOSTNAME}' in {tmp_path}/sasl_passwd" in fix
+    assert f"mailferry postmap hash:{tmp_path}/sasl_passwd" in fix
+
+
+def test_no_starttls_with_encrypt_says_the_server_does_not_offer_it(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, peers["plain"].nexthop, ca_file=peer_ca.cert_path)
+    assert completed.returncode == 1
+    assert "the server does not offer STARTTLS" in completed.stdout
+    assert "relayhost = [127.0.0.1]:587" in fixes(completed)[0]   # the cause first
+
+
+def test_no_password_entry_lists_the_keys_tried(peers, tmp_path, peer_ca):
+    nexthop = f"[{SUBMISSION_HOST}]:{peers['relay'].port}"
+    completed = relay_check(peers, tmp_path, nexthop, ca_file=peer_ca.cert_path)
+    assert completed.returncode == 1
+    assert f"keys tried: {SUBMISSION_HOST}, {nexthop}" in completed.stdout
+    assert fixes(completed)[0] == (f"add the line \"{nexthop} USERNAME:PASSWORD\" to {tmp_path}/sasl_passwd, "
+                                   f"then run `mailferry postmap hash:{tmp_path}/sasl_passwd`")
+
+
+def test_an_unbracketed_next_hop_is_looked_up_in_mx(peers, tmp_path, peer_ca):
+    completed = relay_check(peers, tmp_path, f"gmail.test:{peers['relay'].port}", ca_file=peer_ca.cert_path,
+                            level="verify")
+    assert completed.returncode == 0, completed.stdout
+    assert "(MX lookup)" in completed.stdout
+    assert f"connected to {SUBMISSION_HOSTNAME}[{SUBMISSION_HOST}]:{peers['relay'].port}" in completed.stdout
