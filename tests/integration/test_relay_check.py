@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import base_main_cf
+from tests.integration.conftest import base_main_cf, free_port, smtpd_master_cf
 from tests.integration.test_delivery import seed_relay_config
 from tests.peers import peer_tempdir
 from tests.peers.dns import DnsServer
@@ -69,6 +69,7 @@ def relay_check(peers, tmp_path: Path, *args: str, ca_file: Path, level: str = "
     passwords.write_text(f"{SUBMISSION_HOSTNAME} {GMAIL_USER}:{password}\n")
     subprocess.run([MAILFERRY, "postmap", f"hash:{passwords}"], check=True)
     (tmp_path / "main.cf").write_text(base_main_cf(tmp_path, **settings))
+    (tmp_path / "master.cf").write_text(smtpd_master_cf(free_port()))
     environment = {**os.environ, "MAILFERRY_NAMESERVERS": peers["dns"].nameserver}
     completed = subprocess.run([MAILFERRY, "-c", str(tmp_path), "relay-check", *args], capture_output=True,
                                text=True, timeout=60, env=environment)
@@ -173,3 +174,31 @@ def test_an_unbracketed_next_hop_is_looked_up_in_mx(peers, tmp_path, peer_ca):
     assert completed.returncode == 0, completed.stdout
     assert "(MX lookup)" in completed.stdout
     assert f"connected to {SUBMISSION_HOSTNAME}[{SUBMISSION_HOST}]:{peers['relay'].port}" in completed.stdout
+
+
+def check_online(peers, tmp_path: Path, ca_file: Path, level: str) -> subprocess.CompletedProcess:
+    relay_check(peers, tmp_path, ca_file=ca_file, level=level)      # writes the configuration
+    environment = {**os.environ, "MAILFERRY_NAMESERVERS": peers["dns"].nameserver}
+    completed = subprocess.run([MAILFERRY, "-c", str(tmp_path), "check", "--online"], capture_output=True,
+                               text=True, timeout=60, env=environment)
+    print(completed.stdout, completed.stderr)
+    assert_no_password(completed, PASSWORD)
+    return completed
+
+
+@pytest.mark.parametrize("level, severity, code", [("verify", "error", 1), ("encrypt", "warning", 0)])
+def test_check_online_reports_a_relay_certificate_the_ca_file_cannot_verify(peers, tmp_path, untrusted_ca,
+                                                                            level, severity, code):
+    completed = check_online(peers, tmp_path, untrusted_ca.cert_path, level)
+    assert completed.returncode == code
+    assert (f"mailferry/check: {severity}: {tmp_path}/main.cf, line " in completed.stderr
+            and f"relay [{SUBMISSION_HOSTNAME}]:{peers['relay'].port}: the server certificate does not verify "
+                f"against CAfile {untrusted_ca.cert_path}: untrusted issuer" in completed.stderr), completed.stderr
+    assert "set smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt" in completed.stderr
+
+
+def test_check_online_is_quiet_about_a_certificate_that_verifies(peers, tmp_path, peer_ca):
+    completed = check_online(peers, tmp_path, peer_ca.cert_path, "secure")
+    assert completed.returncode == 0, completed.stderr
+    assert "relay [" not in completed.stderr
+    assert "0 error(s), 0 warning(s)" in completed.stderr
