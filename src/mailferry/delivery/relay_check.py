@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import pwd
 import ssl
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
-from mailferry.delivery import sasl
+from mailferry.delivery import oauth2, sasl
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection
 from mailferry.delivery.dns import NexthopResolver
@@ -154,11 +155,12 @@ def _der(item) -> bytes:
     return item.public_bytes(getattr(ssl._ssl, "ENCODING_DER", 1))  # noqa: SLF001 - ssl.Certificate, 3.13
 
 
-async def _session(settings: ClientSettings, dns, maps, policies, nexthop: str, sender: str
+async def _session(settings: ClientSettings, dns, maps, policies, nexthop: str, sender: str,
+                   tokens: oauth2.TokenManager | None = None
                    ) -> tuple[_RecordingSetup, _Lines, Connection | None, SetupFailed | None]:
     """One session as delivery opens it; QUIT at once when it is ready for MAIL."""
     log = _Lines()
-    setup = _RecordingSetup(settings, dns, log, maps, policies)
+    setup = _RecordingSetup(settings, dns, log, maps, policies, tokens)
     try:
         connection = await setup.open(nexthop, sender)
     except SetupFailed as failure:
@@ -200,8 +202,15 @@ async def relay_check(config: Config, nexthop: str, *, sender: str = "", transpo
     if maps is False or policies is False:
         return report
     _describe_settings(settings, hop, sender, report)
-    setup, log, connection, failure = await _session(
-        settings, dns, maps if settings.sasl_enable else None, policies, nexthop, sender)
+    # OAuth2 entries: the daemon's own token cache, so a good token is used, not fetched again.
+    token_directory = oauth2.cache_directory(config.get("queue_directory"))
+    tokens = oauth2.TokenManager(token_directory, _Lines(), settings.transport)
+    try:
+        setup, log, connection, failure = await _session(
+            settings, dns, maps if settings.sasl_enable else None, policies, nexthop, sender, tokens)
+    finally:
+        if tokens.refreshes:
+            _give_to_mail_owner(token_directory, config)
     policy = setup.policy or settings.tls
     if setup.policy is not None and setup.policy is not settings.tls:
         report.fact("tls", f"{client_parameter(settings.prefix, 'smtp_tls_policy_maps')} has an entry for "
@@ -210,7 +219,7 @@ async def relay_check(config: Config, nexthop: str, *, sender: str = "", transpo
         report.fact("connect", f"connected to {setup.connection.relay}")
     await _certificate(report, settings, dns, nexthop, sender, policy, setup, log, failure)
     if setup.connection is not None and setup.connection.extensions is not None:
-        await _sasl(report, settings, view, hop, sender, maps, table_name, setup, failure)
+        await _sasl(report, settings, view, hop, sender, maps, table_name, setup, failure, token_directory)
     _session_outcome(report, settings, hop, policy, setup, log, failure)
     if report.ok and settings.sasl_enable and report.authenticated and policy.level in ("may", "none"):
         better = "secure" if report.verified else "encrypt"
@@ -219,6 +228,22 @@ async def relay_check(config: Config, nexthop: str, *, sender: str = "", transpo
                                 "and the server certificate is not checked",
                        f"{client_parameter(settings.prefix, 'smtp_tls_security_level')} = {better}")
     return report
+
+
+def _give_to_mail_owner(directory: str, config: Config) -> None:
+    """A token relay-check fetched as root stays usable by the daemon (mail_owner's cache)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = pwd.getpwnam(config.get("mail_owner"))
+    except (KeyError, ValueError):
+        return
+    for root, _, files in os.walk(directory):
+        for path in (root, *(os.path.join(root, name) for name in files)):
+            try:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+            except OSError:
+                pass
 
 
 def _password_maps(settings: ClientSettings, report: Report):
@@ -342,69 +367,38 @@ def _dn(rdns) -> str:
 # --- SASL ---------------------------------------------------------------------------------
 
 async def _sasl(report: Report, settings: ClientSettings, config: Config, hop: Hop, sender: str, maps,
-                table_name: str, setup: _RecordingSetup, failure: SetupFailed | None) -> None:
+                table_name: str, setup: _RecordingSetup, failure: SetupFailed | None, token_directory: str) -> None:
     prefix = settings.prefix
     connection = setup.connection
     offered = tuple(connection.extensions.auth or ())
     report.fact("auth", f"the server offers AUTH {' '.join(offered)}" if offered else
                 "the server offers no AUTH" + ("" if connection.tls else " (before STARTTLS)"))
+    credentials = await _credentials(report, settings, config, hop, sender, maps, table_name, connection,
+                                     token_directory)
     if connection.tls:
         options, options_parameter = settings.sasl_tls_security_options, "smtp_sasl_tls_security_options"
     else:
         options, options_parameter = settings.sasl_security_options, "smtp_sasl_security_options"
     reached = failure is None or setup.stage == "auth"   # a session that stopped earlier never chose
+    supported = credentials.mechanisms if credentials is not None else sasl.SUPPORTED
     if offered and reached:
         try:
             verdicts = sasl.mechanism_verdicts(
                 offered, mechanism_filter=settings.sasl_mechanism_filter, security_options=options,
                 options_parameter=client_parameter(prefix, options_parameter),
-                filter_parameter=client_parameter(prefix, "smtp_sasl_mechanism_filter"))
+                filter_parameter=client_parameter(prefix, "smtp_sasl_mechanism_filter"), supported=supported)
         except ValueError as problem:
             report.problem(ERROR, str(problem), f"{client_parameter(prefix, options_parameter)} = noanonymous")
             verdicts = []
         for mechanism, why in verdicts:
             report.fact("auth", f"  {mechanism}: {'allowed' if not why else 'excluded, ' + why}")
-        if verdicts and not any(not why for _, why in verdicts):
+        if verdicts and not any(not why for _, why in verdicts) and settings.sasl_enable and credentials:
             report.problem(ERROR, "no offered mechanism is allowed (Cyrus SASL's \"No worthy mechs found\")",
-                           _mechanism_advice(verdicts, settings, config, options_parameter, bool(connection.tls)))
-    if not settings.sasl_password_maps.strip():
-        if settings.sasl_enable:
-            report.problem(ERROR, f"{client_parameter(prefix, 'smtp_sasl_password_maps')} is empty: "
-                                  "there is no password to send",
-                           f"{client_parameter(prefix, 'smtp_sasl_password_maps')} = "
-                           f"hash:{config.config_dir}/sasl_passwd")
+                           _mechanism_advice(verdicts, settings, config, options_parameter, bool(connection.tls),
+                                             supported))
+    if credentials is None or not settings.sasl_enable:
         return
-    keys = [key for key, _ in sasl.credential_keys(sender=sender, sender_dependent=settings.sender_dependent_authentication,
-                                                   hostname=connection.host, nexthop=hop.written)]
-    try:
-        found = await sasl.lookup_credentials(maps, sender=sender,
-                                              sender_dependent=settings.sender_dependent_authentication,
-                                              hostname=connection.host, nexthop=hop.written)
-    except sasl.SaslLookupError as problem:
-        report.problem(ERROR, str(problem), "bring the table's server back, then run relay-check again")
-        return
-    if found is None:
-        report.fact("credentials", f"no entry in {table_name} (keys tried: {', '.join(keys)})")
-        if settings.sasl_enable:
-            report.problem(ERROR, f"no password for this relay in {table_name}: no entry under "
-                                  f"{', '.join(keys)}",
-                           f"add the line \"{hop.written} USERNAME:PASSWORD\" to {_source(table_name)}, "
-                           f"then run `mailferry postmap {table_name}`")
-        return
-    key, credentials = found
-    tried = keys[:keys.index(key) + 1] if key in keys else keys
-    report.fact("credentials", f"entry {key!r} in {table_name} matched (keys tried: {', '.join(tried)}): "
-                               f"user {credentials.username}, password hidden")
-    report.credentials_key = key                 # for the advice on a refused password
-    report.credentials_user = credentials.username
-    report.credentials_table = table_name
-    status = token_status(credentials)
-    if status:
-        report.fact("credentials", status)
-    if not settings.sasl_enable:
-        report.problem(ERROR, f"{client_parameter(prefix, 'smtp_sasl_auth_enable')} = no: the password is never sent",
-                       f"{client_parameter(prefix, 'smtp_sasl_auth_enable')} = yes")
-    elif not offered and reached:
+    if not offered and reached:
         if not connection.tls and setup.starttls_offered:
             report.problem(ERROR, "the server offers AUTH only after STARTTLS, and this session has no TLS",
                            f"{client_parameter(prefix, 'smtp_tls_security_level')} = encrypt")
@@ -413,10 +407,63 @@ async def _sasl(report: Report, settings: ClientSettings, config: Config, hop: H
                                   "submission port", f"relayhost = [{hop.host}]:587")
 
 
-def token_status(credentials: sasl.Credentials) -> str:
-    """The hook for OAuth2 entries (XOAUTH2/OAUTHBEARER): their token's status, never the token.
-    A username:password entry has none."""
-    return ""
+async def _credentials(report: Report, settings: ClientSettings, config: Config, hop: Hop, sender: str, maps,
+                       table_name: str, connection: Connection, token_directory: str) -> sasl.Credentials | None:
+    """The entry delivery would use, looked up as delivery does; reported by key and user only."""
+    prefix = settings.prefix
+    if not settings.sasl_password_maps.strip():
+        if settings.sasl_enable:
+            report.problem(ERROR, f"{client_parameter(prefix, 'smtp_sasl_password_maps')} is empty: "
+                                  "there is no password to send",
+                           f"{client_parameter(prefix, 'smtp_sasl_password_maps')} = "
+                           f"hash:{config.config_dir}/sasl_passwd")
+        return None
+    dependent = settings.sender_dependent_authentication
+    keys = [key for key, _ in sasl.credential_keys(sender=sender, sender_dependent=dependent,
+                                                   hostname=connection.host, nexthop=hop.written)]
+    try:
+        found = await sasl.find_credentials_entry(maps, sender=sender, sender_dependent=dependent,
+                                                  hostname=connection.host, nexthop=hop.written)
+    except sasl.SaslLookupError as problem:
+        report.problem(ERROR, str(problem), "bring the table's server back, then run relay-check again")
+        return None
+    if found is None:
+        report.fact("credentials", f"no entry in {table_name} (keys tried: {', '.join(keys)})")
+        if settings.sasl_enable:
+            report.problem(ERROR, f"no password for this relay in {table_name}: no entry under "
+                                  f"{', '.join(keys)}",
+                           f"add the line \"{hop.written} USERNAME:PASSWORD\" to {_source(table_name)}, "
+                           f"then run `mailferry postmap {table_name}`")
+        return None
+    key, credentials = found
+    tried = keys[:keys.index(key) + 1] if key in keys else keys
+    what = "OAuth2 settings " + credentials.oauth2_settings if credentials.oauth2_settings else "password hidden"
+    report.fact("credentials", f"entry {key!r} in {table_name} matched (keys tried: {', '.join(tried)}): "
+                               f"user {credentials.username}, {what}")
+    report.credentials_key = key                 # for the advice on a refused password
+    report.credentials_user = credentials.username
+    report.credentials_table = table_name
+    if credentials.oauth2_settings is not None:
+        status = token_status(credentials, token_directory)
+        report.fact("credentials", status.text)
+        if status.state in ("refused", "failed"):
+            report.problem(ERROR, f"the OAuth2 token for {credentials.username} cannot be refreshed",
+                           f"get a new refresh token: mailferry oauth2 --settings {credentials.oauth2_settings} "
+                           "(docs/oauth2.md)")
+    if not settings.sasl_enable:
+        report.problem(ERROR, f"{client_parameter(prefix, 'smtp_sasl_auth_enable')} = no: the password is never sent",
+                       f"{client_parameter(prefix, 'smtp_sasl_auth_enable')} = yes")
+    return credentials
+
+
+def token_status(credentials: sasl.Credentials, directory: str) -> oauth2.TokenStatus:
+    """An OAuth2 entry's access token as the cache holds it: its state and expiry, never the token."""
+    try:
+        settings = oauth2.load_settings(credentials.oauth2_settings)
+    except oauth2.OAuth2Error as problem:
+        return oauth2.TokenStatus("failed", f"OAuth2 settings: {problem}")
+    status = oauth2.token_status(settings, directory)
+    return oauth2.TokenStatus(status.state, f"OAuth2 token: {status.text}", status.expires_at)
 
 
 def _source(table_name: str) -> str:
@@ -426,13 +473,17 @@ def _source(table_name: str) -> str:
 
 
 def _mechanism_advice(verdicts, settings: ClientSettings, config: Config, options_parameter: str,
-                      tls: bool) -> str:
+                      tls: bool, usable: tuple[str, ...] = sasl.SUPPORTED) -> str:
     prefix = settings.prefix
-    supported = [mechanism for mechanism, _ in verdicts if mechanism in sasl.SUPPORTED]
+    supported = [mechanism for mechanism, _ in verdicts if mechanism in usable]
     if not supported:
-        offered = " ".join(mechanism for mechanism, _ in verdicts)
-        return (f"none: the server offers {offered} only, and mailferry's SASL client supports PLAIN and LOGIN; "
-                "use the provider's SMTP password (app password) service or another relay")
+        offered = [mechanism for mechanism, _ in verdicts]
+        if usable == sasl.SUPPORTED and any(mechanism in sasl.OAUTH2_SUPPORTED for mechanism in offered):
+            return ("make the entry an OAuth2 one: `mailferry oauth2` gets a refresh token and writes "
+                    "\"KEY USER:oauth2:/path/settings.json\" (docs/oauth2.md)")
+        return (f"none: the server offers {' '.join(offered)} only, and mailferry's SASL client supports "
+                f"{' and '.join(usable)} for this entry; use the provider's SMTP password (app password) or OAuth2 "
+                "service, or another relay")
     reasons = {mechanism: why for mechanism, why in verdicts}
     if all(reasons[mechanism].startswith("removed by") for mechanism in supported):
         return f"{client_parameter(prefix, 'smtp_sasl_mechanism_filter')} = {', '.join(m.lower() for m in supported)}"
@@ -602,7 +653,7 @@ async def _password_key(settings: ClientSettings, hop: Hop) -> str:
     """The key under which smtp_sasl_password_maps has an entry for this relay, or ""."""
     try:
         maps: Maps = open_maps(settings.sasl_password_maps)
-        found = await sasl.lookup_credentials(maps, sender="", sender_dependent=False,
+        found = await sasl.find_credentials_entry(maps, sender="", sender_dependent=False,
                                               hostname=hop.host, nexthop=hop.written)
     except (TableError, sasl.SaslLookupError, OSError):
         return ""

@@ -298,10 +298,10 @@ def test_security_options_can_be_checked_at_start():
 
 # --- what relay-check reports ------------------------------------------------------------
 
-def test_lookup_credentials_names_the_key_that_matched():
-    from mailferry.delivery.sasl import lookup_credentials
+def test_find_credentials_entry_names_the_key_that_matched():
+    from mailferry.delivery.sasl import find_credentials_entry
     maps = open_maps("inline:{ [smtp.gmail.com]:587=user@gmail.com:secret }")
-    found = asyncio.run(lookup_credentials(maps, sender="", sender_dependent=False, hostname="smtp.gmail.com",
+    found = asyncio.run(find_credentials_entry(maps, sender="", sender_dependent=False, hostname="smtp.gmail.com",
                                            nexthop="[smtp.gmail.com]:587"))
     assert found == ("[smtp.gmail.com]:587", Credentials("user@gmail.com", "secret"))
     assert "secret" not in repr(found)
