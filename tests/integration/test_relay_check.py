@@ -11,6 +11,7 @@ cases differ only in mailferry's configuration.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -19,12 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import DAEMON_USER, ROOT, base_main_cf, free_port, smtpd_master_cf
+from tests.integration.conftest import DAEMON_USER, ROOT, base_main_cf, daemon_user_ids, free_port, smtpd_master_cf
 from tests.integration.test_delivery import seed_relay_config
 from tests.peers import peer_tempdir
 from tests.peers.dns import DnsServer
-from tests.peers.dovecot import GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME, SubmissionRelay
+from tests.peers.dovecot import (
+    GMAIL_USER, SUBMISSION_HOST, SUBMISSION_HOSTNAME, OAuth2SubmissionRelay, SubmissionRelay,
+)
 from tests.peers.mailferry import MailferryDaemon, private_settings
+from tests.peers.oauth2_endpoint import CLIENT_ID, CLIENT_SECRET, TokenEndpoint
 from tests.peers.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -241,3 +245,72 @@ def test_the_gmail_relay_example_proved_by_relay_check_relays_through_the_real_d
     finally:
         daemon.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- XOAUTH2 entries (oauth2:/settings.json passwords, delivery/oauth2.py) ---------------------------
+
+@pytest.fixture(scope="module")
+def oauth2_peers(peers, peer_ca, submission_certificate):
+    endpoint = TokenEndpoint(GMAIL_USER).start()
+    directory = peer_tempdir("mailferry-oauth2-submission-")
+    relay = OAuth2SubmissionRelay(directory, peer_ca, peers["sink"], introspection_url=endpoint.url + "/introspect",
+                                  certificate=submission_certificate)
+    try:
+        relay.start()
+        yield endpoint, relay
+    finally:
+        relay.stop()
+        endpoint.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def oauth2_relay_check(peers, oauth2_peers, tmp_path: Path, refresh_token: str, peer_ca) -> subprocess.CompletedProcess:
+    endpoint, relay = oauth2_peers
+    tmp_path.chmod(0o755)
+    settings = tmp_path / "gmail-oauth2.json"
+    settings.write_text(json.dumps({"user": GMAIL_USER, "token_endpoint": endpoint.token_url, "client_id": CLIENT_ID,
+                                    "client_secret": CLIENT_SECRET, "refresh_token": refresh_token}))
+    settings.chmod(0o600)
+    relayhost = f"[{SUBMISSION_HOSTNAME}]:{relay.port}"
+    passwords = tmp_path / "sasl_passwd"
+    passwords.write_text(f"{relayhost} {GMAIL_USER}:oauth2:{settings}\n")
+    passwords.chmod(0o600)
+    subprocess.run([MAILFERRY, "postmap", f"hash:{passwords}"], check=True)
+    (tmp_path / "main.cf").write_text(base_main_cf(
+        tmp_path, relayhost=relayhost, smtp_sasl_auth_enable="yes", smtp_sasl_password_maps=f"hash:{passwords}",
+        smtp_sasl_security_options="noanonymous", smtp_sasl_mechanism_filter="xoauth2",
+        smtp_tls_security_level="secure", smtp_tls_CAfile=str(peer_ca.cert_path), default_transport="smtp"))
+    (tmp_path / "master.cf").write_text(smtpd_master_cf(free_port()))
+    environment = {**os.environ, "MAILFERRY_NAMESERVERS": peers["dns"].nameserver}
+    completed = subprocess.run([MAILFERRY, "-c", str(tmp_path), "relay-check"], capture_output=True, text=True,
+                               timeout=60, env=environment)
+    print(completed.stdout, completed.stderr)
+    output = completed.stdout + completed.stderr
+    secrets = [*endpoint.access_tokens, *endpoint.refresh_tokens, CLIENT_SECRET]
+    assert secrets and not [secret for secret in secrets if secret in output]
+    return completed
+
+
+def test_an_xoauth2_entry_reports_its_token_status_never_the_token(peers, oauth2_peers, tmp_path, peer_ca):
+    endpoint, _ = oauth2_peers
+    completed = oauth2_relay_check(peers, oauth2_peers, tmp_path, endpoint.new_refresh_token(), peer_ca)
+    out = completed.stdout
+    assert completed.returncode == 0, out
+    assert "XOAUTH2: allowed" in out and "OAUTHBEARER: excluded, removed by smtp_sasl_mechanism_filter" in out
+    assert f"OAuth2 settings {tmp_path}/gmail-oauth2.json" in out
+    assert "OAuth2 token: cached access token valid until" in out
+    assert f"authentication succeeded as {GMAIL_USER}" in out
+    # The token relay-check fetched is the daemon's to use: in its cache, owned by mail_owner.
+    cached = list((tmp_path / "queue" / "oauth2").glob("*.json"))
+    assert cached and all(path.stat().st_uid == daemon_user_ids()[0] for path in cached)
+
+
+def test_a_revoked_refresh_token_says_to_run_mailferry_oauth2(peers, oauth2_peers, tmp_path, peer_ca):
+    endpoint, _ = oauth2_peers
+    refresh_token = endpoint.new_refresh_token()
+    endpoint.revoke(refresh_token)
+    completed = oauth2_relay_check(peers, oauth2_peers, tmp_path, refresh_token, peer_ca)
+    assert completed.returncode == 1
+    assert "invalid_grant" in completed.stdout
+    assert fixes(completed) == [f"get a new refresh token: mailferry oauth2 --settings {tmp_path}/gmail-oauth2.json "
+                                "(docs/oauth2.md)"]

@@ -545,8 +545,8 @@ def _session_outcome(report: Report, settings: ClientSettings, hop: Hop, policy:
                        f"fix the password of entry {key!r} in {_source(table)} (Gmail and Microsoft 365 want "
                        f"an app password), then run `mailferry postmap {table}`")
     elif setup.stage == "auth":
-        if not any(problem.text.startswith("no offered mechanism") for problem in report.problems):
-            report.problem(ERROR, reason, f"{client_parameter(prefix, 'smtp_sasl_security_options')} = noanonymous")
+        if not any(problem.severity == ERROR for problem in report.problems):   # else explained above
+            report.problem(ERROR, reason, "see docs/relay-check.md for this failure")
     else:
         report.problem(ERROR, f"the server refused the session: {reason}",
                        f"{relayhost}  (is this the provider's submission server?)", first=True)
