@@ -220,7 +220,7 @@ def test_the_gmail_relay_example_proved_by_relay_check_relays_through_the_real_d
     main_cf = (example / "main.cf").read_text() + "".join(f"{name} = {value}\n" for name, value in {
         "relayhost": relayhost, "smtp_tls_CAfile": peer_ca.cert_path,     # the stand-in, not Gmail
         **private_settings(directory, DAEMON_USER)}.items())
-    master_cf = (example / "master.cf").read_text().replace("127.0.0.1:2525 ", f"127.0.0.1:{port} ")
+    master_cf = (example / "master.cf").read_text().replace("127.0.0.1:2526 ", f"127.0.0.1:{port} ")
     daemon = MailferryDaemon(directory, main_cf, master_cf, port, peers["dns"].nameserver)
     try:
         passwords = daemon.config_dir / "sasl_passwd"
@@ -234,10 +234,8 @@ def test_the_gmail_relay_example_proved_by_relay_check_relays_through_the_real_d
         assert daemon.command("check").returncode == 0
         before = len(peers["sink"].messages())
         daemon.start()
-        submitted = subprocess.run([str(Path(sys.executable).with_name("mailferry-sendmail")), "-C",
-                                    str(daemon.config_dir), "-f", "root@relay.example.test", "friend@elsewhere.example"],
-                                   input="Subject: quick start\n\nHello through Gmail.\n", text=True,
-                                   capture_output=True, timeout=30, env=daemon.env)
+        submitted = daemon.command("sendmail", "-f", "root@relay.example.test", "friend@elsewhere.example",
+                                   input="Subject: hello\n\nfrom mailferry\n")    # as the README's last step
         assert submitted.returncode == 0, submitted.stderr
         daemon.wait_for_log("status=sent")
         messages = peers["sink"].wait_for_messages(before + 1, timeout=20)
