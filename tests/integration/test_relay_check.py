@@ -312,3 +312,22 @@ def test_a_revoked_refresh_token_says_to_run_mailferry_oauth2(peers, oauth2_peer
     assert "invalid_grant" in completed.stdout
     assert fixes(completed) == [f"get a new refresh token: mailferry oauth2 --settings {tmp_path}/gmail-oauth2.json "
                                 "(docs/oauth2.md)"]
+
+
+def test_an_inline_password_table_is_named_without_its_text(peers, tmp_path, peer_ca):
+    relayhost = f"[{SUBMISSION_HOSTNAME}]:{peers['relay'].port}"
+    completed = relay_check(peers, tmp_path, ca_file=peer_ca.cert_path, password=WRONG_PASSWORD,
+                            smtp_sasl_password_maps=f"inline:{{ {relayhost}={GMAIL_USER}:{WRONG_PASSWORD} }}")
+    assert completed.returncode == 1
+    assert f"entry '{relayhost}' in inline:{{...}} matched" in completed.stdout
+    assert "535 5.7.8" in completed.stdout
+
+
+def test_check_online_with_an_unreachable_relay_says_it_could_not_look(peers, tmp_path, peer_ca):
+    relay_check(peers, tmp_path, ca_file=peer_ca.cert_path, level="encrypt",
+                relayhost=f"[127.0.0.1]:{free_port()}")
+    environment = {**os.environ, "MAILFERRY_NAMESERVERS": peers["dns"].nameserver}
+    completed = subprocess.run([MAILFERRY, "-c", str(tmp_path), "check", "--online"], capture_output=True,
+                               text=True, timeout=60, env=environment)
+    assert completed.returncode == 0, completed.stderr
+    assert "--online could not check the certificate: cannot reach" in completed.stderr
