@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]
 
 MAILFERRY = str(Path(sys.executable).with_name("mailferry"))
+ALIAS = "relay-alias.test"          # another name for the stand-in, which its certificate does not carry
 PASSWORD = "S3cret-app-pw"       # distinctive, so that the output can be searched for it
 WRONG_PASSWORD = "Wr0ng-s3cret!"
 
@@ -51,7 +52,7 @@ def peers(peer_ca, submission_certificate):
         directories.append(peer_tempdir(prefix))
         return directories[-1]
     try:
-        dns = start(DnsServer(directory("mailferry-dns-"), a={SUBMISSION_HOSTNAME: SUBMISSION_HOST},
+        dns = start(DnsServer(directory("mailferry-dns-"), a={SUBMISSION_HOSTNAME: SUBMISSION_HOST, ALIAS: SUBMISSION_HOST},
                               mx={"gmail.test": [(10, SUBMISSION_HOSTNAME)]}))
         sink = start(SmtpSink(directory("mailferry-sink-")))
         relay = start(SubmissionRelay(directory("mailferry-submission-"), peer_ca, sink,
@@ -120,6 +121,14 @@ def test_an_untrusted_issuer_names_the_ca_file_to_set(peers, tmp_path, untrusted
     assert "NOT verified against" in completed.stdout and "untrusted issuer" in completed.stdout
     assert "issuer CN=mailferry test peer CA" in completed.stdout   # shown although it did not verify
     assert fixes(completed)[0].startswith("smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt")
+
+
+def test_a_name_the_certificate_does_not_carry_names_the_one_it_does(peers, tmp_path, peer_ca):
+    port = peers["relay"].port
+    completed = relay_check(peers, tmp_path, f"[{ALIAS}]:{port}", ca_file=peer_ca.cert_path, level="verify")
+    assert completed.returncode == 1
+    assert f"certificate names {SUBMISSION_HOSTNAME} do not match {ALIAS}" in completed.stdout
+    assert fixes(completed)[0].startswith(f"relayhost = [{SUBMISSION_HOSTNAME}]:{port}")
 
 
 def test_an_untrusted_issuer_at_may_is_a_warning_and_secure_is_advised_only_when_it_verifies(

@@ -300,7 +300,7 @@ async def _certificate(report: Report, settings: ClientSettings, dns, nexthop: s
         verified = setup.connection is not None and setup.connection.tls == "Verified"
     else:
         # The level does not verify: ask the configured store anyway, in a session of its own.
-        verify_policy = _verifying(policy, settings)
+        verify_policy = _verifying(policy)
         probe_settings = dataclasses.replace(settings, tls=verify_policy, sasl_enable=False)
         probe, probe_log, _, probe_failure = await _session(probe_settings, dns, None, None, nexthop, sender)
         verified = probe_failure is None
@@ -321,6 +321,8 @@ async def _certificate(report: Report, settings: ClientSettings, dns, nexthop: s
     report.verify_reason = reason
     if verified:
         report.fact("certificate", f"verified against {store}")
+    elif "do not match" in reason:
+        report.fact("certificate", f"NOT verified: the chain verified against {store}, but {reason}")
     else:
         report.fact("certificate", f"NOT verified against {store}: {reason}")
     if not verified and not policy.verifies:
@@ -329,8 +331,9 @@ async def _certificate(report: Report, settings: ClientSettings, dns, nexthop: s
                                    "so delivery goes on regardless")
 
 
-def _verifying(policy: TlsPolicy, settings: ClientSettings) -> TlsPolicy:
-    """The policy at level verify with its own CA settings: what `verify` would say."""
+def _verifying(policy: TlsPolicy) -> TlsPolicy:
+    """The policy at level verify with its own CA settings: what `verify` would say of the
+    server's host name and the next hop (Postfix's defaults for verify and secure)."""
     return dataclasses.replace(policy, level="verify", match=("hostname", "nexthop"))
 
 
