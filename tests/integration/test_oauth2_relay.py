@@ -16,6 +16,8 @@ import shutil
 import stat
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,7 @@ def oauth2_daemon(daemon_factory, gmail_dns, oauth2_relay, token_endpoint, peer_
         }
         daemon = daemon_factory(nameservers=gmail_dns.nameserver, **options)
         daemon.settings_file = settings
+        daemon.passwords = passwords
         return daemon.start()
 
     yield make
@@ -100,6 +103,13 @@ def assert_no_tokens_logged(daemon, endpoint: TokenEndpoint) -> None:
     text = daemon.log() + (daemon.directory / "stderr.log").read_text()
     secrets = [*endpoint.access_tokens, *endpoint.refresh_tokens, CLIENT_SECRET]
     assert secrets and not [secret for secret in secrets if secret in text]
+
+
+def first_delivery(daemon, relay, endpoint) -> None:
+    """One message relayed with the first access token the endpoint handed out."""
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    relay.sink.wait_for_messages(1, timeout=20)
+    assert endpoint.refreshes == 1
 
 
 def test_an_xoauth2_relay_keeps_delivering_while_tokens_expire_and_are_refreshed(oauth2_daemon, oauth2_relay,
@@ -124,16 +134,15 @@ def test_an_xoauth2_relay_keeps_delivering_while_tokens_expire_and_are_refreshed
 def test_a_token_the_server_refuses_is_refreshed_once_and_the_mail_goes(oauth2_daemon, oauth2_relay,
                                                                           token_endpoint):
     daemon = oauth2_daemon()
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    oauth2_relay.sink.wait_for_messages(1, timeout=20)
-    assert token_endpoint.refreshes == 1
+    first_delivery(daemon, oauth2_relay, token_endpoint)
     token_endpoint.expire_access_tokens()    # cut short before mailferry's own expiry time
     send(daemon, "alice@example.test", ["friend@elsewhere.example"], subject="second")
     oauth2_relay.sink.wait_for_messages(2, timeout=20)
     log = daemon.wait_for_log("status=sent", count=2)
     assert token_endpoint.refreshes == 2
     assert re.search(rf"server {SUBMISSION_HOSTNAME}\[{SUBMISSION_HOST}\] refused the OAuth2 access token for "
-                     rf"{GMAIL_USER} \(schemes=bearer, scope=mail, status=401\): 535 5\.7\.8 .*; refreshing it", log), log[-3000:]
+                     rf"{GMAIL_USER} \(schemes=bearer, scope=mail, status=401\): 535 5\.7\.8 .*; refreshing it",
+                     log), log[-3000:]
     assert "status=deferred" not in log
     assert_no_tokens_logged(daemon, token_endpoint)
 
@@ -159,9 +168,7 @@ def test_a_revoked_refresh_token_defers_the_mail_and_says_what_to_do(oauth2_daem
 def test_a_restart_reuses_the_cached_token_and_the_cache_is_mail_owners_alone(oauth2_daemon, oauth2_relay,
                                                                             token_endpoint):
     daemon = oauth2_daemon()
-    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
-    oauth2_relay.sink.wait_for_messages(1, timeout=20)
-    assert token_endpoint.refreshes == 1
+    first_delivery(daemon, oauth2_relay, token_endpoint)
     [cached] = list_cache(daemon)
     info = cached.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == daemon_user_ids()
@@ -195,3 +202,101 @@ def test_an_unreachable_token_endpoint_defers(oauth2_daemon, oauth2_relay, token
     log = daemon.wait_for_log("status=deferred")
     assert re.search(r"OAuth2 token endpoint|token endpoint http://127\.0\.0\.1:\d+/token unreachable", log)
     assert "status=bounced" not in log
+
+
+# --- `mailferry oauth2`: the first refresh token ------------------------------------------------------
+
+class Cli:
+    """`mailferry -c DIR oauth2 ...` as an administrator runs it; its output read line by line."""
+
+    def __init__(self, config_dir: Path, *args: str):
+        self.process = subprocess.Popen([require_tool_mailferry(), "-c", str(config_dir), "oauth2", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.output: list[str] = []
+
+    def wait_for_line(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+        self.process.kill()
+        raise AssertionError(f"/{pattern}/ not printed:\n{''.join(self.output)}\n{self.process.stderr.read()}")
+
+    def finish(self, timeout: float = 30.0) -> str:
+        out, err = self.process.communicate(timeout=timeout)
+        self.output.append(out)
+        assert self.process.returncode == 0, f"exit {self.process.returncode}: {err}\n{''.join(self.output)}"
+        return "".join(self.output)
+
+
+def test_the_device_flow_writes_a_settings_file_and_the_map_entry(tmp_path, token_endpoint):
+    config_dir = world_readable_tempdir("mailferry-oauth2-cli-")
+    try:
+        (config_dir / "main.cf").write_text("mail_owner = nobody\n")
+        passwords = config_dir / "sasl_passwd"
+        passwords.write_text("# the seed's file\n[smtp.gmail.test]:587 old@gmail.com:old password\n"
+                             "other.example.com someone:secret\n")
+        settings = config_dir / "oauth2" / "user.json"
+        settings.parent.mkdir()
+        cli = Cli(config_dir, "--token-endpoint", token_endpoint.token_url,
+                  "--device-endpoint", token_endpoint.url + "/device", "--client-id", CLIENT_ID,
+                  "--client-secret", CLIENT_SECRET, "--user", GMAIL_USER, "--scope", "https://mail.test/",
+                  "--settings", str(settings), "--map", f"hash:{passwords}", "--key", "[smtp.gmail.test]:587")
+        found = cli.wait_for_line(r"open (\S+) in a browser and enter the code (\w+)")
+        assert found.group(1) == token_endpoint.url + "/device"
+        token_endpoint.approve_device(found.group(2))       # the administrator, in a browser elsewhere
+        output = cli.finish()
+        assert CLIENT_SECRET not in output and not [token for token in token_endpoint.refresh_tokens if token in output]
+        data = json.loads(settings.read_text())
+        assert data["refresh_token"] in token_endpoint.refresh_tokens and data["user"] == GMAIL_USER
+        assert data["token_endpoint"] == token_endpoint.token_url and data["client_id"] == CLIENT_ID
+        info = settings.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == daemon_user_ids()
+        assert token_endpoint.grants == ["urn:ietf:params:oauth:grant-type:device_code"] * len(token_endpoint.grants)
+        # the map: the key's line replaced, the others kept, the indexed file rebuilt
+        lines = passwords.read_text().splitlines()
+        assert lines == ["# the seed's file", f"[smtp.gmail.test]:587 {GMAIL_USER}:oauth2:{settings}",
+                         "other.example.com someone:secret"]
+        assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+        query = subprocess.run([require_tool_mailferry(), "postmap", "-q", "[smtp.gmail.test]:587",
+                                f"hash:{passwords}"], capture_output=True, text=True, check=True)
+        assert query.stdout.strip() == f"{GMAIL_USER}:oauth2:{settings}"
+        # and the refresh token it wrote works
+        from mailferry.delivery import oauth2
+        import asyncio
+        token = asyncio.run(oauth2.TokenManager(str(tmp_path / "cache")).access_token(
+            oauth2.load_settings(str(settings))))
+        assert token in token_endpoint.access_tokens
+    finally:
+        shutil.rmtree(config_dir, ignore_errors=True)
+
+
+def test_the_loopback_flow_with_pkce_writes_an_entry_the_daemon_relays_with(oauth2_daemon, oauth2_relay,
+                                                                           token_endpoint):
+    daemon = oauth2_daemon()
+    old = json.loads(daemon.settings_file.read_text())["refresh_token"]
+    key = f"[{SUBMISSION_HOSTNAME}]:{oauth2_relay.port}"
+    cli = Cli(daemon.config_dir, "--token-endpoint", token_endpoint.token_url,
+              "--authorize-endpoint", token_endpoint.url + "/authorize", "--client-id", CLIENT_ID,
+              "--client-secret", CLIENT_SECRET, "--user", GMAIL_USER, "--scope", "https://mail.test/",
+              "--settings", str(daemon.settings_file), "--map", f"hash:{daemon.passwords}", "--key", key)
+    cli.wait_for_line(r"open this URL in a browser")
+    url = cli.wait_for_line(r"^(http://127\.0\.0\.1:\d+/authorize\?\S+)$").group(1)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert query["code_challenge_method"] == "S256" and query["redirect_uri"].startswith("http://127.0.0.1:")
+    # the browser: the provider redirects it to the loopback listener, which takes the code
+    with urllib.request.urlopen(url, timeout=10) as page:
+        assert b"authorization received" in page.read()
+    cli.finish()
+    assert "authorization_code" in token_endpoint.grants
+    token_endpoint.revoke(old)            # only the new entry can work now
+    assert daemon.command("reload").returncode == 0
+    send(daemon, "alice@example.test", ["friend@elsewhere.example"])
+    oauth2_relay.sink.wait_for_messages(1, timeout=20)
+    log = daemon.wait_for_log("status=sent")
+    assert "status=deferred" not in log

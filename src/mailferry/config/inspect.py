@@ -15,6 +15,7 @@ from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
+from mailferry.config.oauth2check import check_oauth2_entries
 from mailferry.config.tlscheck import check_tls
 from mailferry.diagnostics import Diagnostic, error, warning
 from mailferry.syntax import split_list
@@ -43,6 +44,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _check_smtpd_tls_has_certificate(config)
     found += check_tls(config, master)
     found += _check_sasl_passwords_are_used(config)
+    found += check_oauth2_entries(config)
     found += _check_smtpd_sasl(config)
     found += _check_network_lists(config)
     if master:

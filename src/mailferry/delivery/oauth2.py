@@ -190,25 +190,50 @@ class TokenCache:
                 token = None
         return token, data
 
+    def _make_directory(self) -> None:
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            _give_to_parents_owner(self.directory)
+
     def write(self, settings: OAuth2Settings, data: dict) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._make_directory()
         path = self.path(settings)
         temporary = f"{path}.{os.getpid()}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)
+            _give_to_parents_owner(temporary, fd)
             os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
 
-    def lock(self, settings: OAuth2Settings) -> int:
-        """An exclusive flock on the settings' lock file (blocking: in a thread); close the fd to unlock."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        fd = os.open(self.path(settings) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def lock(self, settings: OAuth2Settings) -> int | None:
+        """An exclusive flock on the settings' lock file (blocking: in a thread); close the fd to unlock.
+        None when the lock file cannot be had: the refresh goes on unshared rather than not at all."""
+        try:
+            self._make_directory()
+            fd = os.open(self.path(settings) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None
+        _give_to_parents_owner(self.path(settings) + ".lock", fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
+
+
+def _give_to_parents_owner(path: str, fd: int | None = None) -> None:
+    """Run as root (relay-check, a test), a file made here stays mail_owner's, as its directory is."""
+    if os.geteuid() != 0:
+        return
+    try:
+        parent = os.stat(os.path.dirname(os.path.abspath(path)))
+        if fd is not None:
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+        else:
+            os.chown(path, parent.st_uid, parent.st_gid)
+    except OSError:
+        pass
 
 
 def cache_directory(queue_directory: str) -> str:
@@ -245,7 +270,8 @@ class TokenManager:
                 return token.access_token
             return self._refresh(settings, token, data)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     def _refresh(self, settings: OAuth2Settings, old: CachedToken | None, data: dict) -> str:
         refresh_token = (old.refresh_token if old is not None else "") or data.get("refresh_token") \
@@ -385,3 +411,16 @@ class OAuth2Exchange:
         if not self.error:
             return ""
         return ", ".join(f"{key}={str(value)[:60]}" for key, value in sorted(self.error.items()))
+
+
+def entry_status(password: str, queue_directory: str) -> TokenStatus | None:
+    """For relay-check: the token status of a password map entry's `oauth2:FILE` password, None for a
+    plain password. A settings file that cannot be read is a status ("unusable"), not an exception."""
+    path = settings_path(password)
+    if path is None:
+        return None
+    try:
+        settings = load_settings(path)
+    except OAuth2Error as problem:
+        return TokenStatus("unusable", str(problem))
+    return token_status(settings, cache_directory(queue_directory))

@@ -219,7 +219,7 @@ async def relay_check(config: Config, nexthop: str, *, sender: str = "", transpo
         report.fact("connect", f"connected to {setup.connection.relay}")
     await _certificate(report, settings, dns, nexthop, sender, policy, setup, log, failure)
     if setup.connection is not None and setup.connection.extensions is not None:
-        await _sasl(report, settings, view, hop, sender, maps, table_name, setup, failure, token_directory)
+        await _sasl(report, settings, view, hop, sender, maps, table_name, setup, failure)
     _session_outcome(report, settings, hop, policy, setup, log, failure)
     if report.ok and settings.sasl_enable and report.authenticated and policy.level in ("may", "none"):
         better = "secure" if report.verified else "encrypt"
@@ -370,14 +370,13 @@ def _dn(rdns) -> str:
 # --- SASL ---------------------------------------------------------------------------------
 
 async def _sasl(report: Report, settings: ClientSettings, config: Config, hop: Hop, sender: str, maps,
-                table_name: str, setup: _RecordingSetup, failure: SetupFailed | None, token_directory: str) -> None:
+                table_name: str, setup: _RecordingSetup, failure: SetupFailed | None) -> None:
     prefix = settings.prefix
     connection = setup.connection
     offered = tuple(connection.extensions.auth or ())
     report.fact("auth", f"the server offers AUTH {' '.join(offered)}" if offered else
                 "the server offers no AUTH" + ("" if connection.tls else " (before STARTTLS)"))
-    credentials = await _credentials(report, settings, config, hop, sender, maps, table_name, connection,
-                                     token_directory)
+    credentials = await _credentials(report, settings, config, hop, sender, maps, table_name, connection)
     if connection.tls:
         options, options_parameter = settings.sasl_tls_security_options, "smtp_sasl_tls_security_options"
     else:
@@ -411,7 +410,7 @@ async def _sasl(report: Report, settings: ClientSettings, config: Config, hop: H
 
 
 async def _credentials(report: Report, settings: ClientSettings, config: Config, hop: Hop, sender: str, maps,
-                       table_name: str, connection: Connection, token_directory: str) -> sasl.Credentials | None:
+                       table_name: str, connection: Connection) -> sasl.Credentials | None:
     """The entry delivery would use, looked up as delivery does; reported by key and user only."""
     prefix = settings.prefix
     if not settings.sasl_password_maps.strip():
@@ -447,9 +446,9 @@ async def _credentials(report: Report, settings: ClientSettings, config: Config,
     report.credentials_user = credentials.username
     report.credentials_table = table_name
     if credentials.oauth2_settings is not None:
-        status = token_status(credentials, token_directory)
+        status = token_status(credentials, config.get("queue_directory"))
         report.fact("credentials", status.text)
-        if status.state in ("refused", "failed"):
+        if status.state in ("refused", "failed", "unusable"):
             report.problem(ERROR, f"the OAuth2 token for {credentials.username} cannot be refreshed",
                            f"get a new refresh token: mailferry oauth2 --settings {credentials.oauth2_settings} "
                            "(docs/oauth2.md)")
@@ -459,13 +458,10 @@ async def _credentials(report: Report, settings: ClientSettings, config: Config,
     return credentials
 
 
-def token_status(credentials: sasl.Credentials, directory: str) -> oauth2.TokenStatus:
-    """An OAuth2 entry's access token as the cache holds it: its state and expiry, never the token."""
-    try:
-        settings = oauth2.load_settings(credentials.oauth2_settings)
-    except oauth2.OAuth2Error as problem:
-        return oauth2.TokenStatus("failed", f"OAuth2 settings: {problem}")
-    status = oauth2.token_status(settings, directory)
+def token_status(credentials: sasl.Credentials, queue_directory: str) -> oauth2.TokenStatus:
+    """An OAuth2 entry's access token as the daemon's cache holds it (oauth2.entry_status):
+    its state and expiry, never the token."""
+    status = oauth2.entry_status(credentials.password, queue_directory)
     return oauth2.TokenStatus(status.state, f"OAuth2 token: {status.text}", status.expires_at)
 
 

@@ -270,10 +270,9 @@ def _forbidding(mechanism: str, options: list[str]) -> list[str]:
 
 def _explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_options,
              options, options_parameter, filter_parameter, supported=SUPPORTED) -> str:
-    SUPPORTED = supported  # noqa: N806 - the same text for a password entry and an OAuth2 entry
     names = " and ".join(supported)
     for_kind = " for an OAuth2 entry (oauth2:FILE)" if supported == OAUTH2_SUPPORTED else ""
-    none_supported = not any(mechanism in SUPPORTED for mechanism in offered)
+    none_supported = not any(mechanism in supported for mechanism in offered)
     parts = [f"the server offers {' '.join(offered)}{' only' if none_supported else ''}"]
     removed_by_filter = [mechanism for mechanism in offered if mechanism not in after_filter]
     if removed_by_filter:
@@ -287,17 +286,17 @@ def _explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_
                           for option in forbidden[mechanism])
         parts.append(f"{options_parameter} = {', '.join(options)} forbids {' '.join(removed_by_options)} "
                      f"({', '.join(reasons)})")
-    unsupported = [mechanism for mechanism in after_options if mechanism not in SUPPORTED]
+    unsupported = [mechanism for mechanism in after_options if mechanism not in supported]
     if none_supported:
         parts.append(f"mailferry's SASL client supports {names}{for_kind}")
         return "; ".join(parts)
     if unsupported:
         parts.append(f"mailferry's SASL client does not support {' '.join(unsupported)}{for_kind} (only {names})")
-    supported_forbidden = [m for m in removed_by_options if m in SUPPORTED]
+    supported_forbidden = [m for m in removed_by_options if m in supported]
     if supported_forbidden:
         parts.append(_options_advice(supported_forbidden, forbidden, options, options_parameter))
-    elif any(mechanism in SUPPORTED for mechanism in removed_by_filter):
-        supported_filtered = [m for m in removed_by_filter if m in SUPPORTED]
+    elif any(mechanism in supported for mechanism in removed_by_filter):
+        supported_filtered = [m for m in removed_by_filter if m in supported]
         parts.append(f"to use {' or '.join(supported_filtered)}, add it to {filter_parameter} "
                      "or leave that parameter empty")
     return "; ".join(parts)

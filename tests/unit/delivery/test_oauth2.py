@@ -283,3 +283,29 @@ def test_the_cache_file_name_changes_with_a_new_refresh_token(tmp_path):
     two = oauth2.OAuth2Settings(str(tmp_path / "s.json"), "http://t", "c", "", "r2")
     assert one.cache_key != two.cache_key
     assert os.path.basename(oauth2.TokenCache("/x").path(one)) == one.cache_key + ".json"
+
+
+def test_run_as_root_the_cache_stays_the_queue_directory_owners(tmp_path, endpoint):
+    """relay-check runs as root; the daemon, as mail_owner, must still read and replace what it wrote."""
+    import pwd
+    if os.geteuid() != 0:
+        raise AssertionError("this test needs root, as CI has")
+    nobody = pwd.getpwnam("nobody")
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    os.chown(queue, nobody.pw_uid, nobody.pw_gid)
+    settings = write_settings(tmp_path, endpoint)
+    asyncio.run(oauth2.TokenManager(oauth2.cache_directory(str(queue))).access_token(settings))
+    made = [queue / "oauth2", *(queue / "oauth2").iterdir()]
+    assert {path.name.rsplit(".", 1)[-1] for path in made[1:]} == {"json", "lock"}
+    assert {(path.stat().st_uid, path.stat().st_gid) for path in made} == {(nobody.pw_uid, nobody.pw_gid)}
+
+
+def test_entry_status_for_relay_check(tmp_path, endpoint):
+    assert oauth2.entry_status("a plain password", str(tmp_path)) is None
+    missing = oauth2.entry_status(f"oauth2:{tmp_path}/missing.json", str(tmp_path))
+    assert missing.state == "unusable" and "does not exist" in missing.text
+    settings = write_settings(tmp_path, endpoint)
+    assert oauth2.entry_status(f"oauth2:{settings.path}", str(tmp_path)).state == "none"
+    asyncio.run(oauth2.TokenManager(oauth2.cache_directory(str(tmp_path))).access_token(settings))
+    assert oauth2.entry_status(f"oauth2:{settings.path}", str(tmp_path)).state == "valid"
