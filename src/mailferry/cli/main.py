@@ -23,6 +23,7 @@ COMMANDS = {
     "postqueue": ("postqueue", "-p list the queue, -j as JSON, -f flush it, -i QUEUE_ID flush one message"),
     "postsuper": ("postsuper", "-d/-h/-H/-r QUEUE_ID|ALL|- [queue...]: delete, hold, release, requeue"),
     "pw": ("pw", "make a password hash for smtpd_sasl_type = table (-s SCHEME -p PASSWORD -u USER; -t HASH checks)"),
+    "relay-check": ("relay_check", "[NEXTHOP]: connect and authenticate to relayhost as delivery would, and explain (mailferry's own)"),
     "oauth2": ("oauth2", "get an OAuth2 refresh token (device or loopback flow) and write the XOAUTH2 entry"),
     "trace": ("trace", "ADDRESS [--sender S] [--client ADDR] [--mx] [--json]: where would it go, and why"),
     "start": ("lifecycle", "check the configuration and start the mail system in the background"),

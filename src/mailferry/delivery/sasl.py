@@ -191,6 +191,30 @@ def choose_mechanism(offered: tuple[str, ...], *, mechanism_filter: list[str], s
                                options, options_parameter, filter_parameter, supported))
 
 
+def mechanism_verdicts(offered: tuple[str, ...], *, mechanism_filter: list[str], security_options: list[str],
+                       options_parameter: str, filter_parameter: str = "smtp_sasl_mechanism_filter",
+                       supported: tuple[str, ...] = SUPPORTED) -> list[tuple[str, str]]:
+    """Each offered mechanism with why it is excluded ("" when choose_mechanism may take it),
+    by the same three cuts as choose_mechanism: the filter, the security options, `supported`
+    (PLAIN and LOGIN; XOAUTH2 and OAUTHBEARER for an OAuth2 entry)."""
+    options = check_security_options(security_options, options_parameter)
+    usable_filter, _ = _split_filter(mechanism_filter)
+    verdicts = []
+    for mechanism in _unique(mechanism.upper() for mechanism in offered):
+        if not _filter_allows(usable_filter, mechanism):
+            why = f"removed by {filter_parameter} = {', '.join(mechanism_filter)}"
+        elif forbidding := _forbidding(mechanism, options):
+            why = (f"forbidden by {options_parameter} = {', '.join(options)} "
+                   f"({', '.join(SECURITY_OPTIONS[option] for option in forbidding)})")
+        elif mechanism not in supported:
+            kind = " for an OAuth2 entry" if supported == OAUTH2_SUPPORTED else ""
+            why = f"not supported by mailferry's SASL client{kind} ({' and '.join(supported)})"
+        else:
+            why = ""
+        verdicts.append((mechanism, why))
+    return verdicts
+
+
 def _unique(items) -> list[str]:
     result: list[str] = []
     for item in items:
