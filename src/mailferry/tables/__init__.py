@@ -91,7 +91,7 @@ def _open_table(spec: str, default_type: str) -> Table:
         from mailferry.tables.fail import FailTable
         return FailTable(name)
     if type_name in UNSUPPORTED_TYPES:
-        raise TableError(f"{type_name}: table type not supported by mailferry (in {spec!r}); "
+        raise TableError(f"{type_name}: table type not supported by mailferry; "
                          f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
     raise TableError(f"unsupported dictionary type: {type_name} (in {spec!r}); "
                      f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
