@@ -30,7 +30,8 @@ CLIENT_CIDR = ("# clients\n"
                "::/0                     DUNNO\n")
 ALIAS_PCRE = ("/^(.+)\\+[^@]*@virtual\\.test$/   $1@mail1.internal\n"
               "/^sales@virtual\\.test$/          sales-team@mail1.internal\n")
-SOCKETMAP_ALIASES = {"aliases": {"info@virtual.test": "alice@mail2.internal"}}
+SOCKETMAP_ALIASES = {"aliases": {"info@virtual.test": "alice@mail2.internal"},
+                     "domains": {"relay.test": "OK"}}
 
 
 def write_table(name: str, text: str) -> str:
@@ -63,6 +64,7 @@ def routing_daemon(daemon_factory, smtp_sink, socketmap_server):
         virtual_alias_domains="virtual.test",
         virtual_alias_maps=(f"pcre:{write_table('virtual.pcre', ALIAS_PCRE)}, "
                             f"socketmap:{socketmap_server.endpoint}:aliases"),
+        relay_domains=f"socketmap:{socketmap_server.endpoint}:domains",
     ).start()
 
 
@@ -90,6 +92,20 @@ def test_an_unknown_alias_is_refused_after_asking_the_socketmap_server(routing_d
     assert rcpt_from(routing_daemon.port, "127.0.0.1", "nobody@virtual.test") == (
         550, "5.1.1 <nobody@virtual.test>: Recipient address rejected: User unknown in virtual alias table")
     assert ("aliases", "nobody@virtual.test") in socketmap_server.requests
+
+
+def test_relay_domains_on_a_socketmap_server_decide_what_an_outside_client_may_relay(routing_daemon,
+                                                                                    socketmap_server):
+    assert rcpt_from(routing_daemon.port, "127.0.0.2", "someone@relay.test")[0] == 250
+    assert rcpt_from(routing_daemon.port, "127.0.0.2", "someone@elsewhere.test") == (
+        454, "4.7.1 <someone@elsewhere.test>: Relay access denied")
+    assert ("domains", "relay.test") in socketmap_server.requests
+
+
+def test_relay_domains_on_a_socketmap_server_that_is_down_is_a_451(daemon_factory):
+    daemon = daemon_factory(relay_domains=f"socketmap:inet:127.0.0.1:{free_port()}:domains").start()
+    assert rcpt_from(daemon.port, "127.0.0.2", "someone@relay.test") == (
+        451, "4.3.0 <someone@relay.test>: Temporary lookup failure")
 
 
 def test_a_socketmap_server_that_is_down_gives_451_and_nothing_is_lost(daemon_factory, smtp_sink):

@@ -104,12 +104,42 @@ class DomainList:
                 return not negated
         return False
 
+    async def matches_async(self, domain: str) -> bool | None:
+        """As `matches`, but tables answer through their async lookup, so a network table
+        (socketmap:, SQL, a unionmap of them) never holds the event loop and may be listed
+        at all. None when a table failed for now: the caller defers (4xx), as Postfix does."""
+        for negated, entry in self._entries:
+            if isinstance(entry, str):
+                hit: bool | None = self._name_matches(entry, domain)
+            else:
+                hit = await self._table_matches(entry, domain)
+            if hit is None:
+                return None
+            if hit:
+                return not negated
+        return False
+
     @staticmethod
-    def _entry_matches(entry: str | Table, domain: str) -> bool:
+    async def _table_matches(table: Table, domain: str) -> bool | None:
+        labels = domain.split(".")
+        for index in range(len(labels)):
+            result = await table.lookup(".".join(labels[index:]))
+            if result.tempfail:
+                return None
+            if result.found:
+                return True
+        return False
+
+    @staticmethod
+    def _name_matches(entry: str, domain: str) -> bool:
+        if entry.startswith("."):
+            return domain.endswith(entry)
+        return domain == entry or domain.endswith("." + entry)
+
+    @classmethod
+    def _entry_matches(cls, entry: str | Table, domain: str) -> bool:
         if isinstance(entry, str):
-            if entry.startswith("."):
-                return domain.endswith(entry)
-            return domain == entry or domain.endswith("." + entry)
+            return cls._name_matches(entry, domain)
         labels = domain.split(".")
         return any(entry.lookup_now(".".join(labels[index:])).found for index in range(len(labels)))
 
