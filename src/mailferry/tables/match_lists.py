@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from mailferry.syntax import split_list
-from mailferry.tables import SUPPORTED_TYPES, Table, open_table
+from mailferry.tables import SUPPORTED_TYPES, Table, TableError, open_table
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,13 +64,24 @@ class NetworkList:
 
 def _network_entry(text: str) -> _Network | Table:
     if text.partition(":")[0].lower() in SUPPORTED_TYPES:
-        return open_table(text)
+        return answering_now(open_table(text))
     cleaned = text.replace("[", "").replace("]", "")
     try:
         return ipaddress.ip_network(cleaned, strict=False)
     except ValueError:
         raise ValueError(f"bad network {text!r} in mynetworks: expected address/prefix, "
                          "e.g. 192.0.2.0/24 or [2001:db8::]/32") from None
+
+
+def answering_now(table: Table) -> Table:
+    """`table`, which a list read without waiting (mynetworks, mydestination) can ask; a table
+    that answers over the network (socketmap:, a composite with one) is refused when opened."""
+    if not table.answers_now:
+        table.close()
+        raise TableError(f"table {table.spec}: a {table.type_name} table answers over the network, and "
+                         "mailferry reads this list without waiting for one; use cidr:, an indexed or a "
+                         "texthash: table here")
+    return table
 
 
 def _network_entry_matches(entry: _Network | Table, ip: _Address) -> bool:
@@ -158,7 +169,7 @@ class LocalDomainList:
         self._tables: list[Table] = []
         for item in split_list(mydestination):
             if ":" in item and not item.startswith("["):
-                self._tables.append(open_table(item))
+                self._tables.append(answering_now(open_table(item)))
             else:
                 self._names.add(item.lower().rstrip("."))
         self._literals = set(address_literals)

@@ -63,3 +63,15 @@ def test_types_mailferry_cannot_serve_are_errors_never_a_traceback(tmp_path, mai
             "tcp: table type not supported by mailferry") in result.err
     assert f"{tmp_path}/main.cf, line 2: parameter alias_maps: table nisplus:" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_network_table_in_a_list_read_at_once_is_an_error_at_its_line(tmp_path, mailferry):
+    result = check(tmp_path, mailferry, "mydestination = localhost, socketmap:inet:127.0.0.1:1:dest\n"
+                                        "mynetworks = 127.0.0.0/8, pipemap:{inline:{a=b}, socketmap:inet:127.0.0.1:1:n}\n"
+                                        "relay_domains = socketmap:inet:127.0.0.1:1:relay\n")
+    assert result.code == 1
+    for line, name in ((1, "mydestination"), (2, "mynetworks")):
+        assert (f"error: {tmp_path}/main.cf, line {line}: parameter {name}: table "
+                in result.err), result.err
+    assert result.err.count("answers over the network") == 2  # relay_domains may hold one
+    assert "Traceback" not in result.err

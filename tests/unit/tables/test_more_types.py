@@ -162,3 +162,12 @@ def test_postfix_gives_the_same_answers(tmp_path, spec, key):
                             capture_output=True, text=True, timeout=60)
     ours = _mailferry("postmap", "-q", key, spec)
     assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode), theirs.stderr
+
+
+def test_composites_of_tables_that_answer_at_once_serve_lists_read_at_once():
+    from mailferry.tables.match_lists import NetworkList
+    networks = NetworkList("unionmap:{cidr:{{10.0.0.0/8 OK}}, inline:{192.0.2.1=OK}}, 127.0.0.1")
+    assert [networks.matches(ip) for ip in ("10.1.2.3", "192.0.2.1", "127.0.0.1", "8.8.8.8")] == [
+        True, True, True, False]
+    with pytest.raises(TableError, match="answers over the network"):
+        NetworkList("unionmap:{cidr:{{10.0.0.0/8 OK}}, socketmap:inet:127.0.0.1:1:nets}")
