@@ -12,6 +12,7 @@ import stat
 from collections.abc import Callable
 
 from mailferry.config.config import Config, load, master_cf_path
+from mailferry.config.list_tables import check_list_tables
 from mailferry.config.lint import lint_overrides, lint_pipe_services, lint_settings, plain_references
 from mailferry.config.maincf import Setting, has_inline_comment
 from mailferry.config.mastercf import MasterCf, read_master_cf
@@ -49,6 +50,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += check_oauth2_entries(config)
     found += _check_smtpd_sasl(config)
     found += _check_network_lists(config)
+    found += check_list_tables(config)
     if master:
         found += _check_pipe_programs(master, _transports_named(config))
         found += lint_pipe_services(config, master)

@@ -17,7 +17,10 @@ __all__ = [
 
 INDEXED_TYPES = ("hash", "btree", "lmdb", "cdb")
 SUPPORTED_TYPES = (*INDEXED_TYPES, "texthash", "inline", "static", "regexp", "ldap", "unix", "nis", "proxy",
-                   "mysql", "pgsql", "sqlite")
+                   "mysql", "pgsql", "sqlite",
+                   "pcre", "cidr", "socketmap", "unionmap", "pipemap", "randmap", "environ", "fail")
+# Postfix types that need a service or a library this host has no use for (patterns helper).
+UNSUPPORTED_TYPES = ("nisplus", "netinfo", "sdbm", "dbm", "memcache", "tcp", "mongodb", "internal")
 
 
 def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
@@ -71,6 +74,30 @@ def _open_table(spec: str, default_type: str) -> Table:
     if type_name in ("mysql", "pgsql", "sqlite"):
         from mailferry.tables.sql import SqlTable
         return SqlTable(type_name, name)
+    if type_name == "pcre":
+        from mailferry.tables.pcre import PcreTable
+        return PcreTable(name)
+    if type_name == "cidr":
+        from mailferry.tables.cidr import CidrTable
+        return CidrTable(name)
+    if type_name == "socketmap":
+        from mailferry.tables.socketmap import SocketmapTable
+        return SocketmapTable(name)
+    if type_name in ("unionmap", "pipemap"):
+        from mailferry.tables.composite import PipeTable, UnionTable
+        return UnionTable(name) if type_name == "unionmap" else PipeTable(name)
+    if type_name == "randmap":
+        from mailferry.tables.memory import RandomTable
+        return RandomTable(name)
+    if type_name == "environ":
+        from mailferry.tables.environ import EnvironTable
+        return EnvironTable(name)
+    if type_name == "fail":
+        from mailferry.tables.fail import FailTable
+        return FailTable(name)
+    if type_name in UNSUPPORTED_TYPES:
+        raise TableError(f"{type_name}: table type not supported by mailferry; "
+                         f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
     raise TableError(f"unsupported dictionary type: {type_name} (in {spec!r}); "
                      f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
 

@@ -86,3 +86,21 @@ class StaticTable(Table):
 
     def lookup_now(self, key: str) -> LookupResult:
         return self._result
+
+
+class RandomTable(Table):
+    """`randmap:{value, value, ...}`: every key finds one of the values, chosen at random
+    (Postfix's dict_random). A value in braces keeps them, as Postfix keeps them."""
+
+    type_name = "randmap"
+    is_pattern = True  # Postfix marks it a pattern table: it sees whole keys only
+    folds_keys = False
+
+    def __init__(self, name: str):
+        from mailferry.tables.composite import parse_members  # the same "{...}" syntax as unionmap
+        super().__init__(name)
+        self._results = [found(value) for value in parse_members("randmap", name, "value")]
+
+    def lookup_now(self, key: str) -> LookupResult:
+        import random  # lazy: only randmap needs it
+        return random.choice(self._results)
