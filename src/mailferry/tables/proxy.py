@@ -105,6 +105,10 @@ class ProxiedTable(Table):
         self.warnings = list(getattr(inner, "warnings", ()))
         self._closed = False
 
+    @property
+    def answers_now(self) -> bool:
+        return self.inner.answers_now
+
     def lookup_now(self, key: str) -> LookupResult:
         return self.inner.lookup_now(key)
 

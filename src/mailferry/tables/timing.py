@@ -34,6 +34,12 @@ class TimedTable(Table):
         # What only some types have (warnings, path, ...) reads through, as from the table itself.
         return getattr(self.table, name)
 
+    @property
+    def answers_now(self) -> bool:
+        # Defining lookup_now here must not make a table that only answers asynchronously
+        # (socketmap:) look as if it answered now: mynetworks and its kind rely on this.
+        return self.table.answers_now
+
     def lookup_now(self, key: str) -> LookupResult:
         started = time.perf_counter()
         result = self.table.lookup_now(key)

@@ -171,3 +171,18 @@ def test_composites_of_tables_that_answer_at_once_serve_lists_read_at_once():
         True, True, True, False]
     with pytest.raises(TableError, match="answers over the network"):
         NetworkList("unionmap:{cidr:{{10.0.0.0/8 OK}}, socketmap:inet:127.0.0.1:1:nets}")
+
+
+def test_wrapped_tables_answer_now_only_when_the_table_behind_them_does(tmp_path, monkeypatch):
+    """The metrics wrapper and proxy: define lookup_now themselves; `answers_now` (what
+    mynetworks and the other synchronous lists rely on) must still be the inner table's."""
+    from mailferry.tables.proxy import ProxiedTable
+    from mailferry.tables.timing import TimedTable
+    from mailferry.tables import open_table
+    async_only = open_table("socketmap:inet:127.0.0.1:9:name")
+    assert not async_only.answers_now
+    assert not ProxiedTable("socketmap:inet:127.0.0.1:9:name", async_only).answers_now
+    monkeypatch.setattr("mailferry.metrics.lookup_timer", lambda spec: None)
+    assert not TimedTable(async_only).answers_now
+    now = open_table("inline:{a=b}")
+    assert ProxiedTable("inline:{a=b}", now).answers_now and TimedTable(now).answers_now
