@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mailferry.cli.options import UsageError
+from mailferry.cli.options import UsageError, default_config_dir
 from mailferry.cli.output import Reporter
 
 # command name → (module under mailferry.cli, one-line help)
@@ -38,7 +38,7 @@ USAGE = "usage: mailferry [-c CONFIG_DIR] [-v] COMMAND [ARGS...]"
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    config_dir = os.environ.get("MAILFERRY_CONFIG_DIR", "/etc/mailferry")
+    config_dir = default_config_dir()
     verbose = 0
     while args and args[0].startswith("-"):
         option = args.pop(0)
@@ -80,5 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 def _help() -> str:
     lines = [USAGE, "", "commands:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "CONFIG_DIR defaults to /etc/mailferry (or $MAILFERRY_CONFIG_DIR) and holds main.cf and master.cf."]
+    lines += ["", "CONFIG_DIR (main.cf, master.cf): -c, else $MAIL_CONFIG, else $MAILFERRY_CONFIG_DIR, "
+              "else /etc/mailferry."]
     return "\n".join(lines)

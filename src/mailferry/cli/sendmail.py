@@ -54,13 +54,13 @@ import time
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
+from mailferry.cli.options import default_config_dir
 from mailferry.cli.output import Reporter
 
 EX_OK = 0
 EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
-DEFAULT_CONFIG_DIR = "/etc/mailferry"
 USAGE = "usage: sendmail [options] [recipient...]"
 
 OPTIONS_WITH_VALUE = frozenset("ABCFLNORVXbefhopr")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     """The `mailferry-sendmail` program (also when installed as sendmail, mailq, newaliases)."""
     invoked_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sendmail"
     args = list(sys.argv[1:] if argv is None else argv)
-    config_dir = os.environ.get("MAILFERRY_CONFIG_DIR", DEFAULT_CONFIG_DIR)
+    config_dir = default_config_dir()   # -C > MAIL_CONFIG > MAILFERRY_CONFIG_DIR > /etc/mailferry
     return sendmail(args, config_dir, Reporter(invoked_as), invoked_as)
 
 
