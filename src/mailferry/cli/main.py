@@ -26,6 +26,8 @@ COMMANDS = {
     "relay-check": ("relay_check", "[NEXTHOP]: connect and authenticate to relayhost as delivery would, and explain (mailferry's own)"),
     "oauth2": ("oauth2", "get an OAuth2 refresh token (device or loopback flow) and write the XOAUTH2 entry"),
     "trace": ("trace", "ADDRESS [--sender S] [--client ADDR] [--mx] [--json]: where would it go, and why"),
+    "import-postfix": ("import_postfix", "[--force] [POSTFIX_DIR]: copy a Postfix configuration here, "
+                       "rebuild its tables, report (mailferry's own)"),
     "start": ("lifecycle", "check the configuration and start the mail system in the background"),
     "start-fg": ("lifecycle", "the same, in the foreground (for systemd and tests)"),
     "stop": ("lifecycle", "stop the mail system: open sessions get 421, the queue stays intact"),
