@@ -28,6 +28,8 @@ COMMANDS = {
     "trace": ("trace", "ADDRESS [--sender S] [--client ADDR] [--mx] [--json]: where would it go, and why"),
     "import-postfix": ("import_postfix", "[--force] [POSTFIX_DIR]: copy a Postfix configuration here, "
                        "rebuild its tables, report (mailferry's own)"),
+    "system-sendmail": ("system_sendmail", "install | remove | status: mailferry-sendmail as /usr/sbin/sendmail, "
+                        "mailq, newaliases (mailferry's own)"),
     "start": ("lifecycle", "check the configuration and start the mail system in the background"),
     "start-fg": ("lifecycle", "the same, in the foreground (for systemd and tests)"),
     "stop": ("lifecycle", "stop the mail system: open sessions get 421, the queue stays intact"),
