@@ -1,0 +1,43 @@
+"""import-postfix's path finding and rewriting (cli/import_postfix.py); the whole command runs
+against real tables, slapd and the daemon in tests/integration/test_import_postfix.py."""
+
+from mailferry.cli.import_postfix import Import
+from mailferry.cli.output import Reporter
+
+
+def job(tmp_path) -> Import:
+    return Import("/etc/postfix", str(tmp_path / "mf"), Reporter("test"))
+
+
+def test_references_of_every_form(tmp_path):
+    found = job(tmp_path).references(
+        "hash:/etc/postfix/virtual, proxy:ldap:/etc/postfix/ldap.cf regexp:$config_directory/hc "
+        "pcre:${config_directory}/p cidr:$(config_directory)/c /etc/postfix/cert.pem {hash:/etc/postfix/x}")
+    assert found == [("hash", "/etc/postfix/virtual"), ("ldap", "/etc/postfix/ldap.cf"),
+                     ("regexp", "/etc/postfix/hc"), ("pcre", "/etc/postfix/p"), ("cidr", "/etc/postfix/c"),
+                     ("", "/etc/postfix/cert.pem"), ("hash", "/etc/postfix/x")]
+
+
+def test_rewrite_touches_only_the_postfix_directory(tmp_path):
+    importer = job(tmp_path)
+    target = importer.target
+    text = ("a = hash:/etc/postfix/virtual\nb = /etc/postfix-out/x /etc/postfixes\n"
+            "config_directory = /etc/postfix\nc = /usr/etc/postfix/x, /etc/postfix/y\n")
+    assert importer.rewrite(text) == (f"a = hash:{target}/virtual\nb = /etc/postfix-out/x /etc/postfixes\n"
+                                      f"config_directory = {target}\nc = /usr/etc/postfix/x, {target}/y\n")
+
+
+def test_an_indexed_source_elsewhere_is_pointed_at_its_copy(tmp_path):
+    importer = job(tmp_path)
+    importer.moved_outside["/etc/aliases"] = f"{importer.target}/aliases"
+    assert importer.rewrite("alias_maps = hash:/etc/aliases\nx = /etc/aliases.d/y\n") == \
+        f"alias_maps = hash:{importer.target}/aliases\nx = /etc/aliases.d/y\n"
+
+
+def test_postfix_own_queue_and_data_directories_are_commented_out(tmp_path):
+    text = job(tmp_path).rewrite_main_cf("queue_directory = /var/spool/postfix\n"
+                                         "data_directory = /var/lib/postfix/\nqueue_directory_x = 1\n")
+    lines = text.splitlines()
+    assert lines[1] == "#queue_directory = /var/spool/postfix" and lines[3] == "#data_directory = /var/lib/postfix/"
+    assert lines[0].startswith("# mailferry import-postfix: queue_directory named Postfix's own directory")
+    assert lines[4] == "queue_directory_x = 1"
