@@ -23,11 +23,13 @@ sendmail, not the daemon's.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
+_DSN_PREFIX = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
 VERIFY_TEXT = ("This is the mail system at host {host}.\n\n"
                "Enclosed is the mail delivery report that you requested.\n\n"
                "                   The mail system\n")
@@ -83,7 +85,11 @@ async def _verify_all(config, recipients: list[str], sender: str) -> list[Verdic
 
 async def _route_verdict(config, final: str, original: str, route, local_transports: set[str]) -> Verdict:
     if route.transport == "error":
-        return Verdict(final, original, False, f"undeliverable: {route.nexthop or 'mail transport error'}", "5.0.0")
+        # error:5.1.2 text, as Postfix's error(8) reads it: the status apart, the text alone.
+        text = route.nexthop or "mail transport error"
+        found = _DSN_PREFIX.match(text)
+        status = found.group(1) if found and found.group(1).startswith("5") else "5.0.0"
+        return Verdict(final, original, False, text[found.end():] if found else text, status)
     text = f"deliverable via transport {route.transport}, next hop {route.nexthop or '(none)'}"
     if route.transport == "discard":
         text += " (the message would be discarded)"
@@ -128,15 +134,13 @@ def report_message(config, sender: str, verdicts: list[Verdict], now: float | No
     now = time.time() if now is None else now
     host = config.get("myhostname")
     boundary = f"{secrets.token_hex(8)}.{int(now)}/{host}"
-    text = VERIFY_TEXT.format(host=host) + "\n" + "".join(verdict.line() + "\n" for verdict in verdicts)
+    text = VERIFY_TEXT.format(host=host) + "".join("\n" + verdict.line() + "\n" for verdict in verdicts)
     status = [f"Reporting-MTA: dns; {host}", f"Arrival-Date: {formatdate(now)}", ""]
     for verdict in verdicts:
-        status += [f"Final-Recipient: rfc822; {verdict.final}"]
-        if verdict.final != verdict.original:
-            status += [f"Original-Recipient: rfc822; {verdict.original}"]
-        status += [f"Action: {'deliverable' if verdict.deliverable else 'undeliverable'}",
+        status += [f"Final-Recipient: rfc822; {verdict.final}", f"Original-Recipient: rfc822;{verdict.original}",
+                   f"Action: {'deliverable' if verdict.deliverable else 'undeliverable'}",
                    f"Status: {verdict.status}", f"Diagnostic-Code: X-Postfix; {verdict.text}", ""]
-    lines = [f"From: MAILER-DAEMON@{host} (Mail Delivery System)",
+    lines = [f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
              "Subject: Mail Delivery Status Report",
              f"To: {sender}",
              "Auto-Submitted: auto-replied",
