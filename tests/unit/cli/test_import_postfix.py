@@ -41,3 +41,18 @@ def test_postfix_own_queue_and_data_directories_are_commented_out(tmp_path):
     assert lines[1] == "#queue_directory = /var/spool/postfix" and lines[3] == "#data_directory = /var/lib/postfix/"
     assert lines[0].startswith("# mailferry import-postfix: queue_directory named Postfix's own directory")
     assert lines[4] == "queue_directory_x = 1"
+
+
+def test_files_a_table_file_names_are_copied_and_pointed_at(tmp_path):
+    postfix_dir = tmp_path / "postfix"
+    postfix_dir.mkdir()
+    (postfix_dir / "ca.pem").write_text("certificate\n")
+    (postfix_dir / "ldap.cf").write_text(f"server_host = ldap://ldap1/\ntls_ca_cert_file = {postfix_dir}/ca.pem\n")
+    (postfix_dir / "ldap.cf").chmod(0o640)
+    importer = Import(str(postfix_dir), str(tmp_path / "mf"), Reporter("test"))
+    importer.collect("virtual_alias_maps", f"ldap:{postfix_dir}/ldap.cf")
+    copied = tmp_path / "mf" / "ldap.cf"
+    assert copied.read_text() == f"server_host = ldap://ldap1/\ntls_ca_cert_file = {tmp_path}/mf/ca.pem\n"
+    assert copied.stat().st_mode & 0o777 == 0o640                  # a bind_pw file stays private
+    assert (tmp_path / "mf" / "ca.pem").read_text() == "certificate\n"
+    assert (postfix_dir / "ldap.cf").read_text().endswith(f"{postfix_dir}/ca.pem\n")   # the original as it was
