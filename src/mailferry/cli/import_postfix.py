@@ -102,7 +102,7 @@ class Import:
 
     def _copy_from_elsewhere(self, source: str) -> str:
         ours = os.path.join(self.target, os.path.basename(source))
-        if os.path.exists(ours) and ours not in self.copied.values():
+        if ours in self.copied.values():    # two sources of one name: /etc/aliases, /etc/mail/aliases
             ours = os.path.join(self.target, os.path.basename(os.path.dirname(source)) + "-" + os.path.basename(source))
         self._copy_file(source, ours)
         self.moved_outside[source] = ours

@@ -56,3 +56,14 @@ def test_files_a_table_file_names_are_copied_and_pointed_at(tmp_path):
     assert copied.stat().st_mode & 0o777 == 0o640                  # a bind_pw file stays private
     assert (tmp_path / "mf" / "ca.pem").read_text() == "certificate\n"
     assert (postfix_dir / "ldap.cf").read_text().endswith(f"{postfix_dir}/ca.pem\n")   # the original as it was
+
+
+def test_two_indexed_sources_elsewhere_with_one_name_get_two_copies(tmp_path):
+    for directory in ("etc", "mail"):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "aliases").write_text(f"root: {directory}\n")
+    importer = Import(str(tmp_path / "postfix"), str(tmp_path / "mf"), Reporter("test"))
+    importer.collect("alias_maps", f"hash:{tmp_path}/etc/aliases, hash:{tmp_path}/mail/aliases")
+    assert importer.moved_outside == {f"{tmp_path}/etc/aliases": f"{tmp_path}/mf/aliases",
+                                      f"{tmp_path}/mail/aliases": f"{tmp_path}/mf/mail-aliases"}
+    assert (tmp_path / "mf" / "mail-aliases").read_text() == "root: mail\n"
