@@ -33,6 +33,7 @@ from mailferry.master import workers
 from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
 from mailferry.master.runtime import Runtime
+from mailferry.master.sdnotify import Notifier
 from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
@@ -71,9 +72,13 @@ class MailServer:
         self.metrics_endpoint: metrics_endpoint.Endpoint | None = None
         self._stop = None
         self._reload_requested = False
+        self.notifier = Notifier(None)
+
 
     # ---- phase 1: before the event loop
     def prepare(self) -> None:
+        # Taken before any child is forked: only the master speaks to systemd (master/sdnotify.py).
+        self.notifier = Notifier.from_environment()
         self.config, self.master = self._read_configuration()
         self.queue_directory = self.config.get("queue_directory")
         if (pid := running_pid(self.queue_directory)) is not None:
@@ -114,7 +119,7 @@ class MailServer:
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
         path = self.config.get("maillog_file")
         log = MailLog(path, self.config.get("syslog_name"), self.config.get("myhostname"),
-                      to_syslog=self.background)
+                      to_syslog=self.background or _stderr_is_the_journal())
         if path and os.geteuid() == 0:
             os.chown(path, self.owner.uid, self.owner.gid)
         return log
@@ -215,6 +220,8 @@ class MailServer:
             self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
                                     f"rights of {self.owner.name}, whatever account it names")
         self.log.flush()
+        # Listeners are bound and listening, the queue is open, pickup and qmgr run: ready.
+        self.notifier.ready(self._status_text())
         loop = asyncio.get_running_loop()
         next_statistics = loop.time() + self.config.time("anvil_status_update_time")
         try:
@@ -231,6 +238,7 @@ class MailServer:
                     self._reload_requested = False
                     await self._reload()
         finally:
+            self.notifier.stopping()
             self.log.line("master", "terminating on signal 15")
             workers.signal_workers(self.worker_pids, signal.SIGTERM)
             if self.metrics_endpoint is not None:
@@ -270,6 +278,7 @@ class MailServer:
     # ---- an smtpd worker's life (see master/workers.py)
     def run_worker(self, notify_fd: int, index: int) -> int:
         use_process_tag(index)
+        self.notifier = Notifier(None)   # only the master tells systemd anything
         clients.table().use_process_index(index)
         self.log.after_fork()
         if self.spawner_process is not None:
@@ -305,6 +314,17 @@ class MailServer:
         self._reload_requested = True
 
     async def _reload(self, quiet: bool = False) -> None:
+        self.notifier.reloading()
+        try:
+            await self._reload_configuration(quiet)
+        finally:
+            self.notifier.ready(self._status_text())   # the old configuration serves on when refused
+
+    def _status_text(self) -> str:
+        listeners = sum(len(sockets) for sockets in self.sockets.values())
+        return f"accepting mail on {listeners} listener(s), queue {self.queue_directory}"
+
+    async def _reload_configuration(self, quiet: bool) -> None:
         workers.signal_workers(self.worker_pids, signal.SIGHUP)
         try:
             config, master = self._read_configuration()
@@ -396,6 +416,18 @@ def _interface_hosts(config: Config) -> list[str]:
     if "loopback-only" in interfaces:
         return [host for host, wanted in (("127.0.0.1", wants_v4), ("::1", wants_v6)) if wanted]
     return [item.strip("[]") for item in interfaces]
+
+
+def _stderr_is_the_journal() -> bool:
+    """Started by systemd with standard error going to the journal (JOURNAL_STREAM is its
+    device:inode, systemd.exec(5)): log through syslog, as Postfix does, so that the lines
+    reach /var/log/mail.log and `journalctl -t mailferry/smtpd` alike."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        status = os.fstat(2)
+    except OSError:
+        return False
+    return stream == f"{status.st_dev}:{status.st_ino}"
 
 
 def _detach_stderr() -> None:
