@@ -23,7 +23,6 @@ from mailferry import __version__
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
 from mailferry.config.config import Config, load
-from mailferry.config.inspect import inspect_config
 from mailferry.config.mastercf import read_master_cf
 from mailferry.delivery.agents import open_client_tables
 from mailferry.diagnostics import ERROR
@@ -33,6 +32,7 @@ from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
 from mailferry.master.runtime import Runtime
 from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
+from mailferry.policy.check import configuration_problems
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import listen_backlog, service_view
@@ -113,7 +113,7 @@ class MailServer:
         return log
 
     def _read_configuration(self):
-        problems = [item for item in inspect_config(self.config_dir) if item.severity == ERROR]
+        problems = [item for item in configuration_problems(self.config_dir) if item.severity == ERROR]
         if problems:
             raise StartupError(f"the configuration has {len(problems)} error(s); fix them "
                                f"(mailferry -c {self.config_dir} check) and start again",
@@ -270,6 +270,8 @@ class MailServer:
         except StartupError as exc:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
+                for detail in exc.details:
+                    self.log.warning("master", f"reload refused: {detail}")
             return
         if self.spawner is not None:
             await self.spawner.refresh_password_tables(self.log)   # root-only tables, read by the spawner
