@@ -84,7 +84,36 @@ def configuration_problems(config_dir: str) -> list[Diagnostic]:
     from mailferry.config.inspect import inspect_config
     found = inspect_config(config_dir)
     try:
-        found += restriction_problems(load(config_dir))
+        config = load(config_dir)
+        found += restriction_problems(config)
+        found += _override_problems(config, config_dir)
     except (OSError, ValueError):
         pass     # inspect_config has reported why the configuration cannot be read
+    return found
+
+
+def _override_problems(config: Config, config_dir: str) -> list[Diagnostic]:
+    """`-o smtpd_recipient_restrictions=...` in master.cf, at the service's line."""
+    import os
+
+    from mailferry.config.config import master_cf_path
+    from mailferry.config.mastercf import read_master_cf
+    path = master_cf_path(config_dir)
+    if not os.path.exists(path):
+        return []
+    classes = {name.lower() for name in config.list("smtpd_restriction_classes")}
+    lists = {*STAGES, *classes}
+    found: list[Diagnostic] = []
+    for service in read_master_cf(path).services:
+        for name, value in service.overrides.items():
+            if name not in lists:
+                continue
+            try:
+                items = config.with_overrides({name: value}, f"{path}, line {service.line}").list(name)
+            except ValueError:
+                continue     # lint reports a value that does not expand
+            for is_error, problem in _list_problems(items, classes):
+                text = f"parameter {name} (service {service.name}: -o {name}=...): {problem}"
+                found.append(error(text + "; clients would get 451 4.3.5 Server configuration error", path,
+                                   service.line, name) if is_error else warning(text, path, service.line, name))
     return found
