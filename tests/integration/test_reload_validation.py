@@ -4,6 +4,8 @@ The real daemon relays to smtp-sink; then main.cf gets values `check` calls erro
 reload` exits non-zero with the file, line and allowed values, and does not signal the daemon;
 a SIGHUP sent anyway (as `kill -HUP` or systemd would) is refused by the daemon, which logs why.
 Mail sent afterwards still reaches the sink the running configuration points to.
+Then a good configuration at compatibility_level = 2 reloads, with Postfix's log lines about
+the backwards-compatible defaults it brings back.
 """
 
 from __future__ import annotations
@@ -57,7 +59,13 @@ def test_a_bad_value_is_refused_by_reload_and_mail_keeps_flowing(daemon_factory,
     assert int((daemon.queue_directory / "pid" / "master.pid").read_text().split()[0]) == pid
     assert daemon.process.poll() is None
 
-    # Fixed, the reload goes through.
-    main_cf.write_text(good)
+    # Fixed, the reload goes through; an old compatibility_level brings back Postfix's old
+    # defaults, and the daemon says which, in Postfix's words.
+    main_cf.write_text(good + "compatibility_level = 2\n")
     assert daemon.command("reload").returncode == 0
     daemon.wait_for_log("reload -- version")
+    daemon.wait_for_log("]: mailferry is using backwards-compatible default settings")
+    daemon.wait_for_log("]: using backwards-compatible default setting "
+                          "smtpd_relay_before_recipient_restrictions=no")
+    send(daemon, "level 2")
+    assert [m.email["Subject"] for m in smtp_sink.wait_for_messages(3, timeout=20)][-1] == "level 2"

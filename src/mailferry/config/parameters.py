@@ -401,6 +401,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_tls_mandatory_exclude_ciphers",
     "lmtp_tls_loglevel",
     "lmtp_tls_note_starttls_offer",
+    # Postfix's level-dependent defaults (config/compat.py; docs/validation.md)
+    "compatibility_level",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -416,8 +418,6 @@ NO_EFFECT_PARAMETERS = frozenset({
     "sample_directory",
     "sendmail_path",
     "shlib_directory",
-    # mailferry always behaves like Postfix at level 3.6.
-    "compatibility_level",
     # comsat notification from Postfix's local(8) mailbox delivery.
     "biff",
     # Feeding Postfix's own PRNG; Python's ssl leaves seeding to OpenSSL.

@@ -52,7 +52,7 @@ always_bcc str -
 anvil_rate_time_unit time s 60s
 anvil_status_update_time time s 600s
 append_at_myorigin bool - yes
-append_dot_mydomain bool - no
+append_dot_mydomain bool - ${{$compatibility_level} <level {1} ? {yes} : {no}}
 application_event_drain_time time s 100s
 authorized_flush_users list - static:anyone
 authorized_mailq_users list - static:anyone
@@ -302,7 +302,7 @@ lmtp_tls_eckey_file str - $lmtp_tls_eccert_file
 lmtp_tls_enforce_peername bool - yes
 lmtp_tls_exclude_ciphers list -
 lmtp_tls_fingerprint_cert_match list -
-lmtp_tls_fingerprint_digest str - sha256
+lmtp_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 lmtp_tls_force_insecure_host_tlsa_lookup bool - no
 lmtp_tls_key_file str - $lmtp_tls_cert_file
 lmtp_tls_loglevel int - 0
@@ -411,7 +411,7 @@ mydestination list - $myhostname, localhost.$mydomain, localhost
 mydomain str - <computed>
 myhostname str - <computed>
 mynetworks list - <computed>
-mynetworks_style str:one:host|subnet|class - host
+mynetworks_style str:one:host|subnet|class - ${{$compatibility_level} <level {2} ? {subnet} : {host}}
 myorigin str - $myhostname
 nested_header_checks list - $header_checks
 newaliases_path str - /usr/bin/newaliases
@@ -522,7 +522,7 @@ relay_destination_concurrency_negative_feedback str - $default_destination_concu
 relay_destination_concurrency_positive_feedback str - $default_destination_concurrency_positive_feedback
 relay_destination_rate_delay time s $default_destination_rate_delay
 relay_destination_recipient_limit int - $default_destination_recipient_limit
-relay_domains list -
+relay_domains list - ${{$compatibility_level} <level {2} ? {$mydestination} : {}}
 relay_domains_reject_code int - 554
 relay_extra_recipient_limit int - $default_extra_recipient_limit
 relay_initial_destination_concurrency int - $initial_destination_concurrency
@@ -541,7 +541,7 @@ reset_owner_alias bool - no
 resolve_dequoted_address bool - yes
 resolve_null_domain bool - no
 resolve_numeric_domain bool - no
-respectful_logging bool - yes
+respectful_logging bool - ${{$compatibility_level} <level {3.6} ? {no} : {yes}}
 retry_delivery_slot_cost int - $default_delivery_slot_cost
 retry_delivery_slot_discount int - $default_delivery_slot_discount
 retry_delivery_slot_loan int - $default_delivery_slot_loan
@@ -673,7 +673,7 @@ smtp_tls_eckey_file str - $smtp_tls_eccert_file
 smtp_tls_enforce_peername bool - yes
 smtp_tls_exclude_ciphers list -
 smtp_tls_fingerprint_cert_match list -
-smtp_tls_fingerprint_digest str - sha256
+smtp_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 smtp_tls_force_insecure_host_tlsa_lookup bool - no
 smtp_tls_key_file str - $smtp_tls_cert_file
 smtp_tls_loglevel int - 0
@@ -758,8 +758,8 @@ smtpd_reject_footer str -
 smtpd_reject_footer_maps list -
 smtpd_reject_unlisted_recipient bool - yes
 smtpd_reject_unlisted_sender bool - no
-smtpd_relay_before_recipient_restrictions bool - yes
-smtpd_relay_restrictions list - permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination
+smtpd_relay_before_recipient_restrictions bool - ${{$compatibility_level} <level {3.6} ? {no} : {yes}}
+smtpd_relay_restrictions list - ${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}
 smtpd_restriction_classes list -
 smtpd_sasl_auth_enable bool - no
 smtpd_sasl_authenticated_header bool - no
@@ -795,7 +795,7 @@ smtpd_tls_eccert_file str -
 smtpd_tls_eckey_file str - $smtpd_tls_eccert_file
 smtpd_tls_eecdh_grade str - auto
 smtpd_tls_exclude_ciphers list -
-smtpd_tls_fingerprint_digest str - sha256
+smtpd_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 smtpd_tls_key_file str - $smtpd_tls_cert_file
 smtpd_tls_loglevel int - 0
 smtpd_tls_mandatory_ciphers str:one:high|medium|low|export|null - medium
@@ -812,7 +812,7 @@ smtpd_upstream_proxy_protocol str:one:haproxy -
 smtpd_upstream_proxy_timeout time s 5s
 smtpd_use_tls bool - no
 smtputf8_autodetect_classes list:some:sendmail|smtpd|qmqpd|forward|bounce|notify|verify|all - sendmail, verify
-smtputf8_enable bool - yes
+smtputf8_enable bool - ${{$compatibility_level} <level {1} ? {no} : {yes}}
 soft_bounce bool - no
 stale_lock_time time s 500s
 stress str -
@@ -992,24 +992,14 @@ LEGACY_NAMES = ('authorized_verp_clients', 'fallback_relay', 'lmtp_per_record_de
 # Where mailferry's default differs from Postfix's:
 # name -> (Postfix's default, why).
 POSTFIX_DEFAULTS_WHERE_DIFFERENT = {
-    'append_dot_mydomain': ('${{$compatibility_level} <level {1} ? {yes} : {no}}', "Postfix's default at compatibility_level 3.6"),
-    'compatibility_level': ('0', 'mailferry always behaves like Postfix at level 3.6'),
+    'compatibility_level': ('0', "unset, mailferry behaves like Postfix at level 3.6; a lower level brings back Postfix's older defaults (docs/validation.md)"),
     'config_directory': ('/etc/postfix', "mailferry's own configuration directory"),
     'data_directory': ('/var/lib/postfix', "mailferry's own state directory"),
-    'lmtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
     'mail_name': ('Postfix', 'the banner and Received: headers name mailferry'),
     'mail_owner': ('postfix', "mailferry's own system account"),
-    'mynetworks_style': ('${{$compatibility_level} <level {2} ? {subnet} : {host}}', "Postfix's default at compatibility_level 3.6"),
     'queue_directory': ('/var/spool/postfix', "mailferry's own queue"),
-    'relay_domains': ('${{$compatibility_level} <level {2} ? {$mydestination} : {}}', "Postfix's default at compatibility_level 3.6"),
-    'respectful_logging': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'setgid_group': ('postdrop', "mailferry's own system group"),
-    'smtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
     'smtpd_forbid_bare_newline': ('no', "no SMTP smuggling by default (Postfix 3.9's normalize)"),
     'smtpd_forbid_unauth_pipelining': ('no', "Postfix 3.9's default: refuse unauthorized pipelining"),
-    'smtpd_relay_before_recipient_restrictions': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
-    'smtpd_relay_restrictions': ('${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}', "Postfix's default at compatibility_level 3.6"),
-    'smtpd_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
-    'smtputf8_enable': ('${{$compatibility_level} <level {1} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'syslog_name': ('${multi_instance_name?{$multi_instance_name}:{postfix}}', 'log lines say mailferry'),
 }

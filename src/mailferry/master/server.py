@@ -22,6 +22,7 @@ import mailferry
 from mailferry import __version__
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
+from mailferry.config.compat import log_lines as compat_log_lines
 from mailferry.config.config import Config, load
 from mailferry.config.mastercf import read_master_cf
 from mailferry.delivery.agents import open_client_tables
@@ -182,6 +183,7 @@ class MailServer:
         if self.background:
             _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
         self.log.line("master", f"daemon started -- version {__version__}, configuration {self.config_dir}")
+        self._log_compatibility(self.config)
         if self.owner is not None and os.geteuid() != 0 and self.spawner_process is not None:
             self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
                                     f"rights of {self.owner.name}, whatever account it names")
@@ -279,6 +281,12 @@ class MailServer:
         self.log.reopen()
         if not quiet:
             self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
+            self._log_compatibility(config)
+
+    def _log_compatibility(self, config: Config) -> None:
+        """Postfix's lines about backwards-compatible defaults, below the last compatibility_level."""
+        for text in compat_log_lines(config):
+            self.log.line("master", text)
 
 
 # Imported while we may still read them: once root is given up, the
