@@ -248,7 +248,8 @@ def _check_override_value(view: Config, name: str, parameter: parameters.Paramet
 
 
 # --- transports: every transport-valued setting, -o override and transport table result
-#     must name a master.cf service (Postfix's qmgr defers mail for an unknown one forever)
+#     must name a master.cf service (Postfix's qmgr defers mail for an unknown one forever);
+#     relayhost and TLS policy table results must parse
 
 _TRANSPORT_TABLES = ("transport_maps", "sender_dependent_default_transport_maps",
                      "address_verify_transport_maps",
@@ -275,7 +276,10 @@ def lint_transports(config: Config, master: MasterCf) -> list[Diagnostic]:
         if parameter.choices == ("transport",):
             found += _transport_problems(name, text, services, setting.file, setting.line)
         elif name in _TRANSPORT_TABLES:
-            found += _transport_table_problems(name, text, services, setting.file, setting.line)
+            found += _table_result_problems(name, text, lambda result: transport_problem(result, services),
+                                            setting.file, setting.line)
+        elif name in _RESULT_CHECKS:
+            found += _table_result_problems(name, text, _RESULT_CHECKS[name], setting.file, setting.line)
     for service in master.services:
         for name, value in service.overrides.items():
             parameter = parameters.lookup(name)
@@ -317,8 +321,30 @@ def _transport_problems(name: str, text: str, services: dict[str, str], file: st
     return [error(f"parameter {name}: {problem}", file, line, parameter)] if problem else []
 
 
-def _transport_table_problems(name: str, text: str, services: dict[str, str], file: str | None,
-                              line: int | None) -> list[Diagnostic]:
+def _relayhost_problem(result: str) -> str | None:
+    problems = values.check_choices("relayhost", "syntax", ("nexthops",), result)
+    return problems[0][1] if problems else None
+
+
+def _tls_policy_problem(result: str) -> str | None:
+    """smtp_tls_policy_maps: `level [name=value ...]`; Postfix defers mail on an unknown level."""
+    level = result.split()[0] if result.split() else ""
+    choices = parameters.lookup("smtp_tls_security_level").choices
+    if not level or level.lower() in choices or "=" in level:
+        return None
+    return f"unknown TLS security level {level}{values.did_you_mean(level, choices)}; allowed: {', '.join(choices)}"
+
+
+# Tables whose results have a syntax of their own.
+_RESULT_CHECKS = {
+    "sender_dependent_relayhost_maps": _relayhost_problem,
+    "smtp_tls_policy_maps": _tls_policy_problem,
+    "lmtp_tls_policy_maps": _tls_policy_problem,
+}
+
+
+def _table_result_problems(name: str, text: str, check_result, file: str | None,
+                           line: int | None) -> list[Diagnostic]:
     """Results of the tables whose source mailferry can read here (texthash:, inline:, and
     the source file next to a hash:/lmdb:/cdb:/btree: index), each at its own file and line."""
     from mailferry.syntax import split_list
@@ -340,7 +366,7 @@ def _transport_table_problems(name: str, text: str, services: dict[str, str], fi
             except OSError:
                 continue
         for key, result, where, number in entries:
-            problem = transport_problem(result, services)
+            problem = check_result(result)
             if problem:
                 found.append(error(f"parameter {name}: table {spec}: {key} {result}: {problem}",
                                    where, number, name))
