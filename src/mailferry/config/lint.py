@@ -274,7 +274,7 @@ def lint_transports(config: Config, master: MasterCf) -> list[Diagnostic]:
         except ConfigValueError:
             continue     # reported with the setting
         if parameter.choices == ("transport",):
-            found += _transport_problems(name, text, services, setting.file, setting.line)
+            found += _transport_problems(config, name, text, services, setting.file, setting.line)
         elif name in _TRANSPORT_TABLES:
             found += _table_result_problems(name, text, lambda result: transport_problem(result, services),
                                             setting.file, setting.line)
@@ -285,19 +285,24 @@ def lint_transports(config: Config, master: MasterCf) -> list[Diagnostic]:
             parameter = parameters.lookup(name)
             if parameter is None or parameter.choices != ("transport",):
                 continue
+            view = config.with_overrides({name: value}, f"{master.path}, line {service.line}")
             try:
-                text = config.with_overrides({name: value}, f"{master.path}, line {service.line}").get(name)
+                text = view.get(name)
             except ConfigValueError:
                 continue
-            found += _transport_problems(f"{name} (service {service.name}: -o {name}={value})", text,
+            found += _transport_problems(view, f"{name} (service {service.name}: -o {name}={value})", text,
                                          services, master.path, service.line)
     return found
+
+
+# Transports mailferry's qmgr runs without a master.cf line (delivery/agents.py command_of).
+_QMGR_FALLBACKS = ("discard", "error", "retry")
 
 
 def transport_problem(value: str, services: dict[str, str]) -> str | None:
     """What is wrong with `transport:nexthop` (or `transport`, `:nexthop`), or None."""
     transport, _, nexthop = value.strip().partition(":")
-    if transport and transport not in services:
+    if transport and transport not in services and transport not in _QMGR_FALLBACKS:
         listed = sorted(name for name in services if ":" not in name and "/" not in name)
         close = difflib.get_close_matches(transport, listed, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
@@ -312,13 +317,29 @@ def transport_problem(value: str, services: dict[str, str]) -> str | None:
     return None
 
 
-def _transport_problems(name: str, text: str, services: dict[str, str], file: str | None,
+def _transport_problems(config: Config, name: str, text: str, services: dict[str, str], file: str | None,
                         line: int | None) -> list[Diagnostic]:
     if not text.strip():
         return []
     problem = transport_problem(text, services)
+    if problem is None:
+        return []
     parameter = name.split(" ", 1)[0]
-    return [error(f"parameter {name}: {problem}", file, line, parameter)] if problem else []
+    if parameter == "local_transport" and text.strip().partition(":")[0] == "local" \
+            and _mailbox_transport(config):
+        # mailferry hands local mailboxes to mailbox_transport itself (routing/resolve.py);
+        # Postfix's local(8) does that, so Postfix needs the service.
+        return [warning(f"parameter {name}: master.cf has no local service; mailferry hands local mail "
+                        "to mailbox_transport directly, Postfix would need the service "
+                        "(local unix - n n - - local)", file, line, parameter)]
+    return [error(f"parameter {name}: {problem}", file, line, parameter)]
+
+
+def _mailbox_transport(config: Config) -> str:
+    try:
+        return config.get("mailbox_transport").strip()
+    except ConfigValueError:
+        return ""
 
 
 def _relayhost_problem(result: str) -> str | None:

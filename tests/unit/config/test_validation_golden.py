@@ -120,3 +120,24 @@ def test_every_rule_accepts_postfixs_own_default():
         problems = values.check_choices(parameter.name, parameter.shape, parameter.choices,
                                         defaults[parameter.name])
         assert problems == [], (parameter.name, defaults[parameter.name])
+
+
+def test_what_mailferry_delivers_without_a_master_cf_line_is_not_an_error(tmp_path):
+    """local_transport = local with mailbox_transport set (mailferry hands the mail to
+    mailbox_transport itself: a warning, Postfix would need the service), and qmgr's own
+    discard, error and retry transports."""
+    (tmp_path / "master.cf").write_text("127.0.0.1:2525 inet n - n - - smtpd\nsmtp unix - - n - - smtp\n"
+                                        "lmtp unix - - n - - lmtp\n")
+    (tmp_path / "main.cf").write_text("local_transport = local:$myhostname\n"
+                                      "mailbox_transport = lmtp:unix:/run/dovecot/lmtp\n"
+                                      "default_transport = error:outbound mail is off\n"
+                                      "relay_transport = retry:relaying is paused\n"
+                                      "content_filter = discard:\n")
+    found = [item.format("mailferry/check").replace(str(tmp_path), "DIR")
+             for item in configuration_problems(str(tmp_path))]
+    assert found == ["mailferry/check: warning: DIR/main.cf, line 1: parameter local_transport: master.cf has no "
+                     "local service; mailferry hands local mail to mailbox_transport directly, Postfix would "
+                     "need the service (local unix - n n - - local)"]
+    (tmp_path / "main.cf").write_text("local_transport = local:$myhostname\n")
+    [problem] = configuration_problems(str(tmp_path))
+    assert problem.severity == "error" and "transport 'local' is not a service in master.cf" in problem.message
