@@ -43,6 +43,11 @@ class Parameter:
     kind: str  # one of KINDS
     status: str  # one of STATUSES
     time_unit: str  # unit of a bare number, for kind "time"; "" otherwise
+    # What the value may be beyond its kind (config/values.py check_choices): "one" of `choices`,
+    # "some" of them (a list of words), "soft" (one of them, else a warning: Postfix falls back),
+    # or "syntax" with choices[0] naming a reader in values.py.
+    shape: str = ""
+    choices: tuple[str, ...] = ()
 
 
 IMPLEMENTED_PARAMETERS = frozenset({
@@ -400,6 +405,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     # Prometheus metrics (metrics/, docs/metrics.md): mailferry's own.
     "mailferry_metrics_listen",
     "mailferry_metrics_allow_remote",
+    # Postfix's level-dependent defaults (config/compat.py; docs/validation.md)
+    "compatibility_level",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -415,8 +422,6 @@ NO_EFFECT_PARAMETERS = frozenset({
     "sample_directory",
     "sendmail_path",
     "shlib_directory",
-    # mailferry always behaves like Postfix at level 3.6.
-    "compatibility_level",
     # comsat notification from Postfix's local(8) mailbox delivery.
     "biff",
     # Feeding Postfix's own PRNG; Python's ssl leaves seeding to OpenSSL.
@@ -521,6 +526,9 @@ def _build_table() -> dict[str, Parameter]:
     lines = parameters_data.PARAMETERS.strip("\n").split("\n") + MAILFERRY_PARAMETERS.strip("\n").split("\n")
     for line in sorted(lines):
         name, kind, unit, default = _fields(line)
+        # `str:one:none|may|encrypt`: the kind, then what the value may be (see Parameter.shape).
+        kind, _, allowed = kind.partition(":")
+        shape, _, words = allowed.partition(":")
         if name in derived:
             status = _template_status(derived[name])
         else:
@@ -531,6 +539,8 @@ def _build_table() -> dict[str, Parameter]:
             kind,
             status,
             "" if unit == "-" else unit,
+            shape,
+            tuple(words.split("|")) if words else (),
         )
     return table
 

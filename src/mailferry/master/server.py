@@ -22,8 +22,8 @@ import mailferry
 from mailferry import __version__, metrics
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
+from mailferry.config.compat import log_lines as compat_log_lines
 from mailferry.config.config import Config, load
-from mailferry.config.inspect import inspect_config
 from mailferry.config.mastercf import read_master_cf
 from mailferry.delivery.agents import open_client_tables
 from mailferry.diagnostics import ERROR
@@ -35,6 +35,7 @@ from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to,
 from mailferry.master.runtime import Runtime
 from mailferry.master.sdnotify import Notifier
 from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
+from mailferry.policy.check import configuration_problems
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import listen_backlog, service_view
@@ -125,7 +126,7 @@ class MailServer:
         return log
 
     def _read_configuration(self):
-        problems = [item for item in inspect_config(self.config_dir) if item.severity == ERROR]
+        problems = [item for item in configuration_problems(self.config_dir) if item.severity == ERROR]
         if problems:
             raise StartupError(f"the configuration has {len(problems)} error(s); fix them "
                                f"(mailferry -c {self.config_dir} check) and start again",
@@ -216,6 +217,7 @@ class MailServer:
         if self.background:
             _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
         self.log.line("master", f"daemon started -- version {__version__}, configuration {self.config_dir}")
+        self._log_compatibility(self.config)
         if self.owner is not None and os.geteuid() != 0 and self.spawner_process is not None:
             self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
                                     f"rights of {self.owner.name}, whatever account it names")
@@ -331,6 +333,8 @@ class MailServer:
         except StartupError as exc:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
+                for detail in exc.details:
+                    self.log.warning("master", f"reload refused: {detail}")
             return
         if not quiet and config.get("mailferry_metrics_listen") != self.config.get("mailferry_metrics_listen"):
             self.log.warning("master", "reload: mailferry_metrics_listen changed; it takes effect at the next "
@@ -341,6 +345,12 @@ class MailServer:
         self.log.reopen()
         if not quiet:
             self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
+            self._log_compatibility(config)
+
+    def _log_compatibility(self, config: Config) -> None:
+        """Postfix's lines about backwards-compatible defaults, below the last compatibility_level."""
+        for text in compat_log_lines(config):
+            self.log.line("master", text)
 
 
 # Imported while we may still read them: once root is given up, the
