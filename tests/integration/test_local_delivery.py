@@ -247,14 +247,18 @@ def flush(daemon, timeout: float = 30.0) -> None:
 
 
 def test_kill9_during_local_delivery_loses_nothing_and_delivers_once(daemon_factory, users):
-    """100 messages get their 250 while master.cf has no `local` service (they wait); then the
-    service is added, the queue flushed, and the daemon killed (-9) a few deliveries in. After a
-    restart every message is in the Maildir exactly once and the queue is empty."""
+    """100 messages get their 250 while local mail goes to the retry transport (they wait; a
+    master.cf without the `local` service is refused at start since check validates transports);
+    then local_transport is local again, the queue flushed, and the daemon killed (-9) a few
+    deliveries in. After a restart every message is in the Maildir exactly once and the queue is empty."""
     daemon = local_daemon(daemon_factory, "team: mfuser1\n")
     master_cf = (daemon.config_dir / "master.cf").read_text()
     main_cf = (daemon.config_dir / "main.cf").read_text()
     daemon.stop()
-    daemon.write_config(main_cf, master_cf.replace(LOCAL_SERVICE, ""))
+    assert "local_transport = local:$myhostname\n" in main_cf
+    daemon.write_config(main_cf.replace("local_transport = local:$myhostname\n",
+                                        "local_transport = retry:4.3.0 mail transport unavailable: paused\n"),
+                        master_cf)
     daemon.start()
     ids = [make_msgid(domain=f"n{number}.client.example") for number in range(100)]
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:

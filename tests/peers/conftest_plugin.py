@@ -18,6 +18,10 @@ slapd_pair                session-wide: two private slapd (tests.peers.slapd.Sla
                           directory (the seed's John Smith and the edge-case entries) on two ports.
                           A test that stops or freezes one must restore it (slapd_pair_restored)
 slapd_pair_restored       slapd_pair, with both instances running and thawed again after the test
+mariadb, postgresql       session-wide: a private MariaDB / PostgreSQL (tests.peers.mariadb,
+                          tests.peers.postgresql) holding database `mail`, table `aliases` (the seed's
+                          routing as rows) for user postfix. A test that stops one must restore it
+                          (mariadb_restored, postgresql_restored)
 
 Every peer is stopped, and its directory removed, on teardown. A peer that cannot start fails.
 """
@@ -32,6 +36,10 @@ import pytest
 from tests.peers import peer_tempdir
 from tests.peers.dns import DEFAULT_RECORDS, DnsServer
 from tests.peers.dovecot import LmtpServer, SubmissionRelay, issue_submission_certificate
+from tests.peers.mariadb import MariaDB
+from tests.peers.mariadb import load_aliases as load_mariadb_aliases
+from tests.peers.postgresql import PostgreSQL
+from tests.peers.postgresql import load_aliases as load_postgresql_aliases
 from tests.peers.slapd import Slapd
 from tests.peers.smtp_sink import SmtpSink
 from tests.peers.tls import CA, make_ca
@@ -159,3 +167,47 @@ def slapd_pair_restored(slapd_pair) -> tuple[Slapd, Slapd]:
         slapd.thaw()
         if not slapd.running:
             slapd.start()
+
+
+def _database_server(server_class, prefix: str, load):
+    """A started server with the seed's aliases loaded; stopped and removed at the end."""
+    directory = peer_tempdir(prefix)
+    server = server_class(directory)
+    try:
+        server.start()
+        load(server)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _running_again(server):
+    yield server
+    if not server.running:
+        server.start()
+
+
+@pytest.fixture(scope="session")
+def mariadb(peer_ca, tmp_path_factory) -> MariaDB:
+    """A started MariaDB holding the `mail` database (aliases) for user postfix, and for
+    postfix_tls over TLS only (its certificate: 127.0.0.1, from peer_ca)."""
+    certificate, key = peer_ca.issue("localhost", tmp_path_factory.mktemp("mariadb-tls"))
+    yield from _database_server(lambda directory: MariaDB(directory, tls=(certificate, key, peer_ca.cert_path)),
+                                "mailferry-mariadb-", load_mariadb_aliases)
+
+
+@pytest.fixture
+def mariadb_restored(mariadb) -> MariaDB:
+    yield from _running_again(mariadb)
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> PostgreSQL:
+    """A started PostgreSQL holding the `mail` database (aliases) for role postfix."""
+    yield from _database_server(PostgreSQL, "mailferry-postgresql-", load_postgresql_aliases)
+
+
+@pytest.fixture
+def postgresql_restored(postgresql) -> PostgreSQL:
+    yield from _running_again(postgresql)

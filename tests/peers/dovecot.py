@@ -305,3 +305,31 @@ disable_plaintext_auth = no
   }}
 }}
 """
+
+
+class OAuth2SubmissionRelay(SubmissionRelay):
+    """SubmissionRelay whose AUTH is XOAUTH2 and OAUTHBEARER only, checked by Dovecot's oauth2
+    passdb against a token endpoint's introspection URL (RFC 7662, introspection_mode = post),
+    e.g. tests/peers/oauth2_endpoint.py's. Each AUTH is introspected (no auth cache), so a token
+    the endpoint expires or revokes is refused at the next AUTH: Dovecot then sends XOAUTH2's
+    334 JSON error and, after the client's empty answer, "535 5.7.8 Authentication failed.".
+    """
+
+    def __init__(self, directory: Path, ca: CA, sink: SmtpSink, *, introspection_url: str,
+                 user: str = GMAIL_USER, **options):
+        super().__init__(directory, ca, sink, users={user: "unused"}, **options)
+        self.introspection_url = introspection_url
+
+    def password_auth_config(self, passwd: Path, home: str) -> str:
+        settings = self.directory / "dovecot-oauth2.conf.ext"
+        settings.write_text(f"introspection_mode = post\n"
+                            f"introspection_url = {self.introspection_url}\n"
+                            "force_introspection = yes\n"
+                            "username_attribute = username\n"
+                            "active_attribute = active\n"
+                            "active_value = true\n")
+        os.chmod(settings, 0o644)
+        return (f"auth_failure_delay = {self.auth_failure_delay}\n"
+                "auth_mechanisms = xoauth2 oauthbearer\n"
+                f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {settings}\n}}\n"
+                f"userdb {{\n  driver = static\n  args = uid={self.uid} gid={self.gid} home={home}\n}}\n")

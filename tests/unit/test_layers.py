@@ -20,7 +20,8 @@ SOURCE = Path(mailferry.__file__).resolve().parent
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # the shared vocabulary: the SMTP/LMTP state machines, Postfix's text syntax,
     # the message dataclasses, the log, diagnostics, the control socket's wire format
-    {"mailferry", "protocol", "syntax", "message", "maillog", "diagnostics", "control", "tlsinfo", "tlsparams"},
+    {"mailferry", "protocol", "syntax", "message", "maillog", "diagnostics", "control", "tlsinfo", "tlsparams",
+     "metrics"},                    # Prometheus metrics: hooks called by every layer above
     {"tables"},                     # lookup tables, by type (dict_*)
     {"config"},                     # main.cf, master.cf, the parameter table, check
     {"anvil"},                      # client limits: counts and rates shared by the smtpd processes

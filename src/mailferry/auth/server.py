@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from mailferry import metrics
 from mailferry import refusals
 from mailferry.anvil import clients
 from mailferry.auth.mechanisms import MECHANISMS, PLAINTEXT_MECHANISMS, Challenge, Credentials, Exchange, Malformed
@@ -174,6 +175,7 @@ class AuthSession:
         return Refused(refusals.auth_failed(reason), self._warning(mechanism, reason, username))
 
     def _warning(self, mechanism: str, reason: str, username: str) -> str:
+        metrics.auth_failed(mechanism)    # every "authentication failed" line is made here
         return (f"{self.client}: SASL {_printable(mechanism)} authentication failed: {reason}, "
                 f"sasl_username={_printable(username) or '(unavailable)'}")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from mailferry import metrics
 from mailferry.cleanup.checks import ContentChecks
 from mailferry.cleanup import milters as cleanup_milters
 from mailferry.cleanup.cleanup import CleanupSettings, clean, clean_notice
@@ -109,6 +110,7 @@ class CleanupService:
         if not self._restriction_actions(message):
             return queue_id
         queued = await self.committer.submit(message)
+        metrics.message_received(message.origin)
         self.on_queued()
         return queued
 

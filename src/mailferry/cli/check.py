@@ -5,7 +5,9 @@ unknown and not-yet-implemented parameters, values that do not parse,
 master.cf problems, unknown restrictions in the smtpd_*_restrictions lists,
 tables that cannot be opened or whose index is older
 than its source, credential tables readable by group or others, pipe
-programs that do not exist, and TLS files that are missing or unreadable.
+programs that do not exist, and TLS files that are missing or unreadable;
+`smtp_tls_security_level = may` for a relay that gets a password, and with
+--online (mailferry's own) a relay certificate the CA file cannot verify.
 Files the configuration names that do not exist on this machine are listed
 last, apart from the other errors ("missing file"). Exit status 1 when there
 is any error or missing file, 0 when there are only warnings (docs/check.md).
@@ -13,19 +15,22 @@ is any error or missing file, 0 when there are only warnings (docs/check.md).
 
 from __future__ import annotations
 
+import os
+
 from mailferry.cli.options import parse_options
 from mailferry.cli.output import MISSING_FILE, Reporter
 
-USAGE = "usage: mailferry [-c CONFIG_DIR] check"
+USAGE = "usage: mailferry [-c CONFIG_DIR] check [--online]"
 
 
 def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
-    _, rest, config_dir = parse_options(argv, "", config_dir, USAGE, reporter)
+    options, rest, config_dir = parse_options(argv, "", config_dir, USAGE, reporter, ("online",))
     if rest:
         return reporter.fatal(f"unexpected arguments {' '.join(rest)}\n{USAGE}")
     from mailferry.config.inspect import inspect_config
     items = inspect_config(config_dir)
     items += _restriction_problems(config_dir)
+    items += _relay_problems(config_dir, "--online" in options)
     missing = [item for item in items if item.kind == MISSING_FILE]
     for item in items:
         if item.kind != MISSING_FILE:
@@ -49,3 +54,17 @@ def _restriction_problems(config_dir: str) -> list:
         return restriction_problems(load(config_dir))
     except (OSError, ValueError):
         return []   # inspect_config has reported why the configuration cannot be read
+
+
+def _relay_problems(config_dir: str, online: bool) -> list:
+    """A password that `may` does not protect; with --online (mailferry's own), the relay's certificate."""
+    from mailferry.config.config import load, master_cf_path
+    from mailferry.config.mastercf import read_master_cf
+    from mailferry.delivery.relay_check import config_problems
+    try:
+        config = load(config_dir)
+        path = master_cf_path(config_dir)
+        master = read_master_cf(path) if os.path.exists(path) else None
+    except (OSError, ValueError):
+        return []   # inspect_config has reported why the configuration cannot be read
+    return config_problems(config, master, online)

@@ -3,7 +3,8 @@
 start      checks the configuration, then runs the daemon in the background
 start-fg   the same in the foreground (for systemd Type=simple, and tests)
 stop       SIGTERM, then waits: open sessions get 421, the queue stays intact
-reload     SIGHUP: re-read main.cf, master.cf and tables, keep connections
+reload     SIGHUP: re-read main.cf, master.cf and tables, keep connections; refused (exit 1,
+           the errors printed, the daemon not signalled) when `check` finds an error
 status     is it running? exit 0 if so, 1 if not
 """
 
@@ -63,6 +64,9 @@ def run(argv: list[str], config_dir: str, reporter: Reporter, command: str) -> i
     if not pid:
         return reporter.fatal("the mail system is not running")
     if command == "reload":
+        refused = _reload_refused(config_dir, reporter)
+        if refused:
+            return refused
         os.kill(pid, signal.SIGHUP)
         reporter.info("refreshing the mail system")
         return 0
@@ -70,6 +74,20 @@ def run(argv: list[str], config_dir: str, reporter: Reporter, command: str) -> i
     reporter.info("stopping the mail system")
     return 0 if _wait_for_exit(queue_directory, STOP_WAIT_SECONDS) else reporter.fatal(
         f"PID {pid} is still running after {STOP_WAIT_SECONDS} s")
+
+
+def _reload_refused(config_dir: str, reporter: Reporter) -> int:
+    """Exit status 1, with the errors, when the new configuration would not load: the daemon is
+    not signalled, and the running configuration stays (the daemon refuses such a reload too)."""
+    from mailferry.diagnostics import ERROR
+    from mailferry.policy.check import configuration_problems
+    problems = [item for item in configuration_problems(config_dir) if item.severity == ERROR]
+    if not problems:
+        return 0
+    for item in problems:
+        reporter.diagnostic(item)
+    return reporter.fatal(f"reload refused: {config_dir} has {len(problems)} error(s) (mailferry -c {config_dir} "
+                          "check); the running configuration stays, fix them and reload again")
 
 
 def _queue_directory(config_dir: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mailferry.cli.options import UsageError
+from mailferry.cli.options import UsageError, default_config_dir
 from mailferry.cli.output import Reporter
 
 # command name → (module under mailferry.cli, one-line help)
@@ -23,7 +23,13 @@ COMMANDS = {
     "postqueue": ("postqueue", "-p list the queue, -j as JSON, -f flush it, -i QUEUE_ID flush one message"),
     "postsuper": ("postsuper", "-d/-h/-H/-r QUEUE_ID|ALL|- [queue...]: delete, hold, release, requeue"),
     "pw": ("pw", "make a password hash for smtpd_sasl_type = table (-s SCHEME -p PASSWORD -u USER; -t HASH checks)"),
+    "relay-check": ("relay_check", "[NEXTHOP]: connect and authenticate to relayhost as delivery would, and explain (mailferry's own)"),
+    "oauth2": ("oauth2", "get an OAuth2 refresh token (device or loopback flow) and write the XOAUTH2 entry"),
     "trace": ("trace", "ADDRESS [--sender S] [--client ADDR] [--mx] [--json]: where would it go, and why"),
+    "import-postfix": ("import_postfix", "[--force] [POSTFIX_DIR]: copy a Postfix configuration here, "
+                       "rebuild its tables, report (mailferry's own)"),
+    "system-sendmail": ("system_sendmail", "install | remove | status: mailferry-sendmail as /usr/sbin/sendmail, "
+                        "mailq, newaliases (mailferry's own)"),
     "start": ("lifecycle", "check the configuration and start the mail system in the background"),
     "start-fg": ("lifecycle", "the same, in the foreground (for systemd and tests)"),
     "stop": ("lifecycle", "stop the mail system: open sessions get 421, the queue stays intact"),
@@ -36,7 +42,7 @@ USAGE = "usage: mailferry [-c CONFIG_DIR] [-v] COMMAND [ARGS...]"
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    config_dir = os.environ.get("MAILFERRY_CONFIG_DIR", "/etc/mailferry")
+    config_dir = default_config_dir()
     verbose = 0
     while args and args[0].startswith("-"):
         option = args.pop(0)
@@ -78,5 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 def _help() -> str:
     lines = [USAGE, "", "commands:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "CONFIG_DIR defaults to /etc/mailferry (or $MAILFERRY_CONFIG_DIR) and holds main.cf and master.cf."]
+    lines += ["", "CONFIG_DIR (main.cf, master.cf): -c, else $MAIL_CONFIG, else $MAILFERRY_CONFIG_DIR, "
+              "else /etc/mailferry."]
     return "\n".join(lines)

@@ -6,6 +6,18 @@ Each command also takes `-c CONFIG_DIR` and `-v`, as Postfix's commands do.
 from __future__ import annotations
 
 import getopt
+import os
+
+DEFAULT_CONFIG_DIR = "/etc/mailferry"
+
+
+def default_config_dir(environ=os.environ) -> str:
+    """The configuration directory when no -c (sendmail: -C) is given: MAIL_CONFIG, as Postfix's
+    commands read it (sendmail(1), postqueue(1), postconf(1) ENVIRONMENT), then mailferry's own
+    MAILFERRY_CONFIG_DIR, then /etc/mailferry. Precedence: -c > MAIL_CONFIG >
+    MAILFERRY_CONFIG_DIR > /etc/mailferry. The daemon exports MAIL_CONFIG to pipe commands
+    (export_environment), so a command that calls sendmail reaches the same instance."""
+    return environ.get("MAIL_CONFIG") or environ.get("MAILFERRY_CONFIG_DIR") or DEFAULT_CONFIG_DIR
 
 
 class UsageError(Exception):

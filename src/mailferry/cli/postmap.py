@@ -33,6 +33,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
         return reporter.fatal(f"no table given\n{USAGE}")
     try:
         specs = _with_types(specs, config_dir)
+        _approve_proxied(specs, config_dir)
         if query is not None:
             return _query(query, specs, fold, reporter)
         if dump:
@@ -50,6 +51,20 @@ def _with_types(specs: list[str], config_dir: str) -> list[str]:
     from mailferry.config.config import load  # lazy: the config machinery would slow every `-q`
     default_type = load(config_dir).get("default_database_type") or "hash"
     return [":".join(split_spec(spec, default_type)) for spec in specs]
+
+
+def _approve_proxied(specs: list[str], config_dir: str) -> None:
+    """proxy: tables answer only if main.cf's proxy_read_maps lists them, as Postfix's proxymap
+    answers postmap (tables/proxy.py). Without a main.cf every table is served."""
+    if not any(spec.startswith("proxy:") for spec in specs):
+        return
+    from mailferry.config.config import load
+    from mailferry.tables.proxy import approve_from
+    try:
+        config = load(config_dir)
+    except (OSError, ValueError):
+        return
+    approve_from(config.get)
 
 
 def _open(spec: str, reporter: Reporter) -> Table:
@@ -144,9 +159,13 @@ def _build_all(specs: list[str], fold: bool, reporter: Reporter) -> int:
     from mailferry.tables.build import build_index  # lazy: a lookup must not import the builder
     for spec in specs:
         type_name, name = split_spec(spec)
+        if type_name == "proxy":
+            return reporter.fatal(f"{spec}: can't create maps via the proxy service (as Postfix's "
+                                  f"postmap); build the table behind it")
         if type_name not in INDEXED_TYPES:
             return reporter.fatal(
-                f"{spec}: {type_name} tables are read as they are, there is nothing to build; "
+                f"{spec}: unsupported dictionary type: {type_name} does not support bulk-mode creation: "
+                f"{type_name} tables are read as they are, there is nothing to build; "
                 f"postmap builds {', '.join(INDEXED_TYPES)} tables (test a lookup with -q KEY)")
         report = build_index(type_name, name, fold, reporter.warning)
         if reporter.verbose:

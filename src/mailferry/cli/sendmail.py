@@ -31,7 +31,9 @@ processing stops at the first recipient, or at `--`):
                 mailferry has none)
   -bs           SMTP on standard input and output; each message goes to maildrop
   -bi, -I       build the alias database, as `mailferry newaliases`
-  -bd, -bl, -bv not supported: each says what to use instead
+  -bv           do not collect or deliver a message: mail the sender a report saying, for
+                each recipient, where it would go (cli/verify_report.py)
+  -bd, -bl      not supported: each says what to use instead
   ignored, as Postfix ignores them: -Am -Ac -G -U -c -m -n -x -h N -L LABEL -O OPT
                 -e X -p X -oXVALUE (other than -oi; -o7 -o8 -om -oA...) -XV (VERP) -X LOG
                 -bh -bH
@@ -54,13 +56,13 @@ import time
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
+from mailferry.cli.options import default_config_dir
 from mailferry.cli.output import Reporter
 
 EX_OK = 0
 EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
-DEFAULT_CONFIG_DIR = "/etc/mailferry"
 USAGE = "usage: sendmail [options] [recipient...]"
 
 OPTIONS_WITH_VALUE = frozenset("ABCFLNORVXbefhopr")
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     """The `mailferry-sendmail` program (also when installed as sendmail, mailq, newaliases)."""
     invoked_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sendmail"
     args = list(sys.argv[1:] if argv is None else argv)
-    config_dir = os.environ.get("MAILFERRY_CONFIG_DIR", DEFAULT_CONFIG_DIR)
+    config_dir = default_config_dir()   # -C > MAIL_CONFIG > MAILFERRY_CONFIG_DIR > /etc/mailferry
     return sendmail(args, config_dir, Reporter(invoked_as), invoked_as)
 
 
@@ -294,6 +296,8 @@ def _dispatch(request: SendmailRequest, config_dir: str, reporter: Reporter) -> 
         return EX_OK  # Postfix ignores these: there is no host status database
     if mode == "s":
         return _smtp_on_stdin(config_dir, reporter)
+    if mode == "v":
+        return Submission(request, config_dir, reporter).verify()
     if mode == "i":
         from mailferry.cli.newaliases import run as newaliases
         return EX_OK if newaliases([], config_dir, reporter) == 0 else EX_TEMPFAIL
@@ -330,7 +334,6 @@ _UNSUPPORTED_MODES = {
     "d": "-bd: start the mail system with `mailferry start`",
     "l": "-bl: start the mail system with `mailferry start` (inet_interfaces = loopback-only "
          "for local connections only)",
-    "v": "-bv (address verification reports) is not supported by mailferry",
 }
 
 
@@ -379,6 +382,27 @@ class Submission:
         if request.extract_recipients and not request.recipients and not _header_recipients(message):
             return self._refuse(f"{self._who()}: No recipient addresses found in message header")
         return self._drop(queue_directory, message, login)
+
+    def verify(self) -> int:
+        """-bv: the report goes to the sender through maildrop; nothing goes to the recipients."""
+        request = self.request
+        sender = request.sender if request.sender is not None else (self.account.pw_name if self.account else None)
+        if not sender:
+            return self._refuse("-bv: the report is mailed to the sender: give one with -f")
+        if not request.recipients:
+            return self._refuse(f"{self._who()}: Recipient addresses must be specified on the command line")
+        queue_directory = self._queue_directory()
+        if queue_directory is None:
+            return EX_TEMPFAIL
+        from mailferry.cli.queue_listing import load_tool_config
+        from mailferry.cli.verify_report import report_message, verify
+        config = load_tool_config(self.config_dir)
+        report = report_message(config, sender, verify(config, request.recipients, sender))
+        self.request = SendmailRequest(sender="", recipients=[sender])
+        status = self._drop(queue_directory, report, None)
+        if status == EX_OK:
+            self.reporter.info(f"Mail Delivery Status Report will be mailed to <{sender}>.")
+        return status
 
     def _queue_directory(self) -> str | None:
         from mailferry.cli.queue_listing import QueueUnavailable, existing_queue_directory, load_tool_config

@@ -113,9 +113,9 @@ def _check_value(config: Config, setting: Setting, parameter: parameters.Paramet
         "int": values.parse_int,
         "bool": values.parse_bool,
     }.get(parameter.kind)
-    words = _unknown_words(setting.name, text)
-    if words:
-        return [error(f"parameter {setting.name}: {words}", setting.file, setting.line, setting.name)]
+    choices = _choice_problems(parameter, text, setting.file, setting.line)
+    if choices:
+        return choices
     if parse is None or text == "":
         return []
     try:
@@ -125,19 +125,12 @@ def _check_value(config: Config, setting: Setting, parameter: parameters.Paramet
     return []
 
 
-# Parameters whose value is a list of fixed words (Postfix's name_mask: an unknown one is fatal).
-_WORD_LISTS = {"receive_override_options": frozenset(("no_unknown_recipient_checks", "no_address_mappings",
-                                                      "no_header_body_checks", "no_milters"))}
-
-
-def _unknown_words(name: str, text: str) -> str:
-    known = _WORD_LISTS.get(name)
-    if known is None:
-        return ""
-    unknown = [word for word in text.replace(",", " ").split() if word.lower() not in known]
-    if not unknown:
-        return ""
-    return f"unknown value {', '.join(unknown)}; Postfix stops with a fatal error. Known: {', '.join(sorted(known))}"
+def _choice_problems(parameter: parameters.Parameter, text: str, file: str | None,
+                     line: int | None) -> list[Diagnostic]:
+    """A value outside what the parameter table allows (an unknown TLS level, SASL option,
+    protocol, a broken relayhost...): what Postfix stops on, with the allowed values."""
+    return [(error if is_error else warning)(f"parameter {parameter.name}: {text}", file, line, parameter.name)
+            for is_error, text in values.check_choices(parameter.name, parameter.shape, parameter.choices, text)]
 
 
 # --- master.cf pipe(8) services: what the pipe agent would refuse or do differently from Postfix
@@ -251,7 +244,151 @@ def _check_override_value(view: Config, name: str, parameter: parameters.Paramet
             parse(text)
     except ValueError as exc:
         return [error(f"parameter {name}: {getattr(exc, 'reason', exc)}", path, line, name)]
-    words = _unknown_words(name, text)
-    if words:
-        return [error(f"parameter {name}: {words}", path, line, name)]
-    return []
+    return _choice_problems(parameter, text, path, line)
+
+
+# --- transports: every transport-valued setting, -o override and transport table result
+#     must name a master.cf service (Postfix's qmgr defers mail for an unknown one forever);
+#     relayhost and TLS policy table results must parse
+
+_TRANSPORT_TABLES = ("transport_maps", "sender_dependent_default_transport_maps",
+                     "address_verify_transport_maps",
+                     "address_verify_sender_dependent_default_transport_maps")
+
+
+def lint_transports(config: Config, master: MasterCf) -> list[Diagnostic]:
+    """`default_transport = smtpp`, `-o content_filter=amavis:[127.0.0.1]:10024` with no
+    `amavis` service, a transport_maps entry `example.com smtpp:` in a readable source file."""
+    # Transports are the unix services (Postfix's private/NAME sockets); other names stay accepted.
+    services = {service.name: service.command for service in master.services if service.type != "unix"}
+    services.update({service.name: service.command for service in master.services if service.type == "unix"})
+    if not services:
+        return []
+    found: list[Diagnostic] = []
+    for name, setting in config.settings.items():
+        parameter = parameters.lookup(name)
+        if parameter is None or has_inline_comment(setting.value):
+            continue
+        try:
+            text = config.get(name)
+        except ConfigValueError:
+            continue     # reported with the setting
+        if parameter.choices == ("transport",):
+            found += _transport_problems(config, name, text, services, setting.file, setting.line)
+        elif name in _TRANSPORT_TABLES:
+            found += _table_result_problems(name, text, lambda result: transport_problem(result, services),
+                                            setting.file, setting.line)
+        elif name in _RESULT_CHECKS:
+            found += _table_result_problems(name, text, _RESULT_CHECKS[name], setting.file, setting.line)
+    for service in master.services:
+        for name, value in service.overrides.items():
+            parameter = parameters.lookup(name)
+            if parameter is None or parameter.choices != ("transport",):
+                continue
+            view = config.with_overrides({name: value}, f"{master.path}, line {service.line}")
+            try:
+                text = view.get(name)
+            except ConfigValueError:
+                continue
+            found += _transport_problems(view, f"{name} (service {service.name}: -o {name}={value})", text,
+                                         services, master.path, service.line)
+    return found
+
+
+# Transports mailferry's qmgr runs without a master.cf line (delivery/agents.py command_of).
+_QMGR_FALLBACKS = ("discard", "error", "retry")
+
+
+def transport_problem(value: str, services: dict[str, str]) -> str | None:
+    """What is wrong with `transport:nexthop` (or `transport`, `:nexthop`), or None."""
+    transport, _, nexthop = value.strip().partition(":")
+    if transport and transport not in services and transport not in _QMGR_FALLBACKS:
+        listed = sorted(name for name in services if ":" not in name and "/" not in name)
+        close = difflib.get_close_matches(transport, listed, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return (f"transport {transport!r} is not a service in master.cf{hint}; mail routed to it would wait "
+                f"in the queue. Services: {', '.join(listed)}")
+    command = services.get(transport) if transport else "smtp"
+    if command in ("smtp", "lmtp") and nexthop.strip():
+        for token in nexthop.replace(",", " ").split():
+            problem = values.nexthop_problem(token)
+            if problem:
+                return f"next-hop {problem}"
+    return None
+
+
+def _transport_problems(config: Config, name: str, text: str, services: dict[str, str], file: str | None,
+                        line: int | None) -> list[Diagnostic]:
+    if not text.strip():
+        return []
+    problem = transport_problem(text, services)
+    if problem is None:
+        return []
+    parameter = name.split(" ", 1)[0]
+    if parameter == "local_transport" and text.strip().partition(":")[0] == "local" \
+            and _mailbox_transport(config):
+        # mailferry hands local mailboxes to mailbox_transport itself (routing/resolve.py);
+        # Postfix's local(8) does that, so Postfix needs the service.
+        return [warning(f"parameter {name}: master.cf has no local service; mailferry hands local mail "
+                        "to mailbox_transport directly, Postfix would need the service "
+                        "(local unix - n n - - local)", file, line, parameter)]
+    return [error(f"parameter {name}: {problem}", file, line, parameter)]
+
+
+def _mailbox_transport(config: Config) -> str:
+    try:
+        return config.get("mailbox_transport").strip()
+    except ConfigValueError:
+        return ""
+
+
+def _relayhost_problem(result: str) -> str | None:
+    problems = values.check_choices("relayhost", "syntax", ("nexthops",), result)
+    return problems[0][1] if problems else None
+
+
+def _tls_policy_problem(result: str) -> str | None:
+    """smtp_tls_policy_maps: `level [name=value ...]`; Postfix defers mail on an unknown level."""
+    level = result.split()[0] if result.split() else ""
+    choices = parameters.lookup("smtp_tls_security_level").choices
+    if not level or level.lower() in choices or "=" in level:
+        return None
+    return f"unknown TLS security level {level}{values.did_you_mean(level, choices)}; allowed: {', '.join(choices)}"
+
+
+# Tables whose results have a syntax of their own.
+_RESULT_CHECKS = {
+    "sender_dependent_relayhost_maps": _relayhost_problem,
+    "smtp_tls_policy_maps": _tls_policy_problem,
+    "lmtp_tls_policy_maps": _tls_policy_problem,
+}
+
+
+def _table_result_problems(name: str, text: str, check_result, file: str | None,
+                           line: int | None) -> list[Diagnostic]:
+    """Results of the tables whose source mailferry can read here (texthash:, inline:, and
+    the source file next to a hash:/lmdb:/cdb:/btree: index), each at its own file and line."""
+    from mailferry.syntax import split_list
+    from mailferry.tables import INDEXED_TYPES, split_spec
+    from mailferry.tables.source import read_source
+    found = []
+    for spec in split_list(text):
+        type_name, table_name = split_spec(spec.removeprefix("proxy:"))
+        entries: list[tuple[str, str, str, int | None]] = []
+        if type_name == "inline":
+            from mailferry.tables.memory import InlineTable
+            try:
+                entries = [(key, result, file, line) for key, result in InlineTable(table_name).items()]
+            except Exception:   # noqa: BLE001 - a broken inline table is reported by the table check
+                continue
+        elif type_name in (*INDEXED_TYPES, "texthash") and os.access(table_name, os.R_OK):
+            try:
+                entries = [(key, result, table_name, number) for key, result, number in read_source(table_name)]
+            except OSError:
+                continue
+        for key, result, where, number in entries:
+            problem = check_result(result)
+            if problem:
+                found.append(error(f"parameter {name}: table {spec}: {key} {result}: {problem}",
+                                   where, number, name))
+    return found

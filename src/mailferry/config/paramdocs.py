@@ -107,9 +107,8 @@ def differences_section() -> str:
         for name, (theirs, why) in parameters_data.POSTFIX_DEFAULTS_WHERE_DIFFERENT.items()
     ]
     return ("## Defaults that differ from Postfix\n\n"
-            "mailferry always behaves like Postfix at `compatibility_level = 3.6`, "
-            "so the defaults that depend on the compatibility level are fixed at "
-            "their level-3.6 values.\n\n"
+            "The defaults that depend on `compatibility_level` follow it as Postfix's do; "
+            "unset, mailferry's level is 3.6 where Postfix's is 0 (docs/validation.md).\n\n"
             + markdown_table(["parameter", "Postfix default", "mailferry default", "why"], rows))
 
 

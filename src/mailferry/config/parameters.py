@@ -43,6 +43,11 @@ class Parameter:
     kind: str  # one of KINDS
     status: str  # one of STATUSES
     time_unit: str  # unit of a bare number, for kind "time"; "" otherwise
+    # What the value may be beyond its kind (config/values.py check_choices): "one" of `choices`,
+    # "some" of them (a list of words), "soft" (one of them, else a warning: Postfix falls back),
+    # or "syntax" with choices[0] naming a reader in values.py.
+    shape: str = ""
+    choices: tuple[str, ...] = ()
 
 
 IMPLEMENTED_PARAMETERS = frozenset({
@@ -328,6 +333,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "mynetworks_style",
     "myorigin",
     "proxy_interfaces",
+    "proxy_read_maps",
     "queue_directory",
     "queue_minfree",
     "queue_run_delay",
@@ -396,6 +402,11 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_tls_mandatory_exclude_ciphers",
     "lmtp_tls_loglevel",
     "lmtp_tls_note_starttls_offer",
+    # Prometheus metrics (metrics/, docs/metrics.md): mailferry's own.
+    "mailferry_metrics_listen",
+    "mailferry_metrics_allow_remote",
+    # Postfix's level-dependent defaults (config/compat.py; docs/validation.md)
+    "compatibility_level",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -411,8 +422,6 @@ NO_EFFECT_PARAMETERS = frozenset({
     "sample_directory",
     "sendmail_path",
     "shlib_directory",
-    # mailferry always behaves like Postfix at level 3.6.
-    "compatibility_level",
     # comsat notification from Postfix's local(8) mailbox delivery.
     "biff",
     # Feeding Postfix's own PRNG; Python's ssl leaves seeding to OpenSSL.
@@ -437,6 +446,11 @@ NO_EFFECT_PARAMETERS = frozenset({
     # Postfix 3.6 and later ignore these too.
     "smtpd_tls_dh512_param_file",
     "tlsproxy_tls_dh512_param_file",
+    # proxy: is served inside each process (tables/proxy.py), not by a proxymap service; and
+    # mailferry writes no table through it (no verify, postscreen or SASL auth cache).
+    "proxymap_service_name",
+    "proxywrite_service_name",
+    "proxy_write_maps",
 })
 
 # mailferry's own parameters, which Postfix does not have: same line format as
@@ -444,6 +458,8 @@ NO_EFFECT_PARAMETERS = frozenset({
 # documented as mailferry's own in docs/.
 MAILFERRY_PARAMETERS = """
 smtpd_sender_login_header_check bool - no
+mailferry_metrics_listen str -
+mailferry_metrics_allow_remote bool - no
 """
 MAILFERRY_OWN = frozenset(line.split(" ", 1)[0] for line in MAILFERRY_PARAMETERS.split("\n") if line)
 
@@ -527,6 +543,9 @@ def _build_table() -> dict[str, Parameter]:
     lines = parameters_data.PARAMETERS.strip("\n").split("\n") + MAILFERRY_PARAMETERS.strip("\n").split("\n")
     for line in sorted(lines):
         name, kind, unit, default = _fields(line)
+        # `str:one:none|may|encrypt`: the kind, then what the value may be (see Parameter.shape).
+        kind, _, allowed = kind.partition(":")
+        shape, _, words = allowed.partition(":")
         if name in derived:
             status = _template_status(derived[name])
         else:
@@ -537,6 +556,8 @@ def _build_table() -> dict[str, Parameter]:
             kind,
             status,
             "" if unit == "-" else unit,
+            shape,
+            tuple(words.split("|")) if words else (),
         )
     return table
 

@@ -10,15 +10,17 @@ COMPUTED_MARKER = '<computed>'
 
 # One parameter a line: name, kind, default time unit (- when not a
 # time), then the raw, unexpanded default to the end of the line, which
-# may be empty. A string, not a tuple literal: it compiles in no time
+# may be empty. The kind may carry a rule for the value after a colon,
+# `str:one:none|may|encrypt` (see VALUE_RULES in scripts/gen-parameters).
+# A string, not a tuple literal: it compiles in no time
 # when there is no .pyc, and parameters.py splits it on first use.
 PARAMETERS = r'''
 2bounce_notice_recipient str - postmaster
 access_map_defer_code int - 450
 access_map_reject_code int - 554
 address_verify_cache_cleanup_interval time h 12h
-address_verify_default_transport str - $default_transport
-address_verify_local_transport str - $local_transport
+address_verify_default_transport str:syntax:transport - $default_transport
+address_verify_local_transport str:syntax:transport - $local_transport
 address_verify_map str - btree:$data_directory/verify_cache
 address_verify_negative_cache bool - yes
 address_verify_negative_expire_time time d 3d
@@ -28,19 +30,19 @@ address_verify_poll_count int - ${stress?{1}:{3}}
 address_verify_poll_delay time s 3s
 address_verify_positive_expire_time time d 31d
 address_verify_positive_refresh_time time d 7d
-address_verify_relay_transport str - $relay_transport
-address_verify_relayhost list - $relayhost
+address_verify_relay_transport str:syntax:transport - $relay_transport
+address_verify_relayhost list:syntax:nexthops - $relayhost
 address_verify_sender str - $double_bounce_sender
 address_verify_sender_dependent_default_transport_maps list - $sender_dependent_default_transport_maps
 address_verify_sender_dependent_relayhost_maps list - $sender_dependent_relayhost_maps
 address_verify_sender_ttl time s 0s
 address_verify_service_name str - verify
 address_verify_transport_maps list - $transport_maps
-address_verify_virtual_transport str - $virtual_transport
+address_verify_virtual_transport str:syntax:transport - $virtual_transport
 alias_database str - hash:/etc/aliases
 alias_maps list - hash:/etc/aliases, nis:mail.aliases
-allow_mail_to_commands list - alias, forward
-allow_mail_to_files list - alias, forward
+allow_mail_to_commands list:some:alias|forward|include - alias, forward
+allow_mail_to_files list:some:alias|forward|include - alias, forward
 allow_min_user bool - no
 allow_percent_hack bool - yes
 allow_untrusted_routing bool - no
@@ -50,7 +52,7 @@ always_bcc str -
 anvil_rate_time_unit time s 60s
 anvil_status_update_time time s 600s
 append_at_myorigin bool - yes
-append_dot_mydomain bool - no
+append_dot_mydomain bool - ${{$compatibility_level} <level {1} ? {yes} : {no}}
 application_event_drain_time time s 100s
 authorized_flush_users list - static:anyone
 authorized_mailq_users list - static:anyone
@@ -58,7 +60,7 @@ authorized_submit_users list - static:anyone
 backwards_bounce_logfile_compatibility bool - yes
 berkeley_db_create_buffer_size size - 16777216
 berkeley_db_read_buffer_size size - 131072
-best_mx_transport str -
+best_mx_transport str:syntax:transport -
 biff bool - yes
 body_checks list -
 body_checks_size_limit size - 51200
@@ -68,7 +70,7 @@ bounce_service_name str - bounce
 bounce_size_limit size - 50000
 bounce_template_file str -
 broken_sasl_auth_clients bool - no
-canonical_classes list - envelope_sender, envelope_recipient, header_sender, header_recipient
+canonical_classes list:some:envelope_sender|envelope_recipient|header_sender|header_recipient - envelope_sender, envelope_recipient, header_sender, header_recipient
 canonical_maps list -
 cleanup_replace_stray_cr_lf bool - yes
 cleanup_service_name str - cleanup
@@ -76,14 +78,14 @@ command_directory str - /usr/sbin
 command_execution_directory str -
 command_expansion_filter str - 1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 command_time_limit time s 1000s
-compatibility_level str - 3.6
+compatibility_level str:syntax:compatibility_level - 3.6
 config_directory str - /etc/mailferry
 confirm_delay_cleared bool - no
 connection_cache_protocol_timeout time s 5s
 connection_cache_service_name str - scache
 connection_cache_status_update_time time s 600s
 connection_cache_ttl_limit time s 2s
-content_filter str -
+content_filter str:syntax:transport -
 cyrus_sasl_config_path str -
 daemon_directory str - /usr/libexec/postfix
 daemon_table_open_error_is_fatal bool - no
@@ -112,7 +114,7 @@ default_rbl_reply str - $rbl_code Service unavailable; $rbl_class [$rbl_what] bl
 default_recipient_limit int - 20000
 default_recipient_refill_delay time s 5s
 default_recipient_refill_limit int - 100
-default_transport str - smtp
+default_transport str:syntax:transport - smtp
 default_transport_rate_delay time s 0s
 default_verp_delimiters str - +=
 defer_code int - 450
@@ -166,7 +168,7 @@ error_transport_rate_delay time s $default_transport_rate_delay
 execution_directory_expansion_filter str - 1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 expand_owner_alias bool - no
 export_environment list - TZ MAIL_CONFIG LANG
-fallback_transport str -
+fallback_transport str:syntax:transport -
 fallback_transport_maps list -
 fast_flush_domains list - $relay_domains
 fast_flush_purge_time time d 7d
@@ -182,7 +184,7 @@ hash_queue_depth int - 1
 hash_queue_names list - deferred, defer
 header_address_token_limit int - 10240
 header_checks list -
-header_from_format str - standard
+header_from_format str:one:standard|obsolete - standard
 header_size_limit size - 102400
 helpful_warnings bool - yes
 home_mailbox str -
@@ -192,10 +194,10 @@ ignore_mx_lookup_error bool - no
 import_environment list - MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME
 in_flow_delay time s 1s
 inet_interfaces list - all
-inet_protocols list - all
-info_log_address_format str - external
+inet_protocols list:some:all|ipv4|ipv6 - all
+info_log_address_format str:one:external|internal - external
 initial_destination_concurrency int - 5
-internal_mail_filter_classes list -
+internal_mail_filter_classes list:some:sendmail|smtpd|qmqpd|forward|bounce|notify|verify|all -
 invalid_hostname_reject_code int - 501
 ipc_idle time s 5s
 ipc_timeout time s 3600s
@@ -203,8 +205,8 @@ ipc_ttl time s 1000s
 known_tcp_ports list - lmtp=24, smtp=25, smtps=submissions=465, submission=587
 line_length_limit size - 2048
 lmdb_map_size size - 16777216
-lmtp_address_preference str - any
-lmtp_address_verify_target str - rcpt
+lmtp_address_preference str:one:ipv4|ipv6|any - any
+lmtp_address_verify_target str:one:rcpt|data - rcpt
 lmtp_assume_final bool - no
 lmtp_balance_inet_protocols bool - yes
 lmtp_bind_address str -
@@ -235,14 +237,14 @@ lmtp_destination_recipient_limit int - $default_destination_recipient_limit
 lmtp_discard_lhlo_keyword_address_maps list -
 lmtp_discard_lhlo_keywords list -
 lmtp_dns_reply_filter list -
-lmtp_dns_resolver_options list -
-lmtp_dns_support_level str -
+lmtp_dns_resolver_options list:some:res_defnames|res_dnsrch -
+lmtp_dns_support_level str:one:disabled|enabled|dnssec -
 lmtp_enforce_tls bool - no
 lmtp_extra_recipient_limit int - $default_extra_recipient_limit
-lmtp_fallback_relay list -
+lmtp_fallback_relay list:syntax:nexthops -
 lmtp_generic_maps list -
 lmtp_header_checks list -
-lmtp_host_lookup str - dns
+lmtp_host_lookup str:some:dns|native - dns
 lmtp_initial_destination_concurrency int - $initial_destination_concurrency
 lmtp_lhlo_name str - $myhostname
 lmtp_lhlo_timeout time s 300s
@@ -258,7 +260,7 @@ lmtp_per_request_deadline bool - ${lmtp_per_record_deadline?{$lmtp_per_record_de
 lmtp_pix_workaround_delay_time time s 10s
 lmtp_pix_workaround_maps list -
 lmtp_pix_workaround_threshold_time time s 500s
-lmtp_pix_workarounds list - disable_esmtp,delay_dotcrlf
+lmtp_pix_workarounds list:some:disable_esmtp|delay_dotcrlf - disable_esmtp,delay_dotcrlf
 lmtp_quit_timeout time s 300s
 lmtp_quote_rfc821_envelope bool - yes
 lmtp_randomize_addresses bool - yes
@@ -275,9 +277,9 @@ lmtp_sasl_auth_soft_bounce bool - yes
 lmtp_sasl_mechanism_filter list -
 lmtp_sasl_password_maps list -
 lmtp_sasl_path str -
-lmtp_sasl_security_options list - noplaintext, noanonymous
-lmtp_sasl_tls_security_options list - $lmtp_sasl_security_options
-lmtp_sasl_tls_verified_security_options list - $lmtp_sasl_tls_security_options
+lmtp_sasl_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - noplaintext, noanonymous
+lmtp_sasl_tls_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - $lmtp_sasl_security_options
+lmtp_sasl_tls_verified_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - $lmtp_sasl_tls_security_options
 lmtp_sasl_type str - cyrus
 lmtp_send_dummy_mail_auth bool - no
 lmtp_send_xforward_command bool - no
@@ -291,7 +293,7 @@ lmtp_tls_CApath str -
 lmtp_tls_block_early_mail_reply bool - no
 lmtp_tls_cert_file str -
 lmtp_tls_chain_files list -
-lmtp_tls_ciphers str - medium
+lmtp_tls_ciphers str:one:high|medium|low|export|null - medium
 lmtp_tls_connection_reuse bool - no
 lmtp_tls_dcert_file str -
 lmtp_tls_dkey_file str - $lmtp_tls_dcert_file
@@ -300,20 +302,20 @@ lmtp_tls_eckey_file str - $lmtp_tls_eccert_file
 lmtp_tls_enforce_peername bool - yes
 lmtp_tls_exclude_ciphers list -
 lmtp_tls_fingerprint_cert_match list -
-lmtp_tls_fingerprint_digest str - sha256
+lmtp_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 lmtp_tls_force_insecure_host_tlsa_lookup bool - no
 lmtp_tls_key_file str - $lmtp_tls_cert_file
 lmtp_tls_loglevel int - 0
-lmtp_tls_mandatory_ciphers str - medium
+lmtp_tls_mandatory_ciphers str:one:high|medium|low|export|null - medium
 lmtp_tls_mandatory_exclude_ciphers list -
-lmtp_tls_mandatory_protocols list - >=TLSv1
+lmtp_tls_mandatory_protocols list:syntax:tls_protocols - >=TLSv1
 lmtp_tls_note_starttls_offer bool - no
 lmtp_tls_per_site str -
 lmtp_tls_policy_maps list -
-lmtp_tls_protocols list - >=TLSv1
+lmtp_tls_protocols list:syntax:tls_protocols - >=TLSv1
 lmtp_tls_scert_verifydepth int - 9
 lmtp_tls_secure_cert_match list - nexthop
-lmtp_tls_security_level str -
+lmtp_tls_security_level str:one:none|may|encrypt|dane|dane-only|fingerprint|verify|secure -
 lmtp_tls_servername str -
 lmtp_tls_session_cache_database str -
 lmtp_tls_session_cache_timeout time s 3600s
@@ -343,7 +345,7 @@ local_recipient_limit int - $default_recipient_limit
 local_recipient_maps list - proxy:unix:passwd.byname $alias_maps
 local_recipient_refill_delay time s $default_recipient_refill_delay
 local_recipient_refill_limit int - $default_recipient_refill_limit
-local_transport str - local:$myhostname
+local_transport str:syntax:transport - local:$myhostname
 local_transport_rate_delay time s $default_transport_rate_delay
 luser_relay str -
 mail_name str - mailferry
@@ -353,9 +355,9 @@ mail_spool_directory str - /var/mail
 mail_version str - 3.7.11
 mailbox_command str -
 mailbox_command_maps list -
-mailbox_delivery_lock list - fcntl, dotlock
+mailbox_delivery_lock list:some:flock|fcntl|dotlock - fcntl, dotlock
 mailbox_size_limit size - 51200000
-mailbox_transport str -
+mailbox_transport str:syntax:transport -
 mailbox_transport_maps list -
 maillog_file str -
 maillog_file_compressor str - gzip
@@ -365,7 +367,7 @@ mailq_path str - /usr/bin/mailq
 manpage_directory str - /usr/local/man
 maps_rbl_domains list -
 maps_rbl_reject_code int - 554
-masquerade_classes list - envelope_sender, header_sender, header_recipient
+masquerade_classes list:some:envelope_sender|envelope_recipient|header_sender|header_recipient - envelope_sender, header_sender, header_recipient
 masquerade_domains list -
 masquerade_exceptions list -
 master_service_disable list -
@@ -383,7 +385,7 @@ milter_connect_macros list - j {daemon_name} {daemon_addr} v _
 milter_connect_timeout time s 30s
 milter_content_timeout time s 300s
 milter_data_macros list - i
-milter_default_action str - tempfail
+milter_default_action str:one:accept|reject|tempfail|shutdown|quarantine - tempfail
 milter_end_of_data_macros list - i
 milter_end_of_header_macros list - i
 milter_header_checks list -
@@ -409,13 +411,13 @@ mydestination list - $myhostname, localhost.$mydomain, localhost
 mydomain str - <computed>
 myhostname str - <computed>
 mynetworks list - <computed>
-mynetworks_style str - host
+mynetworks_style str:one:host|subnet|class - ${{$compatibility_level} <level {2} ? {subnet} : {host}}
 myorigin str - $myhostname
 nested_header_checks list - $header_checks
 newaliases_path str - /usr/bin/newaliases
 non_fqdn_reject_code int - 504
 non_smtpd_milters list -
-notify_classes list - resource, software
+notify_classes list:some:bounce|2bounce|data|delay|policy|protocol|resource|software - resource, software
 openssl_path str - openssl
 owner_request_special bool - yes
 parent_domain_matches_subdomains list - debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps
@@ -430,7 +432,7 @@ postmulti_start_commands list - start
 postmulti_stop_commands list - stop abort drain quick-stop
 postscreen_access_list list - permit_mynetworks
 postscreen_allowlist_interfaces list - ${postscreen_whitelist_interfaces?{$postscreen_whitelist_interfaces}:{static:all}}
-postscreen_bare_newline_action str - ignore
+postscreen_bare_newline_action str:one:drop|enforce|ignore|continue - ignore
 postscreen_bare_newline_enable bool - no
 postscreen_bare_newline_ttl time d 30d
 postscreen_cache_cleanup_interval time h 12h
@@ -440,11 +442,11 @@ postscreen_client_connection_count_limit int - $smtpd_client_connection_count_li
 postscreen_command_count_limit int - 20
 postscreen_command_filter str -
 postscreen_command_time_limit time s ${stress?{10}:{300}}s
-postscreen_denylist_action str - ${postscreen_blacklist_action?{$postscreen_blacklist_action}:{ignore}}
+postscreen_denylist_action str:one:drop|enforce|ignore|continue - ${postscreen_blacklist_action?{$postscreen_blacklist_action}:{ignore}}
 postscreen_disable_vrfy_command bool - $disable_vrfy_command
 postscreen_discard_ehlo_keyword_address_maps list - $smtpd_discard_ehlo_keyword_address_maps
 postscreen_discard_ehlo_keywords list - $smtpd_discard_ehlo_keywords
-postscreen_dnsbl_action str - ignore
+postscreen_dnsbl_action str:one:drop|enforce|ignore|continue - ignore
 postscreen_dnsbl_allowlist_threshold int - ${postscreen_dnsbl_whitelist_threshold?{$postscreen_dnsbl_whitelist_threshold}:{0}}
 postscreen_dnsbl_max_ttl time h ${postscreen_dnsbl_ttl?{$postscreen_dnsbl_ttl}:{1}}h
 postscreen_dnsbl_min_ttl time s 60s
@@ -455,31 +457,31 @@ postscreen_dnsbl_timeout time s 10s
 postscreen_enforce_tls bool - $smtpd_enforce_tls
 postscreen_expansion_filter str - $smtpd_expansion_filter
 postscreen_forbidden_commands list - $smtpd_forbidden_commands
-postscreen_greet_action str - ignore
+postscreen_greet_action str:one:drop|enforce|ignore|continue - ignore
 postscreen_greet_banner str - $smtpd_banner
 postscreen_greet_ttl time d 1d
 postscreen_greet_wait time s ${stress?{2}:{6}}s
 postscreen_helo_required bool - $smtpd_helo_required
-postscreen_non_smtp_command_action str - drop
+postscreen_non_smtp_command_action str:one:drop|enforce|ignore|continue - drop
 postscreen_non_smtp_command_enable bool - no
 postscreen_non_smtp_command_ttl time d 30d
-postscreen_pipelining_action str - enforce
+postscreen_pipelining_action str:one:drop|enforce|ignore|continue - enforce
 postscreen_pipelining_enable bool - no
 postscreen_pipelining_ttl time d 30d
 postscreen_post_queue_limit int - $default_process_limit
 postscreen_pre_queue_limit int - $default_process_limit
 postscreen_reject_footer str - $smtpd_reject_footer
 postscreen_reject_footer_maps list - $smtpd_reject_footer_maps
-postscreen_tls_security_level str - $smtpd_tls_security_level
-postscreen_upstream_proxy_protocol str -
+postscreen_tls_security_level str:one:none|may|encrypt|fingerprint|verify|secure - $smtpd_tls_security_level
+postscreen_upstream_proxy_protocol str:one:haproxy -
 postscreen_upstream_proxy_timeout time s 5s
 postscreen_use_tls bool - $smtpd_use_tls
 postscreen_watchdog_timeout time s 10s
-prepend_delivered_header list - command, file, forward
+prepend_delivered_header list:some:command|file|forward - command, file, forward
 process_id int - <computed>
 process_id_directory str - pid
 process_name str - <computed>
-propagate_unmatched_extensions list - canonical, virtual
+propagate_unmatched_extensions list:some:canonical|virtual|alias|forward|include|generic - canonical, virtual
 proxy_interfaces list -
 proxy_read_maps list - $local_recipient_maps $mydestination $virtual_alias_maps $virtual_alias_domains $virtual_mailbox_maps $virtual_mailbox_domains $relay_recipient_maps $relay_domains $canonical_maps $sender_canonical_maps $recipient_canonical_maps $relocated_maps $transport_maps $mynetworks $smtpd_sender_login_maps $sender_bcc_maps $recipient_bcc_maps $smtp_generic_maps $lmtp_generic_maps $alias_maps $smtpd_client_restrictions $smtpd_helo_restrictions $smtpd_sender_restrictions $smtpd_relay_restrictions $smtpd_recipient_restrictions $address_verify_sender_dependent_default_transport_maps $address_verify_sender_dependent_relayhost_maps $address_verify_transport_maps $fallback_transport_maps $lmtp_discard_lhlo_keyword_address_maps $lmtp_pix_workaround_maps $lmtp_sasl_password_maps $lmtp_tls_policy_maps $mailbox_command_maps $mailbox_transport_maps $postscreen_discard_ehlo_keyword_address_maps $rbl_reply_maps $sender_dependent_default_transport_maps $sender_dependent_relayhost_maps $smtp_discard_ehlo_keyword_address_maps $smtp_pix_workaround_maps $smtp_sasl_password_maps $smtp_tls_policy_maps $smtpd_discard_ehlo_keyword_address_maps $smtpd_milter_maps $virtual_gid_maps $virtual_uid_maps $local_login_sender_maps $postscreen_reject_footer_maps $smtpd_reject_footer_maps $tls_server_sni_maps $tlsproxy_client_policy_maps $default_delivery_status_filter $lmtp_delivery_status_filter $lmtp_dns_reply_filter $lmtp_reply_filter $local_delivery_status_filter $pipe_delivery_status_filter $postscreen_command_filter $smtp_delivery_status_filter $smtp_dns_reply_filter $smtp_reply_filter $smtpd_command_filter $smtpd_dns_reply_filter $virtual_delivery_status_filter $body_checks $header_checks $lmtp_body_checks $lmtp_header_checks $lmtp_mime_header_checks $lmtp_nested_header_checks $milter_header_checks $mime_header_checks $nested_header_checks $smtp_body_checks $smtp_header_checks $smtp_mime_header_checks $smtp_nested_header_checks
 proxy_write_maps list - $smtp_sasl_auth_cache_name $lmtp_sasl_auth_cache_name $address_verify_map $postscreen_cache_map
@@ -503,13 +505,13 @@ queue_run_delay time s 300s
 queue_service_name str - qmgr
 rbl_reply_maps list -
 readme_directory str - no
-receive_override_options list -
+receive_override_options list:some:no_unknown_recipient_checks|no_address_mappings|no_header_body_checks|no_milters -
 recipient_bcc_maps list -
-recipient_canonical_classes list - envelope_recipient, header_recipient
+recipient_canonical_classes list:some:envelope_recipient|header_recipient - envelope_recipient, header_recipient
 recipient_canonical_maps list -
 recipient_delimiter str -
 reject_code int - 554
-reject_tempfail_action str - defer_if_permit
+reject_tempfail_action str:one:defer|defer_if_permit - defer_if_permit
 relay_clientcerts str -
 relay_delivery_slot_cost int - $default_delivery_slot_cost
 relay_delivery_slot_discount int - $default_delivery_slot_discount
@@ -520,7 +522,7 @@ relay_destination_concurrency_negative_feedback str - $default_destination_concu
 relay_destination_concurrency_positive_feedback str - $default_destination_concurrency_positive_feedback
 relay_destination_rate_delay time s $default_destination_rate_delay
 relay_destination_recipient_limit int - $default_destination_recipient_limit
-relay_domains list -
+relay_domains list - ${{$compatibility_level} <level {2} ? {$mydestination} : {}}
 relay_domains_reject_code int - 554
 relay_extra_recipient_limit int - $default_extra_recipient_limit
 relay_initial_destination_concurrency int - $initial_destination_concurrency
@@ -529,9 +531,9 @@ relay_recipient_limit int - $default_recipient_limit
 relay_recipient_maps list -
 relay_recipient_refill_delay time s $default_recipient_refill_delay
 relay_recipient_refill_limit int - $default_recipient_refill_limit
-relay_transport str - relay
+relay_transport str:syntax:transport - relay
 relay_transport_rate_delay time s $default_transport_rate_delay
-relayhost list -
+relayhost list:syntax:nexthops -
 relocated_maps list -
 remote_header_rewrite_domain str -
 require_home_directory bool - no
@@ -539,7 +541,7 @@ reset_owner_alias bool - no
 resolve_dequoted_address bool - yes
 resolve_null_domain bool - no
 resolve_numeric_domain bool - no
-respectful_logging bool - yes
+respectful_logging bool - ${{$compatibility_level} <level {3.6} ? {no} : {yes}}
 retry_delivery_slot_cost int - $default_delivery_slot_cost
 retry_delivery_slot_discount int - $default_delivery_slot_discount
 retry_delivery_slot_loan int - $default_delivery_slot_loan
@@ -560,11 +562,11 @@ rewrite_service_name str - rewrite
 sample_directory str - /etc/postfix
 send_cyrus_sasl_authzid bool - no
 sender_bcc_maps list -
-sender_canonical_classes list - envelope_sender, header_sender
+sender_canonical_classes list:some:envelope_sender|header_sender - envelope_sender, header_sender
 sender_canonical_maps list -
 sender_dependent_default_transport_maps list -
 sender_dependent_relayhost_maps list -
-sendmail_fix_line_endings str - always
+sendmail_fix_line_endings str:one:always|strict|never - always
 sendmail_path str - /usr/sbin/sendmail
 service_name str - <computed>
 service_throttle_time time s 60s
@@ -572,8 +574,8 @@ setgid_group str - mailferry
 shlib_directory str - /usr/lib/postfix
 show_user_unknown_table_name bool - yes
 showq_service_name str - showq
-smtp_address_preference str - any
-smtp_address_verify_target str - rcpt
+smtp_address_preference str:one:ipv4|ipv6|any - any
+smtp_address_verify_target str:one:rcpt|data - rcpt
 smtp_always_send_ehlo bool - yes
 smtp_balance_inet_protocols bool - yes
 smtp_bind_address str -
@@ -604,16 +606,16 @@ smtp_destination_recipient_limit int - $default_destination_recipient_limit
 smtp_discard_ehlo_keyword_address_maps list -
 smtp_discard_ehlo_keywords list -
 smtp_dns_reply_filter list -
-smtp_dns_resolver_options list -
-smtp_dns_support_level str -
+smtp_dns_resolver_options list:some:res_defnames|res_dnsrch -
+smtp_dns_support_level str:one:disabled|enabled|dnssec -
 smtp_enforce_tls bool - no
 smtp_extra_recipient_limit int - $default_extra_recipient_limit
-smtp_fallback_relay list - $fallback_relay
+smtp_fallback_relay list:syntax:nexthops - $fallback_relay
 smtp_generic_maps list -
 smtp_header_checks list -
 smtp_helo_name str - $myhostname
 smtp_helo_timeout time s 300s
-smtp_host_lookup str - dns
+smtp_host_lookup str:some:dns|native - dns
 smtp_initial_destination_concurrency int - $initial_destination_concurrency
 smtp_line_length_limit size - 998
 smtp_mail_timeout time s 300s
@@ -628,7 +630,7 @@ smtp_per_request_deadline bool - ${smtp_per_record_deadline?{$smtp_per_record_de
 smtp_pix_workaround_delay_time time s 10s
 smtp_pix_workaround_maps list -
 smtp_pix_workaround_threshold_time time s 500s
-smtp_pix_workarounds list - disable_esmtp,delay_dotcrlf
+smtp_pix_workarounds list:some:disable_esmtp|delay_dotcrlf - disable_esmtp,delay_dotcrlf
 smtp_quit_timeout time s 300s
 smtp_quote_rfc821_envelope bool - yes
 smtp_randomize_addresses bool - yes
@@ -645,9 +647,9 @@ smtp_sasl_auth_soft_bounce bool - yes
 smtp_sasl_mechanism_filter list -
 smtp_sasl_password_maps list -
 smtp_sasl_path str -
-smtp_sasl_security_options list - noplaintext, noanonymous
-smtp_sasl_tls_security_options list - $smtp_sasl_security_options
-smtp_sasl_tls_verified_security_options list - $smtp_sasl_tls_security_options
+smtp_sasl_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - noplaintext, noanonymous
+smtp_sasl_tls_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - $smtp_sasl_security_options
+smtp_sasl_tls_verified_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - $smtp_sasl_tls_security_options
 smtp_sasl_type str - cyrus
 smtp_send_dummy_mail_auth bool - no
 smtp_send_xforward_command bool - no
@@ -661,9 +663,9 @@ smtp_tls_CApath str -
 smtp_tls_block_early_mail_reply bool - no
 smtp_tls_cert_file str -
 smtp_tls_chain_files list -
-smtp_tls_ciphers str - medium
+smtp_tls_ciphers str:one:high|medium|low|export|null - medium
 smtp_tls_connection_reuse bool - no
-smtp_tls_dane_insecure_mx_policy str - ${{$smtp_tls_security_level} == {dane} ? {dane} : {may}}
+smtp_tls_dane_insecure_mx_policy str:one:dane|may - ${{$smtp_tls_security_level} == {dane} ? {dane} : {may}}
 smtp_tls_dcert_file str -
 smtp_tls_dkey_file str - $smtp_tls_dcert_file
 smtp_tls_eccert_file str -
@@ -671,20 +673,20 @@ smtp_tls_eckey_file str - $smtp_tls_eccert_file
 smtp_tls_enforce_peername bool - yes
 smtp_tls_exclude_ciphers list -
 smtp_tls_fingerprint_cert_match list -
-smtp_tls_fingerprint_digest str - sha256
+smtp_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 smtp_tls_force_insecure_host_tlsa_lookup bool - no
 smtp_tls_key_file str - $smtp_tls_cert_file
 smtp_tls_loglevel int - 0
-smtp_tls_mandatory_ciphers str - medium
+smtp_tls_mandatory_ciphers str:one:high|medium|low|export|null - medium
 smtp_tls_mandatory_exclude_ciphers list -
-smtp_tls_mandatory_protocols list - >=TLSv1
+smtp_tls_mandatory_protocols list:syntax:tls_protocols - >=TLSv1
 smtp_tls_note_starttls_offer bool - no
 smtp_tls_per_site str -
 smtp_tls_policy_maps list -
-smtp_tls_protocols list - >=TLSv1
+smtp_tls_protocols list:syntax:tls_protocols - >=TLSv1
 smtp_tls_scert_verifydepth int - 9
 smtp_tls_secure_cert_match list - nexthop, dot-nexthop
-smtp_tls_security_level str -
+smtp_tls_security_level str:one:none|may|encrypt|dane|dane-only|fingerprint|verify|secure -
 smtp_tls_servername str -
 smtp_tls_session_cache_database str -
 smtp_tls_session_cache_timeout time s 3600s
@@ -719,7 +721,7 @@ smtpd_enforce_tls bool - no
 smtpd_error_sleep_time time s 1s
 smtpd_etrn_restrictions list -
 smtpd_expansion_filter str - \t\40!"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~
-smtpd_forbid_bare_newline str - normalize
+smtpd_forbid_bare_newline str:one:normalize|yes|note|reject|no - normalize
 smtpd_forbid_bare_newline_exclusions list - $mynetworks
 smtpd_forbid_bare_newline_reject_code int - 550
 smtpd_forbid_unauth_pipelining bool - yes
@@ -747,7 +749,7 @@ smtpd_policy_service_timeout time s 100s
 smtpd_policy_service_try_limit int - 2
 smtpd_proxy_ehlo str - $myhostname
 smtpd_proxy_filter str -
-smtpd_proxy_options list -
+smtpd_proxy_options list:some:speed_adjust -
 smtpd_proxy_timeout time s 100s
 smtpd_recipient_limit int - 1000
 smtpd_recipient_overshoot_limit int - 1000
@@ -756,8 +758,8 @@ smtpd_reject_footer str -
 smtpd_reject_footer_maps list -
 smtpd_reject_unlisted_recipient bool - yes
 smtpd_reject_unlisted_sender bool - no
-smtpd_relay_before_recipient_restrictions bool - yes
-smtpd_relay_restrictions list - permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination
+smtpd_relay_before_recipient_restrictions bool - ${{$compatibility_level} <level {3.6} ? {no} : {yes}}
+smtpd_relay_restrictions list - ${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}
 smtpd_restriction_classes list -
 smtpd_sasl_auth_enable bool - no
 smtpd_sasl_authenticated_header bool - no
@@ -766,9 +768,9 @@ smtpd_sasl_local_domain str -
 smtpd_sasl_mechanism_filter list - !external, static:rest
 smtpd_sasl_path str - smtpd
 smtpd_sasl_response_limit size - 12288
-smtpd_sasl_security_options list - noanonymous
+smtpd_sasl_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - noanonymous
 smtpd_sasl_service str - smtp
-smtpd_sasl_tls_security_options list - $smtpd_sasl_security_options
+smtpd_sasl_tls_security_options list:some:noplaintext|noactive|nodictionary|noanonymous|mutual_auth|forward_secrecy - $smtpd_sasl_security_options
 smtpd_sasl_type str - cyrus
 smtpd_sender_login_maps list -
 smtpd_sender_restrictions list -
@@ -784,7 +786,7 @@ smtpd_tls_auth_only bool - no
 smtpd_tls_ccert_verifydepth int - 9
 smtpd_tls_cert_file str -
 smtpd_tls_chain_files list -
-smtpd_tls_ciphers str - medium
+smtpd_tls_ciphers str:one:high|medium|low|export|null - medium
 smtpd_tls_dcert_file str -
 smtpd_tls_dh1024_param_file str -
 smtpd_tls_dh512_param_file str -
@@ -793,24 +795,24 @@ smtpd_tls_eccert_file str -
 smtpd_tls_eckey_file str - $smtpd_tls_eccert_file
 smtpd_tls_eecdh_grade str - auto
 smtpd_tls_exclude_ciphers list -
-smtpd_tls_fingerprint_digest str - sha256
+smtpd_tls_fingerprint_digest str - ${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}
 smtpd_tls_key_file str - $smtpd_tls_cert_file
 smtpd_tls_loglevel int - 0
-smtpd_tls_mandatory_ciphers str - medium
+smtpd_tls_mandatory_ciphers str:one:high|medium|low|export|null - medium
 smtpd_tls_mandatory_exclude_ciphers list -
-smtpd_tls_mandatory_protocols list - >=TLSv1
-smtpd_tls_protocols list - >=TLSv1
+smtpd_tls_mandatory_protocols list:syntax:tls_protocols - >=TLSv1
+smtpd_tls_protocols list:syntax:tls_protocols - >=TLSv1
 smtpd_tls_received_header bool - no
 smtpd_tls_req_ccert bool - no
-smtpd_tls_security_level str -
+smtpd_tls_security_level str:one:none|may|encrypt|fingerprint|verify|secure -
 smtpd_tls_session_cache_database str -
 smtpd_tls_session_cache_timeout time s 3600s
 smtpd_tls_wrappermode bool - no
-smtpd_upstream_proxy_protocol str -
+smtpd_upstream_proxy_protocol str:one:haproxy -
 smtpd_upstream_proxy_timeout time s 5s
 smtpd_use_tls bool - no
-smtputf8_autodetect_classes list - sendmail, verify
-smtputf8_enable bool - yes
+smtputf8_autodetect_classes list:some:sendmail|smtpd|qmqpd|forward|bounce|notify|verify|all - sendmail, verify
+smtputf8_enable bool - ${{$compatibility_level} <level {1} ? {no} : {yes}}
 soft_bounce bool - no
 stale_lock_time time s 500s
 stress str -
@@ -823,7 +825,7 @@ strict_rfc821_envelopes bool - no
 strict_smtputf8 bool - no
 sun_mailtool_compatibility bool - no
 swap_bangpath bool - yes
-syslog_facility str - mail
+syslog_facility str:one:auth|authpriv|cron|daemon|ftp|kern|lpr|mail|news|security|syslog|user|uucp|local0|local1|local2|local3|local4|local5|local6|local7 - mail
 syslog_name str - mailferry
 tcp_windowsize size - 0
 tls_append_default_CA bool - no
@@ -869,7 +871,7 @@ tlsproxy_client_loglevel_parameter str - smtp_tls_loglevel
 tlsproxy_client_per_site str - $smtp_tls_per_site
 tlsproxy_client_policy_maps list - ${tlsproxy_client_policy:$smtp_tls_policy_maps}
 tlsproxy_client_scert_verifydepth int - $smtp_tls_scert_verifydepth
-tlsproxy_client_security_level str - ${tlsproxy_client_level:$smtp_tls_security_level}
+tlsproxy_client_security_level str:one:none|may|encrypt|dane|dane-only|fingerprint|verify|secure - ${tlsproxy_client_level:$smtp_tls_security_level}
 tlsproxy_client_use_tls bool - $smtp_use_tls
 tlsproxy_enforce_tls bool - $smtpd_enforce_tls
 tlsproxy_service_name str - tlsproxy
@@ -880,24 +882,24 @@ tlsproxy_tls_ask_ccert bool - $smtpd_tls_ask_ccert
 tlsproxy_tls_ccert_verifydepth int - $smtpd_tls_ccert_verifydepth
 tlsproxy_tls_cert_file str - $smtpd_tls_cert_file
 tlsproxy_tls_chain_files list - $smtpd_tls_chain_files
-tlsproxy_tls_ciphers str - $smtpd_tls_ciphers
+tlsproxy_tls_ciphers str:one:high|medium|low|export|null - $smtpd_tls_ciphers
 tlsproxy_tls_dcert_file str - $smtpd_tls_dcert_file
 tlsproxy_tls_dh1024_param_file str - $smtpd_tls_dh1024_param_file
 tlsproxy_tls_dh512_param_file str - $smtpd_tls_dh512_param_file
 tlsproxy_tls_dkey_file str - $smtpd_tls_dkey_file
 tlsproxy_tls_eccert_file str - $smtpd_tls_eccert_file
 tlsproxy_tls_eckey_file str - $smtpd_tls_eckey_file
-tlsproxy_tls_eecdh_grade str - $smtpd_tls_eecdh_grade
+tlsproxy_tls_eecdh_grade str:soft:none|strong|ultra|auto - $smtpd_tls_eecdh_grade
 tlsproxy_tls_exclude_ciphers list - $smtpd_tls_exclude_ciphers
 tlsproxy_tls_fingerprint_digest str - $smtpd_tls_fingerprint_digest
 tlsproxy_tls_key_file str - $smtpd_tls_key_file
 tlsproxy_tls_loglevel int - $smtpd_tls_loglevel
-tlsproxy_tls_mandatory_ciphers str - $smtpd_tls_mandatory_ciphers
+tlsproxy_tls_mandatory_ciphers str:one:high|medium|low|export|null - $smtpd_tls_mandatory_ciphers
 tlsproxy_tls_mandatory_exclude_ciphers list - $smtpd_tls_mandatory_exclude_ciphers
-tlsproxy_tls_mandatory_protocols list - $smtpd_tls_mandatory_protocols
-tlsproxy_tls_protocols list - $smtpd_tls_protocols
+tlsproxy_tls_mandatory_protocols list:syntax:tls_protocols - $smtpd_tls_mandatory_protocols
+tlsproxy_tls_protocols list:syntax:tls_protocols - $smtpd_tls_protocols
 tlsproxy_tls_req_ccert bool - $smtpd_tls_req_ccert
-tlsproxy_tls_security_level str - $smtpd_tls_security_level
+tlsproxy_tls_security_level str:one:none|may|encrypt|fingerprint|verify|secure - $smtpd_tls_security_level
 tlsproxy_use_tls bool - $smtpd_use_tls
 tlsproxy_watchdog_timeout time s 10s
 trace_service_name str - trace
@@ -906,9 +908,9 @@ transport_retry_time time s 60s
 trigger_timeout time s 10s
 undisclosed_recipients_header str -
 unknown_address_reject_code int - 450
-unknown_address_tempfail_action str - $reject_tempfail_action
+unknown_address_tempfail_action str:one:defer|defer_if_permit - $reject_tempfail_action
 unknown_client_reject_code int - 450
-unknown_helo_hostname_tempfail_action str - $reject_tempfail_action
+unknown_helo_hostname_tempfail_action str:one:defer|defer_if_permit - $reject_tempfail_action
 unknown_hostname_reject_code int - 450
 unknown_local_recipient_reject_code int - 550
 unknown_relay_recipient_reject_code int - 550
@@ -917,11 +919,11 @@ unknown_virtual_mailbox_reject_code int - 550
 unverified_recipient_defer_code int - 450
 unverified_recipient_reject_code int - 450
 unverified_recipient_reject_reason str -
-unverified_recipient_tempfail_action str - $reject_tempfail_action
+unverified_recipient_tempfail_action str:one:defer|defer_if_permit - $reject_tempfail_action
 unverified_sender_defer_code int - 450
 unverified_sender_reject_code int - 450
 unverified_sender_reject_reason str -
-unverified_sender_tempfail_action str - $reject_tempfail_action
+unverified_sender_tempfail_action str:one:defer|defer_if_permit - $reject_tempfail_action
 verp_delimiter_filter str - -=+
 virtual_alias_address_length_limit int - 1000
 virtual_alias_domains list - $virtual_alias_maps
@@ -944,14 +946,14 @@ virtual_initial_destination_concurrency int - $initial_destination_concurrency
 virtual_mailbox_base str -
 virtual_mailbox_domains list - $virtual_mailbox_maps
 virtual_mailbox_limit size - 51200000
-virtual_mailbox_lock list - fcntl, dotlock
+virtual_mailbox_lock list:some:flock|fcntl|dotlock - fcntl, dotlock
 virtual_mailbox_maps list -
 virtual_minimum_delivery_slots int - $default_minimum_delivery_slots
 virtual_minimum_uid int - 100
 virtual_recipient_limit int - $default_recipient_limit
 virtual_recipient_refill_delay time s $default_recipient_refill_delay
 virtual_recipient_refill_limit int - $default_recipient_refill_limit
-virtual_transport str - virtual
+virtual_transport str:syntax:transport - virtual
 virtual_transport_rate_delay time s $default_transport_rate_delay
 virtual_uid_maps list -
 '''
@@ -990,24 +992,14 @@ LEGACY_NAMES = ('authorized_verp_clients', 'fallback_relay', 'lmtp_per_record_de
 # Where mailferry's default differs from Postfix's:
 # name -> (Postfix's default, why).
 POSTFIX_DEFAULTS_WHERE_DIFFERENT = {
-    'append_dot_mydomain': ('${{$compatibility_level} <level {1} ? {yes} : {no}}', "Postfix's default at compatibility_level 3.6"),
-    'compatibility_level': ('0', 'mailferry always behaves like Postfix at level 3.6'),
+    'compatibility_level': ('0', "unset, mailferry behaves like Postfix at level 3.6; a lower level brings back Postfix's older defaults (docs/validation.md)"),
     'config_directory': ('/etc/postfix', "mailferry's own configuration directory"),
     'data_directory': ('/var/lib/postfix', "mailferry's own state directory"),
-    'lmtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
     'mail_name': ('Postfix', 'the banner and Received: headers name mailferry'),
     'mail_owner': ('postfix', "mailferry's own system account"),
-    'mynetworks_style': ('${{$compatibility_level} <level {2} ? {subnet} : {host}}', "Postfix's default at compatibility_level 3.6"),
     'queue_directory': ('/var/spool/postfix', "mailferry's own queue"),
-    'relay_domains': ('${{$compatibility_level} <level {2} ? {$mydestination} : {}}', "Postfix's default at compatibility_level 3.6"),
-    'respectful_logging': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'setgid_group': ('postdrop', "mailferry's own system group"),
-    'smtp_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
     'smtpd_forbid_bare_newline': ('no', "no SMTP smuggling by default (Postfix 3.9's normalize)"),
     'smtpd_forbid_unauth_pipelining': ('no', "Postfix 3.9's default: refuse unauthorized pipelining"),
-    'smtpd_relay_before_recipient_restrictions': ('${{$compatibility_level} <level {3.6} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
-    'smtpd_relay_restrictions': ('${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}', "Postfix's default at compatibility_level 3.6"),
-    'smtpd_tls_fingerprint_digest': ('${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}', "Postfix's default at compatibility_level 3.6"),
-    'smtputf8_enable': ('${{$compatibility_level} <level {1} ? {no} : {yes}}', "Postfix's default at compatibility_level 3.6"),
     'syslog_name': ('${multi_instance_name?{$multi_instance_name}:{postfix}}', 'log lines say mailferry'),
 }

@@ -14,7 +14,7 @@ from typing import Protocol
 from mailferry.config.config import Config
 from mailferry.config.localdomains import open_address_maps
 from mailferry.config.mastercf import MasterCf, Service
-from mailferry.delivery import outcome
+from mailferry.delivery import oauth2, outcome
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.content_checks import OutgoingChecks
 from mailferry.delivery.generic import GenericMaps
@@ -64,6 +64,7 @@ class Transports:
         self.dns = dns
         self._clients: dict[str, DeliveryAgent] = {}
         self._unavailable: dict[str, str] = {}
+        self._oauth2_tokens: oauth2.TokenManager | None = None   # one per process: one refresh at a time
 
     def command_of(self, transport: str) -> str | None:
         service = self._service(transport)
@@ -137,9 +138,17 @@ class Transports:
                 self.log.line(transport, f"TLS certificates are verified with {trust_store_description(settings.tls)}")
         client = SmtpClient(settings, self.dns, self.log, maps, self._tls_policy_table(transport, settings),
                             generic=self._generic_maps(transport, settings),
-                            checks=self._content_checks(transport, settings))
+                            checks=self._content_checks(transport, settings),
+                            oauth2_tokens=self._oauth2_token_manager() if maps is not None else None)
         self._clients[transport] = client
         return client
+
+    def _oauth2_token_manager(self) -> oauth2.TokenManager:
+        """Shared by every transport: one refresh per settings file, whichever transport needs it."""
+        if self._oauth2_tokens is None:
+            directory = oauth2.cache_directory(self.config.get("queue_directory"))
+            self._oauth2_tokens = oauth2.TokenManager(directory, self.log)
+        return self._oauth2_tokens
 
     def _tls_policy_table(self, transport: str, settings: ClientSettings) -> TlsPolicyTable | None:
         if not settings.tls_policy_maps.strip():

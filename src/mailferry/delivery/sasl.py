@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailferry.delivery import oauth2
 from mailferry.tables.result import LookupResult
 
 SUPPORTED = ("PLAIN", "LOGIN")
+# For an entry whose password is `oauth2:/settings/file` (delivery/oauth2.py, a mailferry addition).
+OAUTH2_SUPPORTED = ("XOAUTH2", "OAUTHBEARER")
 DEFAULT_SECURITY_OPTIONS = ("noplaintext", "noanonymous")
 
 # The security properties each mechanism provides in Cyrus SASL (its plugin flags). An
@@ -34,6 +37,10 @@ _CYRUS_PROPERTIES = {
     "SCRAM-SHA-1": {"noplaintext", "noactive", "noanonymous", "mutual_auth"},
     "SCRAM-SHA-256": {"noplaintext", "noactive", "noanonymous", "mutual_auth"},
     "SRP": {"noplaintext", "noactive", "nodictionary", "noanonymous", "mutual_auth"},
+    # A bearer token crosses the network as readable as a password: sasl-xoauth2, the Cyrus
+    # plugin Postfix sites use, flags XOAUTH2 noanonymous and pass-credentials only.
+    "XOAUTH2": {"noanonymous"},
+    "OAUTHBEARER": {"noanonymous"},
 }
 # Why each option forbids a mechanism, in the operator's words.
 SECURITY_OPTIONS = {
@@ -54,6 +61,16 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
+
+    @property
+    def oauth2_settings(self) -> str | None:
+        """The OAuth2 settings file an `oauth2:/path` password names, else None."""
+        return oauth2.settings_path(self.password)
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms these credentials can be used with, best first."""
+        return OAUTH2_SUPPORTED if self.oauth2_settings is not None else SUPPORTED
 
 
 class SaslLookupError(Exception):
@@ -110,6 +127,15 @@ async def find_credentials(maps: PasswordMaps, *, sender: str, sender_dependent:
     Raises SaslLookupError when a table fails temporarily: answering from a later key could
     log in with the wrong account.
     """
+    found = await find_credentials_entry(maps, sender=sender, sender_dependent=sender_dependent,
+                                         hostname=hostname, nexthop=nexthop, parameter=parameter)
+    return None if found is None else found[1]
+
+
+async def find_credentials_entry(maps: PasswordMaps, *, sender: str, sender_dependent: bool, hostname: str,
+                                 nexthop: str, parameter: str = "smtp_sasl_password_maps"
+                                 ) -> tuple[str, Credentials] | None:
+    """find_credentials, with the key that matched (for relay-check and the OAuth2 status)."""
     for key, partial in credential_keys(sender=sender, sender_dependent=sender_dependent,
                                         hostname=hostname, nexthop=nexthop):
         result = await (maps.lookup(key, partial=True) if partial else maps.lookup(key))
@@ -117,7 +143,7 @@ async def find_credentials(maps: PasswordMaps, *, sender: str, sender_dependent:
             raise SaslLookupError(parameter, _describe_tables(maps), key, result.reason or "temporary failure")
         if result.found:
             username, _, password = (result.value or "").partition(":")
-            return Credentials(username, password)
+            return key, Credentials(username, password)
     return None
 
 
@@ -142,8 +168,10 @@ class NoMechanism(Exception):
 
 
 def choose_mechanism(offered: tuple[str, ...], *, mechanism_filter: list[str], security_options: list[str],
-                     options_parameter: str, filter_parameter: str = "smtp_sasl_mechanism_filter") -> str:
-    """PLAIN or LOGIN, whichever survives the filter and the security options (PLAIN first).
+                     options_parameter: str, filter_parameter: str = "smtp_sasl_mechanism_filter",
+                     supported: tuple[str, ...] = SUPPORTED) -> str:
+    """The first of `supported` (PLAIN, LOGIN; or XOAUTH2, OAUTHBEARER for an OAuth2 entry)
+    that survives the filter and the security options.
 
     Raises NoMechanism with the reason, and ValueError for a security option that does
     not exist (a typo would otherwise change what is allowed).
@@ -156,11 +184,35 @@ def choose_mechanism(offered: tuple[str, ...], *, mechanism_filter: list[str], s
     after_filter = [mechanism for mechanism in offered if _filter_allows(usable_filter, mechanism)]
     forbidden = {mechanism: _forbidding(mechanism, options) for mechanism in after_filter}
     after_options = [mechanism for mechanism in after_filter if not forbidden[mechanism]]
-    for mechanism in SUPPORTED:
+    for mechanism in supported:
         if mechanism in after_options:
             return mechanism
     raise NoMechanism(_explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_options,
-                               options, options_parameter, filter_parameter))
+                               options, options_parameter, filter_parameter, supported))
+
+
+def mechanism_verdicts(offered: tuple[str, ...], *, mechanism_filter: list[str], security_options: list[str],
+                       options_parameter: str, filter_parameter: str = "smtp_sasl_mechanism_filter",
+                       supported: tuple[str, ...] = SUPPORTED) -> list[tuple[str, str]]:
+    """Each offered mechanism with why it is excluded ("" when choose_mechanism may take it),
+    by the same three cuts as choose_mechanism: the filter, the security options, `supported`
+    (PLAIN and LOGIN; XOAUTH2 and OAUTHBEARER for an OAuth2 entry)."""
+    options = check_security_options(security_options, options_parameter)
+    usable_filter, _ = _split_filter(mechanism_filter)
+    verdicts = []
+    for mechanism in _unique(mechanism.upper() for mechanism in offered):
+        if not _filter_allows(usable_filter, mechanism):
+            why = f"removed by {filter_parameter} = {', '.join(mechanism_filter)}"
+        elif forbidding := _forbidding(mechanism, options):
+            why = (f"forbidden by {options_parameter} = {', '.join(options)} "
+                   f"({', '.join(SECURITY_OPTIONS[option] for option in forbidding)})")
+        elif mechanism not in supported:
+            kind = " for an OAuth2 entry" if supported == OAUTH2_SUPPORTED else ""
+            why = f"not supported by mailferry's SASL client{kind} ({' and '.join(supported)})"
+        else:
+            why = ""
+        verdicts.append((mechanism, why))
+    return verdicts
 
 
 def _unique(items) -> list[str]:
@@ -217,8 +269,10 @@ def _forbidding(mechanism: str, options: list[str]) -> list[str]:
 
 
 def _explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_options,
-             options, options_parameter, filter_parameter) -> str:
-    none_supported = not any(mechanism in SUPPORTED for mechanism in offered)
+             options, options_parameter, filter_parameter, supported=SUPPORTED) -> str:
+    names = " and ".join(supported)
+    for_kind = " for an OAuth2 entry (oauth2:FILE)" if supported == OAUTH2_SUPPORTED else ""
+    none_supported = not any(mechanism in supported for mechanism in offered)
     parts = [f"the server offers {' '.join(offered)}{' only' if none_supported else ''}"]
     removed_by_filter = [mechanism for mechanism in offered if mechanism not in after_filter]
     if removed_by_filter:
@@ -232,17 +286,17 @@ def _explain(offered, mechanism_filter, ignored, after_filter, forbidden, after_
                           for option in forbidden[mechanism])
         parts.append(f"{options_parameter} = {', '.join(options)} forbids {' '.join(removed_by_options)} "
                      f"({', '.join(reasons)})")
-    unsupported = [mechanism for mechanism in after_options if mechanism not in SUPPORTED]
+    unsupported = [mechanism for mechanism in after_options if mechanism not in supported]
     if none_supported:
-        parts.append("mailferry's SASL client supports PLAIN and LOGIN")
+        parts.append(f"mailferry's SASL client supports {names}{for_kind}")
         return "; ".join(parts)
     if unsupported:
-        parts.append(f"mailferry's SASL client does not support {' '.join(unsupported)} (only PLAIN and LOGIN)")
-    supported_forbidden = [m for m in removed_by_options if m in SUPPORTED]
+        parts.append(f"mailferry's SASL client does not support {' '.join(unsupported)}{for_kind} (only {names})")
+    supported_forbidden = [m for m in removed_by_options if m in supported]
     if supported_forbidden:
         parts.append(_options_advice(supported_forbidden, forbidden, options, options_parameter))
-    elif any(mechanism in SUPPORTED for mechanism in removed_by_filter):
-        supported_filtered = [m for m in removed_by_filter if m in SUPPORTED]
+    elif any(mechanism in supported for mechanism in removed_by_filter):
+        supported_filtered = [m for m in removed_by_filter if m in supported]
         parts.append(f"to use {' or '.join(supported_filtered)}, add it to {filter_parameter} "
                      "or leave that parameter empty")
     return "; ".join(parts)

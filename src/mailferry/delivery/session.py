@@ -13,7 +13,8 @@ import asyncio
 import ssl
 from typing import Protocol
 
-from mailferry.delivery import outcome, sasl, tls
+from mailferry import metrics
+from mailferry.delivery import oauth2, outcome, sasl, tls
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection, ConnectionLost
 from mailferry.delivery.dns import DnsError, Target
@@ -52,12 +53,13 @@ class SetupFailed(Exception):
 
 class SessionSetup:
     def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
-                 tls_policies: TlsPolicies | None = None):
+                 tls_policies: TlsPolicies | None = None, oauth2_tokens: oauth2.TokenManager | None = None):
         self.settings = settings
         self.dns = dns
         self.log = log
         self.password_maps = password_maps
         self.tls_policies = tls_policies
+        self.oauth2_tokens = oauth2_tokens
         self.program = settings.transport
 
     async def open(self, nexthop: str, sender: str) -> Connection:
@@ -183,10 +185,12 @@ class SessionSetup:
         except ssl.SSLCertVerificationError as error:
             self.log.line(self.program, tls.verification_failure(
                 error, connection.host, connection.address, connection.port))
+            metrics.tls_outbound("failed")
             raise SetupFailed(outcome.deferred("4.7.5", "Server certificate not verified",
                                                connection.relay)) from None
         except (ssl.SSLError, OSError, TimeoutError) as error:
             connection.closed = True
+            metrics.tls_outbound("failed")
             raise SetupFailed(outcome.deferred(
                 "4.7.5", f"Cannot start TLS: handshake failure with {connection.peer}: "
                          f"{getattr(error, 'reason', None) or error}", connection.relay)) from None
@@ -198,10 +202,12 @@ class SessionSetup:
             if not tls.certificate_matches(certificate, names):
                 self.log.line(self.program, tls.name_mismatch(
                     connection.host, connection.address, connection.port, names, certificate))
+                metrics.tls_outbound("failed")
                 raise SetupFailed(outcome.deferred("4.7.5", "Server certificate not verified",
                                                    connection.relay))
             trust = "Verified"
         connection.tls = trust
+        metrics.tls_outbound(trust, ssl_object.version())
         if self.settings.tls_loglevel >= 1:
             self.log.line(self.program, tls.established_line(
                 trust, connection.host, connection.address, connection.port, ssl_object))
@@ -232,16 +238,65 @@ class SessionSetup:
             mechanism = sasl.choose_mechanism(
                 offered, mechanism_filter=self.settings.sasl_mechanism_filter,
                 security_options=options, options_parameter=parameter,
-                filter_parameter=client_parameter(prefix, "smtp_sasl_mechanism_filter"))
+                filter_parameter=client_parameter(prefix, "smtp_sasl_mechanism_filter"),
+                supported=credentials.mechanisms)
         except (sasl.NoMechanism, ValueError) as why:
             self.log.warning(self.program, f"SASL authentication failure: cannot authenticate to "
                                            f"server {connection.relay}: {why}")
             raise SetupFailed(outcome.deferred(
                 "4.7.0", f"SASL authentication failed; cannot authenticate to server "
                          f"{connection.peer}: {why}", connection.relay)) from None
+        if credentials.oauth2_settings is not None:
+            await self._oauth2(connection, hop, credentials, mechanism)
+            return
         await self._sasl_exchange(connection, sasl.SaslExchange(mechanism, credentials), mechanism)
 
+    async def _oauth2(self, connection: Connection, hop: Hop, credentials: sasl.Credentials, mechanism: str) -> None:
+        """XOAUTH2/OAUTHBEARER with a fresh token; a refused token is refreshed and tried once more."""
+        def defer(why: str) -> SetupFailed:
+            return SetupFailed(outcome.deferred("4.7.0", f"SASL authentication failed; cannot authenticate to "
+                                                         f"server {connection.peer}: {why}", connection.relay))
+        if self.oauth2_tokens is None:
+            raise defer("no OAuth2 token cache in this process")
+        try:
+            settings = oauth2.load_settings(credentials.oauth2_settings)
+            user = credentials.username or settings.user
+            token = await self.oauth2_tokens.access_token(settings)
+            for attempt in (1, 2):
+                exchange = oauth2.OAuth2Exchange(mechanism, user, token, hop.domain, connection.port)
+                reply = await self._sasl_round(connection, exchange, mechanism)
+                if reply.code == 235:
+                    connection.authenticated = True
+                    return
+                refused = exchange.refused_token or reply.code == 535
+                if attempt == 2 or not refused:
+                    break
+                detail = exchange.error_text()
+                self.log.line(self.program, f"server {connection.peer} refused the OAuth2 access token for {user}"
+                                            f"{f' ({detail})' if detail else ''}: {reply}; refreshing it")
+                token = await self.oauth2_tokens.access_token(settings, stale=token)
+        except oauth2.OAuth2Error as why:
+            self.log.warning(self.program, f"SASL authentication failure: cannot authenticate to server "
+                                           f"{connection.relay}: {why}")
+            raise defer(str(why)) from None
+        except ValueError as why:
+            raise defer(str(why)) from None
+        raise self._refused(connection, reply)
+
     async def _sasl_exchange(self, connection: Connection, exchange: sasl.SaslExchange, mechanism: str) -> None:
+        reply = await self._sasl_round(connection, exchange, mechanism)
+        if reply.code == 235:
+            connection.authenticated = True
+            return
+        raise self._refused(connection, reply)
+
+    def _refused(self, connection: Connection, reply) -> SetupFailed:
+        self.log.warning(self.program, f"SASL authentication failed; server {connection.peer} said: {reply}")
+        return SetupFailed(outcome.sasl_refused(reply, connection.peer, connection.relay,
+                                                self.settings.sasl_soft_bounce))
+
+    async def _sasl_round(self, connection: Connection, exchange, mechanism: str):
+        """One AUTH command and its challenges; the final reply."""
         timeout = self.settings.helo_timeout
         reply = await connection.command(proto.auth_command(mechanism, exchange.initial_response()),
                                          timeout, "performing SASL authentication")
@@ -257,9 +312,4 @@ class SessionSetup:
                 break
             reply = await connection.command(proto.auth_answer(answer), timeout,
                                              "performing SASL authentication")
-        if reply.code == 235:
-            connection.authenticated = True
-            return
-        self.log.warning(self.program, f"SASL authentication failed; server {connection.peer} said: {reply}")
-        raise SetupFailed(outcome.sasl_refused(reply, connection.peer, connection.relay,
-                                               self.settings.sasl_soft_bounce))
+        return reply

@@ -23,6 +23,7 @@ from mailferry.delivery.connection import Connection, ConnectionLost
 from mailferry.delivery.content_checks import ChecksDeferred, OutgoingChecks
 from mailferry.delivery.destinations import Destinations
 from mailferry.delivery.generic import GenericMaps, MapDeferred
+from mailferry.delivery.oauth2 import TokenManager
 from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.session import Resolver, SessionSetup, SetupFailed, TlsPolicies
 from mailferry.delivery.session_cache import SessionCache, session_key
@@ -55,15 +56,16 @@ class DestinationLimits(Protocol):
 class SmtpClient:
     def __init__(self, settings: ClientSettings, dns: Resolver, log: Log, password_maps: PasswordMaps | None = None,
                  tls_policies: TlsPolicies | None = None, destinations: DestinationLimits | None = None,
-                 generic: GenericMaps | None = None, checks: OutgoingChecks | None = None):
+                 generic: GenericMaps | None = None, checks: OutgoingChecks | None = None,
+                 oauth2_tokens: TokenManager | None = None):
         """`tls_policies`: smtp_tls_policy_maps, or None. `destinations`: shared limits, else this client's own.
         `generic`: smtp_generic_maps (lmtp_generic_maps), or None. `checks`: smtp_header_checks
-        and the others (lmtp_*), or None."""
+        and the others (lmtp_*), or None. `oauth2_tokens`: access tokens for oauth2: entries."""
         self.settings = settings
         self.log = log
         self.generic = generic
         self.checks = checks
-        self.setup = SessionSetup(settings, dns, log, password_maps, tls_policies)
+        self.setup = SessionSetup(settings, dns, log, password_maps, tls_policies, oauth2_tokens)
         self.cache = SessionCache(settings)
         self.destinations = destinations if destinations is not None else Destinations(settings.concurrency_limit)
 

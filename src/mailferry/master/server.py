@@ -19,25 +19,30 @@ import socket
 import sys
 
 import mailferry
-from mailferry import __version__
+from mailferry import __version__, metrics
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
+from mailferry.config.compat import log_lines as compat_log_lines
 from mailferry.config.config import Config, load
-from mailferry.config.inspect import inspect_config
 from mailferry.config.mastercf import read_master_cf
 from mailferry.delivery.agents import open_client_tables
 from mailferry.diagnostics import ERROR
 from mailferry.maillog import MailLog
+from mailferry.metrics import endpoint as metrics_endpoint
 from mailferry.master import workers
 from mailferry.master.pidfile import remove_pid, running_pid, write_pid
 from mailferry.master.privileges import Owner, PrivilegeError, drop_to, give_to, resolve_owner
 from mailferry.master.runtime import Runtime
+from mailferry.master.sdnotify import Notifier
 from mailferry.master.spawner import SpawnerClient, SpawnerProcess, start_spawner
+from mailferry.policy.check import configuration_problems
 from mailferry.queue import QueueError, open_queue
 from mailferry.queue.queue_id import use_process_tag
 from mailferry.smtpd.service import listen_backlog, service_view
 from mailferry.smtpd.tls import TLSSetupError, server_context
 from mailferry.tables.ldap import log_warnings_to as log_ldap_warnings_to
+from mailferry.tables.logsink import log_warnings_to as log_table_warnings_to
+from mailferry.tables.proxy import approve_from as approve_proxy_maps
 
 
 class StartupError(Exception):
@@ -64,11 +69,17 @@ class MailServer:
         self.workers_read_fd: int | None = None
         self.spawner_process: SpawnerProcess | None = None
         self.spawner: SpawnerClient | None = None
+        self.metrics_socket: socket.socket | None = None
+        self.metrics_endpoint: metrics_endpoint.Endpoint | None = None
         self._stop = None
         self._reload_requested = False
+        self.notifier = Notifier(None)
+
 
     # ---- phase 1: before the event loop
     def prepare(self) -> None:
+        # Taken before any child is forked: only the master speaks to systemd (master/sdnotify.py).
+        self.notifier = Notifier.from_environment()
         self.config, self.master = self._read_configuration()
         self.queue_directory = self.config.get("queue_directory")
         if (pid := running_pid(self.queue_directory)) is not None:
@@ -81,10 +92,12 @@ class MailServer:
             # Keys are often readable by root alone: read them before root is given up, as Postfix does.
             self.tls_contexts[key] = _tls_context(service, self.config)
         self._prepare_queue_directory()
+        self._prepare_metrics()
         self._prepare_mail_spool()
         self.log = self._open_log()
         # A directory server that fails is the administrator's business: say so in the mail log.
         log_ldap_warnings_to(lambda text: self.log.warning("cleanup", text))
+        log_table_warnings_to(lambda service, text: self.log.warning(service, text))
         _import_everything_the_services_use()
         # The one part that keeps root (master/spawner.py): forked before any thread exists
         # and before root is given up; started by anyone else, it runs as that user.
@@ -107,19 +120,20 @@ class MailServer:
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
         path = self.config.get("maillog_file")
         log = MailLog(path, self.config.get("syslog_name"), self.config.get("myhostname"),
-                      to_syslog=self.background)
+                      to_syslog=self.background or _stderr_is_the_journal())
         if path and os.geteuid() == 0:
             os.chown(path, self.owner.uid, self.owner.gid)
         return log
 
     def _read_configuration(self):
-        problems = [item for item in inspect_config(self.config_dir) if item.severity == ERROR]
+        problems = [item for item in configuration_problems(self.config_dir) if item.severity == ERROR]
         if problems:
             raise StartupError(f"the configuration has {len(problems)} error(s); fix them "
                                f"(mailferry -c {self.config_dir} check) and start again",
                                tuple(item.format("mailferry/master") for item in problems))
         config = load(self.config_dir)
         master = read_master_cf(os.path.join(self.config_dir, "master.cf"))
+        approve_proxy_maps(config.get)    # which proxy: tables this process serves (tables/proxy.py)
         return config, master
 
     @staticmethod
@@ -146,6 +160,26 @@ class MailServer:
             raise StartupError(f"queue_directory {self.queue_directory}: cannot prepare {exc.filename or path}: "
                                f"{exc.strerror}; the queue needs a writable file system with free space: "
                                "fix that and start again") from None
+
+    def _prepare_metrics(self) -> None:
+        """mailferry_metrics_listen (docs/metrics.md): the address bound and the processes'
+        directory made while root, before any table is opened (their lookups are timed)."""
+        value = self.config.get("mailferry_metrics_listen")
+        try:
+            address = metrics_endpoint.parse_listen(value, self.config.boolean("mailferry_metrics_allow_remote"))
+        except metrics_endpoint.MetricsAddressError as exc:
+            raise StartupError(f"{self.config.where('mailferry_metrics_listen')}{exc}") from None
+        if address is None:
+            return
+        try:
+            self.metrics_socket = metrics_endpoint.bind(*address)
+        except OSError as exc:
+            raise StartupError(f"{self.config.where('mailferry_metrics_listen')}cannot listen on {address[0]} "
+                               f"port {address[1]}: {exc.strerror}; choose a free port") from None
+        directory = os.path.join(self.queue_directory, "metrics")
+        metrics.enable(directory)
+        give_to([directory], self.owner)
+        metrics.on_fork_in_child(self.metrics_socket.close)   # the master alone answers scrapes
 
     def _prepare_mail_spool(self) -> None:
         """A missing mail_spool_directory is made, root's and mode 755 as /var/mail is made by
@@ -178,14 +212,18 @@ class MailServer:
                                workers_read_fd=self.workers_read_fd, client_tables=self.client_tables,
                                spawner=self.spawner)
         await self.runtime.start()
+        await self._start_metrics_endpoint()
         write_pid(self.queue_directory)
         if self.background:
             _detach_stderr()  # tells `mailferry start`, which reads our stderr, that we are up
         self.log.line("master", f"daemon started -- version {__version__}, configuration {self.config_dir}")
+        self._log_compatibility(self.config)
         if self.owner is not None and os.geteuid() != 0 and self.spawner_process is not None:
             self.log.line("master", f"not running as root: every delivery (pipe, local, virtual) runs with the "
                                     f"rights of {self.owner.name}, whatever account it names")
         self.log.flush()
+        # Listeners are bound and listening, the queue is open, pickup and qmgr run: ready.
+        self.notifier.ready(self._status_text())
         loop = asyncio.get_running_loop()
         next_statistics = loop.time() + self.config.time("anvil_status_update_time")
         try:
@@ -202,8 +240,11 @@ class MailServer:
                     self._reload_requested = False
                     await self._reload()
         finally:
+            self.notifier.stopping()
             self.log.line("master", "terminating on signal 15")
             workers.signal_workers(self.worker_pids, signal.SIGTERM)
+            if self.metrics_endpoint is not None:
+                await self.metrics_endpoint.stop()
             await self.runtime.stop()
             if self.spawner_process is not None:
                 self.spawner_process.stop()
@@ -212,12 +253,22 @@ class MailServer:
             remove_pid(self.queue_directory)
             self.log.close()
 
+    async def _start_metrics_endpoint(self) -> None:
+        if self.metrics_socket is None:
+            return
+        self.metrics_endpoint = metrics_endpoint.Endpoint(self.metrics_socket, metrics.directory(),
+                                                          self.runtime.store.counts)
+        await self.metrics_endpoint.start()
+        host, port = self.metrics_socket.getsockname()[:2]
+        self.log.line("master", f"metrics: serving http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+
     def _reap_workers(self) -> None:
         """A worker that died took its sessions with it: anvil forgets their counts, or its
         clients would stay locked out by smtpd_client_connection_count_limit."""
         self.worker_pids = workers.reap_exited(self.worker_pids, self.log, self._forget_worker)
 
     def _forget_worker(self, pid: int) -> None:
+        metrics.process_gone(pid)
         index = self.worker_indexes.pop(pid, None)
         if index is not None:
             clients.table().forget_process(index)
@@ -229,6 +280,7 @@ class MailServer:
     # ---- an smtpd worker's life (see master/workers.py)
     def run_worker(self, notify_fd: int, index: int) -> int:
         use_process_tag(index)
+        self.notifier = Notifier(None)   # only the master tells systemd anything
         clients.table().use_process_index(index)
         self.log.after_fork()
         if self.spawner_process is not None:
@@ -264,19 +316,41 @@ class MailServer:
         self._reload_requested = True
 
     async def _reload(self, quiet: bool = False) -> None:
+        self.notifier.reloading()
+        try:
+            await self._reload_configuration(quiet)
+        finally:
+            self.notifier.ready(self._status_text())   # the old configuration serves on when refused
+
+    def _status_text(self) -> str:
+        listeners = sum(len(sockets) for sockets in self.sockets.values())
+        return f"accepting mail on {listeners} listener(s), queue {self.queue_directory}"
+
+    async def _reload_configuration(self, quiet: bool) -> None:
         workers.signal_workers(self.worker_pids, signal.SIGHUP)
         try:
             config, master = self._read_configuration()
         except StartupError as exc:
             if not quiet:
                 self.log.warning("master", f"reload refused, the running configuration stays: {exc}")
+                for detail in exc.details:
+                    self.log.warning("master", f"reload refused: {detail}")
             return
+        if not quiet and config.get("mailferry_metrics_listen") != self.config.get("mailferry_metrics_listen"):
+            self.log.warning("master", "reload: mailferry_metrics_listen changed; it takes effect at the next "
+                                       "start (the metrics stay where they are served now)")
         if self.spawner is not None:
             await self.spawner.refresh_password_tables(self.log)   # root-only tables, read by the spawner
         await self.runtime.reload(config, master)
         self.log.reopen()
         if not quiet:
             self.log.line("master", f"reload -- version {__version__}, configuration {self.config_dir}")
+            self._log_compatibility(config)
+
+    def _log_compatibility(self, config: Config) -> None:
+        """Postfix's lines about backwards-compatible defaults, below the last compatibility_level."""
+        for text in compat_log_lines(config):
+            self.log.line("master", text)
 
 
 # Imported while we may still read them: once root is given up, the
@@ -352,6 +426,18 @@ def _interface_hosts(config: Config) -> list[str]:
     if "loopback-only" in interfaces:
         return [host for host, wanted in (("127.0.0.1", wants_v4), ("::1", wants_v6)) if wanted]
     return [item.strip("[]") for item in interfaces]
+
+
+def _stderr_is_the_journal() -> bool:
+    """Started by systemd with standard error going to the journal (JOURNAL_STREAM is its
+    device:inode, systemd.exec(5)): log through syslog, as Postfix does, so that the lines
+    reach /var/log/mail.log and `journalctl -t mailferry/smtpd` alike."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        status = os.fstat(2)
+    except OSError:
+        return False
+    return stream == f"{status.st_dev}:{status.st_ino}"
 
 
 def _detach_stderr() -> None:

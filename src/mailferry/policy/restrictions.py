@@ -479,7 +479,11 @@ async def _authorized_destination(ev: Evaluation, recipient: str) -> bool:
     domain = resolved.domain.lower()
     if ev.settings.canonicalizer.is_local(domain) or await _virtual_domain(ev, domain):
         return True
-    return ev.settings.relay_domains.matches(domain)
+    relay = await ev.settings.relay_domains.matches_async(domain)
+    if relay is None:
+        ev.dict_retry(recipient)  # Postfix: trivial-rewrite failed to resolve the recipient
+        return False
+    return relay
 
 
 async def _virtual_domain(ev: Evaluation, domain: str) -> bool:

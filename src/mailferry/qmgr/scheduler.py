@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from mailferry import metrics
 from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
 from mailferry.delivery import outcome
@@ -394,6 +395,7 @@ class Scheduler:
             f"delay={_seconds(now - message.arrival_time)}, delays={_seconds(queued)}/{_seconds(in_qmgr)}/"
             f"{_seconds(result.setup_seconds)}/{_seconds(result.transfer_seconds)}, dsn={result.dsn}, "
             f"status={result.status} ({result.reason})"))
+        metrics.delivery_outcome(route.transport, result.status, now - message.arrival_time)
 
     async def _finish(self, message: QueuedMessage, content: bytes, attempted: list[Recipient]) -> None:
         now = self.clock()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -90,6 +91,11 @@ class RamQueueStore(QueueStore):
             chosen = [m for m in self._messages.values() if queue is None or m.queue == queue]
             chosen.sort(key=lambda m: (m.arrival_time, m.queue_id))
             return [_copy(m) for m in chosen]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            self.stats["counts"] += 1
+            return dict(Counter(m.queue for m in self._messages.values()))
 
     def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]:
         """Due messages in the order they became due (next_attempt), then arrival."""

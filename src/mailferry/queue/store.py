@@ -55,6 +55,11 @@ class QueueStore:
         """Every message (or those of one queue), oldest first."""
         raise NotImplementedError
 
+    def counts(self) -> dict[str, int]:
+        """How many messages each queue (active, deferred, hold, ...) holds: for the
+        metrics endpoint, without reading the messages themselves."""
+        raise NotImplementedError
+
     def due(self, now: float, limit: int, exclude: Collection[str] = ()) -> list[QueuedMessage]:
         """Up to `limit` messages not on hold whose next attempt is due, by next
         attempt then arrival: first in, first out for new mail. Messages named

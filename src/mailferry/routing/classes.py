@@ -58,4 +58,7 @@ class AddressClasses:
                     return address_class
             except LookupDeferred as problem:
                 raise ClassLookupFailed(f"{parameter} lookup of {domain} failed: {problem}") from None
-        return RELAY if self._relay_domains.matches(domain) else DEFAULT
+        relay = await self._relay_domains.matches_async(domain)
+        if relay is None:
+            raise ClassLookupFailed(f"relay_domains lookup of {domain} failed")
+        return RELAY if relay else DEFAULT

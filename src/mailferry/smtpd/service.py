@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Protocol
 
+from mailferry import metrics
 from mailferry import refusals
 from mailferry.anvil.limits import ClientLimits
 from mailferry.auth.server import Accepted, AuthSession, Challenge, Refused, SaslServer
@@ -229,6 +230,7 @@ class Session(asyncio.Protocol):
         if self.profile.auth is not None:
             self.conn.auth_advertised = self.profile.auth.advertised_to(self.address)
         self.service.sessions.add(self)
+        metrics.connection_opened(self.service.service.name)
         self._last_input = time.monotonic()
         self._arm_timer(self.profile.timeout)
         if self.profile.tls.wrappermode and self.profile.tls_context is None:
@@ -730,6 +732,8 @@ class Session(asyncio.Protocol):
         self.facts.tls_protocol, self.facts.tls_cipher, self.facts.tls_cipher_bits = ssl_object.version(), name, bits
         for line in established_lines(self.client, ssl_object, self.profile.tls):
             self.log.line("smtpd", line)
+        metrics.tls_inbound("trusted" if self.profile.tls.ask_ccert and ssl_object.getpeercert() else "anonymous",
+                            ssl_object.version())
 
     async def _handshake(self) -> None:
         loop = asyncio.get_running_loop()
@@ -738,6 +742,7 @@ class Session(asyncio.Protocol):
                                              server_side=True, ssl_handshake_timeout=self.profile.timeout)
         except (OSError, ConnectionError, TimeoutError) as exc:
             self.log.line("smtpd", f"SSL_accept error from {self.client}: {exc}")
+            metrics.tls_inbound("failed")
             self._close()
             return
         if transport is None:
@@ -813,6 +818,7 @@ class Session(asyncio.Protocol):
             asyncio.ensure_future(self.milters.close())
         self.limits.disconnect()
         self.service.sessions.discard(self)
+        metrics.connection_closed(self.service.service.name)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mailferry.tables.base import Table, TableError
 from mailferry.tables.result import FOUND, MISSING, NOT_FOUND, TEMPFAIL, LookupResult, found, tempfail
+from mailferry.tables.timing import timed
 
 __all__ = [
     "FOUND", "MISSING", "NOT_FOUND", "TEMPFAIL", "LookupResult", "Maps", "Table", "TableError",
@@ -33,7 +34,7 @@ def split_spec(spec: str, default_type: str = "hash") -> tuple[str, str]:
 def open_table(spec: str, default_type: str = "hash", observer=None) -> Table:
     """Open one table. Raises TableError for an unknown type or an unreadable table.
     With an `observer` (tables/trace.py, for `mailferry trace`) every lookup is told to it."""
-    table = _open_table(spec, default_type)
+    table = timed(_open_table(spec, default_type))
     if observer is None:
         return table
     from mailferry.tables.trace import TracedTable
@@ -95,7 +96,7 @@ def _open_table(spec: str, default_type: str) -> Table:
         from mailferry.tables.fail import FailTable
         return FailTable(name)
     if type_name in UNSUPPORTED_TYPES:
-        raise TableError(f"{type_name}: table type not supported by mailferry (in {spec!r}); "
+        raise TableError(f"{type_name}: table type not supported by mailferry; "
                          f"mailferry supports {', '.join(SUPPORTED_TYPES)}")
     raise TableError(f"unsupported dictionary type: {type_name} (in {spec!r}); "
                      f"mailferry supports {', '.join(SUPPORTED_TYPES)}")

@@ -55,6 +55,11 @@ class Table:
     def lookup_now(self, key: str) -> LookupResult:
         raise NotImplementedError(f"{self.type_name} tables are only looked up asynchronously")
 
+    @property
+    def answers_now(self) -> bool:
+        """Whether `lookup_now` works: lists read without an event loop (mynetworks) need it."""
+        return type(self).lookup_now is not Table.lookup_now
+
     async def lookup(self, key: str) -> LookupResult:
         return self.lookup_now(key)
 

@@ -56,6 +56,21 @@ class _CompositeTable(Table):
         self.folds_keys = self.tables[0].folds_keys
         self.warnings = [text for table in self.tables for text in getattr(table, "warnings", ())]
 
+    @property
+    def answers_now(self) -> bool:
+        return all(table.answers_now for table in self.tables)
+
+    def lookup_now(self, key: str) -> LookupResult:
+        if not self.answers_now:
+            return super().lookup_now(key)  # raises: a member only answers asynchronously
+        coroutine = self.lookup(key)
+        try:
+            coroutine.send(None)  # every member answers at once, so the coroutine never waits
+        except StopIteration as done:
+            return done.value
+        coroutine.close()
+        raise AssertionError(f"{self.spec}: a member waited")
+
     def close(self) -> None:
         for table in self.tables:
             table.close()

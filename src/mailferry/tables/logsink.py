@@ -10,17 +10,20 @@ import sys
 from collections.abc import Callable
 
 
-def _stderr_warning(text: str) -> None:
+def _stderr_warning(service: str, text: str) -> None:
     print(f"mailferry: warning: {text}", file=sys.stderr, flush=True)
 
 
-_sink: Callable[[str], None] = _stderr_warning
+_sink: Callable[[str, str], None] = _stderr_warning
 
 
-def log_warnings_to(sink: Callable[[str], None]) -> None:
+def log_warnings_to(sink: Callable[[str, str], None]) -> None:
+    """`sink(service, text)`: the daemon logs it as `SERVICE[pid]: warning: TEXT`."""
     global _sink
     _sink = sink
 
 
-def warn(text: str) -> None:
-    _sink(text)
+def warn(text: str, service: str = "cleanup") -> None:
+    """`service`: the Postfix program that would log it (cleanup for a lookup, as for LDAP;
+    proxymap for a refused proxy: table)."""
+    _sink(service, text)

@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from mailferry.syntax import split_list
-from mailferry.tables import SUPPORTED_TYPES, Table, open_table
+from mailferry.tables import SUPPORTED_TYPES, Table, TableError, open_table
 
 from mailferry.tables.base import TableError
 
@@ -88,13 +88,24 @@ class NetworkList:
 
 def _network_entry(text: str) -> _Network | Table:
     if text.partition(":")[0].lower() in SUPPORTED_TYPES:
-        return open_table(text)
+        return answering_now(open_table(text))
     cleaned = text.replace("[", "").replace("]", "")
     try:
         return ipaddress.ip_network(cleaned, strict=False)
     except ValueError:
         raise ValueError(f"bad network {text!r} in mynetworks: expected address/prefix, "
                          "e.g. 192.0.2.0/24 or [2001:db8::]/32") from None
+
+
+def answering_now(table: Table) -> Table:
+    """`table`, which a list read without waiting (mynetworks, mydestination) can ask; a table
+    that answers over the network (socketmap:, a composite with one) is refused when opened."""
+    if not table.answers_now:
+        table.close()
+        raise TableError(f"table {table.spec}: a {table.type_name} table answers over the network, and "
+                         "mailferry reads this list without waiting for one; use cidr:, an indexed or a "
+                         "texthash: table here")
+    return table
 
 
 def _network_entry_matches(entry: _Network | Table, ip: _Address) -> bool:
@@ -128,12 +139,42 @@ class DomainList:
                 return not negated
         return False
 
+    async def matches_async(self, domain: str) -> bool | None:
+        """As `matches`, but tables answer through their async lookup, so a network table
+        (socketmap:, SQL, a unionmap of them) never holds the event loop and may be listed
+        at all. None when a table failed for now: the caller defers (4xx), as Postfix does."""
+        for negated, entry in self._entries:
+            if isinstance(entry, str):
+                hit: bool | None = self._name_matches(entry, domain)
+            else:
+                hit = await self._table_matches(entry, domain)
+            if hit is None:
+                return None
+            if hit:
+                return not negated
+        return False
+
     @staticmethod
-    def _entry_matches(entry: str | Table, domain: str) -> bool:
+    async def _table_matches(table: Table, domain: str) -> bool | None:
+        labels = domain.split(".")
+        for index in range(len(labels)):
+            result = await table.lookup(".".join(labels[index:]))
+            if result.tempfail:
+                return None
+            if result.found:
+                return True
+        return False
+
+    @staticmethod
+    def _name_matches(entry: str, domain: str) -> bool:
+        if entry.startswith("."):
+            return domain.endswith(entry)
+        return domain == entry or domain.endswith("." + entry)
+
+    @classmethod
+    def _entry_matches(cls, entry: str | Table, domain: str) -> bool:
         if isinstance(entry, str):
-            if entry.startswith("."):
-                return domain.endswith(entry)
-            return domain == entry or domain.endswith("." + entry)
+            return cls._name_matches(entry, domain)
         labels = domain.split(".")
         return any(entry.lookup_now(".".join(labels[index:])).found for index in range(len(labels)))
 
@@ -152,7 +193,7 @@ class LocalDomainList:
         self._tables: list[Table] = []
         for item in list_items(mydestination):
             if ":" in item and not item.startswith("["):
-                self._tables.append(open_table(item))
+                self._tables.append(answering_now(open_table(item)))
             else:
                 self._names.add(item.lower().rstrip("."))
         self._literals = set(address_literals)

@@ -28,21 +28,31 @@ from mailferry.tables.result import LookupResult, tempfail
 
 PREFIX = "proxy:"
 
-_approved: dict[str, frozenset[str]] | None = None
+_approved: frozenset[str] | None = None
 _shared: dict[str, list] = {}           # inner spec → [table, users]
 _lock = threading.Lock()
 
 
 def approve_from(get: Callable[[str], str]) -> None:
-    """Read proxy_read_maps, proxy_write_maps and the restriction classes with `get` (a main.cf
-    getter, values expanded)."""
+    """Serve the tables listed with `get` (a main.cf getter, values expanded) from now on."""
     global _approved
+    _approved = approved_read_maps(get)
+
+
+def approved_read_maps(get: Callable[[str], str]) -> frozenset[str]:
+    """The inner names proxymap would serve for reading: proxy_read_maps and the restriction
+    classes (proxy_write_maps is for writers, which mailferry does not proxy)."""
     from mailferry.syntax import split_list
-    read_text = get("proxy_read_maps")
-    for name in split_list(get("smtpd_restriction_classes") or ""):
-        read_text += " " + (get(name) or "")
-    _approved = {"proxy_read_maps": frozenset(_proxied(read_text)),
-                 "proxy_write_maps": frozenset(_proxied(get("proxy_write_maps")))}
+
+    def value(name: str) -> str:
+        try:
+            return get(name) or ""
+        except ValueError:      # an expansion error: `check` reports it
+            return ""
+    read_text = value("proxy_read_maps")
+    for name in split_list(value("smtpd_restriction_classes")):
+        read_text += " " + value(name)
+    return frozenset(_proxied(read_text))
 
 
 def _proxied(value: str) -> list[str]:
@@ -56,7 +66,7 @@ def _proxied(value: str) -> list[str]:
                 with open(token, encoding="utf-8", errors="replace") as handle:
                     names += _proxied(handle.read())
             except OSError as exc:
-                logsink.warn(f"open {token}: {exc.strerror}")
+                logsink.warn(f"open {token}: {exc.strerror}", "proxymap")
             continue
         if not token[:1].isalnum() or ":" not in token or not token.startswith(PREFIX):
             continue
@@ -67,7 +77,7 @@ def _proxied(value: str) -> list[str]:
 
 
 def is_approved(inner: str) -> bool:
-    return _approved is None or inner in _approved["proxy_read_maps"]
+    return _approved is None or inner in _approved
 
 
 def open_proxied(inner: str, opener: Callable[[str], Table]) -> Table:
@@ -94,6 +104,10 @@ class ProxiedTable(Table):
         self.folds_keys = inner.folds_keys
         self.warnings = list(getattr(inner, "warnings", ()))
         self._closed = False
+
+    @property
+    def answers_now(self) -> bool:
+        return self.inner.answers_now
 
     def lookup_now(self, key: str) -> LookupResult:
         return self.inner.lookup_now(key)
@@ -126,12 +140,11 @@ class Refused(Table):
     def __init__(self, inner_spec: str):
         super().__init__(inner_spec)
         self.reason = f'proxymap service is not configured for table "{inner_spec}"'
-        self.warnings = [
-            f'request for unapproved table: "{inner_spec}"',
-            f"to approve this table for read-only access, list proxy:{inner_spec} in "
-            f"main.cf:proxy_read_maps"]
-        for text in self.warnings:
-            logsink.warn(text)
+        # Logged once, here, as proxymap logs them; not kept in `warnings` too (postmap and
+        # check would print them twice: check words its own, config/sqlcheck.py).
+        logsink.warn(f'request for unapproved table: "{inner_spec}"', "proxymap")
+        logsink.warn(f"to approve this table for read-only access, list proxy:{inner_spec} in "
+                     f"main.cf:proxy_read_maps", "proxymap")
 
     def lookup_now(self, key: str) -> LookupResult:
         return tempfail(self.reason)

@@ -261,7 +261,7 @@ def test_a_broken_ldap_file_is_an_error_at_its_line(tmp_path, mailferry):
     ("smtpd_sasl_type = ldap\nsmtpd_sasl_path = /nonexistent/ldap.cf\n",
      "line 3: parameter smtpd_sasl_path: smtpd_sasl_type = ldap needs an ldap_table(5) file"),
     ("smtpd_sasl_type = dovecot\nsmtpd_sasl_security_options = noplain\n",
-     "line 3: parameter smtpd_sasl_security_options: unknown SASL security option 'noplain'"),
+     "line 3: parameter smtpd_sasl_security_options: unknown value noplain; did you mean noplaintext?"),
 ])
 def test_smtpd_sasl_settings_mailferry_cannot_use_are_errors(tmp_path, mailferry, settings, complaint):
     write(tmp_path / "main.cf", "smtpd_sasl_auth_enable = yes\n" + settings, 0o644)

@@ -40,7 +40,12 @@ SEED_PARAMETERS = [
 def normal_value(value: str) -> str:
     """A default as Postfix uses it with an empty main.cf on an idle host:
     `${name?{a}:{b}}` tests a parameter that is unset (stress, old names),
-    and a bare `$name` is that parameter's default."""
+    and a bare `$name` is that parameter's default; a level-dependent default is that of
+    mailferry's default compatibility_level, 3.6."""
+    def at_level_3_6(match):
+        return match[2] if tuple(map(int, match[1].split("."))) > (3, 6) else match[3]
+    value = re.sub(r"\$\{\{\$compatibility_level\} <level \{([\d.]+)\} \? \{(.*)\} : \{(.*)\}\}", at_level_3_6,
+                   value)
     previous = None
     while previous != value:
         previous = value
@@ -106,14 +111,19 @@ def test_maximal_queue_lifetime_is_in_days():
     ("respectful_logging", "yes"),
     ("smtp_tls_fingerprint_digest", "sha256"),
 ])
-def test_compatibility_level_defaults_are_those_of_level_3_6(name, default):
-    assert lookup(name).default == default
-    assert "compatibility_level" in postfix_default(lookup(name))
+def test_compatibility_level_defaults_are_those_of_level_3_6(name, default, tmp_path):
+    """Unset, compatibility_level is 3.6: the level-dependent defaults expand to level 3.6's."""
+    from mailferry.config.config import load
+    (tmp_path / "main.cf").write_text("")
+    assert load(str(tmp_path)).get(name) == default
+    assert "compatibility_level" in lookup(name).default
 
 
-def test_no_default_still_depends_on_the_compatibility_level():
-    assert [p.name for p in parameters().values()
-            if p.default and "compatibility_level" in p.default] == []
+def test_level_dependent_defaults_are_postfixs_own_expressions():
+    """They follow the configured level as Postfix's do (config/compat.py, tests/unit/config/test_compat.py)."""
+    dependent = [p for p in parameters().values() if p.default and "compatibility_level" in p.default]
+    assert len(dependent) >= 10
+    assert all(postfix_default(p) == p.default for p in dependent)
 
 
 def test_host_dependent_defaults_are_not_frozen_from_the_build_machine():
@@ -162,7 +172,7 @@ def _read_per_transport(name: str, code: str) -> bool:
 @pytest.mark.parametrize("name, status", [
     ("tls_random_source", NO_EFFECT),
     ("readme_directory", NO_EFFECT),
-    ("compatibility_level", NO_EFFECT),
+    ("compatibility_level", IMPLEMENTED),
     ("smtp_tls_eccert_file", NOT_YET),
     ("parent_domain_matches_subdomains", NOT_YET),
     ("relayhost", IMPLEMENTED),

@@ -294,3 +294,38 @@ def test_security_options_can_be_checked_at_start():
     assert check_security_options(["NoAnonymous", ""], "smtp_sasl_security_options") == ["noanonymous"]
     with pytest.raises(ValueError, match="^lmtp_sasl_tls_security_options: unknown security option 'x'"):
         check_security_options(["x"], "lmtp_sasl_tls_security_options")
+
+
+# --- what relay-check reports ------------------------------------------------------------
+
+def test_find_credentials_entry_names_the_key_that_matched():
+    from mailferry.delivery.sasl import find_credentials_entry
+    maps = open_maps("inline:{ [smtp.gmail.com]:587=user@gmail.com:secret }")
+    found = asyncio.run(find_credentials_entry(maps, sender="", sender_dependent=False, hostname="smtp.gmail.com",
+                                           nexthop="[smtp.gmail.com]:587"))
+    assert found == ("[smtp.gmail.com]:587", Credentials("user@gmail.com", "secret"))
+    assert "secret" not in repr(found)
+
+
+@pytest.mark.parametrize("mechanism_filter, options, expected", [
+    ([], ["noanonymous"], [("PLAIN", ""), ("LOGIN", ""), ("CRAM-MD5", "not supported")]),
+    ([], ["noplaintext", "noanonymous"],
+     [("PLAIN", "forbidden by smtp_sasl_tls_security_options = noplaintext, noanonymous (plaintext passwords)"),
+      ("LOGIN", "forbidden by"), ("CRAM-MD5", "not supported")]),
+    (["login"], ["noanonymous"], [("PLAIN", "removed by smtp_sasl_mechanism_filter = login"), ("LOGIN", ""),
+                                  ("CRAM-MD5", "removed by")]),
+])
+def test_mechanism_verdicts_give_each_exclusion_its_reason(mechanism_filter, options, expected):
+    from mailferry.delivery.sasl import mechanism_verdicts
+    verdicts = mechanism_verdicts(("plain", "LOGIN", "CRAM-MD5"), mechanism_filter=mechanism_filter,
+                                  security_options=options, options_parameter="smtp_sasl_tls_security_options")
+    assert [mechanism for mechanism, _ in verdicts] == [mechanism for mechanism, _ in expected]
+    for (_, why), (_, start) in zip(verdicts, expected):
+        assert why.startswith(start) if start else why == ""
+    allowed = [mechanism for mechanism, why in verdicts if not why]
+    try:
+        chosen = choose_mechanism(("plain", "LOGIN", "CRAM-MD5"), mechanism_filter=mechanism_filter,
+                                  security_options=options, options_parameter="smtp_sasl_tls_security_options")
+    except NoMechanism:
+        chosen = None
+    assert chosen == (allowed[0] if allowed else None)   # the same cuts as delivery's choice

@@ -96,6 +96,14 @@ def test_messages_oldest_first_and_by_queue(store):
     assert store.messages()[0].recipients == sample_message(2).recipients
 
 
+def test_counts_by_queue_match_the_messages(store):
+    assert store.counts() == {}
+    ids = insert(store, 3)
+    store.hold([ids[0]])
+    assert store.counts() == {ACTIVE: 2, HOLD: 1}
+    assert store.counts() == {queue: len(store.messages(queue)) for queue in (ACTIVE, HOLD)}
+
+
 def test_due_in_the_order_messages_became_due(store):
     ids = insert(store, 4)
     now = time.time()

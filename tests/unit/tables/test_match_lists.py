@@ -136,3 +136,13 @@ def test_local_domains_look_up_table_entries_with_the_domain():
     local = LocalDomainList("inline:{ example.net=OK }, [192.0.2.7]")
     assert local.matches("example.net") and local.matches("[192.0.2.7]")
     assert not local.matches("mx.example.net")
+
+
+def test_domain_list_asks_tables_asynchronously_and_reports_a_temporary_failure():
+    import asyncio
+
+    from mailferry.tables.match_lists import DomainList
+    domains = DomainList("example.org, inline:{relay.test=OK}, !unionmap:{inline:{bad.test=x}}, fail:down")
+    answers = [asyncio.run(domains.matches_async(domain))
+               for domain in ("example.org", "sub.relay.test", "bad.test", "other.test")]
+    assert answers == [True, True, False, None]  # other.test reaches fail:, which fails for now

@@ -37,14 +37,20 @@ def file_problems(path: str) -> list[Problem]:
     opening: unknown parameter names and repeated ones, each at its line, and a bind_pw that
     everyone may read."""
     settings = read_settings(path)
-    problems = list(settings.problems)
-    if settings.values.get("bind_pw"):
-        mode = os.stat(path).st_mode
-        if mode & stat.S_IROTH:
-            problems.append(Problem(settings.lines["bind_pw"], (
-                f"bind_pw is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
-                f"{path} (keep it readable by the daemon's mail_owner group)")))
-    return problems
+    return list(settings.problems) + secret_readable_by_everyone(settings, "bind_pw")
+
+
+def secret_readable_by_everyone(settings, name: str) -> list[Problem]:
+    """A password (`name`) set in a table file that everyone may read, at its line; also used
+    for the SQL tables' `password`."""
+    if not settings.values.get(name):
+        return []
+    mode = os.stat(settings.path).st_mode
+    if not mode & stat.S_IROTH:
+        return []
+    return [Problem(settings.lines[name], (
+        f"{name} is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
+        f"{settings.path} (keep it readable by the daemon's mail_owner group)"))]
 
 
 def _stderr_warning(text: str) -> None:
@@ -85,12 +91,7 @@ class LdapTable(Table):
         return self._directory
 
     def _skipped(self, key: str) -> bool:
-        """Keys Postfix never searches for: outside `domain`, or unable to fill the templates."""
-        if self._domains is not None:
-            at = key.rfind("@")
-            if at <= 0 or not self._domains.matches(key[at + 1:]):
-                return True
-        return not self.config.templates.key_is_eligible(key)
+        return key_is_skipped(self._domains, self.config.templates, key)
 
     def lookup_now(self, key: str) -> LookupResult:
         key = key.lower()
@@ -152,6 +153,16 @@ class LdapTable(Table):
         if self._directory is not None:
             for server in self._directory.servers:
                 server.drop_all()
+
+
+def key_is_skipped(domains: "_DomainList | None", templates, key: str) -> bool:
+    """Keys Postfix never searches for (db_common, shared with the SQL tables): outside
+    `domain`, or unable to fill the templates."""
+    if domains is not None:
+        at = key.rfind("@")
+        if at <= 0 or not domains.matches(key[at + 1:]):
+            return True
+    return not templates.key_is_eligible(key)
 
 
 class _DomainList:

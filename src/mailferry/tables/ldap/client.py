@@ -25,6 +25,7 @@ import ldap.sasl
 import ldapurl
 from ldap.ldapobject import LDAPObject
 
+from mailferry import metrics
 from mailferry.tables.ldap.settings import LdapConfig
 from mailferry.tables.result import MISSING, LookupResult, found, tempfail
 
@@ -128,6 +129,7 @@ class Directory:
                 return attempt(server)
             except ServerFailed as failure:
                 server.resting_until = time.monotonic() + OUT_OF_ROTATION
+                metrics.ldap_server_failed(self.name, server.url)
                 self.warn(f"dict_ldap_lookup: {self.name}: server {server.url} failed: {failure}; "
                           f"out of rotation for {OUT_OF_ROTATION:.0f} s")
                 tried.append(f"{server.url} ({failure})")

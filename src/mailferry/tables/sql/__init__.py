@@ -2,7 +2,8 @@
 
     settings.py   the file, Postfix's defaults, hosts; the query template parsed and translated
     query.py      a Postfix query template → a parameterised query (the key is never SQL text)
-    drivers.py    one connection per driver (PyMySQL, psycopg 3, sqlite3), blocking
+    drivers.py    one connection, blocking: sqlite3, and the interface mysql.py (PyMySQL) and
+                  pgsql.py (psycopg 3) implement, each imported when its first table connects
 
 Each table keeps ONE connection, used by one worker thread, so the event loop never waits on
 the database and lookups of one table reach the server one at a time. Hosts fail over as in
@@ -15,6 +16,7 @@ a query error, and more results than expansion_limit are temporary failures (4xx
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,25 +29,13 @@ from mailferry.tables.sql.settings import SqlConfig, load_config
 
 __all__ = ["SqlTable", "file_problems"]
 
-SQL_TYPES = ("mysql", "pgsql", "sqlite")
-
-
 def file_problems(type_name: str, path: str):
     """Unknown or repeated names in the file, at their lines (for `check`); a password that
     everyone may read."""
-    from mailferry.tables.ldap import Problem
+    from mailferry.tables.ldap import secret_readable_by_everyone
     from mailferry.tables.sql.settings import read
     settings = read(type_name, path)
-    problems = list(settings.problems)
-    if settings.values.get("password"):
-        import os
-        import stat
-        mode = os.stat(path).st_mode
-        if mode & stat.S_IROTH:
-            problems.append(Problem(settings.lines["password"], (
-                f"password is readable by everyone (mode {stat.S_IMODE(mode):04o}); run: chmod o-rwx "
-                f"{path} (keep it readable by the daemon's mail_owner group)")))
-    return problems
+    return list(settings.problems) + secret_readable_by_everyone(settings, "password")
 
 
 class SqlTable(Table):
@@ -68,15 +58,13 @@ class SqlTable(Table):
         self._connected_host = None
         self._last_used = 0.0
         self._resting_until: dict[str, float] = {}
+        self._pid = os.getpid()
 
     # --- what Postfix answers without asking the server ---------------------------------------
 
     def _skipped(self, key: str) -> bool:
-        if self._domains is not None:
-            at = key.rfind("@")
-            if at <= 0 or not self._domains.matches(key[at + 1:]):
-                return True
-        return not self.config.templates.key_is_eligible(key)
+        from mailferry.tables.ldap import key_is_skipped    # db_common's rules, as for LDAP
+        return key_is_skipped(self._domains, self.config.templates, key)
 
     def parameters(self, key: str) -> list[str]:
         """The bound values for `key` (the key folded to lower case, as Postfix folds it)."""
@@ -85,6 +73,7 @@ class SqlTable(Table):
     # --- lookups --------------------------------------------------------------------------------
 
     def lookup_now(self, key: str) -> LookupResult:
+        self._after_fork()
         key = key.lower()
         if self._skipped(key):
             return MISSING
@@ -94,9 +83,22 @@ class SqlTable(Table):
         key = key.lower()
         if self._skipped(key):
             return MISSING
+        self._after_fork()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.type_name)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, key)
+
+    def _after_fork(self) -> None:
+        """A table opened (and used) before the daemon forked its workers: the child has neither
+        the worker thread nor a connection of its own. Both are made again; the inherited socket
+        is left alone (closing it would end the parent's session)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._executor = None
+        self._lock = threading.Lock()
+        self._connection = None
+        self._connected_host = None
 
     def _search(self, key: str) -> LookupResult:
         with self._lock:
@@ -140,14 +142,29 @@ class SqlTable(Table):
         failures = []
         for host in self._hosts_in_order():
             try:
-                return self._connect(host).rows(self._sql, parameters)
+                return self._on_host(host, parameters)
             except DriverError as exc:
                 self._drop()
                 self._resting_until[host.text] = time.monotonic() + self.config.settings.number("retry_interval")
                 failures.append(f"{host.text}: {exc}")
-                self.warn(f"{self.type_name} query failed: host {host.text}: {exc} "
-                          f"(table {self.spec})")
+                # Postfix's words: "connect to mysql server HOST: ..." or "mysql query failed: ..."
+                what = f"connect to {self.type_name} server {host.text}" if exc.connecting else \
+                    f"{self.type_name} query failed: host {host.text}"
+                self.warn(f"{what}: {exc} (table {self.spec})")
         return tempfail(f"{self.spec}: no {self.type_name} server answered: " + "; ".join(failures))
+
+    def _on_host(self, host, parameters: list[str]) -> list[tuple]:
+        """A kept connection the server has since dropped (a restart, wait_timeout) is
+        reconnected once before the host counts as failed."""
+        from mailferry.tables.sql.drivers import DriverError
+        reused = self._connection is not None and self._connected_host == host
+        try:
+            return self._connect(host).rows(self._sql, parameters)
+        except DriverError as exc:
+            if not reused or exc.connecting:
+                raise
+        self._drop()
+        return self._connect(host).rows(self._sql, parameters)
 
     def _hosts_in_order(self):
         """The connected host first (the connection is reused), then Postfix's order, with
@@ -167,8 +184,8 @@ class SqlTable(Table):
         if self._connection is not None and (host != self._connected_host or idle):
             self._drop()
         if self._connection is None:
-            from mailferry.tables.sql.drivers import CONNECTIONS
-            self._connection = CONNECTIONS[self.type_name](self.config, host)
+            from mailferry.tables.sql.drivers import connection_class
+            self._connection = connection_class(self.type_name)(self.config, host)
             self._connected_host = host
         self._last_used = now
         return self._connection

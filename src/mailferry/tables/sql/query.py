@@ -7,7 +7,7 @@ driver placeholder, and its text is sent as a bound parameter:
     WHERE address='%s' AND active='1'       →  WHERE address=%s AND active='1'   params: [%s]
     WHERE address='%u@%d'                   →  WHERE address=%s                  params: [%u@%d]
     WHERE id=%s                             →  WHERE id=%s                       params: [%s]
-    WHERE domain LIKE '%%.%d'               →  WHERE domain LIKE %s              params: [%.%d]
+    WHERE domain LIKE '%%.%d'               →  WHERE domain LIKE %s              params: [%%.%d]
 
 A quoted literal holding expansions becomes ONE parameter, whose value is the literal's text
 filled in: the same string Postfix's escaped literal would have meant. A literal without

@@ -100,21 +100,24 @@ def read(type_name: str, path: str) -> LdapSettings:
 def load_config(type_name: str, path: str) -> SqlConfig:
     settings = read(type_name, path)
     where = settings._where
-    warnings: list[str] = []
     query_text = settings.values.get("query") or _legacy_query(type_name, settings)
     try:
         query = translate(query_text, type_name)
         templates = Templates("", query_text, settings.get("result_format"))
     except (QueryTranslationError, TemplateError) as exc:
-        raise TableError(str(exc), *where("query" if "query" in settings.values else "table")) from None
+        name = "result_format" if "result template" in str(exc) else \
+            "query" if "query" in settings.values else "table"
+        raise TableError(str(exc), *where(name)) from None
     if type_name == "sqlite":
         if not settings.get("dbpath"):
             raise TableError("dbpath is not set: name the SQLite database file (dbpath = /path/file.db)",
                              path)
         hosts: list[Host] = []
     else:
-        if type_name == "mysql" and not settings.get("dbname"):
-            raise TableError("dbname is not set: name the database (dbname = NAME)", path)
+        if not settings.get("dbname"):
+            # Postfix 3.7 requires it for both, even beside a postgresql:// URI
+            raise TableError("dbname is not set (Postfix stops: bad string length 0 < 1: dbname = ); "
+                             "name the database: dbname = NAME", path)
         hosts = _hosts(type_name, settings)
     if type_name == "mysql":
         verify = settings.get("tls_verify_cert").lower()
@@ -122,14 +125,15 @@ def load_config(type_name: str, path: str) -> SqlConfig:
             raise TableError(f"bad boolean configuration: tls_verify_cert = {verify} (yes or no)",
                              *where("tls_verify_cert"))
         settings.boolean("require_result_set")
-    settings.number("retry_interval", minimum=1) if type_name != "sqlite" else None
-    settings.number("idle_interval", minimum=1) if type_name != "sqlite" else None
+    if type_name != "sqlite":
+        for name in ("retry_interval", "idle_interval"):
+            settings.number(name, minimum=1)     # checked here: a bad value is an error at its line
     return SqlConfig(
         type_name=type_name, settings=settings, templates=templates, query=query,
         query_text=query_text, result_format=settings.get("result_format"),
         expansion_limit=settings.number("expansion_limit"),
         domains=[domain.lower() for domain in settings.words("domain")], hosts=hosts,
-        warnings=warnings)
+        warnings=[])
 
 
 def _legacy_query(type_name: str, settings: LdapSettings) -> str:
