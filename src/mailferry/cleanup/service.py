@@ -81,6 +81,10 @@ class CleanupService:
                    local_header_clients(config).matches, on_queued, AddressRewriter.from_config(config),
                    ContentChecks.from_config(config, log))
 
+    def close(self) -> None:
+        """Its tables, when a reload drops the service (cleanup/services.py)."""
+        self.checks.close()
+
     def reload(self, config: Config) -> None:
         self.settings = CleanupSettings.from_config(config)
         self.is_local_client = local_header_clients(config).matches

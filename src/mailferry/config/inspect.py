@@ -11,6 +11,7 @@ import ssl
 import stat
 from collections.abc import Callable
 
+from mailferry.config.cleanupcheck import check_service_names
 from mailferry.config.config import Config, load, master_cf_path
 from mailferry.config.lint import (lint_overrides, lint_pipe_services, lint_settings, lint_transports,
                                    plain_references)
@@ -61,6 +62,7 @@ def inspect_config(config_dir: str) -> list[Diagnostic]:
     found += _undefined_references(config)
     found += check_references(config, master.path if master else None, services)
     found += check_metrics_listen(config)
+    found += check_service_names(config, master)
     # In file and line order, as an operator reads the files; stable within a line.
     found.sort(key=lambda item: (item.file or "", item.line or 0))
     return found

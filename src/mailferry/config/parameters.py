@@ -407,6 +407,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "mailferry_metrics_allow_remote",
     # Postfix's level-dependent defaults (config/compat.py; docs/validation.md)
     "compatibility_level",
+    # Per-service cleanup: master.cf cleanup services with their -o (cleanup/services.py)
+    "cleanup_service_name",
 })
 
 NO_EFFECT_PARAMETERS = frozenset({
@@ -451,6 +453,10 @@ NO_EFFECT_PARAMETERS = frozenset({
     "proxymap_service_name",
     "proxywrite_service_name",
     "proxy_write_maps",
+    # No separate trivial-rewrite or qmgr service to name: the defaults are accepted silently,
+    # another name gets a warning from check (config/cleanupcheck.py, docs/content-checks.md).
+    "rewrite_service_name",
+    "queue_service_name",
 })
 
 # mailferry's own parameters, which Postfix does not have: same line format as

@@ -112,15 +112,15 @@ class PickupService:
 
 def _content_filter(config: Config, master: MasterCf | None) -> str:
     """content_filter for sendmail's mail: main.cf's, or the pickup service's -o content_filter=."""
-    return _pickup_view(config, master).get("content_filter").strip()
+    return pickup_view(config, master).get("content_filter").strip()
 
 
 def _receive_overrides(config: Config, master: MasterCf | None) -> frozenset[str]:
     """receive_override_options for sendmail's mail (main.cf's, or pickup's -o)."""
-    return frozenset(_pickup_view(config, master).list("receive_override_options"))
+    return frozenset(pickup_view(config, master).list("receive_override_options"))
 
 
-def _pickup_view(config: Config, master: MasterCf | None) -> Config:
+def pickup_view(config: Config, master: MasterCf | None) -> Config:
     service = master.find("pickup", "unix") if master is not None else None
     if service is not None:
         config = config.with_overrides(service.overrides, f"master.cf, line {service.line}")

@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import os
 
-from mailferry.cleanup.service import CleanupService
+from mailferry.cleanup.services import CleanupServices
 from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
-from mailferry.local.pickup_service import PickupService
+from mailferry.local.pickup_service import PickupService, pickup_view
 from mailferry.maillog import Log
 from mailferry.master.control_server import ControlServer
 from mailferry.qmgr.scheduler import Scheduler
 from mailferry.queue import GroupCommitter, new_queue_id, open_queue
 from mailferry.queue.showq import encode_messages
-from mailferry.smtpd.service import SmtpdService
+from mailferry.smtpd.service import SmtpdService, service_view
 
 STOP_DELIVERY_GRACE = 5.0   # seconds deliveries in progress get to finish at stop
 
@@ -64,12 +64,14 @@ class Runtime:
         # the disk (one process only: a RAM queue cannot be shared with smtpd workers).
         self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
         self.committer = GroupCommitter(self.store)
-        self.cleanup = CleanupService.from_config(self.config, self.committer, self.log,
-                                                  self._tell_master if self.is_worker else self._wake_qmgr)
+        # cleanup_service_name: each master.cf cleanup service with its -o (cleanup/services.py)
+        self.cleanups = CleanupServices(self.config, self.master, self.committer, self.log,
+                                        self._tell_master if self.is_worker else self._wake_qmgr)
+        self.cleanup = self.cleanups.default
         if not self.is_worker:
             self.scheduler = Scheduler.from_config(self.config, self.master, self.store, self.committer,
                                                    self.cleanup, self.log, self.client_tables, self.spawner)
-            self.pickup = PickupService.from_config(self.config, self.master, self.cleanup, self.log)
+            self.pickup = PickupService.from_config(self.config, self.master, self._pickup_cleanup(), self.log)
         await self._start_smtpd(self.config, self.master)
         if self.scheduler is None or self.pickup is None:
             return
@@ -110,7 +112,8 @@ class Runtime:
             if service.command != "smtpd" or service.type != "inet":
                 continue
             key = (service.name, service.type)
-            smtpd = SmtpdService(service, config, self.tls_contexts.get(key), self.cleanup, self.log, new_queue_id)
+            cleanup = self.cleanups.for_view(service_view(config, service))
+            smtpd = SmtpdService(service, config, self.tls_contexts.get(key), cleanup, self.log, new_queue_id)
             sockets = self.sockets.get(key, [])
             await smtpd.start(sockets)
             self.smtpd_services.append(smtpd)
@@ -122,9 +125,16 @@ class Runtime:
             self.scheduler.reload(config, master)
         if self.pickup is not None:
             self.pickup.reload(config, master)
-        self.cleanup.reload(config)
+        self.cleanups.reload(config, master)
+        if self.pickup is not None:
+            self.pickup.cleanup = self._pickup_cleanup()
         for smtpd in self.smtpd_services:
             smtpd.reload(config, master.find(smtpd.service.name, smtpd.service.type))
+            smtpd.cleanup = self.cleanups.for_view(service_view(config, smtpd.service))
+
+    def _pickup_cleanup(self):
+        """The cleanup service sendmail's mail goes to: pickup's cleanup_service_name."""
+        return self.cleanups.for_view(pickup_view(self.config, self.master))
 
     async def stop(self) -> None:
         for smtpd in self.smtpd_services:
