@@ -29,6 +29,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
     items = inspect_config(config_dir)
     items += _restriction_problems(config_dir)
     items += _relay_problems(config_dir, "--online" in options)
+    items += _bind_address_problems(config_dir)
     for item in items:
         reporter.diagnostic(item)
     reporter.info(f"{config_dir}: {reporter.errors} error(s), {reporter.warnings} warning(s)")
@@ -56,3 +57,18 @@ def _relay_problems(config_dir: str, online: bool) -> list:
     except (OSError, ValueError):
         return []   # inspect_config has reported why the configuration cannot be read
     return config_problems(config, master, online)
+
+
+def _bind_address_problems(config_dir: str) -> list:
+    """smtp_bind_address(6) that are no numeric address of their family (delivery/settings.py)."""
+    from mailferry.config.config import load, master_cf_path
+    from mailferry.config.mastercf import read_master_cf
+    from mailferry.delivery.settings import bind_address_problems
+    from mailferry.diagnostics import error
+    try:
+        config = load(config_dir)
+        path = master_cf_path(config_dir)
+        master = read_master_cf(path) if os.path.exists(path) else None
+    except (OSError, ValueError):
+        return []   # inspect_config has reported why the configuration cannot be read
+    return [error(text) for text in bind_address_problems(config, master)]

@@ -164,3 +164,22 @@ def _host_lookup(config, prefix: str) -> HostLookup:
     except ValueError as problem:
         index, text = problem.args
         raise ConfigValueError(config.where(names[index]), text) from None
+
+
+def bind_address_problems(config, master) -> list[str]:
+    """For `check`: each smtp_bind_address(6) / lmtp_ twin that is no numeric address of its
+    family, in main.cf or a client service's -o (the value lint cannot judge alone)."""
+    views = [(config, prefix) for prefix in ("smtp", "lmtp")]
+    for service in (master.services if master is not None else []):
+        if service.type == "unix" and service.command in ("smtp", "lmtp") and service.overrides:
+            views.append((config.with_overrides(service.overrides, f"{master.path}, line {service.line}"),
+                          service.command))
+    found: list[str] = []
+    for view, prefix in views:
+        for name, version in (("smtp_bind_address", 4), ("smtp_bind_address6", 6)):
+            try:
+                _bind_address(view, client_parameter(prefix, name), version)
+            except ConfigValueError as problem:
+                if str(problem) not in found:
+                    found.append(str(problem))
+    return found
