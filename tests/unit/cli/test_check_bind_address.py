@@ -11,9 +11,9 @@ MASTER = ("127.0.0.1:2525 inet n - n - - smtpd\n"
           "lmtp unix - - n - - lmtp -o lmtp_bind_address=[127.0.0.3]\n")
 
 
-def check(tmp_path, mailferry, main: str):
+def check(tmp_path, mailferry, main: str, master: str = MASTER):
     write(tmp_path / "main.cf", main, 0o644)
-    write(tmp_path / "master.cf", MASTER, 0o644)
+    write(tmp_path / "master.cf", master, 0o644)
     return mailferry("check", config_dir=tmp_path)
 
 
@@ -29,5 +29,6 @@ def test_bad_bind_addresses_are_errors_at_their_line(tmp_path, mailferry):
 
 def test_good_bind_addresses_pass(tmp_path, mailferry):
     result = check(tmp_path, mailferry, "smtp_bind_address = 127.0.0.2\nsmtp_bind_address6 = [::1]\n"
-                                        "smtp_bind_address_enforce = yes\n")
+                                        "smtp_bind_address_enforce = yes\n",
+                   MASTER.replace("smtp_bind_address6=127.0.0.2", "smtp_bind_address6=::2"))
     assert "bind_address" not in result.err, result.err
