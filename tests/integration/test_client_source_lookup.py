@@ -21,7 +21,8 @@ import time
 import pytest
 
 from mailferry.delivery.dns import HostLookup, NexthopResolver
-from tests.integration.conftest import Daemon, base_main_cf, smtpd_master_cf, world_readable_tempdir
+from tests.integration.conftest import Daemon, base_main_cf, smtpd_master_cf, stop_daemons, world_readable_tempdir
+from tests.integration.test_delivery import wait_for_line
 from tests.peers import free_port, require_tool
 
 pytestmark = pytest.mark.integration
@@ -35,18 +36,6 @@ NON_LOCAL = "192.0.2.1"         # TEST-NET-1: binding it fails (no packet is eve
 def send(daemon, recipient: str) -> None:
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
         assert client.sendmail("alice@example.test", [recipient], f"To: <{recipient}>\r\nSubject: t\r\n\r\nhi\r\n") == {}
-
-
-def wait_for_line(daemon, pattern: str, timeout: float = 20.0) -> re.Match:
-    deadline = time.monotonic() + timeout
-    compiled = re.compile(pattern, re.MULTILINE)
-    while time.monotonic() < deadline:
-        found = compiled.search(daemon.log())
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"/{pattern}/ not in the log after {timeout} s:\n{daemon.log()[-4000:]}\n"
-                         f"stderr:\n{(daemon.directory / 'stderr.log').read_text()[-2000:]}")
 
 
 def sunk_from(sink, recipient: str) -> str:
@@ -123,12 +112,7 @@ def namespaced_daemon(lookup_dns):
         made.append(daemon)
         return daemon.start()
     yield make
-    for daemon in made:
-        try:
-            daemon.stop()
-        except Exception:
-            if daemon.process is not None:
-                daemon.process.kill()
+    stop_daemons(made)
     shutil.rmtree(directory, ignore_errors=True)
 
 
