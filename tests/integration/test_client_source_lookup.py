@@ -30,6 +30,7 @@ pytest_plugins = ["tests.peers.conftest_plugin"]
 
 HOSTS_ONLY_NAME = "vm"          # in this machine's /etc/hosts (127.0.0.1), unknown to the test's dnsmasq
 DUAL = "dual.test"              # only dnsmasq knows it: A 127.0.0.5 and AAAA ::1
+BALANCED = "bal.test"           # A 127.0.0.5, AAAA ::1 and ::ffff:127.0.0.6 (nothing listens on either)
 NON_LOCAL = "192.0.2.1"         # TEST-NET-1: binding it fails (no packet is ever sent)
 
 
@@ -91,7 +92,9 @@ def test_the_peer_sees_the_bound_source_address(daemon_factory, smtp_sink_factor
 
 @pytest.fixture
 def lookup_dns(dns_server_factory):
-    return dns_server_factory(a={DUAL: "127.0.0.5"}, aaaa={DUAL: "::1"}, zones=("test", HOSTS_ONLY_NAME))
+    # BALANCED's second AAAA is an IPv4-mapped loopback address: a second IPv6 address that stays on this machine
+    return dns_server_factory(a={DUAL: "127.0.0.5", BALANCED: "127.0.0.5"},
+                              aaaa={DUAL: "::1", BALANCED: ["::1", "::ffff:127.0.0.6"]}, zones=("test", HOSTS_ONLY_NAME))
 
 
 @pytest.fixture
@@ -128,7 +131,10 @@ def test_address_preference_host_lookup_and_dns_support_level(namespaced_daemon,
                 "both unix - - n - - smtp -o smtp_host_lookup=dns,native\n"
                 "nodns unix - - n - - smtp -o smtp_dns_support_level=disabled\n"
                 "dnssec unix - - n - - smtp -o smtp_dns_support_level=dnssec -o smtp_address_preference=ipv4\n"
-                "lmtpnative unix - - n - - lmtp -o lmtp_host_lookup=native\n")
+                "lmtpnative unix - - n - - lmtp -o lmtp_host_lookup=native\n"
+                "v6bal unix - - n - - smtp -o smtp_address_preference=ipv6 -o smtp_mx_address_limit=2\n"
+                "v6nobal unix - - n - - smtp -o smtp_address_preference=ipv6 -o smtp_mx_address_limit=2 "
+                "-o smtp_balance_inet_protocols=no\n")
     lmtp_sink = smtp_sink_factory(lmtp=True)
     daemon = namespaced_daemon(
         extra_services=services, minimal_backoff_time="300s", maximal_backoff_time="600s", inet_protocols="all",
@@ -138,8 +144,9 @@ def test_address_preference_host_lookup_and_dns_support_level(namespaced_daemon,
             "nativedual.example": f"native:[{DUAL}]:{v4_sink.port}", "both.example": f"both:{vm}",
             "nodns.example": f"nodns:{vm}", "nodnsdual.example": f"nodns:{dual}",
             "dnssec.example": f"dnssec:{dual}",
+            "bal.example": f"v6bal:{BALANCED}:{v4_sink.port}", "nobal.example": f"v6nobal:{BALANCED}:{v4_sink.port}",
             "lmtp.example": f"lmtpnative:inet:[{HOSTS_ONLY_NAME}]:{lmtp_sink.port}"}))
-    for domain in ("v6", "v4", "dnsonly", "native", "nativedual", "both", "nodns", "nodnsdual", "dnssec", "lmtp"):
+    for domain in ("v6", "v4", "dnsonly", "native", "nativedual", "both", "nodns", "nodnsdual", "dnssec", "lmtp", "bal", "nobal"):
         send(daemon, f"bob@{domain}.example")
 
     # smtp_address_preference: ipv6 tries ::1 first (nothing listens there), ipv4 the sink.
@@ -167,6 +174,10 @@ def test_address_preference_host_lookup_and_dns_support_level(namespaced_daemon,
     assert log.count("DNSSEC validation may be unavailable") == 1
     # The LMTP twin.
     sunk_from(lmtp_sink, "bob@lmtp.example")
+    # smtp_balance_inet_protocols: with a limit of 2 and IPv6 first, the default keeps one address of
+    # each family, so the IPv4 sink gets the mail; without it, only the two IPv6 addresses are tried.
+    sunk_from(v4_sink, "bob@bal.example")
+    wait_for_line(daemon, r"to=<bob@nobal\.example>.*status=deferred \(connect to bal\.test\[(::1|::ffff:127\.0\.0\.6)\]")
 
 
 # The resolver itself against dnsmasq: address order and inet_protocols

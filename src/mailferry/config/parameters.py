@@ -272,6 +272,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "lmtp_address_preference",
     "lmtp_host_lookup",
     "lmtp_dns_support_level",
+    "smtp_balance_inet_protocols",
+    "lmtp_balance_inet_protocols",
     "disable_dns_lookups",
     "dnssec_probe",
     "smtp_skip_5xx_greeting",

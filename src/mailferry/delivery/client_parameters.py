@@ -56,6 +56,7 @@ LMTP_TWINS = {
     "smtp_address_preference": "lmtp_address_preference",
     "smtp_host_lookup": "lmtp_host_lookup",
     "smtp_dns_support_level": "lmtp_dns_support_level",
+    "smtp_balance_inet_protocols": "lmtp_balance_inet_protocols",
 }
 
 

@@ -31,6 +31,8 @@ Per client service (main.cf, or master.cf `-o`; lmtp_* for LMTP), as Postfix's s
   natively). MX records are always looked up in DNS unless DNS is disabled.
 - smtp_address_preference: `ipv6` or `ipv4` tries that family first among addresses of equal MX
   preference; `any` leaves them shuffled.
+- smtp_balance_inet_protocols: when smtp_mx_address_limit would keep only one family, both keep
+  a share (balance_families below; the SMTP client applies it with its own limit).
 
 MAILFERRY_NAMESERVERS ("127.0.0.1:5353 [::1]:53", space or comma separated, port 53 by default)
 is a mailferry extension with no Postfix equivalent: it chooses the DNS servers instead of
@@ -425,3 +427,31 @@ class NexthopResolver:
         if self._mx_address_limit > 0:
             del targets[self._mx_address_limit:]
         return targets
+
+
+def balance_families(targets: list[Target], limit: int) -> list[Target]:
+    """Postfix's smtp_balance_inet_proto: when IPv4 and IPv6 addresses together exceed `limit`,
+    keep up to `limit` of them so that neither family crowds the other out; order is kept."""
+    v6_count = sum(":" in target.address for target in targets)
+    v4_count = len(targets) - v6_count
+    if not v4_count or not v6_count or len(targets) <= limit:
+        return targets
+    if v6_count <= limit // 2:
+        v6_target = v6_count
+        v4_target = limit - v6_target
+    elif v4_count <= limit // 2:
+        v4_target = v4_count
+        v6_target = limit - v4_target
+    else:    # both have more than half: the family listed first gets the odd one
+        v4_target = (limit + (":" not in targets[0].address)) // 2
+        v6_target = limit - v4_target
+    kept = []
+    for target in targets:
+        if ":" in target.address:
+            if v6_target > 0:
+                kept.append(target)
+                v6_target -= 1
+        elif v4_target > 0:
+            kept.append(target)
+            v4_target -= 1
+    return kept

@@ -18,7 +18,7 @@ from mailferry import metrics
 from mailferry.delivery import oauth2, outcome, sasl, tls
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection, ConnectionLost
-from mailferry.delivery.dns import DnsError, HostLookup, Target
+from mailferry.delivery.dns import DnsError, HostLookup, Target, balance_families
 from mailferry.delivery.nexthop import Hop, parse_hop
 from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.settings import ClientSettings
@@ -96,6 +96,8 @@ class SessionSetup:
             raise SetupFailed(outcome.from_dns_error(error)) from None
         limit = self.settings.mx_address_limit
         if limit > 0:
+            if self.settings.balance_inet_protocols:
+                targets = balance_families(targets, limit)
             targets = targets[:limit]
         if not targets:
             raise SetupFailed(outcome.deferred("4.4.3", f"Host or domain name not found: {hop.host}"))

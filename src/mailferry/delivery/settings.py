@@ -61,6 +61,7 @@ class ClientSettings:
     bind_address_enforce: bool = False   # smtp_bind_address_enforce: a failed bind defers
     lookup: HostLookup = DEFAULT_LOOKUP  # smtp_dns_support_level, smtp_host_lookup, smtp_address_preference
     dnssec_probe: str = "ns:."
+    balance_inet_protocols: bool = True  # smtp_balance_inet_protocols
 
     def reply_timeout_at(self, stage: str | None) -> float:
         """How long to wait for the reply to `stage` (protocol/smtp_client.py Transaction.stage)."""
@@ -115,6 +116,7 @@ class ClientSettings:
             bind_address_enforce=value("smtp_bind_address_enforce", "boolean"),
             lookup=_host_lookup(config, prefix),
             dnssec_probe=config.get("dnssec_probe"),
+            balance_inet_protocols=value("smtp_balance_inet_protocols", "boolean"),
         )
 
 

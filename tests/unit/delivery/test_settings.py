@@ -89,3 +89,21 @@ def test_bad_lookup_values_name_their_parameter():
         with pytest.raises(ConfigValueError) as caught:
             settings(text)
         assert f"parameter {parameter}: invalid value" in str(caught.value)
+
+
+def test_balance_keeps_both_families_within_the_limit_as_postfix():
+    from mailferry.delivery.dns import Target, balance_families
+
+    def hosts(*addresses):
+        return [Target("mx", address, 25, 10) for address in addresses]
+
+    def kept(targets, limit):
+        return [target.address for target in balance_families(targets, limit)]
+    six = hosts("::1", "::2", "::3", "127.0.0.1", "127.0.0.2", "127.0.0.3")
+    assert kept(six, 2) == ["::1", "127.0.0.1"]                 # both over half: one each
+    assert kept(six, 3) == ["::1", "::2", "127.0.0.1"]          # the family listed first gets the odd one
+    assert kept(hosts("::1", "::2", "::3", "127.0.0.1"), 2) == ["::1", "127.0.0.1"]   # IPv4 under half: all of it
+    assert kept(six, 6) == [t.address for t in six]             # within the limit: untouched
+    assert kept(hosts("::1", "::2", "::3"), 2) == ["::1", "::2", "::3"]   # one family: the limit cuts later
+    assert settings("").balance_inet_protocols and not settings(
+        "lmtp_balance_inet_protocols = no", lmtp=True).balance_inet_protocols
