@@ -68,7 +68,12 @@ def daemon_factory():
         return daemon
 
     yield make
-    for daemon in made:
+    stop_daemons(made)
+
+
+def stop_daemons(daemons: list[Daemon]) -> None:
+    """Stop each (kill it if stopping fails) and remove its directory."""
+    for daemon in daemons:
         try:
             daemon.stop()
         except Exception:

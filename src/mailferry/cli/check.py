@@ -31,6 +31,7 @@ def run(argv: list[str], config_dir: str, reporter: Reporter) -> int:
     items = inspect_config(config_dir)
     items += _restriction_problems(config_dir)
     items += _relay_problems(config_dir, "--online" in options)
+    items += _bind_address_problems(config_dir)
     missing = [item for item in items if item.kind == MISSING_FILE]
     for item in items:
         if item.kind != MISSING_FILE:
@@ -58,13 +59,26 @@ def _restriction_problems(config_dir: str) -> list:
 
 def _relay_problems(config_dir: str, online: bool) -> list:
     """A password that `may` does not protect; with --online (mailferry's own), the relay's certificate."""
+    from mailferry.delivery.relay_check import config_problems
+    loaded = _config_and_master(config_dir)
+    return config_problems(*loaded, online) if loaded else []
+
+
+def _bind_address_problems(config_dir: str) -> list:
+    """smtp_bind_address(6) that are no numeric address of their family (delivery/settings.py)."""
+    from mailferry.delivery.settings import bind_address_problems
+    from mailferry.diagnostics import error
+    loaded = _config_and_master(config_dir)
+    return [error(text) for text in bind_address_problems(*loaded)] if loaded else []
+
+
+def _config_and_master(config_dir: str):
+    """(main.cf, master.cf or None); None when they cannot be read (inspect_config says why)."""
     from mailferry.config.config import load, master_cf_path
     from mailferry.config.mastercf import read_master_cf
-    from mailferry.delivery.relay_check import config_problems
     try:
         config = load(config_dir)
         path = master_cf_path(config_dir)
-        master = read_master_cf(path) if os.path.exists(path) else None
+        return config, (read_master_cf(path) if os.path.exists(path) else None)
     except (OSError, ValueError):
-        return []   # inspect_config has reported why the configuration cannot be read
-    return config_problems(config, master, online)
+        return None

@@ -50,6 +50,13 @@ LMTP_TWINS = {
     "smtp_tls_mandatory_exclude_ciphers": "lmtp_tls_mandatory_exclude_ciphers",
     "smtp_tls_loglevel": "lmtp_tls_loglevel",
     "smtp_tls_note_starttls_offer": "lmtp_tls_note_starttls_offer",
+    "smtp_bind_address": "lmtp_bind_address",
+    "smtp_bind_address6": "lmtp_bind_address6",
+    "smtp_bind_address_enforce": "lmtp_bind_address_enforce",
+    "smtp_address_preference": "lmtp_address_preference",
+    "smtp_host_lookup": "lmtp_host_lookup",
+    "smtp_dns_support_level": "lmtp_dns_support_level",
+    "smtp_balance_inet_protocols": "lmtp_balance_inet_protocols",
 }
 
 

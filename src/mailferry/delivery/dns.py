@@ -17,6 +17,23 @@ The rules follow Postfix 3.x (smtp_addr.c, dns_lookup.c):
   "...: Host not found, try again" (SERVFAIL, REFUSED, timeout). When A and AAAA are both asked,
   the text names the failure that matters most (temporary over not found), else the last type.
 
+Per client service (main.cf, or master.cf `-o`; lmtp_* for LMTP), as Postfix's smtp(8):
+
+- smtp_dns_support_level: empty follows disable_dns_lookups (default: enabled). `disabled`: no DNS
+  at all, no MX lookup; host addresses come from the system resolver (getaddrinfo: /etc/hosts,
+  nsswitch). `dnssec`: every query asks for DNSSEC (EDNS0 with the DO bit). The first time, the
+  `dnssec_probe` query (default ns:.) checks that the resolver validates; when its answer has no
+  AD bit, Postfix's two warnings are logged ("DNSSEC validation may be unavailable", then the
+  reason). Mail then flows as with `enabled`: mailferry has no DANE, so a validated answer
+  changes nothing else.
+- smtp_host_lookup: `dns` (A/AAAA records), `native` (getaddrinfo only), or `dns, native`
+  (getaddrinfo for a host DNS says does not exist; a temporary DNS failure is not retried
+  natively). MX records are always looked up in DNS unless DNS is disabled.
+- smtp_address_preference: `ipv6` or `ipv4` tries that family first among addresses of equal MX
+  preference; `any` leaves them shuffled.
+- smtp_balance_inet_protocols: when smtp_mx_address_limit would keep only one family, both keep
+  a share (balance_families below; the SMTP client applies it with its own limit).
+
 MAILFERRY_NAMESERVERS ("127.0.0.1:5353 [::1]:53", space or comma separated, port 53 by default)
 is a mailferry extension with no Postfix equivalent: it chooses the DNS servers instead of
 /etc/resolv.conf. Tests use it to point the daemon at their own server.
@@ -28,12 +45,14 @@ import asyncio
 import ipaddress
 import os
 import random
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -66,9 +85,44 @@ class DnsError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class HostLookup:
+    """How one client service finds addresses: smtp_dns_support_level, smtp_host_lookup,
+    smtp_address_preference (or their lmtp_ twins)."""
+
+    dns: bool = True              # A/AAAA records (smtp_host_lookup has dns, DNS not disabled)
+    native: bool = False          # getaddrinfo (smtp_host_lookup has native, or DNS disabled)
+    mx: bool = True               # MX lookups: DNS is not disabled
+    dnssec: bool = False          # smtp_dns_support_level = dnssec
+    preference: str = "any"       # smtp_address_preference: ipv4, ipv6 or any
+
+    @classmethod
+    def from_values(cls, support_level: str, disable_dns: bool, host_lookup: list[str],
+                    preference: str) -> "HostLookup":
+        """ValueError(index, text): index 0, 1 or 2 says which of the three values is wrong."""
+        level = support_level.strip().lower() or ("disabled" if disable_dns else "enabled")
+        if level not in ("disabled", "enabled", "dnssec"):
+            raise ValueError(0, f'invalid value "{support_level}": expected disabled, enabled or dnssec')
+        methods = {word.strip().lower() for word in host_lookup if word.strip()}
+        if not methods or methods - {"dns", "native"}:
+            raise ValueError(1, f'invalid value "{", ".join(host_lookup)}": expected dns, native or "dns, native"')
+        preference = preference.strip().lower()
+        if preference not in ("ipv4", "ipv6", "any"):
+            raise ValueError(2, f'invalid value "{preference}": expected ipv4, ipv6 or any')
+        if level == "disabled":
+            return cls(dns=False, native=True, mx=False, preference=preference)
+        return cls(dns="dns" in methods, native="native" in methods, dnssec=level == "dnssec",
+                   preference=preference)
+
+
+DEFAULT_LOOKUP = HostLookup()
+
+
+@dataclass(frozen=True, slots=True)
 class _Failure:
     temporary: bool
     text: str
+    dsn: str = ""             # when not the usual 4.4.3 (temporary) / 5.4.4
+    not_found: bool = False   # the name or its records do not exist: `native` may still find it
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +224,11 @@ class NexthopResolver:
         self._defer_if_no_mx_address_found = defer_if_no_mx_address_found
         self._randomize = randomize_addresses
         self._disabled = nameservers == []
+        self._nameservers = nameservers
+        self._timeout = timeout
         self._resolver = None if self._disabled else make_resolver(nameservers, timeout)
+        self._dnssec_resolver: dns.asyncresolver.Resolver | None = None
+        self._dnssec_probed = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **options: Any) -> "NexthopResolver":
@@ -181,7 +239,8 @@ class NexthopResolver:
             return cls([], **options)
         return cls(parse_nameservers(text) or None, **options)
 
-    async def targets(self, host: str, port: int, use_mx: bool) -> list[Target]:
+    async def targets(self, host: str, port: int, use_mx: bool,
+                      lookup: HostLookup = DEFAULT_LOOKUP) -> list[Target]:
         literal = _ip_literal(host)
         if literal is not None:
             if literal.version not in self._versions:
@@ -189,17 +248,57 @@ class NexthopResolver:
             return [Target(host, host, port, None)]
         name = host.rstrip(".")
         qname = self._absolute(name)
-        if self._disabled:
+        if self._disabled and not lookup.native:
             raise DnsError(f"Host or domain name not found. Name service error for name={name}: "
                            f"DNS is turned off ({NAMESERVERS_VARIABLE}=none)", True, "4.4.3")
-        if use_mx:
-            hosts = await self._mx_hosts(name, qname)
+        if self._disabled:
+            lookup = HostLookup(dns=False, native=True, mx=False, preference=lookup.preference)
+        if use_mx and lookup.mx:
+            hosts = await self._mx_hosts(name, qname, lookup)
             if hosts is not None:
-                return self._finish(await self._mx_targets(hosts, port))
-        addresses = await self._addresses(qname)
+                return self._finish(await self._mx_targets(hosts, port, lookup), lookup)
+        addresses = await self._addresses(name, qname, lookup)
         if isinstance(addresses, _Failure):
-            raise DnsError(addresses.text, addresses.temporary, "4.4.3" if addresses.temporary else "5.4.4")
-        return self._finish([Target(name.lower(), address, port, None) for address in addresses])
+            raise DnsError(addresses.text, addresses.temporary,
+                           addresses.dsn or ("4.4.3" if addresses.temporary else "5.4.4"))
+        return self._finish([Target(name.lower(), address, port, None) for address in addresses], lookup)
+
+    async def dnssec_probe(self, probe: str) -> list[str]:
+        """Postfix's warnings when the `dnssec_probe` query (qtype:qname) comes back without
+        the AD bit; asked once per process, [] after that or when `probe` is empty."""
+        if self._dnssec_probed or self._disabled:
+            return []
+        self._dnssec_probed = True
+        if not probe.strip():
+            return []
+        qtype, _, qname = probe.strip().partition(":")
+        try:
+            rdtype = dns.rdatatype.from_text(qtype)
+            name = dns.name.from_text(qname)
+        except (dns.exception.DNSException, ValueError):
+            raise ValueError(f"malformed dnssec_probe value: {probe} format is qtype:qname") from None
+        try:
+            answer = await self._resolver_for(HostLookup(dnssec=True)).resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return ["DNSSEC validation may be unavailable",   # an answer, but no records to judge
+                    f"reason: dnssec_probe '{probe}' received a response that is not DNSSEC validated"]
+        except dns.exception.DNSException:
+            text = _name_error(name.to_text(omit_final_dot=True) or ".", rdtype, "Host not found, try again")
+            return ["DNSSEC validation may be unavailable",
+                    f"reason: dnssec_probe '{probe}' received no response: {text}"]
+        if answer.response.flags & dns.flags.AD:
+            return []
+        return ["DNSSEC validation may be unavailable",
+                f"reason: dnssec_probe '{probe}' received a response that is not DNSSEC validated"]
+
+    def _resolver_for(self, lookup: HostLookup) -> dns.asyncresolver.Resolver:
+        if not lookup.dnssec:
+            return self._resolver
+        if self._dnssec_resolver is None:
+            resolver = make_resolver(self._nameservers, self._timeout)
+            resolver.use_edns(0, dns.flags.DO, 1232)   # RES_USE_DNSSEC: EDNS0 with the DO bit
+            self._dnssec_resolver = resolver
+        return self._dnssec_resolver
 
     @staticmethod
     def _absolute(name: str) -> dns.name.Name:
@@ -208,9 +307,9 @@ class NexthopResolver:
             raise DnsError(_invalid_name(name), False, "5.4.4")
         return qname
 
-    async def _mx_hosts(self, name: str, qname: dns.name.Name) -> list[_Host] | None:
+    async def _mx_hosts(self, name: str, qname: dns.name.Name, lookup: HostLookup) -> list[_Host] | None:
         """The MX hosts by preference, or None when the domain has no MX records."""
-        records = await self._query(qname, dns.rdatatype.MX)
+        records = await self._query(qname, dns.rdatatype.MX, lookup)
         if isinstance(records, _Failure):
             if records.temporary:
                 raise DnsError(records.text, True, "4.4.3")
@@ -221,8 +320,8 @@ class NexthopResolver:
         return [_Host(record.exchange.to_text(omit_final_dot=True).lower(), record.preference)
                 for record in records]
 
-    async def _mx_targets(self, hosts: list[_Host], port: int) -> list[Target]:
-        lookups = await asyncio.gather(*(self._host_addresses(host.name) for host in hosts))
+    async def _mx_targets(self, hosts: list[_Host], port: int, lookup: HostLookup) -> list[Target]:
+        lookups = await asyncio.gather(*(self._host_addresses(host.name, lookup) for host in hosts))
         targets: list[Target] = []
         failure: _Failure | None = None
         dsn = ""
@@ -230,7 +329,9 @@ class NexthopResolver:
             if isinstance(addresses, _Failure):
                 # As Postfix: the last failure's text; once a lookup failed temporarily, all are.
                 failure = addresses
-                if addresses.temporary:
+                if addresses.dsn:
+                    dsn = addresses.dsn
+                elif addresses.temporary:
                     dsn = "4.4.3"
                 else:
                     dsn = "4.4.4" if dsn.startswith("4") else "5.4.4"
@@ -243,7 +344,7 @@ class NexthopResolver:
             dsn = "4" + dsn[1:]
         raise DnsError(failure.text, dsn.startswith("4"), dsn)
 
-    async def _host_addresses(self, host: str) -> list[str] | _Failure:
+    async def _host_addresses(self, host: str, lookup: HostLookup) -> list[str] | _Failure:
         literal = _ip_literal(host)  # an address in an MX record: wrong, but Postfix accepts it
         if literal is not None:
             if literal.version in self._versions:
@@ -252,11 +353,24 @@ class NexthopResolver:
         qname = _qualified(host)
         if qname is None:
             return _Failure(False, _invalid_name(host))
-        return await self._addresses(qname)
+        return await self._addresses(host, qname, lookup)
 
-    async def _addresses(self, qname: dns.name.Name) -> list[str] | _Failure:
+    async def _addresses(self, name: str, qname: dns.name.Name, lookup: HostLookup) -> list[str] | _Failure:
+        """As Postfix's smtp_addr_one: DNS when `lookup.dns`; getaddrinfo when `lookup.native`
+        and DNS did not find the host (a temporary DNS failure stays one)."""
+        failure = None
+        if lookup.dns:
+            found = await self._dns_addresses(qname, lookup)
+            if not isinstance(found, _Failure):
+                return found
+            if found.temporary or not lookup.native:
+                return found
+            failure = found
+        return await self._native_addresses(name, soft=failure is not None and failure.temporary)
+
+    async def _dns_addresses(self, qname: dns.name.Name, lookup: HostLookup) -> list[str] | _Failure:
         """A and/or AAAA records, or the failure that matters most (temporary, else the last)."""
-        answers = await asyncio.gather(*(self._query(qname, rdtype) for rdtype in self._address_types))
+        answers = await asyncio.gather(*(self._query(qname, rdtype, lookup) for rdtype in self._address_types))
         addresses = [record.address for answer in answers if not isinstance(answer, _Failure) for record in answer]
         if addresses:
             return addresses
@@ -264,10 +378,34 @@ class NexthopResolver:
         temporary = [failure for failure in failures if failure.temporary]
         return (temporary or failures)[-1]
 
-    async def _query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list | _Failure:
+    async def _native_addresses(self, name: str, soft: bool) -> list[str] | _Failure:
+        """getaddrinfo (the system's resolver: /etc/hosts, nsswitch), in a worker thread;
+        Postfix's texts and status codes (smtp_addr.c)."""
+        family = socket.AF_UNSPEC if len(self._versions) == 2 else (
+            socket.AF_INET if 4 in self._versions else socket.AF_INET6)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(name, None, family=family,
+                                                                type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            retry = error.errno in (socket.EAI_AGAIN, socket.EAI_MEMORY, socket.EAI_SYSTEM)
+            nohost = error.errno in (socket.EAI_AGAIN, socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+            temporary = soft or retry
+            dsn = ("4" if temporary else "5") + (".4.4" if nohost else ".3.0")
+            return _Failure(temporary, f"unable to look up host {name}: {error.strerror}", dsn)
+        addresses = []
+        for info in infos:
+            address = info[4][0].partition("%")[0]
+            if address not in addresses and ipaddress.ip_address(address).version in self._versions:
+                addresses.append(address)
+        if not addresses:
+            return _Failure(soft, f"{name}: host not found", "4.4.4" if soft else "5.4.4")
+        return addresses
+
+    async def _query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                     lookup: HostLookup = DEFAULT_LOOKUP) -> list | _Failure:
         name = qname.to_text(omit_final_dot=True)
         try:
-            answer = await self._resolver.resolve(qname, rdtype, search=False)
+            answer = await self._resolver_for(lookup).resolve(qname, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
             return _Failure(False, _name_error(name, rdtype, "Host not found"))
         except dns.resolver.NoAnswer:
@@ -276,11 +414,44 @@ class NexthopResolver:
             return _Failure(True, _name_error(name, rdtype, "Host not found, try again"))
         return list(answer)
 
-    def _finish(self, targets: list[Target]) -> list[Target]:
-        """Shuffle equal preferences, keep the preference order, apply the address limit."""
+    def _finish(self, targets: list[Target], lookup: HostLookup = DEFAULT_LOOKUP) -> list[Target]:
+        """Shuffle equal preferences, keep the preference order (and within one preference,
+        smtp_address_preference's family first), apply the address limit."""
         if self._randomize:
             random.shuffle(targets)
-        targets.sort(key=lambda target: target.preference or 0)
+        if lookup.preference == "any":
+            targets.sort(key=lambda target: target.preference or 0)
+        else:
+            first_v6 = lookup.preference == "ipv6"
+            targets.sort(key=lambda target: (target.preference or 0, (":" in target.address) != first_v6))
         if self._mx_address_limit > 0:
             del targets[self._mx_address_limit:]
         return targets
+
+
+def balance_families(targets: list[Target], limit: int) -> list[Target]:
+    """Postfix's smtp_balance_inet_proto: when IPv4 and IPv6 addresses together exceed `limit`,
+    keep up to `limit` of them so that neither family crowds the other out; order is kept."""
+    v6_count = sum(":" in target.address for target in targets)
+    v4_count = len(targets) - v6_count
+    if not v4_count or not v6_count or len(targets) <= limit:
+        return targets
+    if v6_count <= limit // 2:
+        v6_target = v6_count
+        v4_target = limit - v6_target
+    elif v4_count <= limit // 2:
+        v4_target = v4_count
+        v6_target = limit - v4_target
+    else:    # both have more than half: the family listed first gets the odd one
+        v4_target = (limit + (":" not in targets[0].address)) // 2
+        v6_target = limit - v4_target
+    kept = []
+    for target in targets:
+        if ":" in target.address:
+            if v6_target > 0:
+                kept.append(target)
+                v6_target -= 1
+        elif v4_target > 0:
+            kept.append(target)
+            v4_target -= 1
+    return kept

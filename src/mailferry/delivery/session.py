@@ -10,6 +10,7 @@ decision; here is only where it happens.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Protocol
 
@@ -17,7 +18,7 @@ from mailferry import metrics
 from mailferry.delivery import oauth2, outcome, sasl, tls
 from mailferry.delivery.client_parameters import client_parameter
 from mailferry.delivery.connection import Connection, ConnectionLost
-from mailferry.delivery.dns import DnsError, Target
+from mailferry.delivery.dns import DnsError, HostLookup, Target, balance_families
 from mailferry.delivery.nexthop import Hop, parse_hop
 from mailferry.delivery.sasl import PasswordMaps
 from mailferry.delivery.settings import ClientSettings
@@ -33,7 +34,9 @@ READ_LIMIT = 1 << 20     # the stream reader's buffer: long EHLO replies and pip
 class Resolver(Protocol):
     """delivery.dns.NexthopResolver: the servers of a next hop, best first."""
 
-    async def targets(self, host: str, port: int | None, use_mx: bool) -> list[Target]: ...
+    async def targets(self, host: str, port: int | None, use_mx: bool, lookup: HostLookup = ...) -> list[Target]: ...
+
+    async def dnssec_probe(self, probe: str) -> list[str]: ...
 
 
 class TlsPolicies(Protocol):
@@ -81,12 +84,20 @@ class SessionSetup:
     async def _targets(self, hop: Hop) -> list[tuple[str, str, int | None]]:
         if hop.unix:
             return [("localhost", hop.host, None)]
+        lookup = self.settings.lookup
         try:
-            targets = await self.dns.targets(hop.host, hop.port, hop.use_mx)
+            if lookup.dnssec:
+                for warning in await self.dns.dnssec_probe(self.settings.dnssec_probe):
+                    self.log.warning(self.program, warning)
+            targets = await self.dns.targets(hop.host, hop.port, hop.use_mx, lookup)
+        except ValueError as error:     # a malformed dnssec_probe: Postfix stops, the mail waits here
+            raise SetupFailed(outcome.deferred("4.3.5", str(error))) from None
         except DnsError as error:
             raise SetupFailed(outcome.from_dns_error(error)) from None
         limit = self.settings.mx_address_limit
         if limit > 0:
+            if self.settings.balance_inet_protocols:
+                targets = balance_families(targets, limit)
             targets = targets[:limit]
         if not targets:
             raise SetupFailed(outcome.deferred("4.4.3", f"Host or domain name not found: {hop.host}"))
@@ -127,6 +138,8 @@ class SessionSetup:
             async with asyncio.timeout(self.settings.connect_timeout):
                 if port is None:
                     reader, writer = await asyncio.open_unix_connection(address, limit=READ_LIMIT)
+                elif self.settings.bind_address or self.settings.bind_address6:
+                    reader, writer = await self._connect_from(address, port)
                 else:
                     reader, writer = await asyncio.open_connection(address, port, limit=READ_LIMIT)
         except TimeoutError:
@@ -136,6 +149,29 @@ class SessionSetup:
             reason = error.strerror or str(error)
             raise SetupFailed(outcome.connect_failed(host, address, port, reason), connect_failure=True) from None
         return Connection(reader, writer, host, address, port)
+
+    async def _connect_from(self, address: str, port: int):
+        """smtp_bind_address (IPv4) or smtp_bind_address6 (IPv6) as the source, as Postfix's
+        smtp_connect_addr: a failed bind is a warning, and the connection goes out from the
+        system's choice of address, unless smtp_bind_address_enforce defers the mail."""
+        ipv6 = ":" in address
+        source = self.settings.bind_address6 if ipv6 else self.settings.bind_address
+        if not source:
+            return await asyncio.open_connection(address, port, limit=READ_LIMIT)
+        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.bind((source, 0))
+            except OSError as error:
+                self.log.warning(self.program, f"smtp_connect_addr: bind {source}: {error.strerror or error}")
+                if self.settings.bind_address_enforce:
+                    raise SetupFailed(outcome.deferred("4.4.0", "server configuration error")) from None
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
+            return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _greet(self, connection: Connection) -> None:
         reply = await connection.reply(self.settings.helo_timeout, "receiving the initial server greeting")

@@ -7,10 +7,12 @@ with `default_destination_*` behind them.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from mailferry.config.config import ConfigValueError
 from mailferry.delivery.client_parameters import client_parameter
+from mailferry.delivery.dns import DEFAULT_LOOKUP, HostLookup
 from mailferry.protocol.smtp_client import DATA_STAGE, END_OF_DATA_STAGE, MAIL_FROM, RCPT_TO
 from mailferry.delivery.tls import TlsPolicy
 from mailferry.tlsparams import log_level
@@ -54,6 +56,12 @@ class ClientSettings:
     rcpt_timeout: float | None = None        # smtp_rcpt_timeout
     data_init_timeout: float | None = None   # smtp_data_init_timeout
     data_done_timeout: float | None = None   # smtp_data_done_timeout
+    bind_address: str = ""           # smtp_bind_address: the source of IPv4 connections
+    bind_address6: str = ""          # smtp_bind_address6: the source of IPv6 connections
+    bind_address_enforce: bool = False   # smtp_bind_address_enforce: a failed bind defers
+    lookup: HostLookup = DEFAULT_LOOKUP  # smtp_dns_support_level, smtp_host_lookup, smtp_address_preference
+    dnssec_probe: str = "ns:."
+    balance_inet_protocols: bool = True  # smtp_balance_inet_protocols
 
     def reply_timeout_at(self, stage: str | None) -> float:
         """How long to wait for the reply to `stage` (protocol/smtp_client.py Transaction.stage)."""
@@ -103,6 +111,12 @@ class ClientSettings:
             rcpt_timeout=float(value("smtp_rcpt_timeout", "time")),
             data_init_timeout=float(value("smtp_data_init_timeout", "time")),
             data_done_timeout=float(value("smtp_data_done_timeout", "time")),
+            bind_address=_bind_address(config, client_parameter(prefix, "smtp_bind_address"), 4),
+            bind_address6=_bind_address(config, client_parameter(prefix, "smtp_bind_address6"), 6),
+            bind_address_enforce=value("smtp_bind_address_enforce", "boolean"),
+            lookup=_host_lookup(config, prefix),
+            dnssec_probe=config.get("dnssec_probe"),
+            balance_inet_protocols=value("smtp_balance_inet_protocols", "boolean"),
         )
 
 
@@ -121,3 +135,53 @@ def _tls_log_level(config, name: str) -> int:
         return log_level(config.get(name))
     except ValueError as exc:
         raise ConfigValueError(config.where(name), str(exc)) from None
+
+
+def _bind_address(config, name: str, version: int) -> str:
+    """A numeric address, `[...]` allowed, as Postfix's smtp_connect_addr takes it; Postfix
+    stops with "bad smtp_bind_address parameter" on anything else, mailferry refuses the transport."""
+    text = config.get(name).strip()
+    if not text:
+        return ""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        raise ConfigValueError(config.where(name), f"bad value {text}: expected a numeric IPv{version} "
+                                                   f"address (a host name is not allowed)") from None
+    if address.version != version:
+        other = name + "6" if version == 4 else name[:-1]
+        raise ConfigValueError(config.where(name), f"bad value {text}: not an IPv{version} address "
+                                                   f"(an IPv{address.version} source belongs in {other})")
+    return str(address)
+
+
+def _host_lookup(config, prefix: str) -> HostLookup:
+    names = [client_parameter(prefix, name) for name in
+             ("smtp_dns_support_level", "smtp_host_lookup", "smtp_address_preference")]
+    level, methods, preference = names
+    try:
+        return HostLookup.from_values(config.get(level), config.boolean("disable_dns_lookups"),
+                                      config.list(methods), config.get(preference))
+    except ValueError as problem:
+        index, text = problem.args
+        raise ConfigValueError(config.where(names[index]), text) from None
+
+
+def bind_address_problems(config, master) -> list[str]:
+    """For `check`: each smtp_bind_address(6) / lmtp_ twin that is no numeric address of its
+    family, in main.cf or a client service's -o (the value lint cannot judge alone)."""
+    views = [(config, prefix) for prefix in ("smtp", "lmtp")]
+    for service in (master.services if master is not None else []):
+        if service.type == "unix" and service.command in ("smtp", "lmtp") and service.overrides:
+            views.append((config.with_overrides(service.overrides, f"{master.path}, line {service.line}"),
+                          service.command))
+    found: list[str] = []
+    for view, prefix in views:
+        for name, version in (("smtp_bind_address", 4), ("smtp_bind_address6", 6)):
+            try:
+                _bind_address(view, client_parameter(prefix, name), version)
+            except ConfigValueError as problem:
+                if str(problem) not in found:
+                    found.append(str(problem))
+    return found

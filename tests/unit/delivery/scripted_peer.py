@@ -193,9 +193,12 @@ class LoopbackResolver:
     def __init__(self):
         self.asked: list[str] = []
 
-    async def targets(self, host: str, port: int | None, use_mx: bool) -> list[Target]:
+    async def targets(self, host: str, port: int | None, use_mx: bool, lookup=None) -> list[Target]:
         self.asked.append(host)
         return [Target("mx.test", "127.0.0.1", port, None)]
+
+    async def dnssec_probe(self, probe: str) -> list[str]:
+        return []
 
 
 class FakeClock:

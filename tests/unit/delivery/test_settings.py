@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from mailferry.config.config import Config
+import pytest
+
+from mailferry.config.config import Config, ConfigValueError
 from mailferry.config.maincf import parse_main_cf
+from mailferry.delivery.dns import HostLookup
 from mailferry.delivery.settings import ClientSettings
 
 
@@ -44,3 +47,63 @@ def test_destination_limits_are_per_transport_with_the_default_behind():
     assert (settings(text, "relay").recipient_limit, settings(text, "relay").concurrency_limit) == (3, 2)
     assert (settings(text, "smtp").recipient_limit, settings(text, "smtp").concurrency_limit) == (7, 20)
     assert settings("relay_destination_recipient_limit = 0", "relay").recipient_limit == 1_000_000
+
+
+# Source address and host lookup (delivery/dns.py HostLookup; tests/integration/test_client_source_lookup.py
+# proves them through the daemon)
+
+def test_bind_addresses_are_numeric_and_of_their_own_family():
+    found = settings("smtp_bind_address = [127.0.0.2]\nsmtp_bind_address6 = ::1\nsmtp_bind_address_enforce = yes\n")
+    assert (found.bind_address, found.bind_address6, found.bind_address_enforce) == ("127.0.0.2", "::1", True)
+    assert (settings("").bind_address, settings("").bind_address_enforce) == ("", False)
+    lmtp = settings("lmtp_bind_address = 127.0.0.4\nsmtp_bind_address = 127.0.0.2\n", lmtp=True)
+    assert lmtp.bind_address == "127.0.0.4"
+    for text, parameter, why in (("smtp_bind_address = mail.example.com", "smtp_bind_address", "numeric IPv4"),
+                                 ("smtp_bind_address = ::1", "smtp_bind_address", "smtp_bind_address6"),
+                                 ("smtp_bind_address6 = 127.0.0.1", "smtp_bind_address6", "smtp_bind_address")):
+        with pytest.raises(ConfigValueError) as caught:
+            settings(text)
+        assert f"line 1: parameter {parameter}: " in str(caught.value) and why in str(caught.value)
+
+
+def test_host_lookup_follows_dns_support_level_as_postfix():
+    assert settings("").lookup == HostLookup(dns=True, native=False, mx=True, dnssec=False, preference="any")
+    # disabled (or the old disable_dns_lookups = yes): no MX, native lookup whatever smtp_host_lookup says
+    disabled = HostLookup(dns=False, native=True, mx=False, preference="any")
+    assert settings("smtp_dns_support_level = disabled\nsmtp_host_lookup = dns").lookup == disabled
+    assert settings("disable_dns_lookups = yes").lookup == disabled
+    assert settings("disable_dns_lookups = yes\nsmtp_dns_support_level = enabled").lookup.mx
+    assert settings("smtp_dns_support_level = dnssec").lookup.dnssec
+    both = settings("smtp_host_lookup = dns, native\nsmtp_address_preference = ipv6").lookup
+    assert (both.dns, both.native, both.preference) == (True, True, "ipv6")
+    assert settings("smtp_host_lookup = native").lookup == HostLookup(dns=False, native=True)
+    lmtp = settings("lmtp_host_lookup = native\nlmtp_address_preference = ipv4\nlmtp_dns_support_level = dnssec",
+                    lmtp=True).lookup
+    assert (lmtp.dns, lmtp.native, lmtp.preference, lmtp.dnssec) == (False, True, "ipv4", True)
+
+
+def test_bad_lookup_values_name_their_parameter():
+    for text, parameter in (("smtp_dns_support_level = dane", "smtp_dns_support_level"),
+                            ("smtp_host_lookup = dns, nis", "smtp_host_lookup"),
+                            ("smtp_address_preference = ipv5", "smtp_address_preference")):
+        with pytest.raises(ConfigValueError) as caught:
+            settings(text)
+        assert f"parameter {parameter}: invalid value" in str(caught.value)
+
+
+def test_balance_keeps_both_families_within_the_limit_as_postfix():
+    from mailferry.delivery.dns import Target, balance_families
+
+    def hosts(*addresses):
+        return [Target("mx", address, 25, 10) for address in addresses]
+
+    def kept(targets, limit):
+        return [target.address for target in balance_families(targets, limit)]
+    six = hosts("::1", "::2", "::3", "127.0.0.1", "127.0.0.2", "127.0.0.3")
+    assert kept(six, 2) == ["::1", "127.0.0.1"]                 # both over half: one each
+    assert kept(six, 3) == ["::1", "::2", "127.0.0.1"]          # the family listed first gets the odd one
+    assert kept(hosts("::1", "::2", "::3", "127.0.0.1"), 2) == ["::1", "127.0.0.1"]   # IPv4 under half: all of it
+    assert kept(six, 6) == [t.address for t in six]             # within the limit: untouched
+    assert kept(hosts("::1", "::2", "::3"), 2) == ["::1", "::2", "::3"]   # one family: the limit cuts later
+    assert settings("").balance_inet_protocols and not settings(
+        "lmtp_balance_inet_protocols = no", lmtp=True).balance_inet_protocols
