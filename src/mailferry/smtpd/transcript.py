@@ -118,7 +118,7 @@ def _wrap(line: str) -> list[str]:
         width = LENGTH if first else LENGTH - INDENT
         prefix = "" if first else " " * INDENT
         if len(line) <= width:
-            out.append(prefix + line)
+            out.append((prefix + line).rstrip(" "))
             return out
         cut = line.rfind(" ", 1, width)
         if cut <= 0:
