@@ -371,6 +371,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "error_notice_recipient",
     "double_bounce_sender",
     "smtpd_history_flush_threshold",
+    # syslog(3)'s facility when there is no maillog_file (maillog.py, master/server.py; docs/notify.md)
+    "syslog_facility",
     # Server-side TLS, the submission/submissions services (smtpd/tls.py, tlsparams.py; docs/tls.md)
     "smtpd_tls_wrappermode",
     "smtpd_tls_loglevel",
