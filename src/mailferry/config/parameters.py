@@ -373,6 +373,9 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "smtpd_history_flush_threshold",
     # syslog(3)'s facility when there is no maillog_file (maillog.py, master/server.py; docs/notify.md)
     "syslog_facility",
+    # smtpd's conversation with listed clients in the log (smtpd/debug_peer.py; docs/notify.md)
+    "debug_peer_list",
+    "debug_peer_level",
     # Server-side TLS, the submission/submissions services (smtpd/tls.py, tlsparams.py; docs/tls.md)
     "smtpd_tls_wrappermode",
     "smtpd_tls_loglevel",

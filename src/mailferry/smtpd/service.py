@@ -59,6 +59,7 @@ from mailferry.smtpd.client_limits import SessionLimits
 from mailferry.smtpd.listener import Listener
 from mailferry.smtpd.settings import server_settings
 from mailferry.smtpd import transcript
+from mailferry.smtpd.debug_peer import DebugPeers, PeerChat
 from mailferry.smtpd.transcript import TranscriptSettings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
@@ -99,6 +100,7 @@ class ServiceProfile:
     milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
     queue_space: QueueSpace | None = None   # queue_minfree and message_size_limit at MAIL FROM
     transcript: TranscriptSettings | None = None   # notify_classes: the postmaster's transcript
+    debug_peers: DebugPeers | None = None   # debug_peer_list, debug_peer_level (smtpd/debug_peer.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -121,7 +123,7 @@ class ServiceProfile:
                    receive_overrides=frozenset(config.list("receive_override_options")),
                    queue_space=QueueSpace(config.get("queue_directory"), config.size("queue_minfree"),
                                           config.size("message_size_limit")),
-                   transcript=_transcript_settings(config))
+                   transcript=_transcript_settings(config), debug_peers=DebugPeers.from_config(config))
 
 
 def _transcript_settings(config: Config) -> TranscriptSettings | None:
@@ -290,6 +292,9 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
+        debug_peers = self.profile.debug_peers
+        if debug_peers is not None and debug_peers.matches(self.name, self.address):
+            self.conn.transcript = PeerChat(self.log, self.client, keep=self.profile.transcript is not None)
         refusal = self.limits.connect(self.client)
         if refusal is not None:
             self._end_with(refusal)
@@ -389,7 +394,7 @@ class Session(asyncio.Protocol):
             self._handle(event)
         self._send()
         self._hold_input()
-        if conn.transcript is not None and len(conn.transcript) > self.profile.transcript.flush_threshold:
+        if conn.transcript and len(conn.transcript) > self.profile.transcript.flush_threshold:
             self._notify_postmaster()   # Postfix's chat_reset at smtpd_history_flush_threshold
         if self._stopping and not self._busy:
             self._say_goodbye()
@@ -837,7 +842,7 @@ class Session(asyncio.Protocol):
         self.service.sessions.discard(self)
         metrics.connection_closed(self.service.service.name)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
-        if self.conn.transcript is not None:
+        if self.profile.transcript is not None:
             lost = self.conn.last_command != "QUIT" and not self._stopping
             self._notify_postmaster(f"lost connection after {self.conn.last_command}" if lost else "")
 
@@ -845,15 +850,16 @@ class Session(asyncio.Protocol):
     def _note_refusal(self, reply: Reply) -> None:
         """A reply written around the core (a greeting refusal, an internal error)."""
         if self.conn.transcript is not None:
-            self.conn.transcript += [f"Out: {line}" for line in
-                                     reply.to_bytes().decode("utf-8", "replace").split("\r\n")[:-1]]
+            for line in reply.to_bytes().decode("utf-8", "replace").split("\r\n")[:-1]:
+                self.conn.transcript.append(f"Out: {line}")
             self.conn.failed_replies.append((reply, False))
 
     def _notify_postmaster(self, reason: str = "") -> None:
         conn, settings = self.conn, self.profile.transcript
         errors = transcript.errors_to_report(conn.failed_replies, settings.classes)
         history = conn.transcript
-        conn.transcript, conn.failed_replies = [], []
+        conn.transcript = history.fresh() if isinstance(history, PeerChat) else []
+        conn.failed_replies = []
         if not errors:
             return
         message = transcript.notice(settings, self.client, history, errors, reason)

@@ -82,3 +82,29 @@ def test_the_core_records_commands_replies_and_who_refused():
     assert "Out: 535 5.7.8 Error: authentication failed" in text
     assert "In:  BOGUS\nOut: 500 5.5.2 Error: command not recognized" in text
     assert [(reply.code, by_core) for reply, by_core in conn.failed_replies] == [(535, False), (500, True)]
+
+
+# --- debug_peer_list (smtpd/debug_peer.py) ---------------------------------------------------
+
+def test_debug_peer_list_is_a_namadr_list():
+    from mailferry.smtpd.debug_peer import DebugPeers
+    peers = DebugPeers("!bad.example.com, example.com, .example.net, 192.0.2.0/24, [2001:db8::1]", 2)
+    assert peers.matches("mail.example.com", "198.51.100.1")      # a name matches its subdomains
+    assert peers.matches("example.com", "198.51.100.1")
+    assert not peers.matches("bad.example.com", "192.0.2.9")       # the first match decides
+    assert not peers.matches("example.net", "198.51.100.1")        # .domain: subdomains only
+    assert peers.matches("a.example.net", "198.51.100.1")
+    assert peers.matches("unknown", "192.0.2.200") and peers.matches("unknown", "2001:db8::1")
+    assert not peers.matches("unknown", "198.51.100.1")
+
+
+def test_debug_peers_off_without_a_list_or_a_level(tmp_path):
+    from mailferry.config.config import Config
+    from mailferry.config.maincf import parse_main_cf
+    from mailferry.smtpd.debug_peer import DebugPeers
+
+    def config(text):
+        return Config(str(tmp_path), parse_main_cf(text, str(tmp_path / "main.cf")))
+    assert DebugPeers.from_config(config("")) is None
+    assert DebugPeers.from_config(config("debug_peer_list = 127.0.0.1\ndebug_peer_level = 0\n")) is None
+    assert DebugPeers.from_config(config("debug_peer_list = 127.0.0.1\n")).level == 2
