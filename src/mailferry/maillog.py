@@ -20,6 +20,21 @@ import time
 from typing import Protocol
 
 
+# syslog_facility's names, as Postfix's msg_syslog.c knows them on Linux (LOG_FTP is 11 there;
+# Python's syslog module does not name it). BSD's "security" has no Linux facility.
+FACILITIES = {
+    "auth": syslog.LOG_AUTH, "authpriv": syslog.LOG_AUTHPRIV, "cron": syslog.LOG_CRON,
+    "daemon": syslog.LOG_DAEMON, "ftp": 11 << 3, "kern": syslog.LOG_KERN, "lpr": syslog.LOG_LPR,
+    "mail": syslog.LOG_MAIL, "news": syslog.LOG_NEWS, "syslog": syslog.LOG_SYSLOG, "user": syslog.LOG_USER,
+    "uucp": syslog.LOG_UUCP, **{f"local{n}": getattr(syslog, f"LOG_LOCAL{n}") for n in range(8)},
+}
+
+
+def facility(name: str) -> int | None:
+    """syslog_facility's value as a syslog facility; None for a name Linux does not have."""
+    return FACILITIES.get(name.strip().lower())
+
+
 class Log(Protocol):
     """What a service needs of the log: Postfix's `program[pid]: text` lines."""
 
@@ -30,8 +45,9 @@ class Log(Protocol):
 
 class MailLog:
     def __init__(self, path: str = "", syslog_name: str = "mailferry", hostname: str | None = None,
-                 to_syslog: bool = False):
+                 to_syslog: bool = False, syslog_facility: int = syslog.LOG_MAIL):
         self.path = path
+        self.syslog_facility = syslog_facility
         self.to_syslog = to_syslog and not path
         self._syslog_ident = ""
         self.syslog_name = syslog_name
@@ -85,7 +101,7 @@ class MailLog:
     def _syslog(self, syslog_name: str, program: str, text: str) -> None:
         ident = f"{syslog_name}/{program}"
         if ident != self._syslog_ident:
-            syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)
+            syslog.openlog(ident, syslog.LOG_PID, self.syslog_facility)
             self._syslog_ident = ident
         syslog.syslog(syslog.LOG_INFO, text)
 

@@ -183,3 +183,12 @@ def test_a_line_end_inside_a_text_cannot_forge_a_line(clock, log_path):
     log.close()
     [line] = lines_of(log_path)
     assert line.endswith("from=<a@x#015#012Nov  5 03:04:05 mx1 mailferry/qmgr[1]: forged>")
+
+
+def test_syslog_facility_names_are_postfix_linux_ones():
+    import syslog
+
+    from mailferry.maillog import facility
+    assert facility("mail") == syslog.LOG_MAIL and facility(" LOCAL3 ") == syslog.LOG_LOCAL3
+    assert facility("ftp") == 11 << 3 and facility("authpriv") == syslog.LOG_AUTHPRIV
+    assert facility("security") is None and facility("bogus") is None   # no such facility on Linux

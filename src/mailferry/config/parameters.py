@@ -381,6 +381,18 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "smtputf8_enable",
     "strict_rfc821_envelopes",
     "syslog_name",
+    # Postmaster notices (config/notify.py, qmgr/bounce.py, smtpd/transcript.py; docs/notify.md)
+    "notify_classes",
+    "bounce_notice_recipient",
+    "delay_notice_recipient",
+    "error_notice_recipient",
+    "double_bounce_sender",
+    "smtpd_history_flush_threshold",
+    # syslog(3)'s facility when there is no maillog_file (maillog.py, master/server.py; docs/notify.md)
+    "syslog_facility",
+    # smtpd's conversation with listed clients in the log (smtpd/debug_peer.py; docs/notify.md)
+    "debug_peer_list",
+    "debug_peer_level",
     # Server-side TLS, the submission/submissions services (smtpd/tls.py, tlsparams.py; docs/tls.md)
     "smtpd_tls_wrappermode",
     "smtpd_tls_loglevel",

@@ -17,9 +17,10 @@ import pkgutil
 import signal
 import socket
 import sys
+from syslog import LOG_MAIL
 
 import mailferry
-from mailferry import __version__, metrics
+from mailferry import __version__, maillog, metrics
 from mailferry.anvil import clients
 from mailferry.anvil.status import statistics_lines
 from mailferry.config.compat import log_lines as compat_log_lines
@@ -119,8 +120,14 @@ class MailServer:
     def _open_log(self):
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
         path = self.config.get("maillog_file")
+        facility_name = self.config.get("syslog_facility")
+        syslog_facility = maillog.facility(facility_name)
         log = MailLog(path, self.config.get("syslog_name"), self.config.get("myhostname"),
-                      to_syslog=self.background or _stderr_is_the_journal())
+                      to_syslog=self.background or _stderr_is_the_journal(),
+                      syslog_facility=LOG_MAIL if syslog_facility is None else syslog_facility)
+        if syslog_facility is None:
+            log.warning("master", f"{self.config.where('syslog_facility')}unknown syslog facility "
+                                  f"\"{facility_name}\" on this system; logging as mail")
         if path and os.geteuid() == 0:
             os.chown(path, self.owner.uid, self.owner.gid)
         return log

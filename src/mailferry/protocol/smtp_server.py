@@ -269,6 +269,12 @@ class ServerConnection:
         self._counts: dict[str, list[int]] = {}
         self.last_command = "CONNECT"
         self._count_key = ""
+        # Postfix's session history, kept only when the application sets a list here (notify_classes):
+        # "In:  COMMAND" and "Out: REPLY LINE", and each failed reply with whether the
+        # core made it itself (a protocol error) or the application refused with it.
+        self.transcript: list[str] | None = None
+        self.failed_replies: list[tuple[Reply, bool]] = []
+        self._refusing = False
         # Transaction state.
         self.phase = IDLE
         self.sender: Path | None = None
@@ -288,7 +294,10 @@ class ServerConnection:
         """The 220 banner. Call it when the banner is about to be written:
         bytes received before it count as talking before the greeting."""
         self._greeted = True
-        return replies.greeting(self.settings.greeting_text).to_bytes()
+        banner = replies.greeting(self.settings.greeting_text).to_bytes()
+        if self.transcript is not None:
+            self._note_out(banner)
+        return banner
 
     def receive(self, data: bytes) -> None:
         """Feed bytes read from the client; b"" means end of file."""
@@ -394,11 +403,19 @@ class ServerConnection:
             raise ValueError(f"a rejection needs a 4xx or 5xx code, not {reply.code}")
         event = self._take_pending()
         if isinstance(event, MessageReceived):
-            self._message_answered(reply)
+            self._refusing = True
+            try:
+                self._message_answered(reply)
+            finally:
+                self._refusing = False
             return
         if isinstance(event, (AuthRequested, AuthResponse)):
             self._mode = _COMMAND
-        self._write(reply, close=reply.code == 421)
+        self._refusing = True
+        try:
+            self._write(reply, close=reply.code == 421)
+        finally:
+            self._refusing = False
 
     def auth_challenge(self, challenge: str) -> None:
         """Continue a SASL exchange: send "334 challenge" (base64, "" for
@@ -497,7 +514,12 @@ class ServerConnection:
                close: bool = False) -> None:
         """Queue `reply`. A final reply ends the current command: it is
         counted, and an error brings the session closer to the hard limit."""
-        self._outgoing += reply.to_bytes()
+        data = reply.to_bytes()
+        self._outgoing += data
+        if self.transcript is not None:
+            self._note_out(data)
+            if not reply.is_success and reply.code >= 400:
+                self.failed_replies.append((reply, not self._refusing))
         if final:
             if failed is None:
                 failed = not reply.is_success
@@ -512,6 +534,16 @@ class ServerConnection:
             self._events.append(ProtocolViolation("too many errors", self.last_command, closing=True))
             self._outgoing += replies.too_many_errors(self.settings.hostname).to_bytes()
             self._close()
+
+    def _note_out(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").split("\r\n")[:-1]:
+            self.transcript.append(f"Out: {line}")
+
+    def _note_in(self, text: str) -> None:
+        verb, _, rest = text.partition(" ")
+        if verb.upper() == "AUTH":
+            text = f"{verb} {rest.split(' ')[0]}"   # never a credential in a postmaster's mailbox
+        self.transcript.append(f"In:  {text}")
 
     def _count(self, key: str, ok: bool) -> None:
         if not key:
@@ -604,6 +636,8 @@ class ServerConnection:
 
     def _dispatch(self, line: bytes) -> Decision | None:
         text = line.decode("utf-8", "surrogateescape")
+        if self.transcript is not None:
+            self._note_in(text)
         words = text.split(None, 1)
         if not words or "\0" in text:
             self._count_key = "unknown"

@@ -47,7 +47,11 @@ class BounceSettings:
     myhostname: str
     mail_name: str = "mailferry"
     bounce_size_limit: int = 50000          # Postfix's bounce_size_limit
-    postmaster: str = "postmaster"          # 2bounce_notice_recipient / delay_notice_recipient
+    postmaster: str = "postmaster"          # 2bounce_notice_recipient
+    bounce_recipient: str = "postmaster"    # bounce_notice_recipient
+    delay_recipient: str = "postmaster"     # delay_notice_recipient
+    notify_classes: frozenset[str] = frozenset({"resource", "software"})   # notify_classes
+    double_bounce_sender: str = "double-bounce"   # the envelope sender of postmaster copies, as Postfix's
     myorigin: str = ""                      # qualifies a notice recipient without a domain, as cleanup does
     maximal_queue_lifetime: float = 5 * 86400   # seconds, for Will-Retry-Until in delay notices
     delay_warning_time: float = 0.0         # seconds; 0: no delay notices
@@ -69,34 +73,53 @@ class _Kind:
     default_status: str
     id_tag: str          # keeps a delay warning's Message-ID apart from a bounce's of the same second
     returns_body: bool   # Postfix returns only the headers with a delay warning
+    boilerplate: bool = True   # Postfix's postmaster copies carry only the reasons
 
 
 _FAILURE = _Kind("Undelivered Mail Returned to Sender", "bounce", "failed", "5.0.0", "", True)
 _DELAY = _Kind("Delayed Mail (still being retried)", "bounce", "delayed", "4.0.0", ".delay", False)
-_POSTMASTER_COPY = _Kind("Postmaster Copy: Undelivered Mail", "2bounce", "failed", "5.0.0", "", True)
+# A bounced notice to 2bounce_notice_recipient: the whole notice is the last copy there is.
+_POSTMASTER_COPY = _Kind("Postmaster Copy: Undelivered Mail", "2bounce", "failed", "5.0.0", "", True, False)
+# notify_classes=bounce: the headers of bounced mail to bounce_notice_recipient.
+_POSTMASTER_BOUNCE_COPY = _Kind("Postmaster Copy: Undelivered Mail", "2bounce", "failed", "5.0.0", ".pm",
+                                False, False)
+# notify_classes=delay: the headers of delayed mail to delay_notice_recipient.
+_POSTMASTER_DELAY = _Kind("Postmaster Warning: Delayed Mail", "2bounce", "delayed", "4.0.0", ".pmdelay",
+                          False, False)
 
 
 DELAY_NOTICE = "sender delay notification"
+POSTMASTER_DELAY_NOTICE = "postmaster delay notification"
 
 
 def notices_for(message: QueuedMessage, content: bytes, failed: list[Recipient],
                 settings: BounceSettings, now: float, log: Log) -> list[Notice]:
-    """The notices one settled attempt at `message` calls for: a failure notice for
-    the newly `failed` recipients (the postmaster's copy when `message` is itself a
-    notice; nothing when it is that copy), and one delay warning per message, after
-    delay_warning_time (`message.delay_warned` is set)."""
+    """The notices one settled attempt at `message` calls for, as Postfix's bounce(8)
+    decides them: a failure notice to the sender for the newly `failed` recipients
+    and, with notify_classes `bounce`, a headers-only copy to bounce_notice_recipient;
+    when `message` has the null sender (a notice itself), the whole of it to
+    2bounce_notice_recipient only with notify_classes `bounce` or `2bounce`; nothing
+    when it is such a postmaster copy. After delay_warning_time, one delay warning
+    per message (`message.delay_warned` is set), likewise copied to
+    delay_notice_recipient with notify_classes `delay`."""
     notices: list[Notice] = []
+    classes = settings.notify_classes
     if failed:
-        if message.origin == "bounce":
-            notices.append(Notice("postmaster non-delivery notification",
-                                  postmaster_copy(message, content, failed, settings, now)))
-        elif message.origin == "2bounce":
+        if message.origin == "2bounce":
             log.warning("bounce", f"{message.queue_id}: discarding undeliverable postmaster "
                                   "notification (no double bounce of a double bounce)")
+        elif message.sender == "":
+            if "bounce" in classes or "2bounce" in classes:
+                notices.append(Notice("postmaster non-delivery notification",
+                                      postmaster_copy(message, content, failed, settings, now)))
         else:
             notice = failure_notice(message, content, failed, settings, now)
             if notice is not None:
                 notices.append(Notice("sender non-delivery notification", notice))
+            if "bounce" in classes:
+                notices.append(Notice("postmaster non-delivery notification",
+                                      _notice(_POSTMASTER_BOUNCE_COPY, message, content, failed, settings,
+                                              now, settings.bounce_recipient)))
     delayed = [r for r in message.recipients if r.status in (PENDING, DEFERRED)]
     warn_after = settings.delay_warning_time
     if delayed and warn_after > 0 and not message.delay_warned and now - message.arrival_time >= warn_after:
@@ -104,6 +127,10 @@ def notices_for(message: QueuedMessage, content: bytes, failed: list[Recipient],
         notice = delay_notice(message, content, delayed, settings, now)
         if notice is not None:
             notices.append(Notice(DELAY_NOTICE, notice))
+        if "delay" in classes and message.origin != "2bounce":
+            notices.append(Notice(POSTMASTER_DELAY_NOTICE,
+                                  _notice(_POSTMASTER_DELAY, message, content, delayed, settings, now,
+                                          settings.delay_recipient)))
     return notices
 
 
@@ -176,8 +203,11 @@ def _notice(kind: _Kind, message: QueuedMessage, content: bytes, recipients: lis
     parts = [_notification_part(kind, message, recipients, settings, now),
              _report_part(kind, message, recipients, settings), returned]
     headers = _top_headers(kind, to, boundary, message_id, eight_bit, settings, now)
+    # Postfix sends postmaster copies from double_bounce_sender; origin "2bounce" keeps them
+    # from ever being bounced again.
+    sender = qualified(settings.double_bounce_sender, settings.myorigin) if kind.origin == "2bounce" else ""
     return NewMessage(
-        sender="", recipients=[Recipient(to)], content=_multipart(headers, boundary, parts),
+        sender=sender, recipients=[Recipient(to)], content=_multipart(headers, boundary, parts),
         client=ClientInfo(name="localhost", address="127.0.0.1", protocol="local"),
         origin=kind.origin, message_id=message_id, body_type="8BITMIME" if eight_bit else None,
         arrival_time=now)
@@ -216,7 +246,10 @@ def _part(description: str, content_type: str, body: bytes) -> bytes:
 
 def _notification_part(kind: _Kind, message: QueuedMessage, recipients: list[Recipient],
                        settings: BounceSettings, now: float) -> bytes:
-    text = _delay_text(message, settings, now) if kind is _DELAY else _failure_text(settings)
+    if not kind.boilerplate:
+        text = []
+    else:
+        text = _delay_text(message, settings, now) if kind is _DELAY else _failure_text(settings)
     for recipient in recipients:
         text += _fold(f"<{_printable(recipient.address)}>: {_printable(recipient.reason)}")
     return _part("Notification", "text/plain; charset=us-ascii", _lines(text))
@@ -281,7 +314,7 @@ def _recipient_fields(kind: _Kind, message: QueuedMessage, recipient: Recipient,
         fields.append(f"Original-Recipient: {_original_recipient(recipient.orcpt)}")
     fields += [f"Action: {kind.action}", f"Status: {recipient.dsn or kind.default_status}"]
     fields += _diagnostic_fields(recipient.reason)
-    if kind is _DELAY:
+    if kind.action == "delayed":
         retry_until = message.arrival_time + settings.maximal_queue_lifetime
         fields.append(f"Will-Retry-Until: {formatdate(retry_until, localtime=True)}")
     return [line for field in fields for line in _fold(field)]

@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 from mailferry import metrics
 from mailferry.config.config import Config
 from mailferry.config.mastercf import MasterCf
+from mailferry.config.notify import notify_classes
 from mailferry.delivery import outcome
 from mailferry.delivery.agents import Transports, reopen_client_tables
 from mailferry.delivery.dns import NexthopResolver
@@ -55,7 +56,7 @@ from mailferry.maillog import Log
 from mailferry.message import (BOUNCED, DEFERRED, DEFERRED_QUEUE, PENDING, DeliveryResult,
                                NewMessage, QueuedMessage, Recipient)
 from mailferry.qmgr import bounce
-from mailferry.qmgr.bounce import DELAY_NOTICE, BounceSettings, Notice
+from mailferry.qmgr.bounce import DELAY_NOTICE, POSTMASTER_DELAY_NOTICE, BounceSettings, Notice
 from mailferry.queue.store import QueueError
 from mailferry.routing.resolve import Resolver, Route, RoutingError, parse_transport
 
@@ -130,6 +131,10 @@ class SchedulerSettings:
     mail_name: str = "mailferry"
     bounce_size_limit: int = 50000
     double_bounce_recipient: str = "postmaster"
+    bounce_notice_recipient: str = "postmaster"
+    delay_notice_recipient: str = "postmaster"
+    notify_classes: frozenset[str] = frozenset({"resource", "software"})
+    double_bounce_sender: str = "double-bounce"
     myorigin: str = ""
     default_filter_nexthop: str = ""
 
@@ -149,6 +154,10 @@ class SchedulerSettings:
             mail_name=config.get("mail_name"),
             bounce_size_limit=config.integer("bounce_size_limit"),
             double_bounce_recipient=config.get("2bounce_notice_recipient"),
+            bounce_notice_recipient=config.get("bounce_notice_recipient"),
+            delay_notice_recipient=config.get("delay_notice_recipient"),
+            notify_classes=notify_classes(config),
+            double_bounce_sender=config.get("double_bounce_sender"),
             myorigin=config.get("myorigin"),
             default_filter_nexthop=config.get("default_filter_nexthop").strip(),
         )
@@ -157,6 +166,10 @@ class SchedulerSettings:
         return BounceSettings(myhostname=self.myhostname, mail_name=self.mail_name,
                               bounce_size_limit=self.bounce_size_limit,
                               postmaster=self.double_bounce_recipient, myorigin=self.myorigin,
+                              bounce_recipient=self.bounce_notice_recipient,
+                              delay_recipient=self.delay_notice_recipient,
+                              notify_classes=self.notify_classes,
+                              double_bounce_sender=self.double_bounce_sender,
                               maximal_queue_lifetime=self.maximal_queue_lifetime,
                               delay_warning_time=self.delay_warning_time)
 
@@ -459,7 +472,7 @@ class Scheduler:
         bounce.log_not_queued(self.log, message, notices, error)
         for recipient in failed:
             recipient.status = DEFERRED
-        if any(notice.label == DELAY_NOTICE for notice in notices):
+        if any(notice.label in (DELAY_NOTICE, POSTMASTER_DELAY_NOTICE) for notice in notices):
             message.delay_warned = False
         if message.queue == _REMOVED or message.next_attempt <= self.clock():
             message.queue = DEFERRED_QUEUE

@@ -36,6 +36,7 @@ from mailferry.config.mastercf import Service
 from mailferry.maillog import Log, for_service
 from mailferry.message import ClientInfo, NewMessage, Recipient
 from mailferry.protocol import replies
+from mailferry.protocol.replies import Reply
 from mailferry.protocol import server_events as events
 from mailferry.protocol.smtp_server import ServerConnection, ServerSettings
 from mailferry.cleanup.rewrite import RewriteDeferred
@@ -57,6 +58,9 @@ from mailferry.smtpd.queue_space import QueueSpace
 from mailferry.smtpd.client_limits import SessionLimits
 from mailferry.smtpd.listener import Listener
 from mailferry.smtpd.settings import server_settings
+from mailferry.smtpd import transcript
+from mailferry.smtpd.debug_peer import DebugPeers, PeerChat
+from mailferry.smtpd.transcript import TranscriptSettings
 from mailferry.smtpd.tls import TLSSetupError, TlsSettings, established_lines, server_context, tls_level
 from mailferry.tlsinfo import describe
 
@@ -95,6 +99,8 @@ class ServiceProfile:
     receive_overrides: frozenset[str] = frozenset()   # receive_override_options, for cleanup
     milters: ServiceMilters | None = None   # smtpd_milters as this service sees it (smtpd/milters.py)
     queue_space: QueueSpace | None = None   # queue_minfree and message_size_limit at MAIL FROM
+    transcript: TranscriptSettings | None = None   # notify_classes: the postmaster's transcript
+    debug_peers: DebugPeers | None = None   # debug_peer_list, debug_peer_level (smtpd/debug_peer.py)
 
     @classmethod
     def from_config(cls, config: Config, tls_context: ssl.SSLContext | None,
@@ -116,7 +122,13 @@ class ServiceProfile:
                    content_filter=config.get("content_filter").strip(), milters=milters,
                    receive_overrides=frozenset(config.list("receive_override_options")),
                    queue_space=QueueSpace(config.get("queue_directory"), config.size("queue_minfree"),
-                                          config.size("message_size_limit")))
+                                          config.size("message_size_limit")),
+                   transcript=_transcript_settings(config), debug_peers=DebugPeers.from_config(config))
+
+
+def _transcript_settings(config: Config) -> TranscriptSettings | None:
+    settings = TranscriptSettings.from_config(config)
+    return settings if settings.classes else None
 
 
 def service_view(config: Config, service: Service) -> Config:
@@ -211,6 +223,8 @@ class Session(asyncio.Protocol):
         self._closed = False
         self._last_input = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        if profile.transcript is not None:
+            self.conn.transcript = []   # Postfix's session history, for the postmaster (smtpd/transcript.py)
 
     # --- the transport's callbacks
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -258,6 +272,7 @@ class Session(asyncio.Protocol):
         self.log.warning("smtpd", f"{self.client}: internal error: {type(problem).__name__}: {problem}")
         if not self._closed:
             self.transport.write(SHUTDOWN_REPLY)
+            self._note_refusal(Reply(421, "4.3.2", f"internal error: {type(problem).__name__}"))
             self._close()
 
     async def _look_up_name(self) -> None:
@@ -277,6 +292,9 @@ class Session(asyncio.Protocol):
         self.name = identity.name
         self.client = f"{self.name}[{self.address}]"
         self.log.line("smtpd", f"connect from {self.client}")
+        debug_peers = self.profile.debug_peers
+        if debug_peers is not None and debug_peers.matches(self.name, self.address):
+            self.conn.transcript = PeerChat(self.log, self.client, keep=self.profile.transcript is not None)
         refusal = self.limits.connect(self.client)
         if refusal is not None:
             self._end_with(refusal)
@@ -324,8 +342,10 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             self.access_denied = refusal
             greeting = refusal.reply.to_bytes()
+            self._note_refusal(refusal.reply)
         elif milter_greeting is not None:
             greeting = milter_greeting.reply.to_bytes()
+            self._note_refusal(milter_greeting.reply)
         transport.write(greeting)
         if milter_greeting is not None and milter_greeting.reply.closes_connection:
             self._close()
@@ -374,6 +394,8 @@ class Session(asyncio.Protocol):
             self._handle(event)
         self._send()
         self._hold_input()
+        if conn.transcript and len(conn.transcript) > self.profile.transcript.flush_threshold:
+            self._notify_postmaster()   # Postfix's chat_reset at smtpd_history_flush_threshold
         if self._stopping and not self._busy:
             self._say_goodbye()
 
@@ -820,6 +842,34 @@ class Session(asyncio.Protocol):
         self.service.sessions.discard(self)
         metrics.connection_closed(self.service.service.name)
         self.log.line("smtpd", f"disconnect from {self.client} {self.conn.disconnect_summary()}")
+        if self.profile.transcript is not None:
+            lost = self.conn.last_command != "QUIT" and not self._stopping
+            self._notify_postmaster(f"lost connection after {self.conn.last_command}" if lost else "")
+
+    # --- notify_classes: the postmaster's transcript (smtpd/transcript.py)
+    def _note_refusal(self, reply: Reply) -> None:
+        """A reply written around the core (a greeting refusal, an internal error)."""
+        if self.conn.transcript is not None:
+            for line in reply.to_bytes().decode("utf-8", "replace").split("\r\n")[:-1]:
+                self.conn.transcript.append(f"Out: {line}")
+            self.conn.failed_replies.append((reply, False))
+
+    def _notify_postmaster(self, reason: str = "") -> None:
+        conn, settings = self.conn, self.profile.transcript
+        errors = transcript.errors_to_report(conn.failed_replies, settings.classes)
+        history = conn.transcript
+        conn.transcript = history.fresh() if isinstance(history, PeerChat) else []
+        conn.failed_replies = []
+        if not errors:
+            return
+        message = transcript.notice(settings, self.client, history, errors, reason)
+        asyncio.ensure_future(self._post_notice(message))
+
+    async def _post_notice(self, message: NewMessage) -> None:
+        try:
+            await self.service.cleanup.enqueue(message, self.service.new_queue_id())
+        except Exception as problem:   # noqa: BLE001 - a notice is junk mail: never worth more than a warning
+            self.log.warning("smtpd", f"postmaster notify: {problem}")
 
 
 def _already_sent(transport: asyncio.Transport) -> bytes:

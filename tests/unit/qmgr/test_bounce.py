@@ -12,7 +12,7 @@ import pytest
 
 from mailferry.message import ClientInfo, QueuedMessage, Recipient
 from mailferry.qmgr.bounce import (
-    BounceSettings, delay_notice, failure_notice, postmaster_copy, wants_delay_notice,
+    BounceSettings, delay_notice, failure_notice, notices_for, postmaster_copy, wants_delay_notice,
     wants_failure_notice,
 )
 
@@ -365,7 +365,7 @@ def test_an_undeliverable_notice_goes_to_the_postmaster():
     failed = [Recipient("alice@example.org", notify="NEVER", dsn="5.1.1", reason=REMOTE_REASON)]
     settings = BounceSettings(myhostname="mx.example.net", postmaster="hostmaster@example.net")
     copy = postmaster_copy(bounce, notice.content, failed, settings, NOW + 60)
-    assert copy.sender == ""
+    assert copy.sender == "double-bounce"   # Postfix's double_bounce_sender (qualified with myorigin)
     assert [recipient.address for recipient in copy.recipients] == ["hostmaster@example.net"]
     assert copy.origin == "2bounce"
     top = parse(copy.content)
@@ -463,3 +463,76 @@ def test_a_reason_cannot_inject_lines_or_8bit_into_the_report():
     block = report_blocks(notice)[1]
     assert "X-Injected" not in block
     assert block["Diagnostic-Code"] == "X-Postfix; bad  X-Injected: yes value caf?"
+
+
+# --- notify_classes: which postmaster copies notices_for makes ----------------------
+
+class _Log:
+    def __init__(self):
+        self.warnings = []
+
+    def line(self, program, text):
+        pass
+
+    def warning(self, program, text):
+        self.warnings.append(text)
+
+
+def _notify(*classes, **fields):
+    return BounceSettings(myhostname="mx.example.net", notify_classes=frozenset(classes),
+                          bounce_recipient="bounces@example.net", delay_recipient="delays@example.net",
+                          postmaster="doubles@example.net", **fields)
+
+
+def test_by_default_a_bounce_goes_to_the_sender_only():
+    notices = notices_for(queued(), CONTENT, [bob()], BounceSettings(myhostname="mx.example.net"), NOW, _Log())
+    assert [n.label for n in notices] == ["sender non-delivery notification"]
+
+
+def test_notify_bounce_copies_the_headers_to_bounce_notice_recipient():
+    notices = notices_for(queued(), CONTENT, [bob(notify="NEVER")], _notify("bounce"), NOW, _Log())
+    # NOTIFY=NEVER keeps the sender's notice away, never the postmaster's (DSN_NOTIFY_OVERRIDE).
+    [copy] = notices
+    assert copy.label == "postmaster non-delivery notification"
+    assert [r.address for r in copy.message.recipients] == ["bounces@example.net"]
+    top = parse(copy.message.content)
+    assert top["Subject"] == "Postmaster Copy: Undelivered Mail"
+    assert top.get_payload()[2].get_content_type() == "text/rfc822-headers"
+    assert BODY not in copy.message.content
+    assert b"Subject: lunch" in copy.message.content
+    assert b"I'm sorry" not in copy.message.content   # no boilerplate in a postmaster copy
+    assert b"<bob@example.com>: host mx.example.com" in copy.message.content
+
+
+def test_a_bounced_notice_goes_to_2bounce_notice_recipient_with_bounce_or_2bounce():
+    for classes in (("2bounce",), ("bounce",)):
+        [copy] = notices_for(queued(sender=""), CONTENT, [bob()], _notify(*classes), NOW, _Log())
+        assert [r.address for r in copy.message.recipients] == ["doubles@example.net"]
+        assert parse(copy.message.content).get_payload()[2].get_content_type() == "message/rfc822"
+    assert notices_for(queued(sender=""), CONTENT, [bob()], _notify("delay"), NOW, _Log()) == []
+
+
+def test_a_failing_postmaster_copy_is_never_copied_again():
+    log = _Log()
+    assert notices_for(queued(sender="", origin="2bounce"), CONTENT, [bob()],
+                       _notify("bounce", "2bounce", "delay"), NOW, log) == []
+    assert log.warnings
+
+
+def test_notify_delay_copies_the_headers_to_delay_notice_recipient():
+    settings = _notify("delay", delay_warning_time=3600.0)
+    message = queued(recipients=[carol()])
+    notices = notices_for(message, CONTENT, [], settings, NOW, _Log())
+    assert [n.label for n in notices] == ["sender delay notification", "postmaster delay notification"]
+    copy = notices[1].message
+    assert [r.address for r in copy.recipients] == ["delays@example.net"]
+    top = parse(copy.content)
+    assert top["Subject"] == "Postmaster Warning: Delayed Mail"
+    assert report_blocks(copy)[1]["Action"] == "delayed"
+    assert BODY not in copy.content
+    # A delayed notice (null sender) warns only the postmaster, and only with `delay`.
+    null = queued(sender="", recipients=[carol()])
+    assert [n.label for n in notices_for(null, CONTENT, [], settings, NOW, _Log())] == \
+        ["postmaster delay notification"]
+    null = queued(sender="", recipients=[carol()])
+    assert notices_for(null, CONTENT, [], _notify(delay_warning_time=3600.0), NOW, _Log()) == []

@@ -20,6 +20,7 @@ delay_logging_resolution_limit are logged as "0", and delay values under
 """
 
 import asyncio
+import dataclasses
 import re
 import time
 from contextlib import contextmanager
@@ -343,13 +344,22 @@ def test_mail_from_the_null_sender_is_never_bounced():
 # --- double bounces
 
 
+def test_a_bouncing_notice_is_dropped_by_default_as_postfix_does():
+    # Postfix's notify_classes default (resource, software) has neither bounce nor 2bounce.
+    h, [queue_id] = single_pass(message("bob@bad.example", sender="", origin="bounce"))
+    assert h.store.get(queue_id) is None
+    assert h.store.messages() == []
+    assert not [t for t in h.log.texts() if "notification" in t]
+
+
 def test_a_bouncing_notice_goes_once_to_the_postmaster():
-    settings = SchedulerSettings(double_bounce_recipient="hostmaster@example.com")
+    settings = SchedulerSettings(double_bounce_recipient="hostmaster@example.com",
+                                 notify_classes=frozenset({"2bounce"}))
     h, [queue_id] = single_pass(message("bob@bad.example", sender="", origin="bounce"), settings=settings)
     assert h.store.get(queue_id) is None
     [copy] = h.store.messages()
     assert (copy.sender, [r.address for r in copy.recipients], copy.origin) == \
-        ("", ["hostmaster@example.com"], "2bounce")
+        ("double-bounce", ["hostmaster@example.com"], "2bounce")
     content = h.store.content(copy.queue_id)
     assert b"Subject: Postmaster Copy: Undelivered Mail" in content
     assert b"multipart/report" in content
@@ -357,7 +367,7 @@ def test_a_bouncing_notice_goes_once_to_the_postmaster():
 
 
 def test_a_failing_postmaster_copy_is_dropped_not_bounced_again():
-    h = Harness()
+    h = Harness(settings=dataclasses.replace(FAST, notify_classes=frozenset({"2bounce"})))
     h.queue(message("bob@bad.example", sender="", origin="bounce"))
 
     async def scenario(h):
