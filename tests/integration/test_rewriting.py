@@ -168,3 +168,71 @@ def test_pipelined_recipients_are_answered_in_order_while_lookups_wait(aliasing_
         transport.close()
     [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
     assert sorted(sunk.recipients) == ["friend@elsewhere.test", "john.smith@mail1.internal"]
+
+
+# sender_bcc_maps, recipient_bcc_maps, always_bcc (Postfix's cleanup_addr.c): looked up after
+# canonical rewriting, keys user@domain, user (our domains only), @domain; the copy gets no DSN.
+@pytest.fixture
+def bcc_daemon(daemon_factory, smtp_sink):
+    directory = world_readable_tempdir("mailferry-bcc-")
+    no_maps_port = free_port()
+    daemon = daemon_factory(
+        extra_listeners=(f"127.0.0.1:{no_maps_port} inet n - n - - smtpd"
+                         " -o receive_override_options=no_address_mappings\n"),
+        relayhost=smtp_sink.nexthop, default_transport="smtp", mydestination="localhost",
+        # boss@localhost is ours (the bare `boss` key applies) yet goes to the sink too.
+        local_transport=f"smtp:{smtp_sink.nexthop}", local_recipient_maps="",
+        sender_canonical_maps=table(directory, "sender_canonical", "alice@example.test  Alice.Smith@example.test\n"),
+        # Keyed by the canonical address: the unrewritten alice@example.test must not match.
+        sender_bcc_maps=table(directory, "sender_bcc", "Alice.Smith@example.test  sent-archive@archive.test\n"
+                                                       "alice@example.test  wrong@archive.test\n"),
+        recipient_bcc_maps=table(directory, "recipient_bcc", "@sales.test  sales-archive@archive.test\n"
+                                                             "boss  boss-copy@archive.test\n"),
+        recipient_delimiter="+")
+    daemon.no_maps_port = no_maps_port
+    return daemon.start()
+
+
+def test_bcc_maps_add_one_copy_each_and_the_original_arrives_once(bcc_daemon, smtp_sink):
+    message = "From: alice@example.test\r\nTo: bob@sales.test\r\nSubject: bcc\r\n\r\nHello.\r\n"
+    with smtplib.SMTP("127.0.0.1", bcc_daemon.port, timeout=10) as client:
+        # Two recipients of sales.test: one BCC copy for both (the duplicate filter).
+        assert client.sendmail("alice@example.test", ["bob@sales.test", "carol@sales.test"], message) == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sunk.sender == "Alice.Smith@example.test"
+    assert sorted(sunk.recipients) == ["bob@sales.test", "carol@sales.test",
+                                       "sales-archive@archive.test", "sent-archive@archive.test"]
+    log = bcc_daemon.wait_for_log("status=sent", count=4)
+    assert "wrong@archive.test" not in log
+
+
+def test_recipient_bcc_maps_look_up_the_bare_user_only_in_our_domains(bcc_daemon, smtp_sink):
+    with smtplib.SMTP("127.0.0.1", bcc_daemon.port, timeout=10) as client:
+        assert client.sendmail("dave@example.test", ["boss@localhost"], b"Subject: 1\r\n\r\nx\r\n") == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["boss-copy@archive.test", "boss@localhost"]
+    with smtplib.SMTP("127.0.0.1", bcc_daemon.port, timeout=10) as client:
+        assert client.sendmail("dave@example.test", ["boss@elsewhere.test"], b"Subject: 2\r\n\r\nx\r\n") == {}
+    second = smtp_sink.wait_for_messages(2, timeout=20)[1]
+    assert second.recipients == ["boss@elsewhere.test"]
+
+
+def test_no_address_mappings_on_a_service_turns_the_bcc_maps_off(bcc_daemon, smtp_sink):
+    with smtplib.SMTP("127.0.0.1", bcc_daemon.no_maps_port, timeout=10) as client:
+        assert client.sendmail("alice@example.test", ["bob@sales.test"], b"Subject: nomap\r\n\r\nx\r\n") == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert (sunk.sender, sunk.recipients) == ("alice@example.test", ["bob@sales.test"])
+    bcc_daemon.wait_for_log("status=sent")
+    assert "archive.test" not in bcc_daemon.wait_for_log("removed")
+
+
+def test_always_bcc_adds_one_copy_with_no_dsn_to_the_sender(daemon_factory, smtp_sink):
+    daemon = daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp",
+                            always_bcc="audit@archive.test").start()
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        assert client.sendmail("dave@example.test", ["a@one.test", "b@one.test"], b"Subject: a\r\n\r\nx\r\n") == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["a@one.test", "audit@archive.test", "b@one.test"]
+    parameters = {address: " ".join(given).upper() for address, given in zip(sunk.recipients, sunk.rcpt_parameters)}
+    assert "NOTIFY=NEVER" in parameters["audit@archive.test"]
+    assert "NOTIFY=NEVER" not in parameters["a@one.test"]

@@ -232,6 +232,10 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "masquerade_exceptions",
     "append_dot_mydomain",
     "propagate_unmatched_extensions",
+    # Automatic BCC and trivial-rewrite's address forms (cleanup/rewrite.py; docs/rewriting.md)
+    "sender_bcc_maps",
+    "recipient_bcc_maps",
+    "always_bcc",
     "smtp_generic_maps",
     "lmtp_generic_maps",
     "relay_transport",
