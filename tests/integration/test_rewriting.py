@@ -236,3 +236,36 @@ def test_always_bcc_adds_one_copy_with_no_dsn_to_the_sender(daemon_factory, smtp
     parameters = {address: " ".join(given).upper() for address, given in zip(sunk.recipients, sunk.rcpt_parameters)}
     assert "NOTIFY=NEVER" in parameters["audit@archive.test"]
     assert "NOTIFY=NEVER" not in parameters["a@one.test"]
+
+
+# allow_percent_hack and swap_bangpath (trivial-rewrite's rewrite.c and resolve.c): `user%host@ours`
+# and `host!user@ours` are delivered to user@host, as Postfix's qmgr does after resolving them; a bare
+# `user%host` or `host!user` is rewritten so in cleanup. With both off, they stay as given: ours.test
+# is local, and local_transport sends local mail to the sink too, so what arrives shows the address.
+def routing_daemon(daemon_factory, smtp_sink, **extra):
+    return daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp", mydestination="ours.test",
+                          local_transport=f"smtp:{smtp_sink.nexthop}", local_recipient_maps="",
+                          mynetworks="127.0.0.0/8", **extra).start()
+
+
+ROUTED = ["bob%remote.test@ours.test", "remote.test!carol@ours.test", "dave%remote.test", "other.test!erin"]
+
+
+def test_the_percent_hack_and_bang_paths_are_resolved_by_default(daemon_factory, smtp_sink):
+    daemon = routing_daemon(daemon_factory, smtp_sink)
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        assert client.sendmail("alice@example.test", ROUTED, b"Subject: routed\r\n\r\nx\r\n") == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["bob@remote.test", "carol@remote.test", "dave@remote.test", "erin@other.test"]
+    log = daemon.wait_for_log("status=sent", count=4)
+    assert "to=<bob@remote.test>, orig_to=<bob%remote.test@ours.test>, relay=" in log
+
+
+def test_with_both_off_the_addresses_stay_as_given(daemon_factory, smtp_sink):
+    daemon = routing_daemon(daemon_factory, smtp_sink, allow_percent_hack="no", swap_bangpath="no",
+                            myorigin="ours.test")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        assert client.sendmail("alice@example.test", ROUTED, b"Subject: routed\r\n\r\nx\r\n") == {}
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["bob%remote.test@ours.test", "dave%remote.test@ours.test",
+                                       "other.test!erin@ours.test", "remote.test!carol@ours.test"]

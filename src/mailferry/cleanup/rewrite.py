@@ -17,6 +17,11 @@ at the end when there is a recipient. A BCC address is rewritten as a recipient
 (smtpd, pickup): never for qmgr's notices, nor with receive_override_options =
 no_address_mappings, which turns off all of the above.
 
+Last, each final recipient whose local part still routes (`user%host@ours`,
+`host!user@ours`, `a@b@ours`) is queued in the form Postfix's qmgr delivers to
+after trivial-rewrite resolved it (routing/addresses.py: our domain stripped,
+then allow_percent_hack and swap_bangpath), keeping the given one as its ORCPT.
+
 In the headers (From:, To:, Cc:..., protocol/header_addresses.py) the same
 steps 1-3 apply to each address (a bare `user` first gets `@$myorigin`),
 with the header_sender / header_recipient classes, and only for mail whose
@@ -44,10 +49,11 @@ from dataclasses import dataclass
 
 from mailferry.cleanup.virtual import ExpansionError, expand
 from mailferry.config.config import Config
-from mailferry.config.localdomains import address_domain_matcher, open_address_maps
+from mailferry.config.localdomains import address_domain_matcher, local_domain_matcher, open_address_maps
 from mailferry.message import NewMessage, Recipient
 from mailferry.protocol.header_addresses import rewrite_address_headers
 from mailferry.queue import QueueError
+from mailferry.routing.addresses import Canonicalizer, rewrite_bare
 from mailferry.tables.addresses import AddressMaps, MapDeferred, lookup_address
 from mailferry.tables.result import NOT_FOUND
 
@@ -98,7 +104,7 @@ class AddressRewriter:
                  canonical: Canonical | None, masquerade: Masquerade | None,
                  virtual: AddressMaps | None, limits: tuple[int, int, int] = (1000, 1000, 1000),
                  dot_mydomain: str = "", myorigin: str = "", observer=None,
-                 bcc: Bcc | None = None):
+                 bcc: Bcc | None = None, routed: Canonicalizer | None = None):
         self.sender_canonical = sender_canonical
         self.recipient_canonical = recipient_canonical
         self.canonical = canonical
@@ -109,6 +115,7 @@ class AddressRewriter:
         self.myorigin = myorigin          # for bare `user` in headers (envelopes: cleanup.qualify)
         self.observer = observer          # tables/trace.py's Trace, for `mailferry trace`; else None
         self.bcc = bcc or Bcc(None, None, "")
+        self.routed = routed              # resolves `user%host@ours` and `host!user@ours`; None: left as given
 
     @classmethod
     def from_config(cls, config: Config, observer=None) -> AddressRewriter:
@@ -138,7 +145,9 @@ class AddressRewriter:
                    config.get("myorigin") if config.boolean("append_at_myorigin") else "",
                    observer,
                    Bcc(maps("sender_bcc_maps", "bcc"), maps("recipient_bcc_maps", "bcc"),
-                       config.get("always_bcc").strip()))
+                       config.get("always_bcc").strip()),
+                   Canonicalizer(local_domain_matcher(config), config.get("myhostname"), config.get("myorigin"),
+                                 config.boolean("allow_percent_hack"), config.boolean("swap_bangpath")))
 
     @property
     def rewrites_envelope(self) -> bool:
@@ -157,7 +166,7 @@ class AddressRewriter:
         `bcc_ok`: the automatic BCC recipients may be added (mail from smtpd and pickup:
         Postfix's CLEANUP_FLAG_BCC_OK)."""
         if "no_address_mappings" in message.receive_overrides:
-            message.recipients = _without_duplicates(message.recipients)
+            message.recipients = _without_duplicates(self._resolved(message.recipients))
             return
         try:
             if self.rewrites_envelope:
@@ -172,8 +181,9 @@ class AddressRewriter:
                     added.append(Recipient(self._at_myorigin(bcc.always), notify="NEVER"))
                 if added:
                     message.recipients += await self._recipients(added, warn, copies=True)
+                message.recipients = self._resolved(message.recipients)
             else:
-                message.recipients = _without_duplicates(message.recipients)
+                message.recipients = _without_duplicates(self._resolved(message.recipients))
             if rewrite_headers and self.rewrites_headers:
                 message.content = await self._headers(message.content, warn)
         except MapDeferred as problem:
@@ -202,6 +212,22 @@ class AddressRewriter:
                     orcpt = f"rfc822;{recipient.address}"
                 expanded.append(Expanded(recipient, dataclasses.replace(recipient, address=final, orcpt=orcpt)))
         return _without_duplicates(expanded)
+
+    def _resolved(self, recipients: list[Recipient]) -> list[Recipient]:
+        """Each recipient whose local part routes, as trivial-rewrite resolves it (what Postfix's
+        qmgr delivers to); the given address becomes its ORCPT."""
+        if self.routed is None:
+            return recipients
+        for recipient in recipients:
+            local = recipient.address.rpartition("@")[0]
+            if "@" not in local and "!" not in local and "%" not in local:
+                continue
+            resolved = self.routed.resolve(recipient.address).address
+            if resolved != recipient.address:
+                if recipient.orcpt is None and recipient.notify != "NEVER":
+                    recipient.orcpt = f"rfc822;{recipient.address}"
+                recipient.address = resolved
+        return recipients
 
     async def _bcc_lookup(self, maps: AddressMaps, address: str) -> list[Recipient]:
         """The BCC recipient `maps` gives `address` (Postfix: one address, the value as it is;
@@ -240,8 +266,13 @@ class AddressRewriter:
         return address
 
     def _at_myorigin(self, address: str) -> str:
-        """A header's bare `user` gets `@$myorigin`, as Postfix's local rewriting context does."""
-        return address if "@" in address or not self.myorigin or address == "<>" else f"{address}@{self.myorigin}"
+        """A bare `user` gets `@$myorigin`, `host!user` and `user%host` become `user@host`, as
+        Postfix's local rewriting context does (trivial-rewrite's rewrite_tree)."""
+        if address == "<>":
+            return address
+        if self.routed is None:
+            return rewrite_bare(address, self.myorigin, False, False)
+        return rewrite_bare(address, self.myorigin, self.routed.percent_hack, self.routed.swap_bangpath)
 
     def _dot_mydomain(self, address: str) -> str:
         local, at, domain = address.rpartition("@")

@@ -236,6 +236,8 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "sender_bcc_maps",
     "recipient_bcc_maps",
     "always_bcc",
+    "allow_percent_hack",
+    "swap_bangpath",
     "smtp_generic_maps",
     "lmtp_generic_maps",
     "relay_transport",

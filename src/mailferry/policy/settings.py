@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mailferry.config.config import Config
 from mailferry.config.localdomains import VirtualAliasDomains, address_domain_matcher, local_domain_matcher
 from mailferry.policy.access import AccessOrder
-from mailferry.policy.addresses import Canonicalizer
+from mailferry.routing.addresses import Canonicalizer
 from mailferry.policy.policy_service import PolicyClient, PolicyServiceSettings
 from mailferry.policy.sender_login import SenderLogins
 from mailferry.syntax import split_list

@@ -97,3 +97,35 @@ def test_a_bcc_table_failing_for_now_defers_the_message():
     r = AddressRewriter(None, None, None, None, None, bcc=Bcc(None, maps, ""))
     with pytest.raises(RewriteDeferred, match="recipient_bcc_maps map lookup problem for bob@example.org"):
         run(r, "bob@example.org")
+
+
+# --- allow_percent_hack and swap_bangpath on the mail path (routing/addresses.py)
+
+def test_a_routed_final_recipient_is_queued_as_resolved_with_the_given_one_as_orcpt(tmp_path):
+    r = rewriter(tmp_path)
+    message = run(r, "bob%remote.example@mx.example.com", "host.example!carol@localhost", "dan@example.org")
+    assert [(x.address, x.orcpt) for x in message.recipients] == [
+        ("bob@remote.example", "rfc822;bob%remote.example@mx.example.com"),
+        ("carol@host.example", "rfc822;host.example!carol@localhost"), ("dan@example.org", None)]
+
+
+def test_a_routed_address_in_a_remote_domain_is_left_alone(tmp_path):
+    assert [x.address for x in run(rewriter(tmp_path), "bob%remote.example@example.org").recipients] == [
+        "bob%remote.example@example.org"]
+
+
+def test_with_the_hack_off_the_address_stays_as_given(tmp_path):
+    path = tmp_path / "main.cf"
+    r = AddressRewriter.from_config(Config(str(tmp_path), parse_main_cf(
+        BASE + "allow_percent_hack = no\nswap_bangpath = no\n", str(path))))
+    given = ["bob%remote.example@mx.example.com", "host.example!carol@localhost"]
+    assert [x.address for x in run(r, *given).recipients] == given
+
+
+def test_cleanup_qualifies_bare_bang_and_percent_forms_as_trivial_rewrite():
+    from mailferry.cleanup.cleanup import CleanupSettings, qualify
+    on = CleanupSettings("mx.example.com", "example.com")
+    off = CleanupSettings("mx.example.com", "example.com", percent_hack=False, swap_bangpath=False)
+    assert [qualify(a, on) for a in ("a!b!user", "user%x%host", "user", "")] == [
+        "b!user@a", "user%x@host", "user@example.com", ""]
+    assert [qualify(a, off) for a in ("a!user", "user%host")] == ["a!user@example.com", "user%host@example.com"]

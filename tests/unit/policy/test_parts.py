@@ -9,7 +9,7 @@ import pytest
 
 from mailferry.policy import dns
 from mailferry.policy.access import AccessOrder, address_keys
-from mailferry.policy.addresses import Canonicalizer
+from mailferry.routing.addresses import Canonicalizer
 from mailferry.policy.client_name import client_name
 from mailferry.policy.facts import NAME_FORGED, NAME_OK, NAME_TEMPFAIL, NAME_UNKNOWN
 from mailferry.policy.hostnames import is_fqdn, is_valid_hostaddr, is_valid_hostname

@@ -1,4 +1,7 @@
-"""An address as Postfix's resolve(8) canonicalizes it, for the restrictions.
+"""An address as Postfix's trivial-rewrite canonicalizes and resolves it.
+
+Used by the restrictions (policy/) and by cleanup, which queues each final
+recipient in the form Postfix's qmgr delivers to after resolving it.
 
 Postfix looks an address up in access maps and smtpd_sender_login_maps only
 after trivial-rewrite resolved it: while the domain is ours (mydestination,
@@ -70,17 +73,23 @@ class Canonicalizer:
 
     def _rewrite(self, local: str) -> str:
         """rewrite_tree in the local context, for what is left of an address
-        after a domain of ours was stripped: `a!b` → `b@a`, `a%b` → `a@b`, then
-        @$myorigin when no domain is left."""
-        if "@" not in local and self.swap_bangpath and "!" in local:
-            host, _, user = local.partition("!")
-            return f"{user}@{host}"
-        if "@" not in local and self.percent_hack and "%" in local:
-            user, _, host = local.rpartition("%")
-            return f"{user}@{host}"
-        if "@" in local:
-            return local
-        return f"{local}@{self.myorigin}"
+        after a domain of ours was stripped."""
+        return rewrite_bare(local, self.myorigin, self.percent_hack, self.swap_bangpath)
+
+
+def rewrite_bare(address: str, myorigin: str, percent_hack: bool = True, swap_bangpath: bool = True) -> str:
+    """trivial-rewrite's rewrite_tree for an address with no `@`: `a!b` → `b@a` (swap_bangpath;
+    at the first `!`), else `a%b` → `a@b` (allow_percent_hack; at the last `%`), else
+    `@$myorigin` appended (when `myorigin` is not empty: append_at_myorigin)."""
+    if "@" in address:
+        return address
+    if swap_bangpath and "!" in address:
+        host, _, user = address.partition("!")
+        return f"{user}@{host}"
+    if percent_hack and "%" in address:
+        user, _, host = address.rpartition("%")
+        return f"{user}@{host}"
+    return f"{address}@{myorigin}" if myorigin else address
 
 
 def _strip_trailing_dot(address: str) -> str:
