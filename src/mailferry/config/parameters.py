@@ -238,6 +238,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "always_bcc",
     "allow_percent_hack",
     "swap_bangpath",
+    "parent_domain_matches_subdomains",
     "smtp_generic_maps",
     "lmtp_generic_maps",
     "relay_transport",

@@ -123,7 +123,7 @@ class PolicySettings:
             default_rbl_reply=config.raw("default_rbl_reply") or "",   # $rbl_* are expanded per reply
             access_order=AccessOrder("smtpd_access_maps" in parent_styles, config.get("recipient_delimiter")),
             canonicalizer=canonicalizer,
-            relay_domains=DomainList(config.get("relay_domains")),
+            relay_domains=DomainList(config.get("relay_domains"), "relay_domains" in parent_styles),
             virtual_domains=[VirtualAliasDomains(config.get(name))
                              for name in ("virtual_alias_domains", "virtual_mailbox_domains")],
             sender_logins=logins,
