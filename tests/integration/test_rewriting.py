@@ -240,7 +240,8 @@ def test_always_bcc_adds_one_copy_with_no_dsn_to_the_sender(daemon_factory, smtp
 
 # allow_percent_hack and swap_bangpath (trivial-rewrite's rewrite.c and resolve.c): `user%host@ours`
 # and `host!user@ours` are delivered to user@host, as Postfix's qmgr does after resolving them; a bare
-# `user%host` or `host!user` is rewritten so in cleanup. With both off, they stay as given: ours.test
+# `user%host` or `host!user` is rewritten so in cleanup, and resolve_dequoted_address opens a quoted
+# `"user@host"@ours`. With the three off, they stay as given: ours.test
 # is local, and local_transport sends local mail to the sink too, so what arrives shows the address.
 def routing_daemon(daemon_factory, smtp_sink, **extra):
     return daemon_factory(relayhost=smtp_sink.nexthop, default_transport="smtp", mydestination="ours.test",
@@ -248,24 +249,34 @@ def routing_daemon(daemon_factory, smtp_sink, **extra):
                           mynetworks="127.0.0.0/8", **extra).start()
 
 
-ROUTED = ["bob%remote.test@ours.test", "remote.test!carol@ours.test", "dave%remote.test", "other.test!erin"]
+ROUTED = ["bob%remote.test@ours.test", "remote.test!carol@ours.test", "dave%remote.test", "other.test!erin",
+          '"frank@remote.test"@ours.test']
+
+
+def send_routed(daemon) -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.mail("alice@example.test")[0] == 250
+        for recipient in ROUTED:
+            assert client.rcpt(f"<{recipient}>")[0] == 250, recipient
+        assert client.data(b"Subject: routed\r\n\r\nx\r\n")[0] == 250
 
 
 def test_the_percent_hack_and_bang_paths_are_resolved_by_default(daemon_factory, smtp_sink):
     daemon = routing_daemon(daemon_factory, smtp_sink)
-    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
-        assert client.sendmail("alice@example.test", ROUTED, b"Subject: routed\r\n\r\nx\r\n") == {}
+    send_routed(daemon)
     [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
-    assert sorted(sunk.recipients) == ["bob@remote.test", "carol@remote.test", "dave@remote.test", "erin@other.test"]
-    log = daemon.wait_for_log("status=sent", count=4)
+    assert sorted(sunk.recipients) == ["bob@remote.test", "carol@remote.test", "dave@remote.test", "erin@other.test",
+                                       "frank@remote.test"]   # resolve_dequoted_address = yes opens the quotes
+    log = daemon.wait_for_log("status=sent", count=5)
     assert "to=<bob@remote.test>, orig_to=<bob%remote.test@ours.test>, relay=" in log
 
 
-def test_with_both_off_the_addresses_stay_as_given(daemon_factory, smtp_sink):
+def test_with_all_three_off_the_addresses_stay_as_given(daemon_factory, smtp_sink):
     daemon = routing_daemon(daemon_factory, smtp_sink, allow_percent_hack="no", swap_bangpath="no",
-                            myorigin="ours.test")
-    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
-        assert client.sendmail("alice@example.test", ROUTED, b"Subject: routed\r\n\r\nx\r\n") == {}
+                            resolve_dequoted_address="no", myorigin="ours.test")
+    send_routed(daemon)
     [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
-    assert sorted(sunk.recipients) == ["bob%remote.test@ours.test", "dave%remote.test@ours.test",
-                                       "other.test!erin@ours.test", "remote.test!carol@ours.test"]
+    assert sorted(sunk.recipients) == ['"frank@remote.test"@ours.test', "bob%remote.test@ours.test",
+                                       "dave%remote.test@ours.test", "other.test!erin@ours.test",
+                                       "remote.test!carol@ours.test"]

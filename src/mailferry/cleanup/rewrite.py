@@ -147,7 +147,8 @@ class AddressRewriter:
                    Bcc(maps("sender_bcc_maps", "bcc"), maps("recipient_bcc_maps", "bcc"),
                        config.get("always_bcc").strip()),
                    Canonicalizer(local_domain_matcher(config), config.get("myhostname"), config.get("myorigin"),
-                                 config.boolean("allow_percent_hack"), config.boolean("swap_bangpath")))
+                                 config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"),
+                                 config.boolean("resolve_dequoted_address")))
 
     @property
     def rewrites_envelope(self) -> bool:
@@ -219,7 +220,7 @@ class AddressRewriter:
         if self.routed is None:
             return recipients
         for recipient in recipients:
-            local = recipient.address.rpartition("@")[0]
+            local = recipient.address.rpartition("@")[0]   # a quoted `@` counts: it may be opened
             if "@" not in local and "!" not in local and "%" not in local:
                 continue
             resolved = self.routed.resolve(recipient.address).address

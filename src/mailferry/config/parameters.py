@@ -239,6 +239,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "allow_percent_hack",
     "swap_bangpath",
     "parent_domain_matches_subdomains",
+    "resolve_dequoted_address",
     "smtp_generic_maps",
     "lmtp_generic_maps",
     "relay_transport",

@@ -11,8 +11,11 @@ and what is left is rewritten again, so `user%example.com@ours` becomes
 `user@host` (swap_bangpath), and a bare local part gets its domain back.
 That is what keeps `victim%domain@ours` from dodging a sender-login check.
 
-An address whose local part still holds `@`, `!` or `%` after that is
-"routed" (RESOLVE_FLAG_ROUTED): never an authorized destination for relay
+With resolve_dequoted_address (the default) a quoted local part is opened
+too: `"user@example.com"@ours` becomes `user@example.com`.
+
+An address whose local part still holds `@`, `!` or `%` after that (quoted
+or not, whatever the two settings say) is "routed" (RESOLVE_FLAG_ROUTED): never an authorized destination for relay
 control, and never OK from a recipient access map.
 """
 
@@ -45,19 +48,26 @@ class Canonicalizer:
     myorigin: str
     percent_hack: bool = True
     swap_bangpath: bool = True
+    dequote: bool = True     # resolve_dequoted_address: look for routing inside a quoted local part
 
     def resolve(self, address: str) -> Resolved:
         current = address
         saved_domain = ""
         for _ in range(len(address) + 100):
             current = _strip_trailing_dot(current)
-            local, at, domain = current.rpartition("@")
-            if at:
+            at = _last_at(current)
+            if at >= 0:
+                local, domain = current[:at], current[at + 1:]
                 if domain and not self.is_local(domain.lower()):
                     break
                 current, saved_domain = local, domain or saved_domain
-            if "@" in current or (self.swap_bangpath and "!" in current) or (self.percent_hack and "%" in current):
+            bare = _outside_quotes(current)
+            if "@" in bare or (self.swap_bangpath and "!" in bare) or (self.percent_hack and "%" in bare):
                 current = self._rewrite(current)
+                continue
+            opened = self._dequoted(current)
+            if opened is not None:
+                current = rewrite_bare(opened, self.myorigin, self.percent_hack, self.swap_bangpath)
                 continue
             if not current:
                 current = "postmaster"
@@ -68,8 +78,26 @@ class Canonicalizer:
             current = f"{current}@{saved_domain}"
             break
         local = current.rpartition("@")[0]
-        routed = "@" in local or (self.swap_bangpath and "!" in local) or (self.percent_hack and "%" in local)
+        # As resolve.c: any operator, quoted or not, whatever swap_bangpath and allow_percent_hack
+        # say, since the next MX host may route it.
+        routed = "@" in local or "!" in local or "%" in local
         return Resolved(current, routed)
+
+    def _dequoted(self, local: str) -> str | None:
+        """resolve.c with resolve_dequoted_address: a quoted local part (`"user@host"`,
+        `"user%host"`, `"host!user"`) opened when it holds a routing operator, the last
+        `%` made an `@`; None when there is nothing to open."""
+        if not self.dequote or len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
+            return None
+        text = _unescape(local[1:-1])
+        if "@" in text:
+            return text
+        if self.percent_hack and "%" in text:
+            user, _, host = text.rpartition("%")
+            return f"{user}@{host}"
+        if self.swap_bangpath and "!" in text:
+            return text
+        return None
 
     def _rewrite(self, local: str) -> str:
         """rewrite_tree in the local context, for what is left of an address
@@ -90,6 +118,50 @@ def rewrite_bare(address: str, myorigin: str, percent_hack: bool = True, swap_ba
         user, _, host = address.rpartition("%")
         return f"{user}@{host}"
     return f"{address}@{myorigin}" if myorigin else address
+
+
+def _last_at(address: str) -> int:
+    """The index of the last `@` outside a quoted string, or -1."""
+    quoted = escaped = False
+    at = -1
+    for index, char in enumerate(address):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "@" and not quoted:
+            at = index
+    return at
+
+
+def _outside_quotes(text: str) -> str:
+    """`text` without its quoted strings: the routing operators that count as such."""
+    kept: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted:
+            kept.append(char)
+    return "".join(kept)
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    escaped = False
+    for char in text:
+        if escaped or char != "\\":
+            out.append(char)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
 
 
 def _strip_trailing_dot(address: str) -> str:
