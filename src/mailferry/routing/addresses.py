@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailferry.protocol.address import unquote_local_part
+
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
@@ -89,7 +91,7 @@ class Canonicalizer:
         `%` made an `@`; None when there is nothing to open."""
         if not self.dequote or len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
             return None
-        text = _unescape(local[1:-1])
+        text = unquote_local_part(local)
         if "@" in text:
             return text
         if self.percent_hack and "%" in text:
@@ -120,27 +122,11 @@ def rewrite_bare(address: str, myorigin: str, percent_hack: bool = True, swap_ba
     return f"{address}@{myorigin}" if myorigin else address
 
 
-def _last_at(address: str) -> int:
-    """The index of the last `@` outside a quoted string, or -1."""
+def _unquoted(text: str) -> list[tuple[int, str]]:
+    """The characters of `text` outside its quoted strings, with their indexes."""
+    kept: list[tuple[int, str]] = []
     quoted = escaped = False
-    at = -1
-    for index, char in enumerate(address):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "@" and not quoted:
-            at = index
-    return at
-
-
-def _outside_quotes(text: str) -> str:
-    """`text` without its quoted strings: the routing operators that count as such."""
-    kept: list[str] = []
-    quoted = escaped = False
-    for char in text:
+    for index, char in enumerate(text):
         if escaped:
             escaped = False
         elif char == "\\" and quoted:
@@ -148,20 +134,18 @@ def _outside_quotes(text: str) -> str:
         elif char == '"':
             quoted = not quoted
         elif not quoted:
-            kept.append(char)
-    return "".join(kept)
+            kept.append((index, char))
+    return kept
 
 
-def _unescape(text: str) -> str:
-    out: list[str] = []
-    escaped = False
-    for char in text:
-        if escaped or char != "\\":
-            out.append(char)
-            escaped = False
-        else:
-            escaped = True
-    return "".join(out)
+def _last_at(address: str) -> int:
+    """The index of the last `@` outside a quoted string, or -1."""
+    return max((index for index, char in _unquoted(address) if char == "@"), default=-1)
+
+
+def _outside_quotes(text: str) -> str:
+    """`text` without its quoted strings: the routing operators that count as such."""
+    return "".join(char for _, char in _unquoted(text))
 
 
 def _strip_trailing_dot(address: str) -> str:
