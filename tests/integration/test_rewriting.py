@@ -280,3 +280,23 @@ def test_with_all_three_off_the_addresses_stay_as_given(daemon_factory, smtp_sin
     assert sorted(sunk.recipients) == ['"frank@remote.test"@ours.test', "bob%remote.test@ours.test",
                                        "dave%remote.test@ours.test", "other.test!erin@ours.test",
                                        "remote.test!carol@ours.test"]
+
+
+# resolve_numeric_domain (resolve.c): `user@192.0.2.1` is refused as bad syntax by default (501 5.1.3,
+# as Postfix's smtpd_check_addr); with yes it is resolved, and delivered, as `user@[192.0.2.1]`.
+def test_a_numeric_domain_is_bad_syntax_unless_resolve_numeric_domain(daemon_factory, smtp_sink):
+    refusing = routing_daemon(daemon_factory, smtp_sink)
+    with smtplib.SMTP("127.0.0.1", refusing.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.test")
+        assert client.rcpt("<u@127.0.0.1>") == (501, b"5.1.3 Bad recipient address syntax")
+    daemon = routing_daemon(daemon_factory, smtp_sink, resolve_numeric_domain="yes")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.mail("alice@example.test")[0] == 250
+        assert client.rcpt("<u@127.0.0.1>")[0] == 250     # [127.0.0.1] is ours: local_transport
+        assert client.rcpt("<v@192.0.2.1>")[0] == 250     # mynetworks may relay: relayhost
+        assert client.data(b"Subject: numeric\r\n\r\nx\r\n")[0] == 250
+    [sunk] = smtp_sink.wait_for_messages(1, timeout=20)
+    assert sorted(sunk.recipients) == ["u@[127.0.0.1]", "v@[192.0.2.1]"]
+    assert "to=<u@[127.0.0.1]>, orig_to=<u@127.0.0.1>" in daemon.wait_for_log("status=sent", count=2)

@@ -148,7 +148,8 @@ class AddressRewriter:
                        config.get("always_bcc").strip()),
                    Canonicalizer(local_domain_matcher(config), config.get("myhostname"), config.get("myorigin"),
                                  config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"),
-                                 config.boolean("resolve_dequoted_address")))
+                                 config.boolean("resolve_dequoted_address"),
+                                 config.boolean("resolve_numeric_domain")))
 
     @property
     def rewrites_envelope(self) -> bool:
@@ -220,8 +221,9 @@ class AddressRewriter:
         if self.routed is None:
             return recipients
         for recipient in recipients:
-            local = recipient.address.rpartition("@")[0]   # a quoted `@` counts: it may be opened
-            if "@" not in local and "!" not in local and "%" not in local:
+            local, _, domain = recipient.address.rpartition("@")   # a quoted `@` counts: it may be opened
+            numeric = self.routed.numeric_domain and domain[-1:].isdigit()
+            if "@" not in local and "!" not in local and "%" not in local and not numeric:
                 continue
             resolved = self.routed.resolve(recipient.address).address
             if resolved != recipient.address:

@@ -240,6 +240,7 @@ IMPLEMENTED_PARAMETERS = frozenset({
     "swap_bangpath",
     "parent_domain_matches_subdomains",
     "resolve_dequoted_address",
+    "resolve_numeric_domain",
     "smtp_generic_maps",
     "lmtp_generic_maps",
     "relay_transport",

@@ -104,7 +104,8 @@ class PolicySettings:
         is_local = local_domain_matcher(config)
         canonicalizer = Canonicalizer(is_local, config.get("myhostname"), config.get("myorigin"),
                                       config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"),
-                                      config.boolean("resolve_dequoted_address"))
+                                      config.boolean("resolve_dequoted_address"),
+                                 config.boolean("resolve_numeric_domain"))
         parent_styles = config.list("parent_domain_matches_subdomains")
         logins = None
         if config.get("smtpd_sender_login_maps").strip():

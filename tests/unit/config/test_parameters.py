@@ -175,7 +175,7 @@ def _read_per_transport(name: str, code: str) -> bool:
     ("compatibility_level", IMPLEMENTED),
     ("smtp_tls_eccert_file", NOT_YET),
     ("parent_domain_matches_subdomains", IMPLEMENTED),
-    ("resolve_numeric_domain", NOT_YET),
+    ("resolve_null_domain", NOT_YET),
     ("relayhost", IMPLEMENTED),
 ])
 def test_statuses(name, status):

@@ -179,3 +179,11 @@ def test_routing_operators_count_whatever_the_hacks_say():
                           swap_bangpath=False)
     assert plain.resolve("victim%elsewhere.example@example.com").routed
     assert plain.resolve("elsewhere.example!victim@example.com").routed
+
+
+def test_resolve_numeric_domain_brackets_an_ipv4_domain():
+    numeric = Canonicalizer(lambda domain: domain in OURS | {"[192.0.2.1]"}, "mx.example.com", "example.com",
+                            numeric_domain=True)
+    assert (numeric.resolve("u@192.0.2.1").address, numeric.resolve("u@192.0.2.9").address) == (
+        "u@[192.0.2.1]", "u@[192.0.2.9]")
+    assert RESOLVE.resolve("u@192.0.2.9").address == "u@192.0.2.9"
