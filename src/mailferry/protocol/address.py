@@ -137,7 +137,7 @@ def parse_path(text: str, *, allow_smtputf8: bool, role: str = SENDER,
         if strict and local.lower() != "postmaster":
             raise error
         return Path(local, "", had_source_route)
-    if numeric_domain and not strict and _is_ipv4(domain):
+    if numeric_domain and not strict and is_ipv4(domain):
         return Path(local, domain, had_source_route)
     return Path(local, _checked_domain(domain, strict=strict, error=error), had_source_route)
 
@@ -372,7 +372,8 @@ def _checked_domain(domain: str, *, strict: bool, error: AddressError) -> str:
     return domain
 
 
-def _is_ipv4(text: str) -> bool:
+def is_ipv4(text: str) -> bool:
+    """`192.0.2.1`: an IPv4 address, written without brackets."""
     try:
         ipaddress.IPv4Address(text)
     except ValueError:

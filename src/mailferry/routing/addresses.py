@@ -22,10 +22,9 @@ control, and never OK from a recipient access map.
 from __future__ import annotations
 
 from collections.abc import Callable
-import ipaddress
 from dataclasses import dataclass
 
-from mailferry.protocol.address import unquote_local_part
+from mailferry.protocol.address import is_ipv4, unquote_local_part
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +59,7 @@ class Canonicalizer:
         for _ in range(len(address) + 100):
             current = _strip_trailing_dot(current)
             at = _last_at(current)
-            if at >= 0 and self.numeric_domain and _is_ipv4(current[at + 1:]):
+            if at >= 0 and self.numeric_domain and is_ipv4(current[at + 1:]):
                 current = f"{current[:at]}@[{current[at + 1:]}]"   # resolve_numeric_domain
             if at >= 0:
                 local, domain = current[:at], current[at + 1:]
@@ -150,14 +149,6 @@ def _last_at(address: str) -> int:
 def _outside_quotes(text: str) -> str:
     """`text` without its quoted strings: the routing operators that count as such."""
     return "".join(char for _, char in _unquoted(text))
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _strip_trailing_dot(address: str) -> str:
