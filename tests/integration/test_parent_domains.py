@@ -13,8 +13,7 @@ import smtplib
 
 import pytest
 
-from tests.integration.test_rewriting import table
-from tests.integration.conftest import world_readable_tempdir
+from tests.integration.test_rewriting import table, tables_directory  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]
@@ -34,8 +33,7 @@ def replies(daemon) -> dict[str, int]:
     return codes
 
 
-def start(daemon_factory, **extra):
-    directory = world_readable_tempdir("mailferry-parent-")
+def start(daemon_factory, directory, **extra):
     access = table(directory, "access", "blocked.test  REJECT\n.dotted.test  REJECT\n")
     return daemon_factory(mynetworks="192.0.2.0/24", relay_domains="example.com, .example.net, blocked.test,"
                                                                     " dotted.test",
@@ -43,14 +41,15 @@ def start(daemon_factory, **extra):
                           smtpd_recipient_restrictions=f"check_recipient_access {access}", **extra).start()
 
 
-def test_by_default_a_name_matches_its_subdomains(daemon_factory):
-    assert replies(start(daemon_factory)) == {
+def test_by_default_a_name_matches_its_subdomains(daemon_factory, tables_directory):
+    assert replies(start(daemon_factory, tables_directory)) == {
         "a@sub.example.com": 250, "a@sub.example.net": 554, "a@example.com": 250,
         "a@sub.blocked.test": 554, "a@sub.dotted.test": 250}
 
 
-def test_relay_domains_out_of_the_list_a_name_matches_only_itself_and_dot_name_the_subdomains(daemon_factory):
-    daemon = start(daemon_factory, parent_domain_matches_subdomains="debug_peer_list, smtpd_access_maps")
+def test_relay_domains_out_of_the_list_a_name_matches_only_itself_and_dot_name_the_subdomains(daemon_factory, tables_directory):
+    daemon = start(daemon_factory, tables_directory,
+                   parent_domain_matches_subdomains="debug_peer_list, smtpd_access_maps")
     # sub.blocked.test and sub.dotted.test are no relay domains now (blocked.test and dotted.test
     # match only themselves): Relay access denied for both, before the access map is asked.
     assert replies(daemon) == {
@@ -59,8 +58,8 @@ def test_relay_domains_out_of_the_list_a_name_matches_only_itself_and_dot_name_t
     assert "<a@sub.example.com>: Relay access denied" in daemon.wait_for_log("a@sub.example.com")
 
 
-def test_smtpd_access_maps_out_of_the_list_ask_the_dotted_parent(daemon_factory):
-    daemon = start(daemon_factory, parent_domain_matches_subdomains="relay_domains")
+def test_smtpd_access_maps_out_of_the_list_ask_the_dotted_parent(daemon_factory, tables_directory):
+    daemon = start(daemon_factory, tables_directory, parent_domain_matches_subdomains="relay_domains")
     # The relay check is as by default; the access map now matches sub.dotted.test by its
     # `.dotted.test` entry, and its `blocked.test` entry no longer matches sub.blocked.test.
     assert replies(daemon) == {

@@ -8,6 +8,7 @@ for cleanup's CLEANUP_STAT_WRITE), and the NOQUEUE line is in its format.
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 from pathlib import Path
 
@@ -173,8 +174,16 @@ def test_pipelined_recipients_are_answered_in_order_while_lookups_wait(aliasing_
 # sender_bcc_maps, recipient_bcc_maps, always_bcc (Postfix's cleanup_addr.c): looked up after
 # canonical rewriting, keys user@domain, user (our domains only), @domain; the copy gets no DSN.
 @pytest.fixture
-def bcc_daemon(daemon_factory, smtp_sink):
-    directory = world_readable_tempdir("mailferry-bcc-")
+def tables_directory():
+    """A directory for a test's tables, which the daemon can read; removed after the test."""
+    directory = world_readable_tempdir("mailferry-tables-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def bcc_daemon(daemon_factory, smtp_sink, tables_directory):
+    directory = tables_directory
     no_maps_port = free_port()
     daemon = daemon_factory(
         extra_listeners=(f"127.0.0.1:{no_maps_port} inet n - n - - smtpd"
