@@ -1,6 +1,8 @@
 """What Postfix's cleanup(8) does to a message before it enters the queue.
 
-- Qualifies bare envelope addresses with `@$myorigin` (append_at_myorigin).
+- Qualifies bare envelope addresses as trivial-rewrite does: `host!user` →
+  `user@host` (swap_bangpath), `user%host` → `user@host` (allow_percent_hack),
+  else `@$myorigin` (append_at_myorigin).
 - Prepends the Received: header, in Postfix's layout.
 - Adds Message-ID:, Date: and From: when missing. As in Postfix 2.6 and
   later, only for local submissions and for clients that
@@ -26,6 +28,7 @@ from email.utils import formatdate
 
 from mailferry.config.config import Config
 from mailferry.message import NewMessage
+from mailferry.routing.addresses import rewrite_bare
 
 _HEADER_END = b"\r\n\r\n"
 
@@ -38,6 +41,8 @@ class CleanupSettings:
     tls_received_header: bool = False
     sasl_authenticated_header: bool = False     # smtpd_sasl_authenticated_header
     mail_name: str = "mailferry"
+    percent_hack: bool = True      # allow_percent_hack
+    swap_bangpath: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> CleanupSettings:
@@ -45,14 +50,18 @@ class CleanupSettings:
                    append_at_myorigin=config.boolean("append_at_myorigin"),
                    tls_received_header=config.boolean("smtpd_tls_received_header"),
                    sasl_authenticated_header=config.boolean("smtpd_sasl_authenticated_header"),
-                   mail_name=config.get("mail_name"))
+                   mail_name=config.get("mail_name"),
+                   percent_hack=config.boolean("allow_percent_hack"),
+                   swap_bangpath=config.boolean("swap_bangpath"))
 
 
 def qualify(address: str, settings: CleanupSettings) -> str:
-    """`user` → `user@$myorigin` (the null sender stays empty)."""
-    if not address or "@" in address or not settings.append_at_myorigin:
+    """`user` → `user@$myorigin`, `host!user` and `user%host` → `user@host` (the null sender
+    stays empty): trivial-rewrite's rewrite_tree in the local context."""
+    if not address:
         return address
-    return f"{address}@{settings.myorigin}"
+    return rewrite_bare(address, settings.myorigin if settings.append_at_myorigin else "",
+                        settings.percent_hack, settings.swap_bangpath)
 
 
 def clean(message: NewMessage, queue_id: str, settings: CleanupSettings,

@@ -8,6 +8,20 @@ For the envelope sender, then each envelope recipient:
   4. recipients only: virtual_alias_maps, recursively (cleanup/virtual.py);
      the same final address twice is delivered once.
 
+Automatic BCC (cleanup_addr.c, cleanup_extracted.c): sender_bcc_maps is looked up
+with the sender after step 3, recipient_bcc_maps with each recipient after step 3
+(before virtual aliases), in mail_addr_find's key order (user@domain, user when
+the domain is ours, @domain; no extension propagation); always_bcc is added once
+at the end when there is a recipient. A BCC address is rewritten as a recipient
+(steps 1-4) and gets NOTIFY=NEVER and no ORCPT. Only for mail that comes in
+(smtpd, pickup): never for qmgr's notices, nor with receive_override_options =
+no_address_mappings, which turns off all of the above.
+
+Last, each final recipient whose local part still routes (`user%host@ours`,
+`host!user@ours`, `a@b@ours`) is queued in the form Postfix's qmgr delivers to
+after trivial-rewrite resolved it (routing/addresses.py: our domain stripped,
+then allow_percent_hack and swap_bangpath), keeping the given one as its ORCPT.
+
 In the headers (From:, To:, Cc:..., protocol/header_addresses.py) the same
 steps 1-3 apply to each address (a bare `user` first gets `@$myorigin`),
 with the header_sender / header_recipient classes, and only for mail whose
@@ -35,11 +49,13 @@ from dataclasses import dataclass
 
 from mailferry.cleanup.virtual import ExpansionError, expand
 from mailferry.config.config import Config
-from mailferry.config.localdomains import address_domain_matcher, open_address_maps
+from mailferry.config.localdomains import address_domain_matcher, local_domain_matcher, open_address_maps
 from mailferry.message import NewMessage, Recipient
 from mailferry.protocol.header_addresses import rewrite_address_headers
 from mailferry.queue import QueueError
-from mailferry.tables.addresses import AddressMaps, MapDeferred
+from mailferry.routing.addresses import Canonicalizer, rewrite_bare
+from mailferry.tables.addresses import AddressMaps, MapDeferred, lookup_address
+from mailferry.tables.result import NOT_FOUND
 
 ENVELOPE_SENDER = "envelope_sender"
 ENVELOPE_RECIPIENT = "envelope_recipient"
@@ -65,6 +81,17 @@ class Canonical:
     classes: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Bcc:
+    """The automatic BCC settings: sender_bcc_maps, recipient_bcc_maps, always_bcc."""
+    sender: AddressMaps | None
+    recipient: AddressMaps | None
+    always: str
+
+    def __bool__(self) -> bool:
+        return bool(self.sender or self.recipient or self.always)
+
+
 @dataclass(slots=True)
 class Masquerade:
     domains: list[str]
@@ -76,7 +103,8 @@ class AddressRewriter:
     def __init__(self, sender_canonical: Canonical | None, recipient_canonical: Canonical | None,
                  canonical: Canonical | None, masquerade: Masquerade | None,
                  virtual: AddressMaps | None, limits: tuple[int, int, int] = (1000, 1000, 1000),
-                 dot_mydomain: str = "", myorigin: str = "", observer=None):
+                 dot_mydomain: str = "", myorigin: str = "", observer=None,
+                 bcc: Bcc | None = None, routed: Canonicalizer | None = None):
         self.sender_canonical = sender_canonical
         self.recipient_canonical = recipient_canonical
         self.canonical = canonical
@@ -86,6 +114,8 @@ class AddressRewriter:
         self.dot_mydomain = dot_mydomain  # $mydomain when append_dot_mydomain = yes
         self.myorigin = myorigin          # for bare `user` in headers (envelopes: cleanup.qualify)
         self.observer = observer          # tables/trace.py's Trace, for `mailferry trace`; else None
+        self.bcc = bcc or Bcc(None, None, "")
+        self.routed = routed              # resolves `user%host@ours` and `host!user@ours`; None: left as given
 
     @classmethod
     def from_config(cls, config: Config, observer=None) -> AddressRewriter:
@@ -113,12 +143,18 @@ class AddressRewriter:
                     config.integer("virtual_alias_address_length_limit")),
                    config.get("mydomain") if config.boolean("append_dot_mydomain") else "",
                    config.get("myorigin") if config.boolean("append_at_myorigin") else "",
-                   observer)
+                   observer,
+                   Bcc(maps("sender_bcc_maps", "bcc"), maps("recipient_bcc_maps", "bcc"),
+                       config.get("always_bcc").strip()),
+                   Canonicalizer(local_domain_matcher(config), config.get("myhostname"), config.get("myorigin"),
+                                 config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"),
+                                 config.boolean("resolve_dequoted_address"),
+                                 config.boolean("resolve_numeric_domain")))
 
     @property
     def rewrites_envelope(self) -> bool:
         return bool(self.sender_canonical or self.recipient_canonical or self.canonical
-                    or self.masquerade or self.dot_mydomain or self.virtual)
+                    or self.masquerade or self.dot_mydomain or self.virtual or self.bcc)
 
     @property
     def rewrites_headers(self) -> bool:
@@ -126,19 +162,30 @@ class AddressRewriter:
                     or self.masquerade or self.dot_mydomain or self.myorigin)
 
     async def rewrite(self, message: NewMessage, rewrite_headers: bool,
-                      warn: Callable[[str], None]) -> None:
+                      warn: Callable[[str], None], bcc_ok: bool = False) -> None:
         """Rewrite `message` in place. Raises RewriteDeferred. Nothing is rewritten for a
-        service with receive_override_options = no_address_mappings (before a content filter)."""
+        service with receive_override_options = no_address_mappings (before a content filter).
+        `bcc_ok`: the automatic BCC recipients may be added (mail from smtpd and pickup:
+        Postfix's CLEANUP_FLAG_BCC_OK)."""
         if "no_address_mappings" in message.receive_overrides:
-            message.recipients = _without_duplicates(message.recipients)
+            message.recipients = _without_duplicates(self._resolved(message.recipients))
             return
         try:
             if self.rewrites_envelope:
+                bcc = self.bcc if bcc_ok else Bcc(None, None, "")
+                added: list[Recipient] = []
                 if message.sender:
                     message.sender = await self.address(message.sender, ENVELOPE_SENDER, warn)
-                message.recipients = await self._recipients(message.recipients, warn)
+                    if bcc.sender is not None:
+                        added += await self._bcc_lookup(bcc.sender, message.sender)
+                message.recipients = await self._recipients(message.recipients, warn, bcc.recipient, added)
+                if bcc.always and message.recipients:
+                    added.append(Recipient(self._at_myorigin(bcc.always), notify="NEVER"))
+                if added:
+                    message.recipients += await self._recipients(added, warn, copies=True)
+                message.recipients = self._resolved(message.recipients)
             else:
-                message.recipients = _without_duplicates(message.recipients)
+                message.recipients = _without_duplicates(self._resolved(message.recipients))
             if rewrite_headers and self.rewrites_headers:
                 message.content = await self._headers(message.content, warn)
         except MapDeferred as problem:
@@ -147,20 +194,60 @@ class AddressRewriter:
             raise RewriteDeferred(f"{problem} -- message not accepted, try again later",
                                   problem.reply_status, problem.reply_text) from None
 
-    async def _recipients(self, given: list[Recipient], warn: Callable[[str], None]) -> list[Recipient]:
-        """Each recipient rewritten and expanded; a rewritten one keeps its original as ORCPT."""
-        expanded: list[Recipient] = []
+    async def _recipients(self, given: list[Recipient], warn: Callable[[str], None],
+                          bcc_maps: AddressMaps | None = None, bcc: list[Recipient] | None = None,
+                          copies: bool = False) -> list[Recipient]:
+        """Each recipient rewritten and expanded; a rewritten one keeps its original as ORCPT,
+        unless it is a BCC copy (`copies`: Postfix gives those no ORCPT). Each one's
+        recipient_bcc_maps address (`bcc_maps`) is added to `bcc`, to be rewritten in its turn."""
+        expanded: list[Expanded] = []
         for recipient in given:
             address = await self.address(recipient.address, ENVELOPE_RECIPIENT, warn)
+            if bcc_maps is not None and bcc is not None:
+                bcc += await self._bcc_lookup(bcc_maps, address)
             finals = [address]
             if self.virtual is not None:
                 finals = await expand(self.virtual, address, *self.limits, observer=self.observer)
             for final in finals:
                 orcpt = recipient.orcpt
-                if orcpt is None and final.lower() != recipient.address.lower():
+                if orcpt is None and final.lower() != recipient.address.lower() and not copies:
                     orcpt = f"rfc822;{recipient.address}"
                 expanded.append(Expanded(recipient, dataclasses.replace(recipient, address=final, orcpt=orcpt)))
         return _without_duplicates(expanded)
+
+    def _resolved(self, recipients: list[Recipient]) -> list[Recipient]:
+        """Each recipient whose local part routes, as trivial-rewrite resolves it (what Postfix's
+        qmgr delivers to); the given address becomes its ORCPT."""
+        if self.routed is None:
+            return recipients
+        for recipient in recipients:
+            local, _, domain = recipient.address.rpartition("@")   # a quoted `@` counts: it may be opened
+            numeric = self.routed.numeric_domain and domain[-1:].isdigit()
+            if "@" not in local and "!" not in local and "%" not in local and not numeric:
+                continue
+            resolved = self.routed.resolve(recipient.address).address
+            if resolved != recipient.address:
+                if recipient.orcpt is None and recipient.notify != "NEVER":
+                    recipient.orcpt = f"rfc822;{recipient.address}"
+                recipient.address = resolved
+        return recipients
+
+    async def _bcc_lookup(self, maps: AddressMaps, address: str) -> list[Recipient]:
+        """The BCC recipient `maps` gives `address` (Postfix: one address, the value as it is;
+        a bare `user` is qualified with $myorigin), or none."""
+        if not address:
+            return []
+        match = await lookup_address(maps.maps, address, maps.is_local_domain, maps.recipient_delimiter)
+        if match.result.status == NOT_FOUND:
+            return []
+        if match.result.tempfail:
+            raise MapDeferred(f"{maps.title} map lookup problem for {address}: "
+                              f"{match.result.reason or 'lookup failed'}")
+        value = (match.result.value or "").strip()
+        if self.observer is not None:
+            self.observer.step("bcc", f"{maps.title}: {address} -> {value}", map=maps.title,
+                               before=address, after=value)
+        return [Recipient(self._at_myorigin(value), notify="NEVER")] if value else []
 
     async def address(self, address: str, address_class: str, warn: Callable[[str], None]) -> str:
         """Steps 1-3 for one address of `address_class`."""
@@ -182,8 +269,13 @@ class AddressRewriter:
         return address
 
     def _at_myorigin(self, address: str) -> str:
-        """A header's bare `user` gets `@$myorigin`, as Postfix's local rewriting context does."""
-        return address if "@" in address or not self.myorigin or address == "<>" else f"{address}@{self.myorigin}"
+        """A bare `user` gets `@$myorigin`, `host!user` and `user%host` become `user@host`, as
+        Postfix's local rewriting context does (trivial-rewrite's rewrite_tree)."""
+        if address == "<>":
+            return address
+        if self.routed is None:
+            return rewrite_bare(address, self.myorigin, False, False)
+        return rewrite_bare(address, self.myorigin, self.routed.percent_hack, self.routed.swap_bangpath)
 
     def _dot_mydomain(self, address: str) -> str:
         local, at, domain = address.rpartition("@")

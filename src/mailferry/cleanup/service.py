@@ -109,7 +109,7 @@ class CleanupService:
         await self.checks.apply(message)
         if not await cleanup_milters.run_content_milters(message, milters, self.log):
             return queue_id
-        await self._rewrite(message, add_headers)
+        await self._rewrite(message, add_headers, bcc_ok=True)
         self._log_message_id(message)
         if not self._restriction_actions(message):
             return queue_id
@@ -147,13 +147,14 @@ class CleanupService:
             self._log_message_id(notice)
         return await self.committer.submit_with(notices, then)
 
-    async def _rewrite(self, message: NewMessage, rewrite_headers: bool) -> None:
-        """Canonical, masquerading and virtual aliases (cleanup/rewrite.py).
+    async def _rewrite(self, message: NewMessage, rewrite_headers: bool, bcc_ok: bool = False) -> None:
+        """Canonical, masquerading, virtual aliases and, with `bcc_ok` (mail from smtpd and
+        pickup, not notices), the automatic BCC recipients (cleanup/rewrite.py).
         Raises RewriteDeferred, after logging Postfix's warning."""
         def warn(text: str) -> None:
             self.log.warning("cleanup", f"{message.queue_id}: {text}")
         try:
-            await self.rewriter.rewrite(message, rewrite_headers, warn)
+            await self.rewriter.rewrite(message, rewrite_headers, warn, bcc_ok)
         except RewriteDeferred as problem:
             warn(str(problem))
             raise

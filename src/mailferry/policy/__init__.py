@@ -14,7 +14,6 @@ Modules, one job each:
     engine.py          the lists, their order, smtpd_delay_reject, classes
     restrictions.py    the built-in restrictions by name
     access.py          access(5) tables: lookup order and actions
-    addresses.py       Postfix's resolve canonicalization (percent hack, routing)
     dns.py             DNS questions: names, mail hosts, DNSBL
     client_name.py     the client name from reverse DNS, verified forward
     policy_service.py  check_policy_service (SMTPD_POLICY_README)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mailferry.policy.access import LookupFailed
-from mailferry.policy.addresses import Canonicalizer
+from mailferry.routing.addresses import Canonicalizer
 from mailferry.syntax import split_list
 from mailferry.tables import Maps
 from mailferry.tables.addresses import lookup_address

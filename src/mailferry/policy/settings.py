@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mailferry.config.config import Config
 from mailferry.config.localdomains import VirtualAliasDomains, address_domain_matcher, local_domain_matcher
 from mailferry.policy.access import AccessOrder
-from mailferry.policy.addresses import Canonicalizer
+from mailferry.routing.addresses import Canonicalizer
 from mailferry.policy.policy_service import PolicyClient, PolicyServiceSettings
 from mailferry.policy.sender_login import SenderLogins
 from mailferry.syntax import split_list
@@ -103,7 +103,9 @@ class PolicySettings:
         classes = {name: config.list(name) for name in config.list("smtpd_restriction_classes")}
         is_local = local_domain_matcher(config)
         canonicalizer = Canonicalizer(is_local, config.get("myhostname"), config.get("myorigin"),
-                                      config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"))
+                                      config.boolean("allow_percent_hack"), config.boolean("swap_bangpath"),
+                                      config.boolean("resolve_dequoted_address"),
+                                 config.boolean("resolve_numeric_domain"))
         parent_styles = config.list("parent_domain_matches_subdomains")
         logins = None
         if config.get("smtpd_sender_login_maps").strip():
@@ -123,7 +125,7 @@ class PolicySettings:
             default_rbl_reply=config.raw("default_rbl_reply") or "",   # $rbl_* are expanded per reply
             access_order=AccessOrder("smtpd_access_maps" in parent_styles, config.get("recipient_delimiter")),
             canonicalizer=canonicalizer,
-            relay_domains=DomainList(config.get("relay_domains")),
+            relay_domains=DomainList(config.get("relay_domains"), "relay_domains" in parent_styles),
             virtual_domains=[VirtualAliasDomains(config.get(name))
                              for name in ("virtual_alias_domains", "virtual_mailbox_domains")],
             sender_logins=logins,

@@ -110,9 +110,10 @@ NULL_PATH = Path("", "")
 
 
 def parse_path(text: str, *, allow_smtputf8: bool, role: str = SENDER,
-               strict: bool = False) -> Path:
+               strict: bool = False, numeric_domain: bool = False) -> Path:
     """Parse one path as it follows `MAIL FROM:` or `RCPT TO:` (without the
-    ESMTP parameters: see split_path)."""
+    ESMTP parameters: see split_path). `numeric_domain` (resolve_numeric_domain):
+    `user@192.0.2.1` is accepted, for routing to resolve as `user@[192.0.2.1]`."""
     error = _error_for(role)
     if not text:
         raise error
@@ -136,6 +137,8 @@ def parse_path(text: str, *, allow_smtputf8: bool, role: str = SENDER,
         if strict and local.lower() != "postmaster":
             raise error
         return Path(local, "", had_source_route)
+    if numeric_domain and not strict and is_ipv4(domain):
+        return Path(local, domain, had_source_route)
     return Path(local, _checked_domain(domain, strict=strict, error=error), had_source_route)
 
 
@@ -367,6 +370,15 @@ def _checked_domain(domain: str, *, strict: bool, error: AddressError) -> str:
     if all(char in "0123456789." for char in domain):
         raise error
     return domain
+
+
+def is_ipv4(text: str) -> bool:
+    """`192.0.2.1`: an IPv4 address, written without brackets."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_address_literal(literal: str) -> bool:

@@ -129,6 +129,7 @@ class ServerSettings:
     forbid_unauth_pipelining: bool = True     # smtpd_forbid_unauth_pipelining
     helo_required: bool = False               # smtpd_helo_required
     strict_envelopes: bool = False            # strict_rfc821_envelopes (see address.py)
+    numeric_domain: bool = False              # resolve_numeric_domain: user@192.0.2.1 accepted
     vrfy_enabled: bool = True                 # not disable_vrfy_command
     # EHLO keywords (smtpd_discard_ehlo_keywords removes them, smtputf8_enable...)
     pipelining: bool = True
@@ -799,7 +800,8 @@ class ServerConnection:
         params = mail_parameters(parameter_text, smtputf8=settings.smtputf8, dsn=settings.dsn,
                                  size_limit=settings.message_size_limit)
         path = parse_path(path_text, allow_smtputf8=self.settings.smtputf8 and params.smtputf8,
-                          role=SENDER, strict=self.settings.strict_envelopes)
+                          role=SENDER, strict=self.settings.strict_envelopes,
+                          numeric_domain=self.settings.numeric_domain)
         return MailFrom(path, params)
 
     def _handle_rcpt(self, argument: str) -> Reply | Decision | None:
@@ -819,7 +821,8 @@ class ServerConnection:
             return None
         params = rcpt_parameters(parameter_text, dsn=self.settings.dsn)
         path = parse_path(path_text, allow_smtputf8=self.settings.smtputf8 and self._smtputf8,
-                          role=RECIPIENT, strict=self.settings.strict_envelopes)
+                          role=RECIPIENT, strict=self.settings.strict_envelopes,
+                          numeric_domain=self.settings.numeric_domain)
         return RcptTo(path, params)
 
     def _handle_data(self, argument: str) -> Reply | Decision | None:

@@ -32,18 +32,21 @@ class ClassLookupFailed(Exception):
 
 class AddressClasses:
     def __init__(self, is_local_domain: Callable[[str], bool], alias_domains: VirtualAliasDomains | None = None,
-                 mailbox_domains: VirtualAliasDomains | None = None, relay_domains: str = ""):
+                 mailbox_domains: VirtualAliasDomains | None = None, relay_domains: str = "",
+                 relay_domains_parent: bool = True):
         self._is_local = is_local_domain
         # virtual_mailbox_domains is a list of the same kind as virtual_alias_domains:
         # names, `.name` for subdomains, `!` exclusions, and type:table entries looked up with the domain.
         self._lists = ((VIRTUAL_ALIAS, "virtual_alias_domains", alias_domains or None),
                        (VIRTUAL_MAILBOX, "virtual_mailbox_domains", mailbox_domains or None))
-        self._relay_domains = DomainList(relay_domains)
+        # relay_domains_parent: relay_domains is in parent_domain_matches_subdomains
+        self._relay_domains = DomainList(relay_domains, relay_domains_parent)
 
     @classmethod
     def from_config(cls, config, observer=None) -> AddressClasses:
         return cls(local_domain_matcher(config), VirtualAliasDomains(config.get("virtual_alias_domains"), observer),
-                   VirtualAliasDomains(config.get("virtual_mailbox_domains"), observer), config.get("relay_domains"))
+                   VirtualAliasDomains(config.get("virtual_mailbox_domains"), observer), config.get("relay_domains"),
+                   "relay_domains" in config.list("parent_domain_matches_subdomains"))
 
     async def of(self, domain: str) -> str:
         """The class of `domain` (lower case, no trailing dot; "" for an address without one).

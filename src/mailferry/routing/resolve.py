@@ -57,6 +57,8 @@ class RoutingSettings:
     default_transport: str = "smtp"
     relayhost: str = ""
     relay_domains: str = ""
+    relay_domains_parent: bool = True     # relay_domains is in parent_domain_matches_subdomains
+    transport_maps_parent: bool = False   # transport_maps is (not by default): `example.com`, not `.example.com`
     recipient_delimiter: str = ""
     show_user_unknown_table_name: bool = True
 
@@ -69,6 +71,8 @@ class RoutingSettings:
                    default_transport=config.get("default_transport"),
                    relayhost=config.get("relayhost"),
                    relay_domains=config.get("relay_domains"),
+                   relay_domains_parent="relay_domains" in config.list("parent_domain_matches_subdomains"),
+                   transport_maps_parent="transport_maps" in config.list("parent_domain_matches_subdomains"),
                    recipient_delimiter=config.get("recipient_delimiter"),
                    show_user_unknown_table_name=config.boolean("show_user_unknown_table_name"))
 
@@ -85,7 +89,7 @@ class Resolver:
         self._observer = observer
         self._settings = settings
         self._classes = AddressClasses(is_local_domain, virtual_alias_domains, virtual_mailbox_domains,
-                                       settings.relay_domains)
+                                       settings.relay_domains, settings.relay_domains_parent)
         self._virtual = parse_transport(settings.virtual_transport)
         self._unknown_alias = Route("error", "User unknown in virtual alias table"
                                     if settings.show_user_unknown_table_name else "User unknown")
@@ -204,7 +208,8 @@ class Resolver:
 
     async def _transport_entry(self, address: str, domain: str) -> tuple[str, str] | None:
         """transport(5)'s search: user+ext@domain, user@domain, domain, .parent
-        domains, then `*`. The first entry found decides: (its key, its value)."""
+        domains (parent domains without the dot when parent_domain_matches_subdomains
+        names transport_maps), then `*`. The first entry found decides: (its key, its value)."""
         for key, partial in self._transport_keys(address, domain):
             result = await self._maps.lookup(key, partial=partial)
             if result.tempfail:
@@ -224,7 +229,8 @@ class Resolver:
         if domain:
             keys.append((domain, True))
             labels = domain.split(".")
-            keys += [("." + ".".join(labels[index:]), True) for index in range(1, len(labels))]
+            dot = "" if self._settings.transport_maps_parent else "."
+            keys += [(dot + ".".join(labels[index:]), True) for index in range(1, len(labels))]
         keys.append(("*", True))
         return keys
 

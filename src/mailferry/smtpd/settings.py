@@ -31,6 +31,7 @@ def server_settings(config: Config, starttls: bool) -> ServerSettings:
         forbid_unauth_pipelining=config.boolean("smtpd_forbid_unauth_pipelining"),
         helo_required=config.boolean("smtpd_helo_required"),
         strict_envelopes=config.boolean("strict_rfc821_envelopes"),
+        numeric_domain=config.boolean("resolve_numeric_domain"),
         **offered,
         **_auth_settings(config),
     )

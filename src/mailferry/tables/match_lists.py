@@ -115,16 +115,21 @@ def _network_entry_matches(entry: _Network | Table, ip: _Address) -> bool:
 
 
 class DomainList:
-    """A Postfix domain match list such as relay_domains: names (a name also
-    matches its subdomains: parent_domain_matches_subdomains includes
-    relay_domains by default), `.name` for subdomains only, `type:table`
-    lookups, and `!` to exclude. Read left to right; the first match decides.
+    """A Postfix domain match list such as relay_domains (match_ops.c match_hostname), read
+    left to right, the first match deciding; `!` excludes. With `parent` (the list's name is
+    in parent_domain_matches_subdomains, as relay_domains is by default), a name matches
+    itself and its subdomains, and a `type:table` is looked up with the domain, then each
+    parent (`sub.example.com`, `example.com`, `com`). Without it, a name matches only
+    itself, `.example.com` matches the subdomains, and a table is looked up with the
+    domain, then `.example.com`, `.com`. A pattern table (regexp:, pcre:) sees only the
+    domain.
 
     Used by smtpd's relay control and by routing, which sends relay domains
     to relay_transport."""
 
-    def __init__(self, value: str):
+    def __init__(self, value: str, parent: bool = True):
         self._entries: list[tuple[bool, str | Table]] = []
+        self._parent = parent
         for item in list_items(value):
             negated = item.startswith("!")
             item = item[1:] if negated else item
@@ -154,29 +159,34 @@ class DomainList:
                 return not negated
         return False
 
-    @staticmethod
-    async def _table_matches(table: Table, domain: str) -> bool | None:
+    def _keys(self, table: Table, domain: str) -> list[str]:
+        """The keys a table is asked, in order."""
+        if table.is_pattern:
+            return [domain]
         labels = domain.split(".")
-        for index in range(len(labels)):
-            result = await table.lookup(".".join(labels[index:]))
+        parents = [".".join(labels[index:]) for index in range(1, len(labels))]
+        return [domain] + (parents if self._parent else ["." + parent for parent in parents])
+
+    async def _table_matches(self, table: Table, domain: str) -> bool | None:
+        for key in self._keys(table, domain):
+            result = await table.lookup(key)
             if result.tempfail:
                 return None
             if result.found:
                 return True
         return False
 
-    @staticmethod
-    def _name_matches(entry: str, domain: str) -> bool:
-        if entry.startswith("."):
-            return domain.endswith(entry)
-        return domain == entry or domain.endswith("." + entry)
+    def _name_matches(self, entry: str, domain: str) -> bool:
+        if domain == entry:
+            return True
+        if self._parent:
+            return domain.endswith("." + entry)
+        return entry.startswith(".") and domain.endswith(entry)
 
-    @classmethod
-    def _entry_matches(cls, entry: str | Table, domain: str) -> bool:
+    def _entry_matches(self, entry: str | Table, domain: str) -> bool:
         if isinstance(entry, str):
-            return cls._name_matches(entry, domain)
-        labels = domain.split(".")
-        return any(entry.lookup_now(".".join(labels[index:])).found for index in range(len(labels)))
+            return self._name_matches(entry, domain)
+        return any(entry.lookup_now(key).found for key in self._keys(entry, domain))
 
 
 class LocalDomainList:

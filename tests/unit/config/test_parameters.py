@@ -174,7 +174,8 @@ def _read_per_transport(name: str, code: str) -> bool:
     ("readme_directory", NO_EFFECT),
     ("compatibility_level", IMPLEMENTED),
     ("smtp_tls_eccert_file", NOT_YET),
-    ("parent_domain_matches_subdomains", NOT_YET),
+    ("parent_domain_matches_subdomains", IMPLEMENTED),
+    ("resolve_null_domain", NOT_YET),
     ("relayhost", IMPLEMENTED),
 ])
 def test_statuses(name, status):

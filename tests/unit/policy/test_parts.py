@@ -9,7 +9,7 @@ import pytest
 
 from mailferry.policy import dns
 from mailferry.policy.access import AccessOrder, address_keys
-from mailferry.policy.addresses import Canonicalizer
+from mailferry.routing.addresses import Canonicalizer
 from mailferry.policy.client_name import client_name
 from mailferry.policy.facts import NAME_FORGED, NAME_OK, NAME_TEMPFAIL, NAME_UNKNOWN
 from mailferry.policy.hostnames import is_fqdn, is_valid_hostaddr, is_valid_hostname
@@ -33,6 +33,10 @@ RESOLVE = Canonicalizer(lambda domain: domain in OURS, "mx.example.com", "exampl
     ("victim@elsewhere.example@example.com", "victim@elsewhere.example", False),
     ("user", "user@mx.example.com", False),
     ("user@example.com.", "user@example.com", False),
+    ('"victim@elsewhere.example"@example.com', "victim@elsewhere.example", False),   # resolve_dequoted_address
+    ('"victim%elsewhere.example"@mx.example.com', "victim@elsewhere.example", False),
+    ('"first last"@example.com', '"first last"@example.com', False),
+    ('"a@b"@elsewhere.example', '"a@b"@elsewhere.example', True),
 ])
 def test_resolve_strips_our_domains_and_undoes_the_percent_hack(address, resolved, routed):
     result = RESOLVE.resolve(address)
@@ -161,3 +165,25 @@ def test_starttls_forgets_the_helo_name_and_the_login():
     policy.tls_started()
     assert policy.facts.helo_name is None
     assert (policy.facts.sasl_method, policy.facts.sasl_username) == ("", "")
+
+
+def test_without_resolve_dequoted_address_a_quoted_local_part_stays_and_is_routed():
+    # resolve.c: RESOLVE_FLAG_ROUTED for any `@`, `!` or `%` in the local part, quoted or not.
+    closed = Canonicalizer(lambda domain: domain in OURS, "mx.example.com", "example.com", dequote=False)
+    result = closed.resolve('"victim@elsewhere.example"@example.com')
+    assert (result.address, result.routed) == ('"victim@elsewhere.example"@example.com', True)
+
+
+def test_routing_operators_count_whatever_the_hacks_say():
+    plain = Canonicalizer(lambda domain: domain in OURS, "mx.example.com", "example.com", percent_hack=False,
+                          swap_bangpath=False)
+    assert plain.resolve("victim%elsewhere.example@example.com").routed
+    assert plain.resolve("elsewhere.example!victim@example.com").routed
+
+
+def test_resolve_numeric_domain_brackets_an_ipv4_domain():
+    numeric = Canonicalizer(lambda domain: domain in OURS | {"[192.0.2.1]"}, "mx.example.com", "example.com",
+                            numeric_domain=True)
+    assert (numeric.resolve("u@192.0.2.1").address, numeric.resolve("u@192.0.2.9").address) == (
+        "u@[192.0.2.1]", "u@[192.0.2.9]")
+    assert RESOLVE.resolve("u@192.0.2.9").address == "u@192.0.2.9"

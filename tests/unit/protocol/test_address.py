@@ -224,3 +224,13 @@ def test_round_trip_strict(local, domain):
     text = f"<{local}@{domain}>"
     path = parse(text, strict=True)
     assert (path.local, path.domain) == (local, domain)
+
+
+def test_a_numeric_domain_is_accepted_only_with_resolve_numeric_domain():
+    from mailferry.protocol.address import RECIPIENT, AddressError, parse_path
+    with pytest.raises(AddressError):
+        parse_path("<u@192.0.2.1>", allow_smtputf8=False, role=RECIPIENT)
+    assert parse_path("<u@192.0.2.1>", allow_smtputf8=False, role=RECIPIENT, numeric_domain=True).address == \
+        "u@192.0.2.1"
+    with pytest.raises(AddressError):   # not an address: still a bad domain
+        parse_path("<u@192.0.2.300>", allow_smtputf8=False, role=RECIPIENT, numeric_domain=True)

@@ -219,3 +219,22 @@ def test_virtual_alias_domains_from_a_table():
     resolver = alias_domain_resolver("inline:{ virtual.example=anything }")
     assert resolve(resolver, "x@virtual.example") == Route("error", "User unknown in virtual alias table")
     assert resolve(resolver, "x@other.example") == Route("smtp", "[smtp.gmail.com]:587")
+
+
+# parent_domain_matches_subdomains: transport_maps is not in it by default, so a subdomain is
+# matched by a `.example.org` entry; listed, by `example.org` (transport.c MA_FIND_PDMS).
+def test_transport_maps_match_subdomains_by_dot_entries_unless_in_the_parent_list():
+    table = "inline:{ example.org=relay:[a.example], .example.net=relay:[b.example] }"
+    by_default = resolver_for(table)
+    assert resolve(by_default, "x@sub.example.org") == Route("smtp", "[smtp.gmail.com]:587")
+    assert resolve(by_default, "x@sub.example.net") == Route("relay", "[b.example]")
+    listed = resolver_for(table, transport_maps_parent=True)
+    assert resolve(listed, "x@sub.example.org") == Route("relay", "[a.example]")
+    assert resolve(listed, "x@sub.example.net") == Route("smtp", "[smtp.gmail.com]:587")
+
+
+def test_relay_domains_follow_the_parent_style():
+    assert resolve(resolver_for(relay_domains="example.org", relayhost=""), "x@sub.example.org") == Route(
+        "relay", "sub.example.org")
+    assert resolve(resolver_for(relay_domains="example.org", relayhost="", relay_domains_parent=False),
+                   "x@sub.example.org") == Route("smtp", "sub.example.org")

@@ -10,6 +10,8 @@ be specified inside []." Postfix compares an IPv4-mapped IPv6 client
 (::ffff:192.0.2.1) in its native IPv4 form (match_ops.c).
 """
 
+import asyncio
+
 import pytest
 
 from mailferry.tables.match_lists import DomainList, LocalDomainList, NetworkList
@@ -101,13 +103,15 @@ def test_a_bad_entry_is_refused_with_a_message_that_names_it_and_shows_the_synta
 
 
 # Domain lists (relay_domains): postconf(5) "parent_domain_matches_subdomains": a name
-# matches its subdomains for relay_domains; ".name" matches subdomains only.
+# matches its subdomains for relay_domains (by default in that list), and then ".name"
+# matches nothing, as in Postfix's match_hostname: Postfix 3.7 here, relay_domains =
+# .example.com, relays for neither mx.example.com nor example.com (checked with RCPT TO).
 @pytest.mark.parametrize("value, domain, matches", [
     ("example.com", "example.com", True),
     ("example.com", "mx.example.com", True),
     ("example.com", "badexample.com", False),
     ("Example.COM.", "example.com", True),
-    (".example.com", "mx.example.com", True),
+    (".example.com", "mx.example.com", False),
     (".example.com", "example.com", False),
     ("!mx.example.com, example.com", "mx.example.com", False),
     ("!mx.example.com, example.com", "www.example.com", True),
@@ -116,6 +120,28 @@ def test_a_bad_entry_is_refused_with_a_message_that_names_it_and_shows_the_synta
 ])
 def test_domain_list(value, domain, matches):
     assert DomainList(value).matches(domain) is matches
+
+
+# Without the parent style (relay_domains taken out of parent_domain_matches_subdomains): Postfix
+# 3.7 here relays for mx.example.com with .example.com and for example.org only with example.org.
+@pytest.mark.parametrize("value, domain, matches", [
+    ("example.com", "example.com", True),
+    ("example.com", "mx.example.com", False),
+    (".example.com", "mx.example.com", True),
+    (".example.com", "a.b.example.com", True),
+    (".example.com", "example.com", False),
+    ("!.bad.example.com, .example.com", "x.bad.example.com", False),
+])
+def test_domain_list_without_the_parent_style(value, domain, matches):
+    assert DomainList(value, parent=False).matches(domain) is matches
+
+
+def test_a_table_is_asked_for_dotted_parents_without_the_parent_style():
+    assert not DomainList("inline:{ example.net=OK }", parent=False).matches("mx.example.net")
+    assert DomainList("inline:{ .example.net=OK }", parent=False).matches("mx.example.net")
+    assert not DomainList("inline:{ .example.net=OK }", parent=False).matches("example.net")
+    assert asyncio.run(DomainList("inline:{ .example.net=OK }", parent=False).matches_async("a.example.net"))
+    assert not asyncio.run(DomainList("inline:{ example.net=OK }", parent=False).matches_async("a.example.net"))
 
 
 def test_a_domain_list_looks_up_the_domain_and_each_parent_in_a_table():
