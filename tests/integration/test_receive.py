@@ -74,8 +74,10 @@ def test_log_lines_follow_postfix_formats(daemon):
     queue_id = QUEUED.search(swaks(daemon.port, "--from", "a@example.test", "--to", "b@example.test").stdout).group(1)
     # smtpd may run in a worker process that flushes its own log lines: wait for the
     # last line of each process (qmgr's removal, smtpd's disconnect) before reading.
+    # Not any "disconnect from localhost": the start-up probe (wait_for_port) has one of its own,
+    # logged before this session's lines are flushed by its worker. Wait for this session's.
     daemon.wait_for_log(f"{queue_id}: removed")
-    log = daemon.wait_for_log("disconnect from localhost[127.0.0.1]")
+    log = daemon.wait_for_log("disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1")
     assert re.search(r"mailferry/smtpd\[\d+\]: connect from localhost\[127\.0\.0\.1\]", log)
     assert re.search(rf"mailferry/smtpd\[\d+\]: {queue_id}: client=localhost\[127\.0\.0\.1\]", log)
     assert re.search(rf"{queue_id}: message-id=<.+>", log)
