@@ -82,6 +82,9 @@ class NewMessage:
     # The byte range of the headers cleanup added itself (Message-Id:, Date:, From:): header
     # checks skip them, as Postfix's do. clean() sets it.
     own_headers: tuple[int, int] = (0, 0)
+    # Set by the queue when it wrote a large content to its own file before the row
+    # (queue/sqlite.py, stage_content): the file's name in queue_directory/content/.
+    content_file: str = ""
 
 
 @dataclass(slots=True)

@@ -135,9 +135,15 @@ def queue_snapshot(queue_directory: Path) -> "QueueSnapshot":
             waiting: Counter[str] = Counter()
             done: Counter[str] = Counter()
             rows = connection.execute(
-                "SELECT m.content, EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id "
-                "AND r.status IN ('pending', 'deferred')) FROM messages m")
-            for content, pending in rows:
+                "SELECT m.queue_id, m.content, m.content_file, EXISTS (SELECT 1 FROM recipients r "
+                "WHERE r.queue_id = m.queue_id AND r.status IN ('pending', 'deferred')) FROM messages m")
+            for queue_id, content, content_file, pending in rows:
+                if content_file:    # a large message's content is a file of its own (queue/sqlite.py)
+                    try:
+                        content = (Path(queue_directory) / "content" / content_file).read_bytes()
+                    except FileNotFoundError:
+                        integrity.append(f"{queue_id}: its content file {content_file} is missing")
+                        continue
                 (waiting if pending else done).update(ids_in(content))
         finally:
             connection.close()

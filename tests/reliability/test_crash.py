@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from mailferry.queue.sqlite import CONTENT_FILE_MIN_BYTES
 from tests.integration.conftest import base_main_cf, smtpd_master_cf
 from tests.integration.test_local_delivery import LOCAL_SERVICE, local_accounts  # noqa: F401 (a fixture)
 from tests.peers import free_port, peer_tempdir
@@ -175,6 +176,20 @@ def test_kill9_during_smtp_intake_and_relay_loses_nothing(crash_daemon, sink, rn
     loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=4)
     run_kills("smtp intake, relayed", daemon, loader, sink_ids(sink), rng, loader.in_flight_count,
               expect_delivery_during_kills=False)
+
+
+def test_kill9_during_large_message_intake_and_relay_loses_nothing(crash_daemon, sink, rng):
+    """Content over the threshold goes to a file of its own before its row (queue/sqlite.py): the
+    kills land between the two, and between a row's removal and its file's."""
+    daemon = crash_daemon(default_transport="smtp", relayhost=sink.nexthop)
+    loader = SmtpLoader(daemon.port, "someone@elsewhere.example", sessions=4, size=CONTENT_FILE_MIN_BYTES + 1000)
+    run_kills("smtp intake of large messages, relayed", daemon, loader, sink_ids(sink), rng,
+              loader.in_flight_count, expect_delivery_during_kills=False)
+    content = daemon.queue_directory / "content"
+    deadline = time.monotonic() + 30
+    while any(content.iterdir()):     # the last removals' files go on the unlinker's thread
+        assert time.monotonic() < deadline, f"content files left behind: {sorted(content.iterdir())[:5]}"
+        time.sleep(0.1)
 
 
 def test_kill9_during_sendmail_pickup_loses_nothing(crash_daemon, sink, rng):

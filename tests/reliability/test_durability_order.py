@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from mailferry.queue.sqlite import CONTENT_FILE_MIN_BYTES
 from tests.integration.conftest import base_main_cf, smtpd_master_cf
 from tests.integration.test_local_delivery import LOCAL_SERVICE, local_accounts  # noqa: F401 (a fixture)
 from tests.peers import free_port, peer_tempdir
@@ -36,6 +37,7 @@ from tests.reliability.straces import Event, Tracer, parse
 
 MESSAGES = 20
 SESSIONS = 4
+LARGE = CONTENT_FILE_MIN_BYTES + 4096   # the first message of each session: its content gets a file
 
 
 @pytest.fixture
@@ -64,7 +66,8 @@ def traced_daemon(local_accounts):  # noqa: F811 (the fixture imported above)
 
 
 def send_concurrently(port: int, recipient: str) -> dict[str, str]:
-    """MESSAGES messages over SESSIONS parallel sessions; reliability id -> queue ID from the 250."""
+    """MESSAGES messages over SESSIONS parallel sessions, the first of each session LARGE;
+    reliability id -> queue ID from the 250."""
     acknowledged: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -86,7 +89,8 @@ def send_concurrently(port: int, recipient: str) -> dict[str, str]:
                     message_id = f"t{number}"
                     sock.sendall(f"MAIL FROM:<s@client.example>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode())
                     assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
-                    sock.sendall(message_bytes(message_id, recipient) + b".\r\n")
+                    size = LARGE if number < SESSIONS else 300
+                    sock.sendall(message_bytes(message_id, recipient, size) + b".\r\n")
                     answer = reply()
                     assert answer.startswith(b"250 2.0.0 Ok: queued as "), answer
                     acknowledged[message_id] = answer.split()[-1].decode()
@@ -164,9 +168,12 @@ def test_each_250_follows_the_fsync_that_made_its_message_durable_and_maildir_fi
 
     commits_shared = 0
     syncs_used: dict[int, int] = {}
-    for queue_id in acknowledged.values():
+    content_directory = str(daemon.queue_directory / "content")
+    for message_id, queue_id in acknowledged.items():
         reply, frame, sync = prove_fsync_before_250(events, queue_id)
         syncs_used[sync.index] = syncs_used.get(sync.index, 0) + 1
+        if int(message_id[1:]) < SESSIONS:
+            prove_content_file_synced_before_its_row(events, content_directory, queue_id, frame)
     commits_shared = sum(1 for count in syncs_used.values() if count > 1)
 
     delivered = {}
@@ -182,6 +189,22 @@ def test_each_250_follows_the_fsync_that_made_its_message_durable_and_maildir_fi
     print(f"strace figures: {MESSAGES} messages, {len(syncs_used)} WAL fsyncs made their 250s "
           f"({commits_shared} shared by several messages: group commit), {len(delivered)} Maildir files "
           f"fsynced before the spawner answered")
+
+
+def prove_content_file_synced_before_its_row(events: list[Event], directory: str, queue_id: str,
+                                             frame: Event) -> None:
+    """A large message's content file (queue/sqlite.py stage_content), named by its queue ID, was
+    written and fsynced, and then its directory fsynced, all returned before the WAL write that holds
+    the row naming it: the row can never name a file a crash could lose."""
+    path = f"{directory}/{queue_id}"
+    writes = [e for e in events if e.name in ("write", "pwrite64", "writev") and e.path == path]
+    assert writes, f"{queue_id}: no write of its content file {path}"
+    file_syncs = [e for e in events if e.name in ("fsync", "fdatasync") and e.path == path
+                  and e.entered >= max(w.returned for w in writes) and e.returned <= frame.entered]
+    assert file_syncs, f"{queue_id}: {path} was not fsynced after its last write and before its row's WAL write"
+    directory_syncs = [e for e in events if e.name in ("fsync", "fdatasync") and e.path == directory
+                       and e.entered >= file_syncs[0].returned and e.returned <= frame.entered]
+    assert directory_syncs, f"{queue_id}: {directory} was not fsynced between its file's fsync and its row"
 
 
 def synthetic_trace(fsync_returns: str) -> str:

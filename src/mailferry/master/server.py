@@ -113,9 +113,17 @@ class MailServer:
         if os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite") != "sqlite":
             return
         try:
-            open_queue(self.queue_directory).close()
+            store = open_queue(self.queue_directory)
+            try:
+                # No smtpd runs yet, so no file can be between its write and its row.
+                swept = store.sweep_content_files()
+            finally:
+                store.close()
         except QueueError as exc:
             raise StartupError(f"cannot open the queue: {exc}") from None
+        if swept:
+            self.log.warning("master", f"removed {len(swept)} content file(s) in {self.queue_directory}/content "
+                                       f"that no queued message names (left by a crash): {', '.join(swept[:10])}")
 
     def _open_log(self):
         """Opened while still root, and given to mail_owner, so a reload can reopen it."""
@@ -154,7 +162,8 @@ class MailServer:
         paths = []
         path = self.queue_directory
         try:
-            for sub, mode in (("", 0o755), ("pid", 0o755), ("public", 0o755), ("maildrop", 0o1733)):
+            for sub, mode in (("", 0o755), ("pid", 0o755), ("public", 0o755), ("maildrop", 0o1733),
+                              ("content", 0o700)):
                 path = os.path.join(self.queue_directory, sub)
                 os.makedirs(path, exist_ok=True)
                 os.chmod(path, mode)

@@ -71,10 +71,33 @@ class GroupCommitter:
         self._thread.start()
 
     async def submit(self, message: NewMessage) -> str:
-        """Queue `message`; return its queue ID once it is durable."""
+        """Queue `message`; return its queue ID once it is durable.
+
+        A large content is first written to its own file (store.stage_content) on a
+        thread of the default pool: sessions write theirs side by side, outside the
+        writer's transaction, and the row that names the file commits after it."""
+        if self.store.stages(message):
+            message = await self._stage(message)
         future = self._new_future()
-        self._enqueue(self._inserts, _Insert(message, future))
+        try:
+            self._enqueue(self._inserts, _Insert(message, future))
+        except BaseException:
+            self.store.discard_staged([message])
+            raise
         return await future
+
+    async def _stage(self, message: NewMessage) -> NewMessage:
+        staging = asyncio.get_running_loop().run_in_executor(None, self.store.stage_content, message)
+        try:
+            return await asyncio.shield(staging)
+        except asyncio.CancelledError:
+            # The client went away while its file was written: nothing will name that file.
+            staging.add_done_callback(self._discard_stage)
+            raise
+
+    def _discard_stage(self, staging: asyncio.Future) -> None:
+        if not staging.cancelled() and staging.exception() is None:
+            self.store.discard_staged([staging.result()])
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a write (store.update, store.remove, ...) on the writer thread,
@@ -123,8 +146,10 @@ class GroupCommitter:
                     self._wakeup.wait()
                 if not (self._inserts or self._calls):
                     return
-                inserts = _take(self._inserts, self.max_batch)
-                calls = _take(self._calls, self.max_batch)
+                inserts, dropped = _take(self._inserts, self.max_batch)
+                calls, _ = _take(self._calls, self.max_batch)
+            if dropped:
+                self.store.discard_staged([work.message for work in dropped])
             if inserts or calls:
                 _resolve(self._write(inserts, calls))
 
@@ -137,12 +162,14 @@ class GroupCommitter:
                 if inserts:
                     outcomes += self._insert(inserts)
         except QueueFull as exc:
+            self._discard(inserts)
             if not (inserts and calls):
                 return _failed([*inserts, *calls], exc)
             # The messages filled the disk and took the whole transaction with
             # them: they must wait, but updates and removals go ahead alone.
             return _failed(inserts, exc) + self._write([], calls)
         except Exception as exc:  # the commit failed: nothing of this cycle happened
+            self._discard(inserts)
             return _failed([*inserts, *calls], exc)
         if inserts and outcomes[-1][2] is None:
             self.batch_sizes[len(inserts)] += 1
@@ -156,8 +183,13 @@ class GroupCommitter:
         try:
             ids = self.store.insert_many([work.message for work in inserts])
         except Exception as exc:
+            self._discard(inserts)
             return _failed(inserts, exc)
         return [(work.future, queue_id, None) for work, queue_id in zip(inserts, ids)]
+
+    def _discard(self, inserts: list[_Insert]) -> None:
+        """Messages that were not stored: their content files go (store.stage_content)."""
+        self.store.discard_staged([work.message for work in inserts])
 
     def _call(self, call: _Call) -> _Outcome:
         try:
@@ -181,16 +213,15 @@ def _failed(work: Sequence[_Insert | _Call], error: BaseException) -> list[_Outc
     return [(piece.future, None, error) for piece in work]
 
 
-def _take(pending: deque, limit: int) -> list:
-    """Up to `limit` pieces of work whose submitter still waits. A submitter
-    cancelled before its write began (the client went away) is dropped:
+def _take(pending: deque, limit: int) -> tuple[list, list]:
+    """Up to `limit` pieces of work whose submitter still waits, and those dropped.
+    A submitter cancelled before its write began (the client went away) is dropped:
     nobody will tell that client 250, so the message must not be queued."""
-    taken = []
+    taken, dropped = [], []
     while pending and len(taken) < limit:
         work = pending.popleft()
-        if not work.future.cancelled():
-            taken.append(work)
-    return taken
+        (dropped if work.future.cancelled() else taken).append(work)
+    return taken, dropped
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:

@@ -43,6 +43,24 @@ class QueueStore:
         """
         raise NotImplementedError
 
+    # --- large content in its own file (SQLite only; the RAM store keeps everything inline)
+    def stages(self, message: NewMessage) -> bool:
+        """Whether `message`'s content goes to its own file, written by stage_content
+        before the row is inserted. Default: never."""
+        return False
+
+    def stage_content(self, message: NewMessage) -> NewMessage:
+        """Write the content to its own durable file; return the message naming it.
+        Runs on any thread, outside the writer's transaction."""
+        raise NotImplementedError
+
+    def discard_staged(self, messages: Sequence[NewMessage]) -> None:
+        """Remove the files of staged messages that were not inserted after all."""
+
+    def sweep_content_files(self) -> list[str]:
+        """Remove content files that no message names; return their names."""
+        return []
+
     # --- reading
     def get(self, queue_id: str) -> QueuedMessage | None:
         raise NotImplementedError

@@ -13,6 +13,7 @@ import random
 import sys
 
 from mailferry.queue import SqliteQueueStore
+from mailferry.queue.sqlite import CONTENT_FILE_MIN_BYTES
 
 from .samples import self_checking_message
 
@@ -28,8 +29,10 @@ def main() -> None:
         for _ in range(chance.randint(1, 30)):
             number += 1
             # Some large enough to spill over many pages, so kills land mid-write.
-            size = chance.choice([100, 1000, 4000, 16000])
-            batch.append(self_checking_message(number, chance.randint(1, 6), os.urandom(size)))
+            # And some over the threshold, in a file of their own written before the row.
+            size = chance.choice([100, 1000, 4000, 16000, CONTENT_FILE_MIN_BYTES + 1000])
+            message = self_checking_message(number, chance.randint(1, 6), os.urandom(size))
+            batch.append(store.stage_content(message) if store.stages(message) else message)
         ids = store.insert_many(batch)
         sys.stdout.write(" ".join(ids) + "\n")
         sys.stdout.flush()

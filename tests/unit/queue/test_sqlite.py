@@ -137,8 +137,9 @@ def test_schema_from_another_version_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("version, added_since", [
-    (1, ("delay_warned", "content_filter")),    # before delay warnings
-    (2, ("content_filter",)),                   # before content filters
+    (1, ("delay_warned", "content_filter", "content_file")),    # before delay warnings
+    (2, ("content_filter", "content_file")),                    # before content filters
+    (3, ("content_file",)),                                     # before content files
 ])
 def test_an_older_queue_is_upgraded_in_place(tmp_path, version, added_since):
     """Queues written by an older mailferry keep their mail (unfiltered, not warned) and gain the columns."""
@@ -335,7 +336,7 @@ def test_kill_9_at_any_moment_leaves_only_whole_messages(tmp_path):
     pages, as a busy queue does."""
     path = tmp_path / "queue.db"
     chance = random.Random(20240229)
-    checked = 0
+    checked = swept = with_files = 0
     for round_number in range(20):
         reported: set[str] = set()
         child = subprocess.Popen(
@@ -356,10 +357,16 @@ def test_kill_9_at_any_moment_leaves_only_whole_messages(tmp_path):
             assert reported <= present, f"lost after round {round_number}: {reported - present}"
             assert [problem for queue_id in present
                     for problem in problems_with(store, queue_id)] == []
+            swept += len(store.sweep_content_files())   # written, then killed before the row
+            assert store.check() == []                   # every file a row names is there
+            with_files += len(os.listdir(store.content_directory))
             checked += store.delete(None)
+            store.removed_files()
+            assert os.listdir(store.content_directory) == []
         finally:
             store.close()
     assert checked > 500, "the writer should have committed plenty"
+    assert with_files > 10, "some messages should have been large enough for a file of their own"
 
 
 # --- a real full file system
