@@ -135,6 +135,27 @@ class MailLog:
             os.close(self._fd)
 
 
+class MemoryLog:
+    """A Log kept in memory: (program, text) for each line, the text as MailLog would write it
+    after `program[pid]: ` (a warning's with its "warning: "). For what reads back what a service
+    logged, such as postconf's relay check, and for the tests."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def line(self, program: str, text: str) -> None:
+        self.lines.append((program, text))
+
+    def warning(self, program: str, text: str) -> None:
+        self.lines.append((program, f"warning: {text}"))
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.lines]
+
+    def warnings(self) -> list[str]:
+        return [text for text in self.texts() if text.startswith("warning: ")]
+
+
 class ServiceLog:
     """The log as one master.cf service writes it: under the service's own syslog_name
     (`-o syslog_name=postfix/submission` gives `postfix/submission/smtpd[pid]`)."""

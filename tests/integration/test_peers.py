@@ -7,6 +7,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -133,6 +134,67 @@ def test_smtp_sink_dump_is_parsed(smtp_sink):
     assert message.received.startswith("Received: from client.test ([127.0.0.1])")
     assert message.email["Subject"] == "bounce"
     assert not message.message.startswith(b"Received:")
+
+
+def _open_transaction(sink, body: bytes) -> smtplib.SMTP:
+    """A session left inside DATA after sending `body` (no final "." yet)."""
+    client = smtplib.SMTP(sink.host, sink.port, timeout=10)
+    client.ehlo("client.test")
+    client.mail("a@example.test")
+    client.rcpt("b@example.test")
+    code, _ = client.docmd("DATA")
+    assert code == 354
+    client.send(body)
+    return client
+
+
+def test_smtp_sink_dump_being_written_is_waited_for_then_read_whole(smtp_sink):
+    """smtp-sink creates the dump at MAIL FROM and fills it through a buffer until the final ".":
+    an empty or partial dump is not a message yet (the cause of a flaky fixture that read one)."""
+    body = b"Subject: long\r\n\r\n" + b"".join(b"line %05d of a message longer than smtp-sink's buffer\r\n" % i
+                                                  for i in range(200))
+    client = _open_transaction(smtp_sink, body)
+    try:
+        # the file is there (a prefix of the message on disk) but the transaction is not finished
+        deadline = time.monotonic() + 10
+        while not smtp_sink.paths() or smtp_sink.paths()[0].stat().st_size == 0:
+            assert time.monotonic() < deadline, "smtp-sink wrote nothing of the open transaction"
+            time.sleep(0.02)
+        assert smtp_sink.in_progress() == set(smtp_sink.paths())
+        assert smtp_sink.messages() == []
+        with pytest.raises(AssertionError, match=r"0 of 1 messages .* \(1 more still being written\)"):
+            smtp_sink.wait_for_messages(1, timeout=0.5)
+        code, _ = client.docmd(".")
+        assert code == 250
+    finally:
+        client.close()
+    [message] = smtp_sink.wait_for_messages(1)
+    assert message.message == body.replace(b"\r\n", b"\n")
+    assert smtp_sink.in_progress() == set()
+
+
+def test_smtp_sink_aborted_transactions_are_not_messages(smtp_sink_factory):
+    """A transaction cut off (the client hangs up in DATA, or the sink is stopped) is never a
+    message; one finished beside it still is."""
+    sink = smtp_sink_factory()
+    _open_transaction(sink, b"Subject: cut off\r\n\r\nhalf").close()      # smtp-sink unlinks its dump
+    finished = _open_transaction(sink, b"Subject: whole\r\n\r\nall of it\r\n")
+    assert finished.docmd(".")[0] == 250
+    finished.quit()
+    deadline = time.monotonic() + 10
+    while len(sink.paths()) != 1:                            # the "." reply came after the close
+        assert time.monotonic() < deadline, f"smtp-sink kept the cut-off dump: {sink.paths()}"
+        time.sleep(0.02)
+    left_open = _open_transaction(sink, b"Subject: open at stop\r\n\r\nhalf")
+    try:
+        while not sink.in_progress():
+            assert time.monotonic() < deadline, "smtp-sink has no dump open"
+            time.sleep(0.02)
+        sink.stop()                                          # leaves the open dump behind, unfinished
+    finally:
+        left_open.close()
+    assert len(sink.paths()) == 2
+    assert [message.email["Subject"] for message in sink.wait_for_messages(1)] == ["whole"]
 
 
 def test_smtp_sink_answers_given_codes(smtp_sink_factory):

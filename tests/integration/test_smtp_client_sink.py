@@ -16,8 +16,9 @@ import pytest
 import uvloop
 
 from mailferry.delivery.smtp import SmtpClient
+from mailferry.maillog import MemoryLog
 from mailferry.message import DEFERRED, SENT
-from tests.unit.delivery.scripted_peer import ListLog, LoopbackResolver, client_settings, make_job
+from tests.unit.delivery.scripted_peer import LoopbackResolver, client_settings, make_job
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]
@@ -35,7 +36,7 @@ def make_client(**settings) -> SmtpClient:
     values = dict(connect_timeout=LONG, helo_timeout=LONG, reply_timeout=LONG, data_timeout=LONG,
                   helo_name="client.test")
     values.update(settings)
-    return SmtpClient(client_settings(**values), LoopbackResolver(), ListLog())
+    return SmtpClient(client_settings(**values), LoopbackResolver(), MemoryLog())
 
 
 async def deliver(client: SmtpClient, sink, addresses=(), **job):

@@ -19,8 +19,8 @@ import pytest
 
 from tests.integration.conftest import world_readable_tempdir
 from tests.integration.test_delivery import wait_for_line
-from tests.peers.mariadb import PASSWORD
 from tests.peers.slapd import SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, SHARED_ROUTING_ADDRESSES
+from tests.peers.sql_server import PASSWORD
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.peers.conftest_plugin"]

@@ -2,7 +2,7 @@
 SQLite file, with Postfix's own `postmap -q` (postfix-mysql, postfix-pgsql, postfix-sqlite) as
 the reference for every answer (issue 15, "Done when" 2 at the table level).
 
-The data is the seed's directory routing as rows (tests/peers/mariadb.py alias_rows): the five
+The data is the seed's directory routing as rows (tests/peers/sql_server.py alias_rows): the five
 addresses of John Smith, an address on two rows (joined with commas), and stored keys holding
 `'`, `\\`, `%` and `_`. Quoting attacks in keys must match nothing in both programs.
 
@@ -23,8 +23,8 @@ import pytest
 from mailferry.tables import open_table
 from tests.integration.test_ldap_table import postfix_config  # noqa: F401 - a fixture: an empty main.cf for Postfix
 from tests.peers import free_port, require_tool
-from tests.peers.mariadb import PASSWORD, QUOTED_ROWS, alias_rows
 from tests.peers.slapd import SEED_ADDRESSES, SEED_ROUTING_ADDRESS, SHARED_ADDRESS, SHARED_ROUTING_ADDRESSES
+from tests.peers.sql_server import PASSWORD, QUOTED_ROWS, alias_rows
 
 pytest_plugins = ["tests.peers.conftest_plugin"]
 pytestmark = pytest.mark.integration

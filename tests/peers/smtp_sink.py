@@ -26,6 +26,10 @@ data), RSET, NOOP, QUIT. A refused "." still leaves a dump file. `disconnect=("D
 connection without a reply, `shutdown=("MAIL",)` answers 421 and hangs up. `-R` is chroot, not
 refusal. It cannot refuse only some recipients: use Dovecot LMTP (unknown users get 550) for that.
 
+A transaction's file appears at MAIL FROM and fills until the final "." (or vanishes when the
+transaction is aborted): `messages()` and `wait_for_messages()` read only finished ones, telling
+them from those still being written by the files smtp-sink has open (`in_progress()`).
+
 For load (bench/relay), `dump=False` writes no file per message (that would dominate) and
 `extra_args=("-c",)` makes the sink count sessions and messages instead: `counters()`.
 """
@@ -139,6 +143,7 @@ class SmtpSink:
     dump: bool = True              # one file a transaction in DIR/dump (False: nothing written)
     backlog: int = 100             # the listen backlog, smtp-sink's last argument
     process: subprocess.Popen | None = field(default=None, repr=False)
+    abandoned: set[Path] = field(default_factory=set, repr=False)   # dumps open when stop() killed it
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -214,6 +219,9 @@ class SmtpSink:
         raise AssertionError(f"smtp-sink is not listening on {self.socket_path} after {timeout} s")
 
     def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # what SIGTERM cuts off stays behind as a file smtp-sink never finished: remember it
+            self.abandoned |= self.in_progress()
         stop_process(self.process)
 
     def counters(self) -> dict[str, int]:
@@ -234,26 +242,74 @@ class SmtpSink:
         return dict(zip(("sess", "quit", "mesg"), map(int, found[-1])))
 
     def paths(self) -> list[Path]:
+        """Every dump file, also those of transactions still in progress (see in_progress)."""
         if not self.dump_directory.exists():
             return []
-        return sorted(self.dump_directory.glob("m*"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+        return sorted(self.dump_directory.glob("m*"), key=_age)
+
+    def in_progress(self) -> set[Path]:
+        """The dump files smtp-sink has open: transactions in progress.
+
+        smtp-sink (src/smtpstone/smtp-sink.c) creates a transaction's file with O_CREAT|O_EXCL when
+        it answers MAIL FROM and writes it through a 4 KiB stdio-like buffer, so until the final "."
+        the file is empty or holds a prefix of the dump; it closes the file when that "." arrives
+        (also when it then refuses it), and unlinks it when the transaction is aborted (RSET, EHLO,
+        a lost connection). An open file is therefore the one sign of an unfinished transaction."""
+        if self.process is None or self.process.poll() is not None:
+            return set()
+        descriptors = Path(f"/proc/{self.process.pid}/fd")
+        where = self.dump_directory.resolve()
+        found: set[Path] = set()
+        try:
+            names = os.listdir(descriptors)
+        except FileNotFoundError:      # it just exited
+            return set()
+        for name in names:
+            try:
+                target = os.readlink(descriptors / name)
+            except FileNotFoundError:  # closed meanwhile
+                continue
+            if Path(target).parent == where:
+                found.add(self.dump_directory / Path(target).name)
+        return found
+
+    def _parse_complete(self) -> tuple[list[SinkedMessage], int]:
+        """(every finished transaction, oldest first; how many are still being written)."""
+        paths = self.paths()
+        unfinished = self.in_progress()
+        messages = []
+        for path in paths:
+            if path in unfinished or path in self.abandoned:
+                continue
+            try:
+                messages.append(SinkedMessage.parse(path))
+            except FileNotFoundError:  # aborted after the listing: smtp-sink unlinked it
+                continue
+        return messages, sum(1 for path in paths if path in unfinished)
 
     def messages(self) -> list[SinkedMessage]:
-        """Every dumped transaction so far, oldest first."""
-        return [SinkedMessage.parse(path) for path in self.paths()]
+        """Every finished transaction so far, oldest first. A dump still being written is left
+        out (the next call sees it once its final "." has arrived); a finished one that is not a
+        complete dump raises."""
+        return self._parse_complete()[0]
 
     def wait_for_messages(self, count: int = 1, timeout: float = 10.0) -> list[SinkedMessage]:
-        """Wait until at least `count` transactions are dumped (and complete); return them all."""
+        """Wait until at least `count` transactions are finished, then (within the same timeout)
+        until none is still being written, so that a copy arriving alongside is seen too; return
+        every finished one. Raises if fewer than `count` finished in time."""
         deadline = time.monotonic() + timeout
         while True:
-            paths = self.paths()
-            if len(paths) >= count:
-                try:
-                    return [SinkedMessage.parse(path) for path in paths]
-                except AssertionError:
-                    if time.monotonic() > deadline:
-                        raise
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"{len(paths)} of {count} messages reached smtp-sink {self.address} "
-                                     f"after {timeout} s")
+            messages, writing = self._parse_complete()
+            if len(messages) >= count and (not writing or time.monotonic() > deadline):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(messages)} of {count} messages reached smtp-sink {self.address} "
+                                     f"after {timeout} s ({writing} more still being written)")
             time.sleep(0.02)
+
+
+def _age(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except FileNotFoundError:          # unlinked (aborted) since the listing
+        return 0, path.name

@@ -34,7 +34,7 @@ from tests.integration.conftest import base_main_cf, smtpd_master_cf
 from tests.peers import free_port, peer_tempdir
 from tests.peers.hostile import HostileServer, RawSession, daemon_pids, read_line, serving_pid, vm_rss_kib
 from tests.peers.mailferry import MailferryDaemon
-from tests.peers.smtp_sink import SinkedMessage, SmtpSink
+from tests.peers.smtp_sink import SmtpSink
 
 MESSAGE_SIZE_LIMIT = 2_000_000
 PIPE_USER = "daemon"
@@ -129,16 +129,9 @@ class HostileMx:
         return session
 
     def sink_messages(self, token: str) -> list:
-        """The complete dumps that mention `token` (a dump still being written is skipped)."""
-        found = []
-        for path in self.sink.paths():
-            try:
-                message = SinkedMessage.parse(path)
-            except AssertionError:
-                continue
-            if token.encode() in message.message or token in message.sender:
-                found.append(message)
-        return found
+        """The finished dumps that mention `token` (a dump still being written is skipped)."""
+        return [message for message in self.sink.messages()
+                if token.encode() in message.message or token in message.sender]
 
     def wait_for_sink(self, token: str, count: int = 1, timeout: float = 30.0) -> list:
         deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from mailferry.maillog import MailLog, for_service
+from mailferry.maillog import MailLog, MemoryLog, for_service
 
 PFLOGSUMM_TIMESTAMP = re.compile(r"^(...) {1,2}(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) \S+ (.+)$")
 PFLOGSUMM_PROGRAM = re.compile(r"^(?:postfix|mailferry)(?:/(?:smtps|submission))?/([^\[:]*).*?: ([^:\s]+)")
@@ -192,3 +192,12 @@ def test_syslog_facility_names_are_postfix_linux_ones():
     assert facility("mail") == syslog.LOG_MAIL and facility(" LOCAL3 ") == syslog.LOG_LOCAL3
     assert facility("ftp") == 11 << 3 and facility("authpriv") == syslog.LOG_AUTHPRIV
     assert facility("security") is None and facility("bogus") is None   # no such facility on Linux
+
+
+def test_memory_log_keeps_each_line_as_mail_log_would_write_it():
+    log = MemoryLog()
+    log.line("smtp", "4ABC: to=<a@example.test>, status=sent")
+    log.warning("smtp", "no such table")
+    assert log.lines == [("smtp", "4ABC: to=<a@example.test>, status=sent"), ("smtp", "warning: no such table")]
+    assert log.texts() == ["4ABC: to=<a@example.test>, status=sent", "warning: no such table"]
+    assert log.warnings() == ["warning: no such table"]

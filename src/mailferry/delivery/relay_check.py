@@ -40,6 +40,7 @@ from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.tls import TlsPolicy, trust_store_description
 from mailferry.delivery.tls_policies import TlsPolicyTable
 from mailferry.diagnostics import Diagnostic, error, warning
+from mailferry.maillog import MemoryLog
 from mailferry.protocol import smtp_client as proto
 from mailferry.syntax import split_list
 from mailferry.tables import Maps, TableError, open_maps
@@ -91,19 +92,6 @@ class Report:
 
 
 # --- the recording session ----------------------------------------------------------------
-
-class _Lines:
-    """A Log that keeps what delivery would log (the verification failure texts among it)."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append(text)
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append(f"warning: {text}")
-
 
 class _RecordingSetup(SessionSetup):
     """Delivery's session setup, noting the policy, the connection, the stage reached and the certificate."""
@@ -157,9 +145,9 @@ def _der(item) -> bytes:
 
 async def _session(settings: ClientSettings, dns, maps, policies, nexthop: str, sender: str,
                    tokens: oauth2.TokenManager | None = None
-                   ) -> tuple[_RecordingSetup, _Lines, Connection | None, SetupFailed | None]:
+                   ) -> tuple[_RecordingSetup, MemoryLog, Connection | None, SetupFailed | None]:
     """One session as delivery opens it; QUIT at once when it is ready for MAIL."""
-    log = _Lines()
+    log = MemoryLog()
     setup = _RecordingSetup(settings, dns, log, maps, policies, tokens)
     try:
         connection = await setup.open(nexthop, sender)
@@ -204,7 +192,7 @@ async def relay_check(config: Config, nexthop: str, *, sender: str = "", transpo
     _describe_settings(settings, hop, sender, report)
     # OAuth2 entries: the daemon's own token cache, so a good token is used, not fetched again.
     token_directory = oauth2.cache_directory(config.get("queue_directory"))
-    tokens = oauth2.TokenManager(token_directory, _Lines(), settings.transport)
+    tokens = oauth2.TokenManager(token_directory, MemoryLog(), settings.transport)
     try:
         setup, log, connection, failure = await _session(
             settings, dns, maps if settings.sasl_enable else None, policies, nexthop, sender, tokens)
@@ -269,7 +257,7 @@ def _policy_table(settings: ClientSettings, config: Config, report: Report):
     if not settings.tls_policy_maps.strip():
         return None
     try:
-        return TlsPolicyTable(open_maps(settings.tls_policy_maps), config, settings.prefix, _Lines(),
+        return TlsPolicyTable(open_maps(settings.tls_policy_maps), config, settings.prefix, MemoryLog(),
                               settings.transport)
     except TableError as problem:
         report.problem(ERROR, f"{client_parameter(settings.prefix, 'smtp_tls_policy_maps')}: {problem}",
@@ -291,12 +279,13 @@ def _describe_settings(settings: ClientSettings, hop: Hop, sender: str, report: 
 # --- the certificate ----------------------------------------------------------------------
 
 async def _certificate(report: Report, settings: ClientSettings, dns, nexthop: str, sender: str,
-                       policy: TlsPolicy, setup: _RecordingSetup, log: _Lines, failure: SetupFailed | None) -> None:
+                       policy: TlsPolicy, setup: _RecordingSetup, log: MemoryLog,
+                       failure: SetupFailed | None) -> None:
     if not policy.offers_tls or not setup.starttls_offered:
         return
     verify_policy = policy
     if policy.verifies:
-        reason = _verification_reason(log.lines)
+        reason = _verification_reason(log.texts())
         verified = setup.connection is not None and setup.connection.tls == "Verified"
     else:
         # The level does not verify: ask the configured store anyway, in a session of its own.
@@ -304,7 +293,7 @@ async def _certificate(report: Report, settings: ClientSettings, dns, nexthop: s
         probe_settings = dataclasses.replace(settings, tls=verify_policy, sasl_enable=False)
         probe, probe_log, _, probe_failure = await _session(probe_settings, dns, None, None, nexthop, sender)
         verified = probe_failure is None
-        reason = _verification_reason(probe_log.lines) if probe_failure else ""
+        reason = _verification_reason(probe_log.texts()) if probe_failure else ""
         if probe_failure is not None and not reason:
             reason = probe_failure.result.reason
         if probe.certificate and not setup.certificate:
@@ -502,7 +491,7 @@ def _mechanism_advice(verdicts, settings: ClientSettings, config: Config, option
 # --- the session's outcome ----------------------------------------------------------------
 
 def _session_outcome(report: Report, settings: ClientSettings, hop: Hop, policy: TlsPolicy,
-                     setup: _RecordingSetup, log: _Lines, failure: SetupFailed | None) -> None:
+                     setup: _RecordingSetup, log: MemoryLog, failure: SetupFailed | None) -> None:
     prefix = settings.prefix
     level = client_parameter(prefix, "smtp_tls_security_level")
     connection = setup.connection
@@ -615,7 +604,7 @@ async def _config_problems(config: Config, view: Config, settings: ClientSetting
         return []
     if settings.tls_policy_maps.strip():
         try:
-            table = TlsPolicyTable(open_maps(settings.tls_policy_maps), view, settings.prefix, _Lines(), "smtp")
+            table = TlsPolicyTable(open_maps(settings.tls_policy_maps), view, settings.prefix, MemoryLog(), "smtp")
             policy = await table.policy_for(hop.written, hop.domain, hop.bracketed) or policy
         except Exception:   # noqa: BLE001 - the table's own problems are check's other findings
             pass

@@ -237,17 +237,36 @@ def _strip_brackets(text: str, *, strict: bool, error: AddressError) -> str:
 
 
 def _has_unquoted(text: str, specials: str) -> bool:
-    in_quotes = escaped = False
-    for char in text:
+    """Whether one of `specials` stands outside quotes in a path's brackets (`\\` escapes there too)."""
+    kept, _ = unquoted_characters(text, escapes_outside_quotes=True)
+    return any(char in specials for _, char in kept)
+
+
+def unquoted_characters(text: str, *, escapes_outside_quotes: bool = False) -> tuple[list[tuple[int, str]], bool]:
+    """The characters of `text` outside its quoted strings, with their indexes, and whether a
+    quoted string is left open at the end. A quote mark is never kept; `\\` escapes the next
+    character inside a quoted string (both dropped), and outside one only when
+    `escapes_outside_quotes` (else it is an ordinary character, kept). The one scanner for an
+    address's operators: the last `@` (last_unquoted_at), and trivial-rewrite's `!`, `%`, `@`
+    that count as such (routing/addresses.py)."""
+    kept: list[tuple[int, str]] = []
+    quoted = escaped = False
+    for index, char in enumerate(text):
         if escaped:
             escaped = False
-        elif char == "\\":
+        elif char == "\\" and (quoted or escapes_outside_quotes):
             escaped = True
         elif char == '"':
-            in_quotes = not in_quotes
-        elif not in_quotes and char in specials:
-            return True
-    return False
+            quoted = not quoted
+        elif not quoted:
+            kept.append((index, char))
+    return kept, quoted
+
+
+def last_unquoted_at(address: str) -> int:
+    """The index of the last `@` outside a quoted string, or -1."""
+    kept, _ = unquoted_characters(address)
+    return max((index for index, char in kept if char == "@"), default=-1)
 
 
 def _drop_source_route(inner: str, *, strict: bool, error: AddressError) -> str:
@@ -284,19 +303,10 @@ def _end_of_hop(inner: str, start: int) -> int:
 
 def _split_mailbox(mailbox: str, error: AddressError) -> tuple[str, str | None]:
     """Split at the last `@` outside quotes; (local, None) when there is none."""
-    in_quotes = escaped = False
-    at = -1
-    for index, char in enumerate(mailbox):
-        if escaped:
-            escaped = False
-        elif char == "\\" and in_quotes:
-            escaped = True
-        elif char == '"':
-            in_quotes = not in_quotes
-        elif char == "@" and not in_quotes:
-            at = index
-    if in_quotes:
+    kept, open_quote = unquoted_characters(mailbox)
+    if open_quote:
         raise error
+    at = max((index for index, char in kept if char == "@"), default=-1)
     if at < 0:
         return mailbox, None
     return mailbox[:at], mailbox[at + 1:]

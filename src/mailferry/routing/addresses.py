@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailferry.protocol.address import is_ipv4, unquote_local_part
+from mailferry.protocol.address import is_ipv4, last_unquoted_at, unquote_local_part, unquoted_characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Canonicalizer:
         saved_domain = ""
         for _ in range(len(address) + 100):
             current = _strip_trailing_dot(current)
-            at = _last_at(current)
+            at = last_unquoted_at(current)
             if at >= 0 and self.numeric_domain and is_ipv4(current[at + 1:]):
                 current = f"{current[:at]}@[{current[at + 1:]}]"   # resolve_numeric_domain
             if at >= 0:
@@ -125,30 +125,10 @@ def rewrite_bare(address: str, myorigin: str, percent_hack: bool = True, swap_ba
     return f"{address}@{myorigin}" if myorigin else address
 
 
-def _unquoted(text: str) -> list[tuple[int, str]]:
-    """The characters of `text` outside its quoted strings, with their indexes."""
-    kept: list[tuple[int, str]] = []
-    quoted = escaped = False
-    for index, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif not quoted:
-            kept.append((index, char))
-    return kept
-
-
-def _last_at(address: str) -> int:
-    """The index of the last `@` outside a quoted string, or -1."""
-    return max((index for index, char in _unquoted(address) if char == "@"), default=-1)
-
-
 def _outside_quotes(text: str) -> str:
     """`text` without its quoted strings: the routing operators that count as such."""
-    return "".join(char for _, char in _unquoted(text))
+    kept, _ = unquoted_characters(text)
+    return "".join(char for _, char in kept)
 
 
 def _strip_trailing_dot(address: str) -> str:

@@ -211,17 +211,6 @@ class FakeClock:
         return self.now
 
 
-class ListLog:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def line(self, program: str, text: str) -> None:
-        self.lines.append(text)
-
-    def warning(self, program: str, text: str) -> None:
-        self.lines.append(f"warning: {text}")
-
-
 def make_job(nexthop: str, *addresses: str, content: bytes = b"Subject: test\r\n\r\nhello\r\n",
              sender: str = "sender@example.test") -> DeliveryJob:
     recipients = [Recipient(address) for address in addresses or ("rcpt@example.test",)]

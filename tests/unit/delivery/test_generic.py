@@ -66,9 +66,10 @@ def test_a_table_that_fails_raises_for_the_client_to_defer():
 
 def scripted_client(generic):
     from mailferry.delivery.smtp import SmtpClient
-    from tests.unit.delivery.scripted_peer import ListLog, LoopbackResolver, client_settings
+    from mailferry.maillog import MemoryLog
+    from tests.unit.delivery.scripted_peer import LoopbackResolver, client_settings
     return SmtpClient(client_settings(connect_timeout=300.0, helo_timeout=300.0, reply_timeout=300.0,
-                                      data_timeout=300.0), LoopbackResolver(), ListLog(), generic=generic)
+                                      data_timeout=300.0), LoopbackResolver(), MemoryLog(), generic=generic)
 
 
 def test_the_client_sends_the_mapped_envelope_and_headers(tmp_path):

@@ -15,18 +15,8 @@ import stat
 import pytest
 
 from mailferry.delivery import oauth2, sasl
+from mailferry.maillog import MemoryLog
 from tests.peers.oauth2_endpoint import CLIENT_ID, CLIENT_SECRET, TokenEndpoint
-
-
-class Log:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def line(self, program, text):
-        self.lines.append(text)
-
-    def warning(self, program, text):
-        self.lines.append("warning: " + text)
 
 
 @pytest.fixture
@@ -135,7 +125,7 @@ async def _a_token_is_cached_0600_and_reused_until_the_margin(tmp_path, endpoint
     settings = write_settings(tmp_path, endpoint)
     clock = Clock()
     endpoint.lifetime = 100
-    manager = oauth2.TokenManager(str(tmp_path / "cache"), Log(), clock=clock)
+    manager = oauth2.TokenManager(str(tmp_path / "cache"), MemoryLog(), clock=clock)
     first = await manager.access_token(settings)
     assert endpoint.refreshes == 1
     [cached] = (tmp_path / "cache").glob("*.json")
@@ -144,7 +134,7 @@ async def _a_token_is_cached_0600_and_reused_until_the_margin(tmp_path, endpoint
     clock.now += 79                      # refresh at 100 - 20
     assert await manager.access_token(settings) == first and endpoint.refreshes == 1
     # a new manager (a restart) reads the same cache
-    again = oauth2.TokenManager(str(tmp_path / "cache"), Log(), clock=clock)
+    again = oauth2.TokenManager(str(tmp_path / "cache"), MemoryLog(), clock=clock)
     assert await again.access_token(settings) == first and endpoint.refreshes == 1
     clock.now += 2                       # inside the margin: refreshed before it expires
     second = await manager.access_token(settings)
@@ -157,7 +147,7 @@ def test_a_refused_token_is_refreshed_once_even_when_the_cache_thinks_it_is_good
 
 async def _a_refused_token_is_refreshed_once_even_when_the_cache_thinks_it_is_good(tmp_path, endpoint):
     settings = write_settings(tmp_path, endpoint)
-    manager = oauth2.TokenManager(str(tmp_path / "cache"), Log())
+    manager = oauth2.TokenManager(str(tmp_path / "cache"), MemoryLog())
     first = await manager.access_token(settings)
     second = await manager.access_token(settings, stale=first)
     assert second != first and endpoint.refreshes == 2
@@ -171,7 +161,7 @@ def test_concurrent_deliveries_share_one_refresh(tmp_path, endpoint):
 
 async def _concurrent_deliveries_share_one_refresh(tmp_path, endpoint):
     settings = write_settings(tmp_path, endpoint)
-    manager = oauth2.TokenManager(str(tmp_path / "cache"), Log())
+    manager = oauth2.TokenManager(str(tmp_path / "cache"), MemoryLog())
     tokens = await asyncio.gather(*(manager.access_token(settings) for _ in range(20)))
     assert len(set(tokens)) == 1 and endpoint.refreshes == 1
 
@@ -203,7 +193,7 @@ async def _a_revoked_refresh_token_says_what_to_do_and_never_logs_secrets(tmp_pa
     refresh_token = endpoint.new_refresh_token()
     settings = write_settings(tmp_path, endpoint, refresh_token)
     endpoint.revoke(refresh_token)
-    log = Log()
+    log = MemoryLog()
     manager = oauth2.TokenManager(str(tmp_path / "cache"), log)
     with pytest.raises(oauth2.RefreshTokenRefused) as refused:
         await manager.access_token(settings)
@@ -211,6 +201,7 @@ async def _a_revoked_refresh_token_says_what_to_do_and_never_logs_secrets(tmp_pa
     assert "invalid_grant (Token has been expired or revoked.)" in text
     assert f"`mailferry oauth2 --settings {settings.path} ...`" in text
     assert refresh_token not in text and CLIENT_SECRET not in text
+    assert not [line for line in log.texts() if refresh_token in line or CLIENT_SECRET in line]
     status = oauth2.token_status(settings, str(tmp_path / "cache"))
     assert status.state == "refused" and "invalid_grant" in status.text
 

@@ -17,9 +17,10 @@ from mailferry.config.maincf import parse_main_cf
 from mailferry.delivery.destinations import SUSPEND_SECONDS, Destinations
 from mailferry.delivery.settings import ClientSettings
 from mailferry.delivery.smtp import SmtpClient
+from mailferry.maillog import MemoryLog
 from mailferry.message import BOUNCED, DEFERRED, SENT
 from tests.unit.delivery.scripted_peer import (
-    HANGUP, STALL, FakeClock, ListLog, LoopbackResolver, ScriptedPeer, client_settings, make_job,
+    HANGUP, STALL, FakeClock, LoopbackResolver, ScriptedPeer, client_settings, make_job,
 )
 
 TINY = 0.2      # a timeout meant to fire
@@ -34,7 +35,7 @@ def run(coroutine):
 def make_client(destinations=None, **settings) -> SmtpClient:
     values = dict(connect_timeout=LONG, helo_timeout=LONG, reply_timeout=LONG, data_timeout=LONG)
     values.update(settings)
-    return SmtpClient(client_settings(**values), LoopbackResolver(), ListLog(), destinations=destinations)
+    return SmtpClient(client_settings(**values), LoopbackResolver(), MemoryLog(), destinations=destinations)
 
 
 def statuses(results) -> list[str]:
@@ -501,7 +502,7 @@ def test_a_starttls_offer_is_noted_only_when_asked(note):
             client = make_client(note_starttls_offer=note)
             results = await client.deliver(make_job(peer.nexthop))
             client.close()
-            return results, client.log.lines, peer
+            return results, client.log.texts(), peer
 
     results, lines, peer = run(scenario())
     assert statuses(results) == [SENT]

@@ -15,18 +15,8 @@ import threading
 import pytest
 
 from mailferry.control import COMMANDS, control_socket_path, notify
+from mailferry.maillog import MemoryLog
 from mailferry.master.control_server import ControlServer
-
-
-class ListLog:
-    def __init__(self):
-        self.lines = []
-
-    def line(self, program, text):
-        self.lines.append((program, text))
-
-    def warning(self, program, text):
-        self.lines.append((program, f"warning: {text}"))
 
 
 class LoopThread:
@@ -71,7 +61,7 @@ def server(queue_directory):
     """A running ControlServer with a `pickup` handler only."""
     loop = LoopThread()
     calls = Calls()
-    control = ControlServer(queue_directory, {"pickup": calls.handler("pickup")}, ListLog())
+    control = ControlServer(queue_directory, {"pickup": calls.handler("pickup")}, MemoryLog())
     loop.run(control.start())
     yield control, calls
     loop.run(control.stop())
@@ -146,7 +136,7 @@ def test_start_replaces_a_socket_left_by_a_dead_daemon_and_stop_removes_it(queue
         left_over.bind(path)
     loop = LoopThread()
     calls = Calls()
-    control = ControlServer(queue_directory, {"pickup": calls.handler("pickup")}, ListLog())
+    control = ControlServer(queue_directory, {"pickup": calls.handler("pickup")}, MemoryLog())
     try:
         loop.run(control.start())
         assert notify(queue_directory, "pickup") is True
