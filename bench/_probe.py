@@ -32,7 +32,7 @@ import resource
 import sys
 import time
 
-from _conn_load import Failed, expect, use_uvloop
+from _conn_load import Failed, envelope, expect, use_uvloop
 
 TRANSACTION_TIMEOUT = 60.0
 SENDER = "sender@example.com"
@@ -50,20 +50,7 @@ async def transaction(host: str, port: int, recipient: str, message: bytes, stag
     stage[0] = "connect"
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        stage[0] = "greeting"
-        await expect(reader, b"220", "greeting")
-        stage[0] = "EHLO"
-        writer.write(b"EHLO probe.example\r\n")
-        await expect(reader, b"250", "EHLO")
-        stage[0] = "MAIL"
-        writer.write(f"MAIL FROM:<{SENDER}>\r\n".encode())
-        await expect(reader, b"250", "MAIL")
-        stage[0] = "RCPT"
-        writer.write(f"RCPT TO:<{recipient}>\r\n".encode())
-        await expect(reader, b"250", "RCPT")
-        stage[0] = "DATA"
-        writer.write(b"DATA\r\n")
-        await expect(reader, b"354", "DATA")
+        await envelope(reader, writer, "probe.example", SENDER, recipient, stage)
         stage[0] = "end of data"
         writer.write(message)
         end_of_data = time.perf_counter_ns()
