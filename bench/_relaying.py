@@ -130,8 +130,12 @@ def run_once(side: RelaySide, args: argparse.Namespace, reaper: Reaper, root: Pa
         tree = ProcessTree(side.start(), SAMPLE_INTERVAL)
         log = LogWatcher(side.log_file)
         before = tree.sample(memory=False).cpu_seconds
+        sink_tree = ProcessTree(sink.process.pid)
+        sink_before = sink_tree.sample(memory=False).cpu_seconds
         tree.start_sampling()
-        return _measure(side, sink, tree, log, before, args, load(side.port), verify, probe)
+        run = _measure(side, sink, tree, log, before, args, load(side.port), verify, probe)
+        run["sink_cpu_seconds"] = sink_tree.sample(memory=False).cpu_seconds - sink_before
+        return run
     except PeerError as exc:
         raise RunError(str(exc)) from None
     except subprocess.TimeoutExpired as exc:
