@@ -91,6 +91,19 @@ async def expect(reader: asyncio.StreamReader, code: bytes, stage: str) -> None:
             return
 
 
+async def envelope(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, helo: str, sender: str,
+                   recipient: str, stage: list[str]) -> None:
+    """From the greeting to DATA's 354, one command at a time (no pipelining, as smtp-source sends
+    without -P); `stage` says where it is, for the report of one that fails or times out."""
+    for name, command, code in (("greeting", "", b"220"), ("EHLO", f"EHLO {helo}", b"250"),
+                                ("MAIL", f"MAIL FROM:<{sender}>", b"250"),
+                                ("RCPT", f"RCPT TO:<{recipient}>", b"250"), ("DATA", "DATA", b"354")):
+        stage[0] = name
+        if command:
+            writer.write(command.encode() + b"\r\n")
+        await expect(reader, code, name)
+
+
 def sources(count: int) -> list[str]:
     return [f"127.0.0.{2 + i}" for i in range(max(1, min(count, 250)))]
 
@@ -163,20 +176,7 @@ async def transaction(args, source: str, message: bytes, stage: list[str]) -> tu
     stage[0] = "connect"
     reader, writer = await connect(args.host, args.port, source)
     try:
-        stage[0] = "greeting"
-        await expect(reader, b"220", "greeting")
-        stage[0] = "EHLO"
-        writer.write(b"EHLO active.example\r\n")
-        await expect(reader, b"250", "EHLO")
-        stage[0] = "MAIL"
-        writer.write(b"MAIL FROM:<" + args.sender.encode() + b">\r\n")
-        await expect(reader, b"250", "MAIL")
-        stage[0] = "RCPT"
-        writer.write(b"RCPT TO:<" + args.recipient.encode() + b">\r\n")
-        await expect(reader, b"250", "RCPT")
-        stage[0] = "DATA"
-        writer.write(b"DATA\r\n")
-        await expect(reader, b"354", "DATA")
+        await envelope(reader, writer, "active.example", args.sender, args.recipient, stage)
         writer.write(message)
         end_of_data = time.perf_counter()
         stage[0] = "end of data"

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from _latency import LatencyProbe
 from _sides import HOST, MailferrySide, PostfixSide, RunError, Side, mib
-from tests.peers import PeerError, peer_tempdir, progress
+from tests.peers import PeerError, make_traversable, peer_tempdir, progress
 from tests.peers.logwatch import LogWatcher
 from tests.peers.processes import ProcessTree, Reaper
 from tests.peers.smtp_sink import SmtpSink
@@ -95,27 +98,44 @@ class RelaySide(Side, Protocol):
 # --------------------------------------------------------------------------
 # one run
 
+def dump_root(root: Path, reaper: Reaper, bench: str) -> Path:
+    """Where the sinks' dump files go: on tmpfs (on disk they would cap the sink: measured with
+    smtp-source alone on this machine, about 2,700 msg/s into /tmp, 8,000 into /dev/shm),
+    removed at exit."""
+    shm = Path("/dev/shm")
+    dumps = Path(tempfile.mkdtemp(prefix=f"mailferry-{bench}-sink-", dir=shm if shm.is_dir() else root))
+    reaper.add("sink dumps", lambda: shutil.rmtree(dumps, ignore_errors=True))
+    make_traversable(dumps)
+    return dumps
+
+
 def run_once(side: RelaySide, args: argparse.Namespace, reaper: Reaper, root: Path, label: str,
              load: Load, main: dict[str, str] | None = None, verify: Verify | None = None,
-             sink_parent: Path | None = None) -> dict:
+             sink_parent: Path | None = None, probe: LatencyProbe | None = None) -> dict:
     """One timed run of `load` through `side` (reset with `main` on top) to a fresh smtp-sink
-    (its directory under `sink_parent`, default `root`). With `verify`, the sink also dumps every
-    transaction (-d) for it to check after the clock stopped; without, it only counts (-c): a
-    file per message would dominate bench/relay."""
-    sink = SmtpSink(peer_tempdir("sink-", sink_parent or root), dump=verify is not None, backlog=1000,
-                    extra_args=("-c",))
+    (its directory under `sink_parent`, default `root`). With `verify` or a latency `probe`, the
+    sink also dumps every transaction (-d): for `verify` to check after the clock stopped, for
+    the probe's arrival times; without, it only counts (-c): a file per message costs the sink
+    CPU. The probe's messages, sent while the load runs, count in the run's verification."""
+    sink = SmtpSink(peer_tempdir("sink-", sink_parent or root), dump=verify is not None or probe is not None,
+                    backlog=1000, extra_args=("-c",))
     reaper.add("smtp-sink", sink.stop)
     tree = None
     try:
         sink.start()
         side.reset({"relayhost": f"[{HOST}]:{sink.port}", **(main or {})})
         progress(f"{label}: {side.name} on {HOST}:{side.port} -> smtp-sink on {HOST}:{sink.port}, "
-                 f"{args.messages} messages in {args.sessions} sessions ...")
+                 f"{args.messages} messages in {args.sessions} sessions"
+                 + (f", latency probes at {probe.rate:g}/s" if probe else "") + " ...")
         tree = ProcessTree(side.start(), SAMPLE_INTERVAL)
         log = LogWatcher(side.log_file)
         before = tree.sample(memory=False).cpu_seconds
+        sink_tree = ProcessTree(sink.process.pid)
+        sink_before = sink_tree.sample(memory=False).cpu_seconds
         tree.start_sampling()
-        return _measure(side, sink, tree, log, before, args, load(side.port), verify)
+        run = _measure(side, sink, tree, log, before, args, load(side.port), verify, probe)
+        run["sink_cpu_seconds"] = sink_tree.sample(memory=False).cpu_seconds - sink_before
+        return run
     except PeerError as exc:
         raise RunError(str(exc)) from None
     except subprocess.TimeoutExpired as exc:
@@ -123,16 +143,21 @@ def run_once(side: RelaySide, args: argparse.Namespace, reaper: Reaper, root: Pa
     finally:
         if tree is not None:
             tree.stop_sampling()  # a no-op when the run got that far
+        if probe is not None:
+            probe.stop()
         side.stop()
         sink.stop()
         reaper.remove(sink.stop)
 
 
 def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher, before: float,
-             args: argparse.Namespace, source: BackgroundSmtpSource, verify: Verify | None) -> dict:
-    n = args.messages
+             args: argparse.Namespace, source: BackgroundSmtpSource, verify: Verify | None,
+             probe: LatencyProbe | None) -> dict:
+    n = args.messages          # the load's; `expected` adds the probes that got their 250
     start = time.perf_counter()
     source.start()
+    if probe is not None:
+        probe.start(HOST, side.port).follow(source)
     deadline = start + max(300, n / 20)
     timeline: list[list] = []
     next_point = start
@@ -151,7 +176,9 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
             timeline.append([round(now - start, 2), sunk, counts["removed"],
                              int(source.done.is_set())])
             next_point += TIMELINE_INTERVAL
-        if source.done.is_set() and sunk >= n and counts["removed"] >= n:
+        probes_in = probe is None or probe.count is not None
+        expected = n + (probe.count if probe is not None and probes_in else 0)
+        if source.done.is_set() and probes_in and sunk >= expected and counts["removed"] >= expected:
             done_at = now
             break
         state = (sunk, counts["removed"], counts["deferred"], counts["bounced"])
@@ -178,6 +205,12 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
     # verification, after the clock stopped: a little settling time for a
     # straggler, then the authoritative counts
     time.sleep(0.5)
+    if probe is not None:
+        probe.done.wait(130)    # its own limit is 120 s after the load's end
+        n_probes = probe.count or 0
+    else:
+        n_probes = 0
+    n_all = n + n_probes
     counts = log.poll()
     sink_counters = sink.counters()
     sunk = sink_counters["mesg"]
@@ -187,17 +220,22 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
         why = ("no delivery progress for %d s after intake ended" % STALL_SECONDS
                if time.perf_counter() < deadline else "overall time limit reached")
         problems.append(why)
-    if sunk != n:
+    if sunk != n_all:
         problems.append(f"smtp-sink received {sunk} messages")
-    if counts["sent"] != n:
+    if counts["sent"] != n_all:
         problems.append(f"log has {counts['sent']} status=sent")
     if not side.queue_empty(queue):
         problems.append(f"queue not empty: {queue['summary']}")
-    if verify is not None and sunk == n:
+    if verify is not None and sunk == n_all:
         problems += verify(sink)
+    latency: dict = {}
+    if probe is not None:
+        latency, wrong = probe.figures(sink.dump_directory)
+        problems += wrong
     if problems:
         evidence = "\n".join(log.problems[:10])
-        raise RunError(f"{'; '.join(problems)} (the load sent {n}; log: "
+        sent = f"{n} + {n_probes} probes" if probe is not None else f"{n}"
+        raise RunError(f"{'; '.join(problems)} (the load sent {sent}; log: "
                        f"{counts['removed']} removed, {counts['deferred']} deferred, "
                        f"{counts['bounced']} bounced, {log.problem_lines} problem lines)"
                        + (f"\n{evidence}" if evidence else ""))
@@ -206,16 +244,19 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
     intake_seconds = result.seconds
     delivery_tail = max(seconds - intake_seconds, 1e-9)
     return {
-        "messages": n,
+        # every message the MTA moved: the load's and the latency probes (sent during intake)
+        "messages": n_all,
+        "load_messages": n,
+        "probe_messages": n_probes,
         "seconds": seconds,
-        "messages_per_second": n / seconds,
+        "messages_per_second": n_all / seconds,
         "intake_seconds": intake_seconds,
-        "intake_messages_per_second": n / intake_seconds,
+        "intake_messages_per_second": n_all / intake_seconds,
         "delivered_at_intake_end": intake["sunk"],
         "removed_at_intake_end": intake["removed"],
         "delivery_lag_seconds": seconds - intake_seconds,
         "cpu_seconds": cpu,
-        "cpu_ms_per_message": 1000 * cpu / n,
+        "cpu_ms_per_message": 1000 * cpu / n_all,
         "cpu_seconds_during_intake": intake["cpu"],
         "cores_busy_during_intake": intake["cpu"] / intake_seconds,
         "cores_busy_after_intake": (cpu - intake["cpu"]) / delivery_tail,
@@ -230,6 +271,7 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
         "timeline": {"columns": ["seconds", "sink_messages", "removed_from_queue",
                                  "smtp_source_done"], "points": timeline},
         "smtp_source_stderr": result.stderr[-2000:],
+        **({"latency": latency} if latency else {}),
     }
 
 
