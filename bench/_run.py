@@ -12,11 +12,12 @@ from typing import Callable
 BEGIN = "<!-- bench/run: begin -->"
 END = "<!-- bench/run: end -->"
 
-# The latency helper's figures in bench/relay's JSON (relay-small): not there yet when this was
-# written, so the key is a guess; the row says "not measured" until the JSON has it.
+# The latency figures in bench/relay's JSON (relay-small), as the latency helper writes them
+# (/work/wt/latency_KEYS): {"latency": {"postfix": {"data_to_250_ms": {"p50", "p99", ...},
+# "250_to_delivered_ms": {...}}, "mailferry": {...}, ...}}, the p99 already the median over rounds;
+# "latency" absent or null when not measured.
 LATENCY_KEY = "latency"
-LATENCY_LEGS = (("end of DATA -> 250", ("end_of_data", "eod", "data_to_250", "accept")),
-                ("250 -> delivered", ("deliver", "250_to", "delivery")))
+LATENCY_LEGS = (("end of DATA -> 250", "data_to_250_ms"), ("250 -> delivered", "250_to_delivered_ms"))
 
 
 # --------------------------------------------------------------------------
@@ -165,43 +166,22 @@ def relay_small_rows(data: dict, scenario: str, load: str) -> list[Row]:
     return rows + latency_rows(data, scenario, load)
 
 
-def _find_p99(block: dict | None, fragments: tuple[str, ...]) -> float | None:
-    """In one server's latency block, the p99 of the first leg whose key holds a fragment:
-    {"end_of_data_ms": {"p50": .., "p99": ..}} or {"end_of_data_p99_ms": ..}."""
-    if not isinstance(block, dict):
-        return None
-    for key, value in block.items():
-        if not any(fragment in key for fragment in fragments):
-            continue
-        if isinstance(value, dict):
-            for name in ("p99", "p99_ms"):
-                if isinstance(value.get(name), (int, float)):
-                    return float(value[name])
-        elif "p99" in key and isinstance(value, (int, float)):
-            return float(value)
-    return None
-
-
 def latency_rows(data: dict, scenario: str, load: str, key: str = LATENCY_KEY) -> list[Row]:
-    """The latency rows under the small-relay load: p99 ms, both legs, if bench/relay's JSON has
-    them (under `key`, by server: at the top level or in each server's summary); else the rows
-    say so, as no figure and no failure."""
+    """The latency rows under the small-relay load: each leg's p99 (ms) from bench/relay's JSON;
+    without them (an older bench/relay, or no measured run), rows that say so, as no figure and
+    no failure."""
+    latency = data.get(key) or {}
     rows = []
-    for leg, fragments in LATENCY_LEGS:
-        values = {}
-        for name in ("postfix", "mailferry"):
-            block = (data.get(key) or {}).get(name) or (_summary_block(data, name) or {}).get(key)
-            values[name] = _find_p99(block, fragments)
-        row = Row(scenario, load, f"latency p99 {leg} (ms)", values["postfix"], values["mailferry"],
+    for leg, name in LATENCY_LEGS:
+        def p99(server: str) -> float | None:
+            value = ((latency.get(server) or {}).get(name) or {}).get("p99")
+            return float(value) if isinstance(value, (int, float)) else None
+        row = Row(scenario, load, f"latency p99 {leg} (ms)", p99("postfix"), p99("mailferry"),
                   Target("ratio_at_most", 1.0), "ms")
         if row.postfix is None and row.mailferry is None:
-            row.note = f"not measured (no '{key}' p99 in relay.json)"
+            row.note = f"not measured (no {key}.*.{name}.p99 in relay.json)"
         rows.append(row)
     return rows
-
-
-def _summary_block(data: dict, name: str) -> dict | None:
-    return (data.get("summary") or {}).get(name)
 
 
 def ldap_rows(data: dict, scenario: str, load: str) -> list[Row]:
@@ -365,7 +345,7 @@ class Machine:
 
 
 def section(date: str, machine: Machine, rounds: int, rows: list[Row], loads: list[tuple[str, tuple, tuple]],
-            command: str, minutes: float) -> str:
+            command: str, minutes: float, quick: bool = False) -> str:
     """The docs section: the date, the machine, the table, the load average around each scenario,
     how to read the ratio, how to reproduce."""
     load_text = "; ".join(f"{name} {before[0]:.2f} -> {after[0]:.2f}" for name, before, after in loads)
@@ -374,7 +354,7 @@ def section(date: str, machine: Machine, rounds: int, rows: list[Row], loads: li
         "",
         f"Machine: {machine.text()}. {rounds} round(s) per scenario and MTA, the two alternating "
         f"(A B A B), every round verified (every message delivered, queues empty) before it counts; "
-        f"medians.",
+        f"medians." + (" **--quick: smoke-run loads; these figures say nothing about speed.**" if quick else ""),
         "",
         table(rows),
         "",
@@ -383,5 +363,5 @@ def section(date: str, machine: Machine, rounds: int, rows: list[Row], loads: li
         "",
         f"Load average (1 min) before -> after each scenario: {load_text}.",
         "",
-        f"Reproduce (as root, on an otherwise idle machine; about {minutes:.0f} minutes): `{command}`.",
+        f"Reproduce (as root, on an otherwise idle machine; about {max(1, round(minutes))} min): `{command}`.",
     ])
