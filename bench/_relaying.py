@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,41 @@ STALL_SECONDS = 60         # no delivery progress this long after intake ended: 
 Load = Callable[[int], BackgroundSmtpSource]
 # after the clock stopped: what is wrong with what the sink received (empty: nothing)
 Verify = Callable[[SmtpSink], list[str]]
+
+
+def dump_parent(root: Path, reaper: Reaper, bench: str) -> Path:
+    """Where the sinks' dump files go when a run checks them: tmpfs, in both MTAs' runs alike. On
+    disk they would cap the sink (measured with smtp-source alone on this machine: about 2,700
+    msg/s into /tmp, 8,000 into /dev/shm). Removed at exit."""
+    shm = Path("/dev/shm")
+    dumps = Path(tempfile.mkdtemp(prefix=f"mailferry-{bench}-sink-", dir=shm if shm.is_dir() else root))
+    reaper.add("sink dumps", lambda: shutil.rmtree(dumps, ignore_errors=True))
+    make_traversable(dumps)
+    return dumps
+
+
+def check_recipients(expected: Counter, per_transaction: int, what: str = "the addresses sent"):
+    """A run's check of smtp-sink's dump files: one transaction per message sent, each with exactly
+    `per_transaction` recipients, and all the recipients together exactly `expected` (a multiset)."""
+    transactions = sum(expected.values()) // per_transaction
+
+    def verify(sink: SmtpSink) -> list[str]:
+        messages = sink.messages()
+        problems = []
+        if len(messages) != transactions:
+            problems.append(f"{len(messages)} dump files for {transactions} messages")
+        other = [m for m in messages if len(m.recipients) != per_transaction]
+        if other:
+            problems.append(f"{len(other)} transactions with other than {per_transaction} recipient(s), "
+                            f"e.g. {other[0].recipients[:5]}")
+        received = Counter(r for m in messages for r in m.recipients)
+        if received != expected:
+            wrong, missing = received - expected, expected - received
+            problems.append(f"recipients at the sink differ from {what}: {sum(wrong.values())} "
+                            f"unexpected (e.g. {list(wrong)[:3]}), {sum(missing.values())} missing "
+                            f"(e.g. {list(missing)[:3]})")
+        return problems
+    return verify
 
 
 # --------------------------------------------------------------------------
@@ -98,17 +134,6 @@ class RelaySide(Side, Protocol):
 # --------------------------------------------------------------------------
 # one run
 
-def dump_root(root: Path, reaper: Reaper, bench: str) -> Path:
-    """Where the sinks' dump files go: on tmpfs (on disk they would cap the sink: measured with
-    smtp-source alone on this machine, about 2,700 msg/s into /tmp, 8,000 into /dev/shm),
-    removed at exit."""
-    shm = Path("/dev/shm")
-    dumps = Path(tempfile.mkdtemp(prefix=f"mailferry-{bench}-sink-", dir=shm if shm.is_dir() else root))
-    reaper.add("sink dumps", lambda: shutil.rmtree(dumps, ignore_errors=True))
-    make_traversable(dumps)
-    return dumps
-
-
 def run_once(side: RelaySide, args: argparse.Namespace, reaper: Reaper, root: Path, label: str,
              load: Load, main: dict[str, str] | None = None, verify: Verify | None = None,
              sink_parent: Path | None = None, probe: LatencyProbe | None = None) -> dict:
@@ -154,6 +179,7 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
              args: argparse.Namespace, source: BackgroundSmtpSource, verify: Verify | None,
              probe: LatencyProbe | None) -> dict:
     n = args.messages          # the load's; `expected` adds the probes that got their 250
+    recipients = getattr(args, "recipients", 1)   # smtp-source -r: each message to that many
     start = time.perf_counter()
     source.start()
     if probe is not None:
@@ -220,10 +246,14 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
         why = ("no delivery progress for %d s after intake ended" % STALL_SECONDS
                if time.perf_counter() < deadline else "overall time limit reached")
         problems.append(why)
+    deliveries = n * recipients + n_probes     # a probe has one recipient
     if sunk != n_all:
-        problems.append(f"smtp-sink received {sunk} messages")
-    if counts["sent"] != n_all:
-        problems.append(f"log has {counts['sent']} status=sent")
+        problems.append(f"smtp-sink received {sunk} messages" if recipients == 1 else
+                        f"smtp-sink received {sunk} transactions (one a message expected, with all "
+                        f"{recipients} recipients)")
+    if counts["sent"] != deliveries:
+        problems.append(f"log has {counts['sent']} status=sent" +
+                        (f" for {deliveries} recipients" if recipients > 1 else ""))
     if not side.queue_empty(queue):
         problems.append(f"queue not empty: {queue['summary']}")
     if verify is not None and sunk == n_all:
@@ -250,6 +280,9 @@ def _measure(side: RelaySide, sink: SmtpSink, tree: ProcessTree, log: LogWatcher
         "probe_messages": n_probes,
         "seconds": seconds,
         "messages_per_second": n_all / seconds,
+        "recipients_per_message": recipients,
+        "deliveries_per_second": deliveries / seconds,           # recipient deliveries
+        "megabytes_per_second": n_all * args.size / seconds / 1e6,   # smtp-source -l bytes, 10^6 a MB
         "intake_seconds": intake_seconds,
         "intake_messages_per_second": n_all / intake_seconds,
         "delivered_at_intake_end": intake["sunk"],
@@ -288,6 +321,8 @@ def summarize(runs: list[dict]) -> dict | None:
         "failed_runs": len(runs) - len(ok),
         "best_messages_per_second": max(rates),
         "median_messages_per_second": statistics.median(rates),
+        "median_deliveries_per_second": statistics.median(r["deliveries_per_second"] for r in ok),
+        "median_megabytes_per_second": statistics.median(r["megabytes_per_second"] for r in ok),
         "median_intake_messages_per_second":
             statistics.median(r["intake_messages_per_second"] for r in ok),
         "median_delivery_lag_seconds": statistics.median(r["delivery_lag_seconds"] for r in ok),
