@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -60,7 +61,7 @@ BUSY_TIMEOUT = 10.0          # seconds a writer waits for another (e.g. postsupe
 QUICK_CHECK_MAX_BYTES = 64 << 20   # check at open only while that stays well under a second
 _ID_ATTEMPTS = 5
 _SQL_IN_CHUNK = 500
-_AUX_SUFFIXES = ("", "-wal", "-shm")
+_AUX_SUFFIXES = ("", "-wal", "-shm", "-lock")
 
 _SCHEMA = (
     """CREATE TABLE messages (
@@ -149,6 +150,8 @@ class SqliteQueueStore(QueueStore):
         self.content_directory = self.path.parent / CONTENT_DIRECTORY
         self.content_file_min_bytes = CONTENT_FILE_MIN_BYTES
         self._unlinker = _Unlinker()
+        self._turn = threading.Lock()      # this process's writers, before the flock (_writer_turn)
+        self._lock_fd: int | None = None
         self._owner = (owner_uid, owner_gid)
         self._local = _ThreadState()
         self._connections: list[sqlite3.Connection] = []
@@ -467,19 +470,20 @@ class SqliteQueueStore(QueueStore):
                 state.batch_depth -= 1
             return
         connection = self._connection()
-        with self._translated_errors():
-            connection.execute("BEGIN IMMEDIATE")
-        state.batch_depth, state.batch_lost_by, state.doomed = 1, None, []
-        try:
-            yield
-        except BaseException:
-            self._roll_back(connection)
-            raise
-        finally:
-            state.batch_depth = 0
-        with self._translated_errors():
-            self._raise_if_batch_lost(connection)
-            self._commit(connection)
+        with self._writer_turn():
+            with self._translated_errors():
+                connection.execute("BEGIN IMMEDIATE")
+            state.batch_depth, state.batch_lost_by, state.doomed = 1, None, []
+            try:
+                yield
+            except BaseException:
+                self._roll_back(connection)
+                raise
+            finally:
+                state.batch_depth = 0
+            with self._translated_errors():
+                self._raise_if_batch_lost(connection)
+                self._commit(connection)
 
     def _raise_if_batch_lost(self, connection: sqlite3.Connection) -> None:
         if not connection.in_transaction:
@@ -507,6 +511,9 @@ class SqliteQueueStore(QueueStore):
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
+            lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)
         for connection in connections:
             connection.close()
 
@@ -652,14 +659,44 @@ class SqliteQueueStore(QueueStore):
             if self._local.batch_depth:
                 yield from self._savepoint(connection)
                 return
-            connection.execute("BEGIN IMMEDIATE")
-            self._local.doomed = []
+            with self._writer_turn():
+                connection.execute("BEGIN IMMEDIATE")
+                self._local.doomed = []
+                try:
+                    yield connection
+                except BaseException:
+                    self._roll_back(connection)
+                    raise
+                self._commit(connection)
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Writers take turns on an flock of queue.db-lock before SQLite's own lock.
+
+        Measured with bench/relay's latency probes: the smtpd workers' writers and the master's
+        found SQLite's lock taken and slept in its busy handler (1, 2, 5, 10 ms ...) while the
+        lock was free again long before: end of DATA to 250 took 8.7 ms at the median against
+        Postfix's 1.6 ms. A writer blocked in flock wakes the moment the lock is released.
+        A store that cannot open the lock file (a queue tool without the rights) relies on
+        SQLite's busy handler alone, as before."""
+        with self._turn:
+            descriptor = self._lock_descriptor()
+            if descriptor is None:
+                yield
+                return
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
             try:
-                yield connection
-            except BaseException:
-                self._roll_back(connection)
-                raise
-            self._commit(connection)
+                yield
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def _lock_descriptor(self) -> int | None:
+        if self._lock_fd is None and not self._closed:
+            try:
+                self._lock_fd = os.open(f"{self.path}-lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return None
+        return self._lock_fd
 
     def _savepoint(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         # Once SQLite has rolled the batch back, writing would autocommit outside it.

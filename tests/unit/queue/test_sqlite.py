@@ -284,6 +284,37 @@ def wait_for_lock_retries(process: subprocess.Popen, retries: int, timeout: floa
     assert Path(f"/proc/{process.pid}/wchan").read_text() == "hrtimer_nanosleep"
 
 
+def wait_for_flock(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Until `process` sleeps in flock(2), waiting for another writer's turn."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{process.pid}/wchan").read_text() not in ("flock_lock_inode_wait", "locks_lock_inode_wait"):
+        assert process.poll() is None, f"the tool stopped waiting for the lock: {process.communicate()}"
+        assert time.monotonic() < deadline, (
+            f"the tool never waited in flock: {Path(f'/proc/{process.pid}/wchan').read_text()}")
+        time.sleep(0.01)
+
+
+def test_a_writer_without_the_lock_file_falls_back_to_sqlites_busy_wait(tmp_path):
+    """A queue tool whose turn is not the daemon's (here: queue.db-lock replaced under the daemon,
+    so the two flock different files) still waits for the daemon's commit, in SQLite's busy
+    handler (each retry one nanosleep), and then writes."""
+    path = tmp_path / "queue.db"
+    daemon = SqliteQueueStore(path)
+    fill(daemon, 0, 3)
+    with daemon.batch():
+        fill(daemon, 10, 2)
+        os.unlink(f"{path}-lock")
+        os.mkdir(f"{path}-lock")          # the tool's flock is on this, the daemon's on the old file
+        tool = subprocess.Popen([sys.executable, "-c", QUEUE_TOOL, str(path)],
+                                stdout=subprocess.PIPE, text=True)
+        assert tool.stdout.readline().strip() == "3"
+        assert tool.stdout.readline().strip() == "locked"
+        wait_for_lock_retries(tool, 10)
+    out, _ = tool.communicate(timeout=30)
+    assert int(out) == 5
+    daemon.close()
+
+
 def test_queue_tool_reads_at_once_and_writes_after_the_daemon(tmp_path):
     path = tmp_path / "queue.db"
     daemon = SqliteQueueStore(path)
@@ -294,8 +325,9 @@ def test_queue_tool_reads_at_once_and_writes_after_the_daemon(tmp_path):
                                 stdout=subprocess.PIPE, text=True)
         assert tool.stdout.readline().strip() == "3"
         assert tool.stdout.readline().strip() == "locked"   # the daemon's batch holds the write lock
-        # The tool's hold() keeps waiting for that lock (ten retries: about 0.2 s of SQLite's backoff).
-        wait_for_lock_retries(tool, 10)
+        # The tool's hold() waits for the daemon's writer turn (an flock of queue.db-lock, before
+        # SQLite's own lock: queue/sqlite.py _writer_turn), asleep in the kernel, not failing.
+        wait_for_flock(tool)
     out, _ = tool.communicate(timeout=30)
     # All five: its write waited for the daemon's commit rather than failing or going first.
     assert int(out) == 5
