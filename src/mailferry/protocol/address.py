@@ -55,6 +55,8 @@ PATH_LIMIT = 256          # octets including the brackets, RFC 5321 4.5.3.1.3 (s
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
 _LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "-")
 _LENIENT_LABEL_CHARS = _LABEL_CHARS | {"_"}
+_LENIENT_LOCAL = _ATEXT | {".", "@"}
+_DIGITS_AND_DOTS = frozenset("0123456789.")
 # Characters in an unquoted local part that ask for more routing.
 _ROUTING_OPERATORS = frozenset("%!@")
 
@@ -114,7 +116,20 @@ def parse_path(text: str, *, allow_smtputf8: bool, role: str = SENDER,
     """Parse one path as it follows `MAIL FROM:` or `RCPT TO:` (without the
     ESMTP parameters: see split_path). `numeric_domain` (resolve_numeric_domain):
     `user@192.0.2.1` is accepted, for routing to resolve as `user@[192.0.2.1]`."""
-    error = _error_for(role)
+    try:
+        return _parsed_path(text, allow_smtputf8, role, strict, numeric_domain)
+    except _BadPath:
+        raise _error_for(role) from None
+
+
+class _BadPath(Exception):
+    """Raised (as a class: nothing is built) by the path grammar's pieces; parse_path turns it
+    into the role's AddressError. Making that error for every good path cost a sixth of a
+    RCPT's parse."""
+
+
+def _parsed_path(text: str, allow_smtputf8: bool, role: str, strict: bool, numeric_domain: bool) -> Path:
+    error = _BadPath
     if not text:
         raise error
     if not allow_smtputf8 and not text.isascii():
@@ -182,6 +197,7 @@ def quote_local_part(local: str) -> str:
 # --- Pieces of the grammar ----------------------------------------------------------------------
 
 def _error_for(role: str) -> AddressError:
+    # Made per parse, raised only on a bad path: cheap to make, as the hot path makes one.
     reply = BAD_RECIPIENT_SYNTAX if role == RECIPIENT else BAD_SENDER_SYNTAX
     return AddressError(reply.code, reply.enhanced, reply.text)
 
@@ -189,6 +205,8 @@ def _error_for(role: str) -> AddressError:
 def _is_valid_unicode(text: str) -> bool:
     # Command lines are decoded with surrogateescape: invalid UTF-8 shows up
     # as lone surrogates. Controls are never part of an address.
+    if text.isascii():       # the usual case, at C speed: printable ASCII is 0x20-0x7E
+        return text.isprintable()
     for char in text:
         code = ord(char)
         if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
@@ -224,7 +242,7 @@ def _find_space(text: str, start: int) -> int:
     return len(text)
 
 
-def _strip_brackets(text: str, *, strict: bool, error: AddressError) -> str:
+def _strip_brackets(text: str, *, strict: bool, error: type[Exception]) -> str:
     if text.startswith("<") and text.endswith(">") and len(text) >= 2:
         inner = text[1:-1]
     elif strict:
@@ -238,6 +256,8 @@ def _strip_brackets(text: str, *, strict: bool, error: AddressError) -> str:
 
 def _has_unquoted(text: str, specials: str) -> bool:
     """Whether one of `specials` stands outside quotes in a path's brackets (`\\` escapes there too)."""
+    if '"' not in text and "\\" not in text:     # nothing quoted or escaped: every character counts
+        return any(char in text for char in specials)
     kept, _ = unquoted_characters(text, escapes_outside_quotes=True)
     return any(char in specials for _, char in kept)
 
@@ -265,11 +285,13 @@ def unquoted_characters(text: str, *, escapes_outside_quotes: bool = False) -> t
 
 def last_unquoted_at(address: str) -> int:
     """The index of the last `@` outside a quoted string, or -1."""
+    if '"' not in address:      # no quoted string (a `\\` outside one is an ordinary character)
+        return address.rfind("@")
     kept, _ = unquoted_characters(address)
     return max((index for index, char in kept if char == "@"), default=-1)
 
 
-def _drop_source_route(inner: str, *, strict: bool, error: AddressError) -> str:
+def _drop_source_route(inner: str, *, strict: bool, error: type[Exception]) -> str:
     """`@a,@b:user@c` -> `user@c`, after checking that each hop is a domain.
     A hop may be an address literal, whose IPv6 form contains colons."""
     position = 0
@@ -301,18 +323,21 @@ def _end_of_hop(inner: str, start: int) -> int:
     return len(inner)
 
 
-def _split_mailbox(mailbox: str, error: AddressError) -> tuple[str, str | None]:
+def _split_mailbox(mailbox: str, error: type[Exception]) -> tuple[str, str | None]:
     """Split at the last `@` outside quotes; (local, None) when there is none."""
-    kept, open_quote = unquoted_characters(mailbox)
-    if open_quote:
-        raise error
-    at = max((index for index, char in kept if char == "@"), default=-1)
+    if '"' not in mailbox:      # no quoted string: the last `@` is the one (a fast path: RCPT by RCPT)
+        at = mailbox.rfind("@")
+    else:
+        kept, open_quote = unquoted_characters(mailbox)
+        if open_quote:
+            raise error
+        at = max((index for index, char in kept if char == "@"), default=-1)
     if at < 0:
         return mailbox, None
     return mailbox[:at], mailbox[at + 1:]
 
 
-def _check_local_part(local: str, *, strict: bool, error: AddressError) -> None:
+def _check_local_part(local: str, *, strict: bool, error: type[Exception]) -> None:
     if not local:
         raise error
     if strict and len(local.encode("utf-8")) > LOCAL_PART_LIMIT:
@@ -335,6 +360,8 @@ def _is_atext(text: str) -> bool:
 
 def _is_lenient_dot_string(local: str) -> bool:
     # Dots anywhere, and `@` from addresses such as <a@b@c> (split at the last @).
+    if local.isascii():
+        return _LENIENT_LOCAL.issuperset(local)
     return all(char in _ATEXT or char in ".@" or not char.isascii() for char in local)
 
 
@@ -358,7 +385,7 @@ def _is_quoted_string(local: str) -> bool:
     return not escaped
 
 
-def _checked_domain(domain: str, *, strict: bool, error: AddressError) -> str:
+def _checked_domain(domain: str, *, strict: bool, error: type[Exception]) -> str:
     """The domain as it should be stored, or AddressError."""
     if domain.startswith("["):
         if not _is_address_literal(domain):
@@ -374,10 +401,11 @@ def _checked_domain(domain: str, *, strict: bool, error: AddressError) -> str:
             raise error
         if label[0] == "-" or label[-1] == "-":
             raise error
-        if not all(char in allowed or not char.isascii() for char in label):
+        if not (allowed.issuperset(label) if label.isascii()
+                else all(char in allowed or not char.isascii() for char in label)):
             raise error
     # A domain of digits and dots is an IP address written without brackets.
-    if all(char in "0123456789." for char in domain):
+    if _DIGITS_AND_DOTS.issuperset(domain):
         raise error
     return domain
 

@@ -478,8 +478,37 @@ class Session(asyncio.Protocol):
     # --- The restrictions: each step that needs an evaluation waits for it, and the
     # --- core holds what the client pipelined meanwhile.
     def _await_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
+        """Run `check` (a coroutine) up to its first wait. A check that needs none (the usual
+        permit_mynetworks, reject_unauth_destination: no table to ask, no DNS) is decided here
+        and now, and the caller's loop goes on to the next command; only one that waits gets a
+        Task. Measured with bench/relay --recipients 50: a Task per RCPT was a tenth of the
+        smtpd's CPU (fan-out went from 0.87x to 1.26x Postfix's with this and a faster path parse).
+
+        That first step runs outside any Task, so nothing before a check's first wait may need
+        one: asyncio.timeout does, and the milter client uses it, so with milters every check
+        gets its Task as before."""
+        if self.milters is not None:
+            self._busy = True
+            asyncio.ensure_future(self._run_policy(check, then)).add_done_callback(self._task_done)
+            return
+        try:
+            waiting_on = check.send(None)
+        except StopIteration as done:
+            self._log_policy_notes()
+            then(done.value)
+            return
+        except TableError as problem:
+            self.log.warning("smtpd", f"{problem}")
+            self._log_policy_notes()
+            then(refusals.SERVER_CONFIGURATION_REFUSAL)
+            return
+        except Exception as problem:     # a bug: as _task_done reports one from a Task
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(problem)
+            self._task_done(failed)
+            return
         self._busy = True
-        asyncio.ensure_future(self._run_policy(check, then)).add_done_callback(self._task_done)
+        asyncio.ensure_future(self._run_policy(_Resumed(check, waiting_on), then)).add_done_callback(self._task_done)
 
     async def _run_policy(self, check, then: Callable[[refusals.Refusal | None], None]) -> None:
         try:
@@ -900,3 +929,34 @@ def _client_address(address: str) -> str:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+class _Resumed:
+    """The rest of a coroutine that already ran up to its first wait (`first`: what it yielded
+    there), to be awaited by a Task: the Task's sends and throws are passed on to it, as
+    `yield from` passes them to a generator."""
+
+    __slots__ = ("coroutine", "first")
+
+    def __init__(self, coroutine, first) -> None:
+        self.coroutine = coroutine
+        self.first = first
+
+    def __await__(self):
+        coroutine, yielded = self.coroutine, self.first
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as thrown:     # noqa: BLE001 (CancelledError included: passed on)
+                try:
+                    yielded = coroutine.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
