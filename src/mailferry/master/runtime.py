@@ -62,7 +62,9 @@ class Runtime:
     async def start(self) -> None:
         # MAILFERRY_QUEUE_BACKEND=ram keeps the queue in memory: for benchmarks of everything but
         # the disk (one process only: a RAM queue cannot be shared with smtpd workers).
-        self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"))
+        # The master copies the WAL back in a thread of its own; no commit of anyone's waits for it.
+        self.store = open_queue(self.queue_directory, os.environ.get("MAILFERRY_QUEUE_BACKEND", "sqlite"),
+                                checkpoints="elsewhere" if self.is_worker else "background")
         self.committer = GroupCommitter(self.store)
         # cleanup_service_name: each master.cf cleanup service with its -o (cleanup/services.py)
         self.cleanups = CleanupServices(self.config, self.master, self.committer, self.log,

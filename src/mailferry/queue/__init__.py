@@ -21,11 +21,12 @@ __all__ = [
 
 
 def open_queue(queue_directory: str | os.PathLike[str], backend: str = "sqlite",
-               owner: str | None = None) -> QueueStore:
+               owner: str | None = None, checkpoints: str = "auto") -> QueueStore:
     """The queue kept in `queue_directory` (Postfix's queue_directory).
 
     `owner` is mail_owner's user name: the database files are given to that
     user and its primary group, as Postfix gives its queue files to mail_owner.
+    `checkpoints`: see SqliteQueueStore ("auto", "background" or "elsewhere").
     """
     if backend == "ram":
         return RamQueueStore()
@@ -38,4 +39,4 @@ def open_queue(queue_directory: str | os.PathLike[str], backend: str = "sqlite",
         except KeyError:
             raise QueueError(f"mail_owner {owner}: no such user") from None
         uid, gid = entry.pw_uid, entry.pw_gid
-    return SqliteQueueStore(Path(queue_directory) / QUEUE_DATABASE, uid, gid)
+    return SqliteQueueStore(Path(queue_directory) / QUEUE_DATABASE, uid, gid, checkpoints)

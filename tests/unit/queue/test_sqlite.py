@@ -439,3 +439,39 @@ def test_full_file_system(small_tmpfs):
     assert sorted(m.queue_id for m in store.messages()) == sorted(kept)
     assert [problem for queue_id in kept for problem in problems_with(store, queue_id)] == []
     store.close()
+
+
+# --- who checkpoints the WAL
+
+def test_the_daemons_stores_leave_checkpoints_out_of_their_commits(tmp_path):
+    path = tmp_path / "queue.db"
+    worker = SqliteQueueStore(path, checkpoints=sqlite_module.CHECKPOINTS_ELSEWHERE)
+    tool = SqliteQueueStore(path)
+    try:
+        fill(worker, 0, 5)
+        assert worker._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert tool._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        worker.close()
+        tool.close()
+
+
+def test_the_master_checkpoints_in_the_background(tmp_path):
+    """A store with background checkpoints copies what the other writers commit back into the
+    database on its own thread: after a while, every WAL frame is checkpointed."""
+    path = tmp_path / "queue.db"
+    master = SqliteQueueStore(path, checkpoints=sqlite_module.BACKGROUND_CHECKPOINTS)
+    worker = SqliteQueueStore(path, checkpoints=sqlite_module.CHECKPOINTS_ELSEWHERE)
+    try:
+        for first in range(0, 600, 50):
+            fill(worker, first, 50, size=4000)      # about 600 pages, none checkpointed by the worker
+        # Only a checkpoint writes rows into queue.db itself (commits go to queue.db-wal).
+        deadline = time.monotonic() + 10
+        while os.path.getsize(path) < 2_000_000:
+            assert time.monotonic() < deadline, (
+                f"queue.db is {os.path.getsize(path)} bytes: the WAL was not checkpointed")
+            time.sleep(0.05)
+        assert master.stats["checkpoints"] > 0
+    finally:
+        worker.close()
+        master.close()
