@@ -117,10 +117,14 @@ class MailServer:
             try:
                 # No smtpd runs yet, so no file can be between its write and its row.
                 swept = store.sweep_content_files()
+                missing = store.missing_content_files()
             finally:
                 store.close()
         except QueueError as exc:
             raise StartupError(f"cannot open the queue: {exc}") from None
+        for queue_id, path in missing:
+            self.log.warning("master", f"{queue_id}: its content file {path} is missing: the message cannot be "
+                                       f"delivered; restore the file, or remove the message (postsuper -d {queue_id})")
         if swept:
             self.log.warning("master", f"removed {len(swept)} content file(s) in {self.queue_directory}/content "
                                        f"that no queued message names (left by a crash): {', '.join(swept[:10])}")

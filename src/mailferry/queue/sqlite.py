@@ -274,7 +274,7 @@ class SqliteQueueStore(QueueStore):
         random name when there is none yet or that name is taken (a retry)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         name = queue_id or f"N{secrets.token_hex(8)}"
-        for attempt in range(_ID_ATTEMPTS):
+        for _ in range(_ID_ATTEMPTS):
             path = self.content_directory / name
             try:
                 return name, os.open(path, flags, 0o600)
@@ -518,15 +518,21 @@ class SqliteQueueStore(QueueStore):
                 "the batch was rolled back after an error")
 
     def check(self) -> list[str]:
-        """SQLite's quick_check, and every content file a row names: the problems found, [] if none."""
+        """SQLite's quick_check: the problems found, [] if none."""
         self._count("check")
         with self._read_transaction() as connection:
             answer = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        return [] if answer == ["ok"] else answer
+
+    def missing_content_files(self) -> list[tuple[str, Path]]:
+        """(queue ID, path) of each message whose content file is gone (removed by hand, a
+        damaged file system): the master warns of them at start. Such a message cannot be
+        delivered; the rest of the queue is not held up by it."""
+        with self._read_transaction() as connection:
             named = connection.execute("SELECT queue_id, content_file FROM messages "
                                        "WHERE content_file IS NOT NULL").fetchall()
-        problems = [] if answer == ["ok"] else answer
-        return problems + [f"{queue_id}: content file {self.content_directory / name} is missing"
-                           for queue_id, name in named if not (self.content_directory / name).exists()]
+        return [(queue_id, self.content_directory / name) for queue_id, name in named
+                if not (self.content_directory / name).exists()]
 
     def removed_files(self) -> None:
         """Wait until the content files of committed removals are gone (they go on a thread

@@ -61,6 +61,10 @@ class QueueStore:
         """Remove content files that no message names; return their names."""
         return []
 
+    def missing_content_files(self) -> list:
+        """(queue ID, path) of messages whose content file is gone."""
+        return []
+
     # --- reading
     def get(self, queue_id: str) -> QueuedMessage | None:
         raise NotImplementedError

@@ -390,7 +390,7 @@ def test_kill_9_at_any_moment_leaves_only_whole_messages(tmp_path):
             assert [problem for queue_id in present
                     for problem in problems_with(store, queue_id)] == []
             swept += len(store.sweep_content_files())   # written, then killed before the row
-            assert store.check() == []                   # every file a row names is there
+            assert store.missing_content_files() == []   # every file a row names is there
             with_files += len(os.listdir(store.content_directory))
             checked += store.delete(None)
             store.removed_files()
