@@ -137,7 +137,7 @@ def test_a_queue_file_write_error_sends_the_resource_transcript():
         daemon = scenario.make_daemon(extra_env=shim.env, myorigin="example.test",
                                       error_notice_recipient="errors@remote.test").start()
         sink = scenario.sink_up()
-        shim.inject("fsync", 1, errno.EIO)
+        shim.inject("fsync", 1, errno.EIO, "/queue.db-wal")   # a commit's sync, not a background checkpoint's
         code, text = scenario.send()
         assert code == 451 and "queue file write error" in text, (code, text)
         assert shim.remaining() == 0

@@ -1,10 +1,11 @@
 /* Storage fault injection for the reliability tests (tests/peers/queue_faults.py builds and loads it
  * with LD_PRELOAD). Off unless MAILFERRY_TEST_FAULTS names a control file; test use only.
  *
- * Control file: one line "OP COUNT ERRNO", OP = fsync (fsync, fdatasync) or write (write, pwrite,
+ * Control file: one line "OP COUNT ERRNO [SUFFIX]", OP = fsync (fsync, fdatasync) or write (write, pwrite,
  * pwrite64, writev). While it exists and COUNT > 0, the next COUNT calls of OP on a file whose path
- * contains "/queue.db" (the SQLite queue, its -wal and -journal) fail with ERRNO, and COUNT is
- * decremented in the file. Every injected failure appends "OP PATH" to CONTROL.hits.
+ * contains "/queue.db" (the SQLite queue, its -wal and -journal) and, with SUFFIX, ends in SUFFIX
+ * (e.g. "/queue.db-wal": a commit's own sync, not the master's background checkpoint) fail with
+ * ERRNO, and COUNT is decremented in the file. Every injected failure appends "OP PATH" to CONTROL.hits.
  * flock(2) on the control file serialises the processes (master and smtpd workers). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -32,7 +33,7 @@ static int queue_file(int fd, char *path, size_t size) {
 /* 0: go ahead; else the errno to fail with. */
 static int injected(const char *op, int fd) {
     const char *control = getenv("MAILFERRY_TEST_FAULTS");
-    char path[4096], line[128], name[16];
+    char path[4096], line[512], name[16], suffix[256] = "";
     int count = 0, error = 0, answer = 0;
     if (control == NULL || in_shim || access(control, F_OK) != 0) return 0;
     if (!queue_file(fd, path, sizeof path)) return 0;
@@ -42,8 +43,11 @@ static int injected(const char *op, int fd) {
         ssize_t n = pread(c, line, sizeof line - 1, 0);
         if (n > 0) {
             line[n] = 0;
-            if (sscanf(line, "%15s %d %d", name, &count, &error) == 3 && strcmp(name, op) == 0 && count > 0) {
-                int len = snprintf(line, sizeof line, "%s %d %d\n", name, count - 1, error);
+            int fields = sscanf(line, "%15s %d %d %255s", name, &count, &error, suffix);
+            size_t plen = strlen(path), slen = strlen(suffix);
+            int suffix_ok = fields < 4 || (plen >= slen && strcmp(path + plen - slen, suffix) == 0);
+            if (fields >= 3 && strcmp(name, op) == 0 && count > 0 && suffix_ok) {
+                int len = snprintf(line, sizeof line, "%s %d %d %s\n", name, count - 1, error, suffix);
                 if (ftruncate(c, 0) == 0 && pwrite(c, line, len, 0) == len) answer = error;
                 char hits[4200];
                 snprintf(hits, sizeof hits, "%s.hits", control);

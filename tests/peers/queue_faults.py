@@ -116,10 +116,11 @@ class FaultShim:
     def env(self) -> dict[str, str]:
         return {"LD_PRELOAD": str(self.library), "MAILFERRY_TEST_FAULTS": str(self.control)}
 
-    def inject(self, op: str, count: int, error: int) -> None:
-        """The next `count` calls of `op` ("fsync" or "write") on the queue's files fail with `error`."""
+    def inject(self, op: str, count: int, error: int, path_suffix: str = "") -> None:
+        """The next `count` calls of `op` ("fsync" or "write") on the queue's files (those whose path
+        ends in `path_suffix`, if given) fail with `error`."""
         temporary = self.directory / "control.new"
-        temporary.write_text(f"{op} {count} {error}\n")
+        temporary.write_text(f"{op} {count} {error} {path_suffix}".rstrip() + "\n")
         temporary.chmod(0o666)
         temporary.rename(self.control)
 

@@ -105,7 +105,7 @@ def test_a_failing_fsync_gets_451_is_not_acknowledged_and_the_next_message_goes_
     daemon.wait_for_log("status=deferred", count=3)
     daemon.wait_for_log("(queue active)", count=6)          # queued, tried once, now waiting
 
-    shim.inject("fsync", 1, errno.EIO)
+    shim.inject("fsync", 1, errno.EIO, "/queue.db-wal")   # a commit's sync, not a background checkpoint's
     code, text = scenario.send()
     assert code == 451 and text.startswith("4.3.0"), (code, text, daemon.log_tail(10))
     assert shim.remaining() == 0
