@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pwd
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from tests.conftest import seed_file
 from tests.peers import free_port, peer_tempdir, wait_for_port
 from tests.peers.mailferry import MailferryDaemon, main_cf_text, private_settings
 from tests.peers.processes import children_map
+from tests.peers.smtp_sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON_USER = "nobody"  # mail_owner when the tests run as root
@@ -23,6 +27,36 @@ DAEMON_USER = "nobody"  # mail_owner when the tests run as root
 Daemon = MailferryDaemon
 world_readable_tempdir = peer_tempdir  # a directory the daemon can still use after it drops root
 __all__ = ["Daemon", "ROOT", "free_port", "wait_for_port", "world_readable_tempdir"]
+
+
+@dataclass
+class SinkRelay:
+    """A directory for one daemon, and a started smtp-sink for it to relay to (relay_to_sink)."""
+
+    directory: Path
+    sink: SmtpSink
+    daemon: MailferryDaemon | None = None
+
+    def start(self, main_cf: str, master_cf: str, port: int) -> MailferryDaemon:
+        self.daemon = MailferryDaemon(self.directory, main_cf, master_cf, port)
+        return self.daemon.start()
+
+
+@contextmanager
+def relay_to_sink(name: str) -> Iterator[SinkRelay]:
+    """`mailferry-NAME-it-` and its sink's directory; on the way out the daemon (if started) stops,
+    then the sink, and both directories go, however the block ended."""
+    relay = SinkRelay(world_readable_tempdir(f"mailferry-{name}-it-"),
+                      SmtpSink(world_readable_tempdir(f"mailferry-{name}-it-sink-")))
+    try:
+        relay.sink.start()
+        yield relay
+    finally:
+        if relay.daemon is not None:
+            relay.daemon.stop()
+        relay.sink.stop()
+        shutil.rmtree(relay.directory, ignore_errors=True)
+        shutil.rmtree(relay.sink.directory, ignore_errors=True)
 
 
 def base_main_cf(directory: Path, **extra: str) -> str:

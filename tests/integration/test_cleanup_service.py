@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tests.integration.conftest import base_main_cf, free_port, smtpd_master_cf, world_readable_tempdir
+from tests.integration.conftest import (base_main_cf, free_port, relay_to_sink, smtpd_master_cf,
+                                        world_readable_tempdir)
 from tests.peers.mailferry import MailferryDaemon
-from tests.peers.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.integration
 
@@ -48,27 +48,15 @@ def _master_cf(port: int, submission: int, cleanup_name: str, directory, port_25
 
 @pytest.fixture(scope="module")
 def setup():
-    directory = world_readable_tempdir("mailferry-cleanupsvc-it-")
-    sink_directory = world_readable_tempdir("mailferry-cleanupsvc-it-sink-")
-    sink = SmtpSink(sink_directory)
-    daemon = None
-    try:
-        sink.start()
+    with relay_to_sink("cleanupsvc") as relay:
+        directory = relay.directory
         (directory / "sender_header_filter.pcre").write_text(SENDER_HEADER_FILTER)
         port, submission = free_port(), free_port()
-        daemon = MailferryDaemon(
-            directory, base_main_cf(directory, relayhost=sink.nexthop, default_transport="smtp"),
-            _master_cf(port, submission, "sender-cleanup", directory), port)
+        daemon = relay.start(base_main_cf(directory, relayhost=relay.sink.nexthop, default_transport="smtp"),
+                             _master_cf(port, submission, "sender-cleanup", directory), port)
         daemon.submission_port = submission
         daemon.directory_path = directory
-        daemon.start()
-        yield daemon, sink
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        sink.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.rmtree(sink_directory, ignore_errors=True)
+        yield daemon, relay.sink
 
 
 def message(sender: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -17,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import base_main_cf, free_port, smtpd_master_cf, world_readable_tempdir
-from tests.peers.mailferry import MailferryDaemon
-from tests.peers.smtp_sink import SmtpSink
+from tests.integration.conftest import base_main_cf, free_port, relay_to_sink, smtpd_master_cf
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +34,12 @@ SMTP_HEADER_CHECKS = """\
 
 @pytest.fixture(scope="module")
 def setup():
-    directory = world_readable_tempdir("mailferry-checks-it-")
-    sink_directory = world_readable_tempdir("mailferry-checks-it-sink-")
-    sink = SmtpSink(sink_directory)
-    daemon = None
-    try:
-        sink.start()
+    with relay_to_sink("checks") as relay:
+        directory, sink = relay.directory, relay.sink
         (directory / "header_checks").write_text(HEADER_CHECKS)
         (directory / "smtp_header_checks").write_text(SMTP_HEADER_CHECKS)
         port, reinject = free_port(), free_port()
-        daemon = MailferryDaemon(
-            directory,
+        daemon = relay.start(
             base_main_cf(directory, relayhost=sink.nexthop, default_transport="smtp",
                          header_checks=f"regexp:{directory}/header_checks",
                          smtp_header_checks=f"regexp:{directory}/smtp_header_checks"),
@@ -55,14 +47,7 @@ def setup():
                                   " -o receive_override_options=no_header_body_checks\n"),
             port)
         daemon.reinject_port = reinject
-        daemon.start()
         yield daemon, sink
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        sink.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.rmtree(sink_directory, ignore_errors=True)
 
 
 def message(sender: str, subject: str, extra: str = "") -> str:

@@ -4,7 +4,6 @@ at start the master sweeps what a crash left behind and warns of a file that is 
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import sqlite3
 import time
@@ -12,27 +11,16 @@ import time
 import pytest
 
 from mailferry.queue.sqlite import CONTENT_FILE_MIN_BYTES
-from tests.integration.conftest import base_main_cf, smtpd_master_cf
-from tests.peers import free_port, peer_tempdir
-from tests.peers.mailferry import MailferryDaemon
-from tests.peers.smtp_sink import SmtpSink
+from tests.integration.conftest import base_main_cf, free_port, relay_to_sink, smtpd_master_cf
 
 
 @pytest.fixture
 def relay():
-    sink = SmtpSink(peer_tempdir("content-sink-"))
-    sink.start()
-    directory = peer_tempdir("mailferry-content-")
-    port = free_port()
-    daemon = MailferryDaemon(directory, base_main_cf(directory, default_transport="smtp", relayhost=sink.nexthop),
-                             smtpd_master_cf(port), port)
-    try:
-        yield daemon.start(), sink
-    finally:
-        daemon.stop()
-        sink.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.rmtree(sink.directory, ignore_errors=True)
+    with relay_to_sink("content") as relaying:
+        port = free_port()
+        daemon = relaying.start(base_main_cf(relaying.directory, default_transport="smtp",
+                                             relayhost=relaying.sink.nexthop), smtpd_master_cf(port), port)
+        yield daemon, relaying.sink
 
 
 def large_body(marker: str) -> str:
